@@ -1,0 +1,1 @@
+//! Verified asset downloads into the content-addressed cache (`state_dir/cache`).

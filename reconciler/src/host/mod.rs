@@ -1,0 +1,3 @@
+//! The only code that touches the host: downloads, files, and (later) images, netlink, VMMs.
+
+pub mod fetch;

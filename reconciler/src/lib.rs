@@ -1,0 +1,19 @@
+//! fort: turn a Linux host into a fleet of Firecracker microVMs described in git.
+//!
+//! Pure modules (`manifest`, `graph`, `plan`) never touch the host; `host/` is the only code
+//! that does, and `resources/` binds each kind's observe/plan/apply/destroy to it.
+
+pub mod address;
+pub mod apply;
+pub mod cli;
+pub mod graph;
+pub mod host;
+pub mod manifest;
+pub mod plan;
+pub mod resources;
+pub mod state;
+
+pub use address::{Address, Kind};
+
+/// This fort's version, recorded in state and plans.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

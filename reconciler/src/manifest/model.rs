@@ -1,0 +1,281 @@
+//! The resolved manifest: every resource with its canonical spec, origin and references.
+//!
+//! This is what validation produces and what the graph, planner and resource kinds consume.
+//! Specs serialize to the canonical JSON that is hashed, recorded in state and diffed field by
+//! field by the planner, so field names here are part of the state format.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::PathBuf;
+
+use ipnet::Ipv4Net;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::address::{Address, Kind};
+
+/// Where a resource was declared: the file and the 1-based line/column of its table header.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Origin {
+    pub file: PathBuf,
+    pub line: usize,
+    pub column: usize,
+}
+
+impl std::fmt::Display for Origin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}:{}", self.file.display(), self.line, self.column)
+    }
+}
+
+/// A validated manifest, resources keyed (and therefore ordered) by address.
+#[derive(Debug, Clone)]
+pub struct Manifest {
+    /// The path the user gave (`-f`), a file or a directory.
+    pub path: PathBuf,
+    /// Every file that was read, in the order they were merged.
+    pub files: Vec<PathBuf>,
+    /// `[fort] state_dir`, made absolute relative to the file that set it.
+    pub state_dir: Option<PathBuf>,
+    pub resources: BTreeMap<Address, Resource>,
+}
+
+impl Manifest {
+    /// A digest of every resource's address and canonical spec: equal digests mean the same
+    /// desired state (used to refuse stale saved plans).
+    pub fn digest(&self) -> String {
+        let mut h = Sha256::new();
+        for (addr, res) in &self.resources {
+            h.update(addr.to_string().as_bytes());
+            h.update([0]);
+            h.update(res.spec_hash().as_bytes());
+            h.update([0]);
+        }
+        hex::encode(h.finalize())
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Resource {
+    pub address: Address,
+    pub origin: Origin,
+    pub spec: Spec,
+    /// What this resource references (edges of the graph), sorted, without duplicates.
+    pub deps: Vec<Address>,
+}
+
+impl Resource {
+    /// The canonical JSON of the spec (an object), as recorded in state.
+    pub fn spec_json(&self) -> serde_json::Value {
+        self.spec.to_json()
+    }
+
+    pub fn spec_hash(&self) -> String {
+        self.spec.hash()
+    }
+}
+
+/// The desired configuration of one resource. Serialized untagged: the kind is in the address.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum Spec {
+    Firecracker(FirecrackerSpec),
+    Kernel(KernelSpec),
+    Rootfs(RootfsSpec),
+    Template(TemplateSpec),
+    Network(NetworkSpec),
+    Drive(DriveSpec),
+    Vm(VmSpec),
+}
+
+impl Spec {
+    pub fn kind(&self) -> Kind {
+        match self {
+            Spec::Firecracker(_) => Kind::Firecracker,
+            Spec::Kernel(_) => Kind::Kernel,
+            Spec::Rootfs(_) => Kind::Rootfs,
+            Spec::Template(_) => Kind::Template,
+            Spec::Network(_) => Kind::Network,
+            Spec::Drive(_) => Kind::Drive,
+            Spec::Vm(_) => Kind::Vm,
+        }
+    }
+
+    pub fn to_json(&self) -> serde_json::Value {
+        // Serializing plain data structs with string keys cannot fail.
+        serde_json::to_value(self).unwrap_or(serde_json::Value::Null)
+    }
+
+    /// sha256 of the canonical JSON (serde_json sorts nothing, but struct field order is fixed
+    /// and maps are BTreeMaps, so the encoding is deterministic).
+    pub fn hash(&self) -> String {
+        hex::encode(Sha256::digest(self.to_json().to_string().as_bytes()))
+    }
+}
+
+/// Where an asset comes from and how to check it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AssetSource {
+    /// `https://…`, `http://…`, or `file:///abs/path` (plain paths in the manifest are made
+    /// absolute relative to their file and turned into `file://` URLs).
+    pub url: String,
+    /// Lowercase hex sha256 of the bytes as fetched (before decompression).
+    pub sha256: Option<String>,
+    /// The publisher's checksum file (`sha256sum` format, or one bare hash).
+    pub sha256_url: Option<String>,
+    pub minisign: Option<Minisign>,
+    pub decompress: Decompress,
+}
+
+impl AssetSource {
+    pub fn is_local(&self) -> bool {
+        self.url.starts_with("file://")
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Minisign {
+    /// The base64 public key (the second line of a minisign `.pub` file).
+    pub public_key: String,
+    /// Where the `.minisig` file is (URL rules as for `url`).
+    pub signature_url: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Decompress {
+    None,
+    Xz,
+    Gzip,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FirecrackerSpec {
+    pub source: AssetSource,
+    /// The file to extract from a release archive (`.tgz`/`.tar.gz`/`.tar`); `None` when the URL
+    /// is the binary itself.
+    pub member: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct KernelSpec {
+    pub source: AssetSource,
+    pub cmdline: String,
+    pub initrd: Option<AssetSource>,
+}
+
+pub const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k panic=1";
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RootfsSpec {
+    pub source: AssetSource,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TemplateSpec {
+    pub rootfs: String,
+    /// Bytes.
+    pub size: u64,
+    pub guest_agent: bool,
+    /// Image path → overlay.
+    pub files: BTreeMap<String, FileOverlay>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FileOverlay {
+    pub content: OverlayContent,
+    /// Octal permission bits, e.g. 0o644.
+    pub mode: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OverlayContent {
+    Inline(String),
+    /// A file next to the manifest; the hash makes an edit of the file a change of the spec.
+    Source { path: PathBuf, sha256: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct NetworkSpec {
+    pub cidr: Ipv4Net,
+    /// The first host address of the CIDR; the bridge holds it.
+    pub gateway: Ipv4Addr,
+    pub nat: bool,
+    pub isolated: bool,
+    pub dns: Dns,
+    /// The bridge interface name (`fort-<name>`, at most 15 bytes).
+    pub bridge: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Dns {
+    FromHost,
+    Servers(Vec<IpAddr>),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DriveSpec {
+    /// The template whose image this drive is a clone of; `None` for an empty ext4 drive.
+    pub template: Option<String>,
+    /// Bytes.
+    pub size: u64,
+    pub protect: bool,
+    /// The pool VM (`vm.NAME` with `count`) whose inline `root` declared this drive.
+    pub pool: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Vmm {
+    Firecracker,
+    Qemu,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VmState {
+    Running,
+    Stopped,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RestartPolicy {
+    OnFailure,
+    Always,
+    Never,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct VmSpec {
+    pub vmm: Vmm,
+    /// The `[firecracker.*]` asset to run, when `vmm = "firecracker"` and one is declared;
+    /// `None` means `firecracker` from PATH.
+    pub firecracker: Option<String>,
+    pub kernel: String,
+    /// The root drive's name.
+    pub root: String,
+    pub drives: Vec<String>,
+    pub vcpus: u32,
+    /// Bytes.
+    pub memory: u64,
+    pub network: Option<String>,
+    /// A fixed address inside the network, or `None` to allocate one at apply time.
+    pub ip: Option<Ipv4Addr>,
+    /// A fixed MAC (`02:…` lowercase), or `None` to allocate one at apply time.
+    pub mac: Option<String>,
+    /// The TAP interface name (`fort-<vm>`), when the VM has a network.
+    pub tap: Option<String>,
+    pub state: VmState,
+    pub restart: RestartPolicy,
+    /// The pool (`[vm.NAME]` with `count`) this instance belongs to, and its index.
+    pub pool: Option<PoolMember>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PoolMember {
+    pub pool: String,
+    pub index: u32,
+}

@@ -1,0 +1,1 @@
+//! The exclusive per-state-dir lock that keeps applies from overlapping.

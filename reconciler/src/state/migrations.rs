@@ -1,0 +1,1 @@
+//! State database schema versions and the migrations between them.

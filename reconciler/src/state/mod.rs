@@ -1,0 +1,162 @@
+//! Recorded state: what fort created, with which spec and outputs, and the history of it.
+//!
+//! The store is SQLite in WAL mode (`state_dir/state.db`, see `sqlite.rs`); every action's
+//! result is committed as soon as the action finishes, so a killed apply loses nothing.
+
+pub mod lock;
+pub mod migrations;
+pub mod sqlite;
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::address::{Address, Kind};
+
+pub use lock::{LockError, StateLock};
+pub use sqlite::SqliteStore;
+
+/// The lifecycle status of a recorded resource.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    /// The last action on it succeeded; its outputs describe the host.
+    Ready,
+    /// The last action on it failed; the next plan redoes it.
+    Failed,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Ready => "ready",
+            Status::Failed => "failed",
+        }
+    }
+}
+
+/// One row of the `resources` table.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Record {
+    pub address: Address,
+    pub kind: Kind,
+    /// sha256 of `spec` as serialized by `Spec::to_json().to_string()`.
+    pub spec_hash: String,
+    /// The canonical spec the resource was last applied with.
+    pub spec: serde_json::Value,
+    /// What the resource produced: paths, hashes, IP/MAC, PID… (an object).
+    pub outputs: serde_json::Value,
+    /// The addresses it referenced when applied (so destroy order works without the manifest).
+    pub deps: Vec<Address>,
+    pub status: Status,
+    /// The error of the last failed action, if `status` is `Failed`.
+    pub error: Option<String>,
+    /// Unix milliseconds.
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+/// One row of the `history` table: a transition of one resource.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HistoryEntry {
+    pub id: i64,
+    pub address: Address,
+    pub run_id: Option<i64>,
+    /// Unix milliseconds.
+    pub at: i64,
+    /// `create`, `update`, `restart`, `replace`, `destroy`, `fail`, …
+    pub action: String,
+    /// The status before and after (`None` = not recorded).
+    pub from_status: Option<Status>,
+    pub to_status: Option<Status>,
+    /// A human sentence: the reasons from the plan, or the error.
+    pub detail: String,
+}
+
+/// One row of the `runs` table: one `fort apply`/`destroy`/`watch` pass.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Run {
+    pub id: i64,
+    pub started_at: i64,
+    pub finished_at: Option<i64>,
+    /// `$USER` (or the uid) of whoever ran it.
+    pub user: String,
+    pub pid: u32,
+    /// The command line, e.g. `fort apply --yes`.
+    pub command: String,
+    /// The plan JSON it executed.
+    pub plan: serde_json::Value,
+    /// `None` while running; then `ok`, `failed`, `interrupted`.
+    pub result: Option<String>,
+}
+
+pub type RunId = i64;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("cannot open state database {path}")]
+    Open {
+        path: std::path::PathBuf,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("state database {path} has schema version {found}, newer than this fort supports ({supported}); upgrade fort, the database was left untouched")]
+    TooNew {
+        path: std::path::PathBuf,
+        found: i64,
+        supported: i64,
+    },
+    #[error("cannot migrate state database {path} from schema version {from} to {to}")]
+    Migrate {
+        path: std::path::PathBuf,
+        from: i64,
+        to: i64,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("state database query failed")]
+    Sql(#[from] rusqlite::Error),
+    #[error("corrupt row for {address} in state database: {what}")]
+    Corrupt { address: String, what: String },
+    #[error("cannot create state directory {path}")]
+    CreateDir {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The recorded-state operations fort needs. Implemented by [`SqliteStore`].
+pub trait StateStore {
+    /// Every recorded resource, by address.
+    fn resources(&self) -> Result<BTreeMap<Address, Record>, StateError>;
+    fn get(&self, address: &Address) -> Result<Option<Record>, StateError>;
+    /// Insert or replace a resource row and append a history entry, in one transaction.
+    fn put(&self, record: &Record, run: Option<RunId>, action: &str, detail: &str)
+        -> Result<(), StateError>;
+    /// Delete a resource row and append a history entry, in one transaction.
+    fn remove(
+        &self,
+        address: &Address,
+        run: Option<RunId>,
+        action: &str,
+        detail: &str,
+    ) -> Result<(), StateError>;
+    /// The history of one resource, oldest first (also after it was destroyed).
+    fn history(&self, address: &Address) -> Result<Vec<HistoryEntry>, StateError>;
+    fn begin_run(&self, command: &str, plan: &serde_json::Value) -> Result<RunId, StateError>;
+    fn finish_run(&self, run: RunId, result: &str) -> Result<(), StateError>;
+    /// Most recent first.
+    fn runs(&self, limit: usize) -> Result<Vec<Run>, StateError>;
+    /// A digest of every resource row (address, spec hash, status, outputs, updated_at): equal
+    /// digests mean nothing was recorded in between (used to refuse stale saved plans).
+    fn digest(&self) -> Result<String, StateError>;
+}
+
+/// Unix milliseconds now.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
