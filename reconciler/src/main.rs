@@ -1,1 +1,46 @@
-fn main() {}
+//! The `fort` binary: parse arguments, set up logging and the runtime, print errors with their
+//! cause chain and a hint.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use fort::cli::{self, Cli};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse_from(cli::args::normalize_args(std::env::args()));
+    init_logging(cli.verbose);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(cli::exit::ERROR);
+        }
+    };
+    match runtime.block_on(cli::run(cli)) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            let hint = e.hint();
+            eprintln!("error: {:#}", anyhow::Error::new(e));
+            if let Some(h) = hint {
+                eprintln!("hint: {h}");
+            }
+            ExitCode::from(cli::exit::ERROR)
+        }
+    }
+}
+
+fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        2 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}

@@ -1,1 +1,377 @@
-//! TODO
+//! The planner (pure): desired × recorded × observed → one action per resource, with reasons.
+//!
+//! Nothing here touches the host. Observations are gathered by `resources::observe_all` and
+//! handed in; the per-kind rules (which field change needs a restart or a replacement, which
+//! kinds hold data) come from each kind's [`ResourceKind`] implementation.
+
+pub mod render;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::address::{Address, Kind};
+use crate::graph::{Graph, GraphError};
+use crate::manifest::Resource;
+use crate::resources::ResourceKind;
+use crate::state::{Record, Status};
+
+/// The version of the plan JSON format (`fort plan --json`, saved plans). Bumped on any
+/// incompatible change; additions of fields do not bump it.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// What apply will do to one resource.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Op {
+    Create,
+    Update,
+    Restart,
+    Replace,
+    Destroy,
+}
+
+impl Op {
+    /// The symbol printed in front of the address.
+    pub fn symbol(self) -> &'static str {
+        match self {
+            Op::Create => "+",
+            Op::Update => "~",
+            Op::Restart => "~restart",
+            Op::Replace => "-/+",
+            Op::Destroy => "-",
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Op::Create => "create",
+            Op::Update => "update",
+            Op::Restart => "restart",
+            Op::Replace => "replace",
+            Op::Destroy => "destroy",
+        }
+    }
+}
+
+/// How a change of one spec field can be carried out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Effect {
+    /// In place, without interrupting anything.
+    Update,
+    /// In place, but a running VM must restart to take it.
+    Restart,
+    /// Only by destroying and creating the resource again.
+    Replace,
+}
+
+impl Effect {
+    fn op(self) -> Op {
+        match self {
+            Effect::Update => Op::Update,
+            Effect::Restart => Op::Restart,
+            Effect::Replace => Op::Replace,
+        }
+    }
+}
+
+/// What observing a recorded resource on the host found.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "lowercase")]
+pub enum Observation {
+    /// The host matches the record.
+    Ok,
+    /// Something the resource made is gone (`what` says which).
+    Missing { what: String },
+    /// Something the resource made is there but differs from the record.
+    Drifted { what: String },
+}
+
+/// One field of the spec that differs between the record and the manifest.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FieldDiff {
+    pub field: String,
+    pub before: Option<Value>,
+    pub after: Option<Value>,
+    pub effect: Effect,
+}
+
+/// One planned action.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Change {
+    pub address: Address,
+    pub op: Op,
+    /// Why, in words: the fields that changed, or what drifted.
+    pub reasons: Vec<String>,
+    /// Destroys or replaces data a user may care about (marked `!`).
+    pub data_loss: bool,
+    pub fields: Vec<FieldDiff>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PlanOptions {
+    /// `--target`: limit the plan to these resources and what they need (for destroy: and what
+    /// needs them).
+    pub targets: Vec<Address>,
+    /// `--replace`: destroy and create these even if unchanged.
+    pub replace: Vec<Address>,
+    /// `--allow-data-loss`: permit destroying or replacing protected drives.
+    pub allow_data_loss: bool,
+    /// A destroy plan: every selected recorded resource goes.
+    pub destroy: bool,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Summary {
+    pub create: usize,
+    pub update: usize,
+    pub restart: usize,
+    pub replace: usize,
+    pub destroy: usize,
+}
+
+impl Summary {
+    pub fn total(&self) -> usize {
+        self.create + self.update + self.restart + self.replace + self.destroy
+    }
+}
+
+/// A whole plan, as printed by `fort plan --json` and saved by `fort plan -out`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Plan {
+    pub format_version: u32,
+    pub fort_version: String,
+    /// The manifest path given to `fort plan` (file or directory), absolute.
+    pub manifest: Option<PathBuf>,
+    pub manifest_digest: String,
+    pub state_dir: PathBuf,
+    pub state_digest: String,
+    pub options: PlanOptions,
+    /// Sorted by address.
+    pub changes: Vec<Change>,
+    /// Remarks that are not actions (e.g. data kept on purpose).
+    pub notes: Vec<String>,
+    pub summary: Summary,
+}
+
+impl Plan {
+    pub fn is_empty(&self) -> bool {
+        self.changes.is_empty()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PlanError {
+    #[error("{address} is protected (protect = true) and this plan would {action} it, losing its data; re-run with --allow-data-loss if that is what you want")]
+    Protected { address: Address, action: &'static str },
+    #[error("--replace {0}: not in the manifest")]
+    ReplaceUnknown(Address),
+    #[error(transparent)]
+    Graph(#[from] GraphError),
+}
+
+/// Everything the planner looks at.
+pub struct PlanInput<'a> {
+    pub desired: &'a BTreeMap<Address, Resource>,
+    pub recorded: &'a BTreeMap<Address, Record>,
+    /// Observations of recorded resources; a missing entry means "not observed" (treated as Ok).
+    pub observed: &'a BTreeMap<Address, Observation>,
+    pub options: &'a PlanOptions,
+}
+
+/// The graph over everything desired and everything recorded: desired resources use the
+/// manifest's references, recorded-only ones the references recorded when they were applied.
+pub fn graph_of(
+    desired: &BTreeMap<Address, Resource>,
+    recorded: &BTreeMap<Address, Record>,
+) -> Result<Graph, GraphError> {
+    let nodes = desired
+        .iter()
+        .map(|(a, r)| (a, r.deps.as_slice()))
+        .chain(
+            recorded
+                .iter()
+                .filter(|(a, _)| !desired.contains_key(*a))
+                .map(|(a, r)| (a, r.deps.as_slice())),
+        );
+    Graph::new(nodes)
+}
+
+/// Compute the changes. `kinds` gives each kind's rules.
+pub fn diff(
+    input: &PlanInput<'_>,
+    kinds: &dyn Fn(Kind) -> &'static dyn ResourceKind,
+) -> Result<(Vec<Change>, Vec<String>), PlanError> {
+    let opts = input.options;
+    for r in &opts.replace {
+        if !input.desired.contains_key(r) {
+            return Err(PlanError::ReplaceUnknown(r.clone()));
+        }
+    }
+    let empty = BTreeMap::new();
+    let desired = if opts.destroy { &empty } else { input.desired };
+    let selected: Option<BTreeSet<Address>> = if opts.targets.is_empty() {
+        None
+    } else {
+        let g = graph_of(input.desired, input.recorded)?;
+        Some(if opts.destroy {
+            g.with_dependents(&opts.targets)?
+        } else {
+            g.with_dependencies(&opts.targets)?
+        })
+    };
+
+    let addresses: BTreeSet<&Address> = desired.keys().chain(input.recorded.keys()).collect();
+    let mut changes = Vec::new();
+    let mut notes = Vec::new();
+    for addr in addresses {
+        if selected.as_ref().is_some_and(|s| !s.contains(addr)) {
+            continue;
+        }
+        let kind = kinds(addr.kind);
+        let d = desired.get(addr);
+        let r = input.recorded.get(addr);
+        let o = input.observed.get(addr);
+        if let Some(change) = kind.plan(d, r, o, opts, &mut notes)? {
+            changes.push(change);
+        }
+    }
+    Ok((changes, notes))
+}
+
+/// The rules every kind starts from (a kind may wrap or replace them):
+/// not recorded → create; not desired → destroy; `--replace` → replace; changed fields → the
+/// strongest effect among them; otherwise drift → create (missing) or update (drifted).
+pub fn standard<K: ResourceKind + ?Sized>(
+    kind: &K,
+    desired: Option<&Resource>,
+    recorded: Option<&Record>,
+    observed: Option<&Observation>,
+    opts: &PlanOptions,
+) -> Result<Option<Change>, PlanError> {
+    let (addr, op, reasons, fields) = match (desired, recorded) {
+        (None, None) => return Ok(None),
+        (Some(d), None) => (&d.address, Op::Create, vec!["not yet created".to_string()], vec![]),
+        (None, Some(r)) => (
+            &r.address,
+            Op::Destroy,
+            vec![if opts.destroy {
+                "destroy requested".to_string()
+            } else {
+                "no longer in the manifest".to_string()
+            }],
+            vec![],
+        ),
+        (Some(d), Some(r)) => {
+            let fields = field_diffs(kind, &r.spec, &d.spec_json());
+            if opts.replace.contains(&d.address) {
+                (&d.address, Op::Replace, vec!["replacement requested (--replace)".to_string()], fields)
+            } else if r.status == Status::Failed {
+                let why = r.error.as_deref().unwrap_or("unknown error");
+                (&d.address, Op::Update, vec![format!("the last apply failed: {why}")], fields)
+            } else if let Some(max) = fields.iter().map(|f| f.effect).max() {
+                let reasons = fields
+                    .iter()
+                    .map(|f| format!("{} changed", f.field))
+                    .collect();
+                (&d.address, max.op(), reasons, fields)
+            } else {
+                match observed {
+                    None | Some(Observation::Ok) => return Ok(None),
+                    Some(Observation::Missing { what }) => {
+                        (&d.address, Op::Create, vec![format!("drift: {what}")], fields)
+                    }
+                    Some(Observation::Drifted { what }) => {
+                        (&d.address, Op::Update, vec![format!("drift: {what}")], fields)
+                    }
+                }
+            }
+        }
+    };
+    let data_loss = kind.holds_data() && matches!(op, Op::Destroy | Op::Replace);
+    if data_loss && !opts.allow_data_loss && is_protected(desired, recorded) {
+        return Err(PlanError::Protected {
+            address: addr.clone(),
+            action: if op == Op::Destroy { "destroy" } else { "replace" },
+        });
+    }
+    Ok(Some(Change {
+        address: addr.clone(),
+        op,
+        reasons,
+        data_loss,
+        fields,
+    }))
+}
+
+fn is_protected(desired: Option<&Resource>, recorded: Option<&Record>) -> bool {
+    let flag = |v: &Value| v.get("protect").and_then(Value::as_bool).unwrap_or(false);
+    desired.is_some_and(|d| flag(&d.spec_json())) || recorded.is_some_and(|r| flag(&r.spec))
+}
+
+/// The fields of two spec objects that differ, as dotted paths (`source.sha256`), recursing
+/// into nested objects. The effect of a change is decided by its top-level field.
+pub fn field_diffs<K: ResourceKind + ?Sized>(kind: &K, before: &Value, after: &Value) -> Vec<FieldDiff> {
+    let mut out = Vec::new();
+    diff_values(kind, "", before, after, &mut out);
+    out
+}
+
+fn diff_values<K: ResourceKind + ?Sized>(
+    kind: &K,
+    path: &str,
+    before: &Value,
+    after: &Value,
+    out: &mut Vec<FieldDiff>,
+) {
+    match (before, after) {
+        (Value::Object(b), Value::Object(a)) => {
+            let mut keys: Vec<&String> = a.keys().collect();
+            keys.extend(b.keys().filter(|k| !a.contains_key(*k)));
+            for k in keys {
+                let sub = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
+                match (b.get(k), a.get(k)) {
+                    (Some(bv), Some(av)) => diff_values(kind, &sub, bv, av, out),
+                    (bv, av) => out.push(field_diff(kind, sub, bv.cloned(), av.cloned())),
+                }
+            }
+        }
+        (b, a) if b != a => {
+            out.push(field_diff(kind, path.to_string(), Some(b.clone()), Some(a.clone())))
+        }
+        _ => {}
+    }
+}
+
+fn field_diff<K: ResourceKind + ?Sized>(
+    kind: &K,
+    field: String,
+    before: Option<Value>,
+    after: Option<Value>,
+) -> FieldDiff {
+    let top = field.split('.').next().unwrap_or(&field);
+    FieldDiff {
+        effect: kind.field_effect(top),
+        field,
+        before,
+        after,
+    }
+}
+
+/// Count the changes by op.
+pub fn summarize(changes: &[Change]) -> Summary {
+    let mut s = Summary::default();
+    for c in changes {
+        match c.op {
+            Op::Create => s.create += 1,
+            Op::Update => s.update += 1,
+            Op::Restart => s.restart += 1,
+            Op::Replace => s.replace += 1,
+            Op::Destroy => s.destroy += 1,
+        }
+    }
+    s
+}

@@ -1,1 +1,88 @@
-//! TODO
+//! The command line: clap definitions (`args.rs`), one module per group of commands, and the
+//! error type the binary prints with its cause chain.
+
+pub mod apply;
+pub mod args;
+pub mod plan;
+pub mod session;
+pub mod state;
+pub mod term;
+
+use std::path::PathBuf;
+
+pub use args::{Cli, Command};
+
+use crate::manifest::ManifestError;
+
+/// Exit codes (documented in docs/cli.md).
+pub mod exit {
+    /// Success; for `plan --detailed-exitcode`: no changes.
+    pub const OK: u8 = 0;
+    /// An error (invalid manifest, failed action, …).
+    pub const ERROR: u8 = 1;
+    /// `plan --detailed-exitcode`: there are changes.
+    pub const CHANGES: u8 = 2;
+    /// Interrupted (Ctrl-C / SIGTERM) after finishing the running actions.
+    pub const INTERRUPTED: u8 = 130;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error("the manifest is invalid:\n{0}")]
+    Manifest(#[from] ManifestError),
+    #[error(transparent)]
+    State(#[from] crate::state::StateError),
+    #[error(transparent)]
+    Lock(#[from] crate::state::LockError),
+    #[error(transparent)]
+    Plan(#[from] crate::plan::PlanError),
+    #[error(transparent)]
+    Graph(#[from] crate::graph::GraphError),
+    #[error(transparent)]
+    Resource(#[from] crate::resources::ResourceError),
+    #[error("{what} {}", path.display())]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("saved plan {} is unreadable", path.display())]
+    PlanFile {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("saved plan {} is stale: {why} since it was made; run `fort plan -out {}` again", path.display(), path.display())]
+    StalePlan { path: PathBuf, why: &'static str },
+    #[error("{0}")]
+    Usage(String),
+}
+
+impl CliError {
+    /// A hint printed after the error, when there is a useful next step.
+    pub fn hint(&self) -> Option<&'static str> {
+        match self {
+            CliError::Lock(_) => Some("another fort is applying to this state directory; wait for it, or raise --lock-timeout"),
+            CliError::Manifest(_) => Some("fix the manifest; nothing was changed on the host"),
+            CliError::State(crate::state::StateError::TooNew { .. }) => Some("this state directory was written by a newer fort"),
+            _ => None,
+        }
+    }
+}
+
+/// Run the parsed command line; returns the process exit code.
+pub async fn run(cli: Cli) -> Result<u8, CliError> {
+    match &cli.command {
+        Command::Validate => plan::validate(&cli),
+        Command::Plan(a) => plan::plan(&cli, a).await,
+        Command::Apply(a) => apply::apply(&cli, a).await,
+        Command::Destroy(a) => apply::destroy(&cli, a).await,
+        Command::State(s) => state::state(&cli, s),
+        Command::History(h) => state::history(&cli, h),
+        Command::Schema => {
+            print!("{}", crate::manifest::json_schema_string());
+            Ok(exit::OK)
+        }
+    }
+}

@@ -1,0 +1,278 @@
+//! `fort apply` and `fort destroy`: plan (or load a saved plan), confirm, lock, execute, report.
+
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use super::args::{ApplyArgs, DestroyArgs, RunArgs};
+use super::plan::make_plan;
+use super::{exit, session, term, Cli, CliError};
+use crate::apply::{self, ExecOptions, Outcome, Report};
+use crate::manifest::Manifest;
+use crate::plan::{self, render, Op, Plan, PlanOptions};
+use crate::state::{SqliteStore, StateLock, StateStore};
+
+pub async fn apply(cli: &Cli, args: &ApplyArgs) -> Result<u8, CliError> {
+    if let Some(file) = &args.plan_file {
+        return apply_saved(cli, args, file).await;
+    }
+    let manifest = session::load_manifest(cli)?;
+    let options = PlanOptions {
+        targets: args.selection.targets.clone(),
+        replace: args.replace.clone(),
+        allow_data_loss: args.run.allow_data_loss,
+        destroy: false,
+    };
+    run(cli, &args.run, Some(&manifest), options, None).await
+}
+
+pub async fn destroy(cli: &Cli, args: &DestroyArgs) -> Result<u8, CliError> {
+    // The manifest is only needed to find the state directory; a missing one is fine, but a
+    // broken one stops us: it may name a different state directory.
+    let manifest = match &cli.file {
+        Some(_) => Some(session::load_manifest(cli)?),
+        None => {
+            let p = session::manifest_path(cli);
+            if p.is_file() || has_toml(&p) {
+                Some(session::load_manifest(cli)?)
+            } else {
+                None
+            }
+        }
+    };
+    let options = PlanOptions {
+        targets: args.selection.targets.clone(),
+        replace: vec![],
+        allow_data_loss: args.run.allow_data_loss,
+        destroy: true,
+    };
+    let state_dir = session::state_dir(cli, manifest.as_ref());
+    run_in(cli, &args.run, manifest.as_ref(), &state_dir, options, None).await
+}
+
+fn has_toml(dir: &Path) -> bool {
+    std::fs::read_dir(dir).is_ok_and(|rd| {
+        rd.flatten()
+            .any(|e| e.path().extension().is_some_and(|x| x == "toml"))
+    })
+}
+
+async fn apply_saved(cli: &Cli, args: &ApplyArgs, file: &Path) -> Result<u8, CliError> {
+    let text = std::fs::read_to_string(file).map_err(|source| CliError::Io {
+        what: "cannot read saved plan",
+        path: file.to_path_buf(),
+        source,
+    })?;
+    let saved: Plan = serde_json::from_str(&text).map_err(|source| CliError::PlanFile {
+        path: file.to_path_buf(),
+        source,
+    })?;
+    if saved.format_version != plan::FORMAT_VERSION {
+        return Err(CliError::Usage(format!(
+            "saved plan {} has format version {}, this fort reads version {}",
+            file.display(),
+            saved.format_version,
+            plan::FORMAT_VERSION
+        )));
+    }
+    let manifest = match (&cli.file, &saved.manifest) {
+        (None, Some(p)) => Some(crate::manifest::load(p)?),
+        (Some(_), _) => Some(session::load_manifest(cli)?),
+        (None, None) => None,
+    };
+    let digest = manifest.as_ref().map_or_else(String::new, Manifest::digest);
+    if digest != saved.manifest_digest {
+        return Err(CliError::StalePlan {
+            path: file.to_path_buf(),
+            why: "the manifest changed",
+        });
+    }
+    let state_dir = saved.state_dir.clone();
+    let options = saved.options.clone();
+    run_in(cli, &args.run, manifest.as_ref(), &state_dir, options, Some((file, saved))).await
+}
+
+async fn run(
+    cli: &Cli,
+    run_args: &RunArgs,
+    manifest: Option<&Manifest>,
+    options: PlanOptions,
+    saved: Option<(&Path, Plan)>,
+) -> Result<u8, CliError> {
+    let state_dir = session::state_dir(cli, manifest);
+    run_in(cli, run_args, manifest, &state_dir, options, saved).await
+}
+
+async fn run_in(
+    cli: &Cli,
+    run_args: &RunArgs,
+    manifest: Option<&Manifest>,
+    state_dir: &Path,
+    options: PlanOptions,
+    saved: Option<(&Path, Plan)>,
+) -> Result<u8, CliError> {
+    let command = command_line();
+    // Lock before reading state: what we plan against must not change until we are done.
+    let lock = lock(state_dir, run_args, &command).await?;
+    let store = SqliteStore::open(state_dir)?;
+    let recorded = store.resources()?;
+    let digest = store.digest()?;
+    let ctx = session::ctx(state_dir, store, term::stderr_is_tty() && !cli.json);
+
+    let plan = match saved {
+        Some((file, saved)) => {
+            if saved.state_digest != digest {
+                return Err(CliError::StalePlan {
+                    path: file.to_path_buf(),
+                    why: "the recorded state changed",
+                });
+            }
+            saved
+        }
+        None => make_plan(&ctx, manifest, &recorded, digest, options).await?,
+    };
+    let style = term::stdout_style();
+    if plan.is_empty() {
+        if cli.json {
+            println!("{}", serde_json::to_string_pretty(&Report::default()).unwrap_or_default());
+        } else {
+            print!("{}", render::render(&plan, style));
+        }
+        return Ok(exit::OK);
+    }
+    if !cli.json {
+        print!("{}", render::render(&plan, style));
+        println!();
+    }
+    let approved_by_file = false;
+    if !run_args.yes && !approved_by_file {
+        if !term::stdin_is_tty() {
+            return Err(CliError::Usage(
+                "refusing to change the host without confirmation: stdin is not a terminal; re-run with --yes to apply this plan".to_string(),
+            ));
+        }
+        let question = if plan.options.destroy {
+            "Do you really want to destroy these resources?"
+        } else {
+            "Do you want to perform these actions?"
+        };
+        if !term::confirm(question).map_err(|source| CliError::Io {
+            what: "cannot read the answer from",
+            path: "stdin".into(),
+            source,
+        })? {
+            println!("Cancelled: nothing was changed.");
+            return Ok(exit::ERROR);
+        }
+    }
+
+    let opts = ExecOptions {
+        parallelism: run_args.parallelism.unwrap_or_else(|| ExecOptions::default().parallelism),
+        ..ExecOptions::default()
+    };
+    let cancel = opts.cancel.clone();
+    let watcher = tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            eprintln!("Interrupted: finishing the running actions and recording them; no new ones will start (Ctrl-C again to abort now).");
+            cancel.store(true, Ordering::SeqCst);
+            if tokio::signal::ctrl_c().await.is_ok() {
+                std::process::exit(i32::from(exit::INTERRUPTED));
+            }
+        }
+    });
+
+    let plan_json = serde_json::to_value(&plan).unwrap_or_default();
+    let run_id = ctx.with_store(|s| s.begin_run(&command, &plan_json))?;
+    let progress = Arc::new(term::Lines {
+        style,
+        to_stderr: cli.json,
+    });
+    let empty = Default::default();
+    let desired = manifest.map_or(&empty, |m| &m.resources);
+    let report = apply::execute(&plan, desired, &recorded, ctx.clone(), run_id, &opts, progress).await?;
+    watcher.abort();
+    let result = if report.interrupted {
+        "interrupted"
+    } else if report.succeeded() {
+        "ok"
+    } else {
+        "failed"
+    };
+    ctx.with_store(|s| s.finish_run(run_id, result))?;
+    drop(lock);
+
+    if cli.json {
+        println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
+    } else {
+        println!();
+        println!("{}", summary(&report, style));
+    }
+    Ok(if report.interrupted {
+        exit::INTERRUPTED
+    } else if report.succeeded() {
+        exit::OK
+    } else {
+        exit::ERROR
+    })
+}
+
+async fn lock(state_dir: &Path, run_args: &RunArgs, command: &str) -> Result<StateLock, CliError> {
+    let dir = state_dir.to_path_buf();
+    let timeout = run_args.lock_timeout;
+    let command = command.to_string();
+    std::fs::create_dir_all(&dir).map_err(|source| CliError::Io {
+        what: "cannot create state directory",
+        path: dir.clone(),
+        source,
+    })?;
+    tokio::task::spawn_blocking(move || StateLock::acquire(&dir, timeout, &command))
+        .await
+        .map_err(|e| CliError::Usage(format!("lock task failed: {e}")))?
+        .map_err(CliError::from)
+}
+
+fn command_line() -> String {
+    let args: Vec<String> = std::env::args().collect();
+    let mut s = "fort".to_string();
+    for a in args.iter().skip(1) {
+        s.push(' ');
+        s.push_str(a);
+    }
+    s
+}
+
+fn summary(report: &Report, style: crate::plan::render::Style) -> String {
+    let done = |op: Op| {
+        report.count(|a| a.op == op && matches!(a.outcome, Outcome::Done { .. }))
+    };
+    let failed = report.count(|a| matches!(a.outcome, Outcome::Failed { .. }));
+    let skipped = report.count(|a| matches!(a.outcome, Outcome::Skipped { .. }));
+    let not_started = report.count(|a| matches!(a.outcome, Outcome::NotStarted));
+    let head = if report.interrupted {
+        "Apply interrupted"
+    } else if report.succeeded() {
+        "Apply complete"
+    } else {
+        "Apply failed"
+    };
+    let mut s = format!(
+        "{head}: {} created, {} updated, {} restarted, {} replaced, {} destroyed",
+        done(Op::Create),
+        done(Op::Update),
+        done(Op::Restart),
+        done(Op::Replace),
+        done(Op::Destroy)
+    );
+    if failed + skipped + not_started > 0 {
+        s.push_str(&format!(", {failed} failed, {skipped} skipped"));
+        if not_started > 0 {
+            s.push_str(&format!(", {not_started} not started"));
+        }
+    }
+    s.push('.');
+    if report.succeeded() {
+        style.green(&s)
+    } else {
+        style.red(&s)
+    }
+}

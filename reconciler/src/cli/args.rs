@@ -1,0 +1,173 @@
+//! clap definitions of every command and flag.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::address::Address;
+
+const AFTER_HELP: &str = "\
+Exit codes: 0 success (plan --detailed-exitcode: no changes), 1 error, 2 changes present
+(plan --detailed-exitcode), 130 interrupted. Documentation: docs/cli.md.";
+
+/// fort turns this host into a fleet of Firecracker microVMs described in fort.toml.
+///
+/// Write a manifest, review what would change with `fort plan`, converge the host with
+/// `fort apply`, and tear it down with `fort destroy`.
+#[derive(Debug, Parser)]
+#[command(name = "fort", version, after_help = AFTER_HELP, propagate_version = true)]
+pub struct Cli {
+    /// The manifest: a fort.toml file, or a directory whose *.toml files are merged.
+    #[arg(short = 'f', long = "file", global = true, value_name = "PATH", env = "FORT_MANIFEST")]
+    pub file: Option<PathBuf>,
+
+    /// Where fort keeps state, cache and images [default: the manifest's [fort] state_dir, else
+    /// /var/lib/fort as root, else $XDG_STATE_HOME/fort].
+    #[arg(long, global = true, value_name = "DIR", env = "FORT_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+
+    /// Print machine-readable JSON instead of text (read commands and reports).
+    #[arg(long, global = true)]
+    pub json: bool,
+
+    /// More log output on stderr (-v info, -vv debug, -vvv trace); RUST_LOG works too.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Check the manifest without touching the host.
+    Validate,
+    /// Show what apply would change, and why.
+    Plan(PlanArgs),
+    /// Converge the host to the manifest (or run a saved plan).
+    Apply(ApplyArgs),
+    /// Remove everything fort created for this state directory (or only --target and what needs it).
+    Destroy(DestroyArgs),
+    /// Inspect recorded state.
+    #[command(subcommand)]
+    State(StateCommand),
+    /// Show every recorded transition of one resource.
+    History(HistoryArgs),
+    /// Print the JSON Schema of fort.toml.
+    Schema,
+}
+
+#[derive(Debug, Args, Clone, Default)]
+pub struct Selection {
+    /// Only this resource and what it needs (repeatable).
+    #[arg(long = "target", value_name = "ADDR")]
+    pub targets: Vec<Address>,
+}
+
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    #[command(flatten)]
+    pub selection: Selection,
+
+    /// Plan to destroy and re-create this resource even if unchanged (repeatable).
+    #[arg(long = "replace", value_name = "ADDR")]
+    pub replace: Vec<Address>,
+
+    /// Allow destroying or replacing protected drives.
+    #[arg(long)]
+    pub allow_data_loss: bool,
+
+    /// Exit 0 when there are no changes, 2 when there are, 1 on error.
+    #[arg(long)]
+    pub detailed_exitcode: bool,
+
+    /// Save the plan to FILE for `fort apply FILE` (also spelled -out FILE).
+    #[arg(short = 'o', long = "out", value_name = "FILE")]
+    pub out: Option<PathBuf>,
+
+    /// Plan a destroy instead.
+    #[arg(long)]
+    pub destroy: bool,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct RunArgs {
+    /// Skip the confirmation prompt.
+    #[arg(short = 'y', long, alias = "auto-approve")]
+    pub yes: bool,
+
+    /// At most N actions at once [default: number of CPUs].
+    #[arg(long, value_name = "N")]
+    pub parallelism: Option<usize>,
+
+    /// Wait this long for another apply holding the state directory.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    pub lock_timeout: Duration,
+
+    /// Allow destroying or replacing protected drives.
+    #[arg(long)]
+    pub allow_data_loss: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ApplyArgs {
+    /// A plan saved by `fort plan -out FILE`; refused if the manifest or state changed since.
+    #[arg(value_name = "PLANFILE")]
+    pub plan_file: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub selection: Selection,
+
+    /// Destroy and re-create this resource even if unchanged (repeatable).
+    #[arg(long = "replace", value_name = "ADDR")]
+    pub replace: Vec<Address>,
+
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct DestroyArgs {
+    #[command(flatten)]
+    pub selection: Selection,
+
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum StateCommand {
+    /// One line per recorded resource.
+    List,
+    /// Everything recorded about one resource.
+    Show {
+        #[arg(value_name = "ADDR")]
+        address: Address,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct HistoryArgs {
+    #[arg(value_name = "ADDR")]
+    pub address: Address,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{e} (expected e.g. 30s, 2m, 500ms)"))
+}
+
+/// Terraform spells it `-out FILE`; clap would read that as `-o ut`. Rewrite it first.
+pub fn normalize_args(args: impl IntoIterator<Item = String>) -> Vec<String> {
+    args.into_iter()
+        .map(|a| {
+            if a == "-out" {
+                "--out".to_string()
+            } else if let Some(v) = a.strip_prefix("-out=") {
+                format!("--out={v}")
+            } else {
+                a
+            }
+        })
+        .collect()
+}

@@ -1,0 +1,120 @@
+//! `fort validate` and `fort plan`, and the planning step `fort apply`/`destroy` share.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use super::args::PlanArgs;
+use super::session::{self, absolute};
+use super::{exit, term, Cli, CliError};
+use crate::address::Address;
+use crate::manifest::{Manifest, Resource};
+use crate::plan::{self, render, Plan, PlanInput, PlanOptions};
+use crate::resources::{self, Ctx};
+use crate::state::{Record, StateStore};
+
+pub fn validate(cli: &Cli) -> Result<u8, CliError> {
+    let m = session::load_manifest(cli)?;
+    if cli.json {
+        let v = serde_json::json!({
+            "valid": true,
+            "files": m.files,
+            "resources": m.resources.keys().map(ToString::to_string).collect::<Vec<_>>(),
+        });
+        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+    } else {
+        let mut per_kind: BTreeMap<crate::Kind, usize> = BTreeMap::new();
+        for a in m.resources.keys() {
+            *per_kind.entry(a.kind).or_default() += 1;
+        }
+        let kinds: Vec<String> = per_kind.iter().map(|(k, n)| format!("{n} {k}")).collect();
+        println!(
+            "The manifest is valid: {} resources ({}) in {} file(s).",
+            m.resources.len(),
+            if kinds.is_empty() { "none".to_string() } else { kinds.join(", ") },
+            m.files.len()
+        );
+    }
+    Ok(exit::OK)
+}
+
+/// Observe and diff: the plan for `manifest` (None for destroy plans) against `recorded`.
+pub async fn make_plan(
+    ctx: &Ctx,
+    manifest: Option<&Manifest>,
+    recorded: &BTreeMap<Address, Record>,
+    state_digest: String,
+    options: PlanOptions,
+) -> Result<Plan, CliError> {
+    let empty = BTreeMap::new();
+    let desired: &BTreeMap<Address, Resource> = manifest.map_or(&empty, |m| &m.resources);
+    let observed = if options.destroy {
+        BTreeMap::new()
+    } else {
+        resources::observe_all(ctx, desired, recorded).await
+    };
+    // Validate targets against everything known, so a typo is an error, not an empty plan.
+    let graph = plan::graph_of(desired, recorded)?;
+    for t in &options.targets {
+        graph.with_dependencies(std::slice::from_ref(t))?;
+    }
+    let input = PlanInput {
+        desired,
+        recorded,
+        observed: &observed,
+        options: &options,
+    };
+    let (changes, notes) = plan::diff(&input, &resources::kind)?;
+    Ok(Plan {
+        format_version: plan::FORMAT_VERSION,
+        fort_version: crate::VERSION.to_string(),
+        manifest: manifest.map(|m| absolute(&m.path)),
+        manifest_digest: manifest.map_or_else(String::new, Manifest::digest),
+        state_dir: ctx.state_dir.clone(),
+        state_digest,
+        summary: plan::summarize(&changes),
+        options,
+        changes,
+        notes,
+    })
+}
+
+pub async fn plan(cli: &Cli, args: &PlanArgs) -> Result<u8, CliError> {
+    let manifest = session::load_manifest(cli)?;
+    let state_dir = session::state_dir(cli, Some(&manifest));
+    let store = crate::state::SqliteStore::open_readonly(&state_dir)?;
+    let recorded = store.resources()?;
+    let digest = store.digest()?;
+    let ctx = session::ctx(&state_dir, store, false);
+    let options = PlanOptions {
+        targets: args.selection.targets.clone(),
+        replace: args.replace.clone(),
+        allow_data_loss: args.allow_data_loss,
+        destroy: args.destroy,
+    };
+    let plan = make_plan(&ctx, Some(&manifest), &recorded, digest, options).await?;
+    if let Some(out) = &args.out {
+        save(&plan, out)?;
+    }
+    if cli.json {
+        println!("{}", serde_json::to_string_pretty(&plan).unwrap_or_default());
+    } else {
+        print!("{}", render::render(&plan, term::stdout_style()));
+        if let Some(out) = &args.out {
+            println!("\nSaved the plan to {}. Apply exactly it with: fort apply {}", out.display(), out.display());
+        }
+    }
+    Ok(if args.detailed_exitcode && !plan.is_empty() {
+        exit::CHANGES
+    } else {
+        exit::OK
+    })
+}
+
+fn save(plan: &Plan, out: &Path) -> Result<(), CliError> {
+    let text = serde_json::to_string_pretty(plan).unwrap_or_default();
+    std::fs::write(out, text + "\n").map_err(|source| CliError::Io {
+        what: "cannot write plan to",
+        path: out.to_path_buf(),
+        source,
+    })
+}

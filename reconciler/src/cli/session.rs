@@ -1,0 +1,57 @@
+//! What most commands start from: the manifest, the state directory, the store.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use super::{Cli, CliError};
+use crate::manifest::{self, Manifest};
+use crate::resources::Ctx;
+use crate::state::SqliteStore;
+
+/// The manifest path: `-f`, else `./fort.toml`, else the current directory's `*.toml`.
+pub fn manifest_path(cli: &Cli) -> PathBuf {
+    match &cli.file {
+        Some(p) => p.clone(),
+        None if Path::new("fort.toml").exists() => PathBuf::from("fort.toml"),
+        None => PathBuf::from("."),
+    }
+}
+
+pub fn load_manifest(cli: &Cli) -> Result<Manifest, CliError> {
+    Ok(manifest::load(&manifest_path(cli))?)
+}
+
+/// `--state-dir`, else the manifest's `[fort] state_dir`, else the default for this user.
+pub fn state_dir(cli: &Cli, manifest: Option<&Manifest>) -> PathBuf {
+    if let Some(d) = &cli.state_dir {
+        return absolute(d);
+    }
+    if let Some(d) = manifest.and_then(|m| m.state_dir.clone()) {
+        return d;
+    }
+    default_state_dir()
+}
+
+pub fn default_state_dir() -> PathBuf {
+    if rustix::process::geteuid().is_root() {
+        return PathBuf::from("/var/lib/fort");
+    }
+    if let Some(x) = std::env::var_os("XDG_STATE_HOME").filter(|x| !x.is_empty()) {
+        return PathBuf::from(x).join("fort");
+    }
+    let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("."), PathBuf::from);
+    home.join(".local/state/fort")
+}
+
+pub fn absolute(p: &Path) -> PathBuf {
+    std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
+}
+
+/// A context over a store (read-only stores for plan and the read commands).
+pub fn ctx(state_dir: &Path, store: SqliteStore, progress: bool) -> Arc<Ctx> {
+    Arc::new(Ctx::new(
+        state_dir.to_path_buf(),
+        Arc::new(Mutex::new(store)),
+        progress,
+    ))
+}

@@ -1,0 +1,137 @@
+//! Human rendering of plans, Terraform style: one block per change, a summary line, colour
+//! only when asked (the CLI asks when stdout is a terminal).
+
+use std::fmt::Write;
+
+use serde_json::Value;
+
+use super::{Change, Op, Plan};
+
+/// ANSI colours, or none.
+#[derive(Debug, Clone, Copy)]
+pub struct Style {
+    pub color: bool,
+}
+
+impl Style {
+    fn paint(&self, code: &str, s: &str) -> String {
+        if self.color {
+            format!("\x1b[{code}m{s}\x1b[0m")
+        } else {
+            s.to_string()
+        }
+    }
+
+    fn op(&self, op: Op) -> String {
+        let code = match op {
+            Op::Create => "32",
+            Op::Update | Op::Restart => "33",
+            Op::Replace => "35",
+            Op::Destroy => "31",
+        };
+        self.paint(code, op.symbol())
+    }
+
+    pub fn bold(&self, s: &str) -> String {
+        self.paint("1", s)
+    }
+
+    pub fn red(&self, s: &str) -> String {
+        self.paint("31", s)
+    }
+
+    pub fn green(&self, s: &str) -> String {
+        self.paint("32", s)
+    }
+
+    pub fn yellow(&self, s: &str) -> String {
+        self.paint("33", s)
+    }
+}
+
+/// The whole plan as text.
+pub fn render(plan: &Plan, style: Style) -> String {
+    let mut out = String::new();
+    if plan.changes.is_empty() {
+        out.push_str(&style.green("No changes. The host matches the manifest."));
+        out.push('\n');
+        for n in &plan.notes {
+            let _ = writeln!(out, "note: {n}");
+        }
+        return out;
+    }
+    let _ = writeln!(out, "fort will perform the following actions:\n");
+    for c in &plan.changes {
+        render_change(&mut out, c, style);
+    }
+    for n in &plan.notes {
+        let _ = writeln!(out, "note: {n}");
+    }
+    if !plan.notes.is_empty() {
+        out.push('\n');
+    }
+    out.push_str(&style.bold(&summary_line(plan)));
+    out.push('\n');
+    out
+}
+
+/// `Plan: 1 to create, 0 to update, 0 to restart, 0 to replace, 2 to destroy.`
+pub fn summary_line(plan: &Plan) -> String {
+    let s = &plan.summary;
+    format!(
+        "Plan: {} to create, {} to update, {} to restart, {} to replace, {} to destroy.",
+        s.create, s.update, s.restart, s.replace, s.destroy
+    )
+}
+
+fn render_change(out: &mut String, c: &Change, style: Style) {
+    let bang = if c.data_loss {
+        format!(" {}", style.red("!"))
+    } else {
+        String::new()
+    };
+    let _ = writeln!(out, "  {} {}{}", style.op(c.op), style.bold(&c.address.to_string()), bang);
+    if c.fields.is_empty() || c.op == Op::Destroy {
+        for r in &c.reasons {
+            let _ = writeln!(out, "      reason: {r}");
+        }
+    } else {
+        for r in c.reasons.iter().filter(|r| !r.ends_with(" changed")) {
+            let _ = writeln!(out, "      reason: {r}");
+        }
+        for f in &c.fields {
+            let tag = match f.effect {
+                super::Effect::Update => "",
+                super::Effect::Restart => "  (needs restart)",
+                super::Effect::Replace => "  (forces replacement)",
+            };
+            let _ = writeln!(
+                out,
+                "      ~ {}: {} → {}{}",
+                f.field,
+                value(f.before.as_ref()),
+                value(f.after.as_ref()),
+                tag
+            );
+        }
+    }
+    if c.data_loss {
+        let _ = writeln!(out, "      {}", style.red("! the data on it will be lost"));
+    }
+    out.push('\n');
+}
+
+fn value(v: Option<&Value>) -> String {
+    match v {
+        None | Some(Value::Null) => "(none)".to_string(),
+        Some(v) => {
+            let s = v.to_string();
+            if s.chars().count() > 72 {
+                let head: String = s.chars().take(69).collect();
+                format!("{head}…")
+            } else {
+                s
+            }
+        }
+    }
+}

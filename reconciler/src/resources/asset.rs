@@ -1,0 +1,148 @@
+//! What the three asset kinds (kernel, rootfs, firecracker) share: fetching into the cache,
+//! observing a cache entry, and removing it when no other resource uses it.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::{Ctx, ResourceError};
+use crate::address::Address;
+use crate::host::fetch::{self, FetchRequest, Fetched};
+use crate::manifest::AssetSource;
+use crate::plan::Observation;
+use crate::state::StateStore;
+
+/// The outputs recorded for one fetched file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CachedFile {
+    pub path: PathBuf,
+    pub fetched_sha256: String,
+    pub content_sha256: String,
+    pub size: u64,
+}
+
+impl From<Fetched> for CachedFile {
+    fn from(f: Fetched) -> Self {
+        CachedFile {
+            path: f.path,
+            fetched_sha256: f.fetched_sha256,
+            content_sha256: f.content_sha256,
+            size: f.size,
+        }
+    }
+}
+
+pub async fn fetch(
+    ctx: &Ctx,
+    label: &Address,
+    source: &AssetSource,
+    member: Option<&str>,
+    executable: bool,
+) -> Result<CachedFile, ResourceError> {
+    let label = label.to_string();
+    let req = FetchRequest {
+        source,
+        member,
+        executable,
+        label: &label,
+    };
+    Ok(ctx.fetcher()?.fetch(&req).await?.into())
+}
+
+/// Is the cache entry still there and unchanged; for an unpinned local source, is the source
+/// still what was fetched?
+pub async fn observe(file: &CachedFile, source: &AssetSource) -> Result<Observation, ResourceError> {
+    let file = file.clone();
+    let unpinned_local = source.sha256.is_none() && source.sha256_url.is_none();
+    let local_source = unpinned_local
+        .then(|| source.url.strip_prefix("file://").map(PathBuf::from))
+        .flatten();
+    let run = move || -> Result<Observation, ResourceError> {
+        if !file.path.exists() {
+            return Ok(Observation::Missing {
+                what: format!("cache entry {} is missing", file.path.display()),
+            });
+        }
+        let got = fetch::sha256_file(&file.path)?;
+        if got != file.content_sha256 {
+            return Ok(Observation::Drifted {
+                what: format!(
+                    "cache entry {} was modified (sha256 {}, recorded {})",
+                    file.path.display(),
+                    short(&got),
+                    short(&file.content_sha256)
+                ),
+            });
+        }
+        if let Some(src) = local_source {
+            if !src.exists() {
+                return Ok(Observation::Drifted {
+                    what: format!("source {} is gone", src.display()),
+                });
+            }
+            if fetch::sha256_file(&src)? != file.fetched_sha256 {
+                return Ok(Observation::Drifted {
+                    what: format!("source {} changed since it was fetched", src.display()),
+                });
+            }
+        }
+        Ok(Observation::Ok)
+    };
+    tokio::task::spawn_blocking(run)
+        .await
+        .map_err(|e| ResourceError::Check(format!("observer task failed: {e}")))?
+}
+
+fn short(h: &str) -> &str {
+    h.get(..12).unwrap_or(h)
+}
+
+/// Remove cache entries that no other recorded resource still points at (entries are
+/// content-addressed, so two resources with the same source share one).
+pub fn release(ctx: &Ctx, owner: &Address, files: &[CachedFile]) -> Result<(), ResourceError> {
+    let others = ctx.with_store(|s| s.resources())?;
+    for f in files {
+        let shared = others
+            .values()
+            .filter(|r| &r.address != owner)
+            .any(|r| mentions_path(&r.outputs, &f.path));
+        if shared {
+            continue;
+        }
+        remove_if_present(&f.path)?;
+        remove_if_present(&sidecar(&f.path))?;
+    }
+    Ok(())
+}
+
+fn sidecar(path: &Path) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(".sha256");
+    PathBuf::from(s)
+}
+
+fn remove_if_present(path: &Path) -> Result<(), ResourceError> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(ResourceError::io("cannot remove", path, e)),
+    }
+}
+
+fn mentions_path(v: &serde_json::Value, path: &Path) -> bool {
+    match v {
+        serde_json::Value::String(s) => Path::new(s) == path,
+        serde_json::Value::Array(a) => a.iter().any(|x| mentions_path(x, path)),
+        serde_json::Value::Object(o) => o.values().any(|x| mentions_path(x, path)),
+        _ => false,
+    }
+}
+
+/// Decode recorded outputs of an asset kind.
+pub fn outputs<T: serde::de::DeserializeOwned>(
+    address: &Address,
+    v: &serde_json::Value,
+) -> Result<T, ResourceError> {
+    serde_json::from_value(v.clone())
+        .map_err(|e| ResourceError::Check(format!("recorded outputs of {address} are unreadable: {e}")))
+}
