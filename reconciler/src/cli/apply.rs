@@ -119,6 +119,8 @@ async fn run_in(
     let digest = store.digest()?;
     let ctx = session::ctx(state_dir, store, term::stderr_is_tty() && !cli.json);
 
+    // A saved plan was reviewed when it was made (as in Terraform): no second question.
+    let from_file = saved.is_some();
     let plan = match saved {
         Some((file, saved)) => {
             if saved.state_digest != digest {
@@ -144,8 +146,7 @@ async fn run_in(
         print!("{}", render::render(&plan, style));
         println!();
     }
-    let approved_by_file = false;
-    if !run_args.yes && !approved_by_file {
+    if !run_args.yes && !from_file {
         if !term::stdin_is_tty() {
             return Err(CliError::Usage(
                 "refusing to change the host without confirmation: stdin is not a terminal; re-run with --yes to apply this plan".to_string(),
