@@ -142,6 +142,10 @@ pub trait StateStore {
         action: &str,
         detail: &str,
     ) -> Result<(), StateError>;
+    /// Append a history entry without changing the resource row (e.g. a failed action, which
+    /// leaves the host and the record as they were).
+    fn note(&self, address: &Address, run: Option<RunId>, action: &str, detail: &str)
+        -> Result<(), StateError>;
     /// The history of one resource, oldest first (also after it was destroyed).
     fn history(&self, address: &Address) -> Result<Vec<HistoryEntry>, StateError>;
     fn begin_run(&self, command: &str, plan: &serde_json::Value) -> Result<RunId, StateError>;

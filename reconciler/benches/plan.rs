@@ -1,0 +1,105 @@
+//! Planning benchmark: load + validate a manifest of N resources, build the graph, load the
+//! matching recorded state from SQLite, and diff — everything `fort plan` does except
+//! observing the host. Run: `cargo bench -p fort --bench plan`.
+
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use fort::plan::{self, PlanInput, PlanOptions};
+use fort::state::{Record, SqliteStore, StateStore, Status};
+
+/// A manifest with `n` resources: shared assets, a template and a network, then VMs with
+/// inline root drives (two resources each).
+fn manifest(n: usize) -> String {
+    let mut s = String::from(
+        "[fort]\nversion = 1\n\n\
+         [kernel.k]\nurl = \"/srv/vmlinux\"\n\n\
+         [rootfs.r]\nurl = \"/srv/rootfs.tar\"\n\n\
+         [template.t]\nrootfs = \"r\"\nsize = \"1GiB\"\n\n\
+         [network.lan]\ncidr = \"10.0.0.0/16\"\nnat = true\n\n",
+    );
+    let vms = (n - 4) / 2;
+    for i in 0..vms {
+        let _ = write!(
+            s,
+            "[vm.v{i}]\nkernel = \"k\"\nroot = {{ template = \"t\", size = \"2GiB\" }}\nnetwork = \"lan\"\nmemory = \"256MiB\"\n\n"
+        );
+    }
+    s
+}
+
+fn record_all(dir: &Path, m: &fort::manifest::Manifest) {
+    let store = SqliteStore::open(dir).unwrap();
+    for (addr, r) in &m.resources {
+        let rec = Record {
+            address: addr.clone(),
+            kind: addr.kind,
+            spec_hash: r.spec_hash(),
+            spec: r.spec_json(),
+            outputs: serde_json::json!({}),
+            deps: r.deps.clone(),
+            status: Status::Ready,
+            error: None,
+            created_at: 1,
+            updated_at: 1,
+        };
+        store.put(&rec, None, "create", "bench").unwrap();
+    }
+}
+
+fn plan_once(file: &Path, state: &Path) -> (usize, Duration) {
+    let t = Instant::now();
+    let m = fort::manifest::load(file).unwrap();
+    let store = SqliteStore::open_readonly(state).unwrap();
+    let recorded = store.resources().unwrap();
+    let graph = plan::graph_of(&m.resources, &recorded).unwrap();
+    let observed = BTreeMap::new();
+    let opts = PlanOptions::default();
+    let input = PlanInput {
+        desired: &m.resources,
+        recorded: &recorded,
+        observed: &observed,
+        options: &opts,
+    };
+    let (changes, _) = plan::diff(&input, &fort::resources::kind).unwrap();
+    let _ = graph.create_waves();
+    let elapsed = t.elapsed();
+    assert!(changes.is_empty(), "recorded state should match: {:?}", changes.first());
+    (m.resources.len(), elapsed)
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn main() {
+    let runs = 7;
+    let mut results = Vec::new();
+    for n in [1_000usize, 10_000] {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("fort.toml");
+        std::fs::write(&file, manifest(n)).unwrap();
+        let m = fort::manifest::load(&file).unwrap();
+        let state = dir.path().join("state");
+        record_all(&state, &m);
+        let mut times = Vec::new();
+        let mut count = 0;
+        for _ in 0..runs {
+            let (c, d) = plan_once(&file, &state);
+            count = c;
+            times.push(d);
+        }
+        let med = median(times);
+        println!("plan {count:>6} resources: median {:>8.1} ms over {runs} runs", med.as_secs_f64() * 1e3);
+        results.push(med);
+    }
+    println!(
+        "ratio 10k/1k: {:.2} (linear = 10)",
+        results[1].as_secs_f64() / results[0].as_secs_f64()
+    );
+}

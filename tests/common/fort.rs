@@ -1,0 +1,117 @@
+//! Running the real `fort` binary in tests: a temp workspace with a manifest and a state dir.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+pub const FORT: &str = env!("CARGO_BIN_EXE_fort");
+
+/// A temp dir holding `fort.toml` and `state/`.
+pub struct Workspace {
+    pub dir: tempfile::TempDir,
+}
+
+impl Workspace {
+    pub fn new() -> Workspace {
+        Workspace {
+            dir: tempfile::tempdir().expect("tempdir"),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    pub fn manifest(&self) -> PathBuf {
+        self.dir.path().join("fort.toml")
+    }
+
+    /// Write `fort.toml` (a `[fort] version = 1` header is prepended).
+    pub fn write_manifest(&self, body: &str) {
+        std::fs::write(self.manifest(), format!("[fort]\nversion = 1\n\n{body}"))
+            .expect("write manifest");
+    }
+
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(FORT);
+        c.arg("-f")
+            .arg(self.manifest())
+            .arg("--state-dir")
+            .arg(self.state_dir())
+            .args(args)
+            .current_dir(self.path())
+            .env("NO_COLOR", "1")
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null());
+        c
+    }
+
+    /// Run fort to completion.
+    pub fn run(&self, args: &[&str]) -> Run {
+        let out = self.command(args).output().expect("run fort");
+        Run::from(out)
+    }
+
+    /// Files below `state/cache` (excluding the `tmp` dir itself), sorted, relative names.
+    pub fn cache_files(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let cache = self.state_dir().join("cache");
+        walk(&cache, &cache, &mut out);
+        out.sort();
+        out
+    }
+}
+
+fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            walk(root, &p, out);
+        } else if let Ok(rel) = p.strip_prefix(root) {
+            out.push(rel.to_string_lossy().into_owned());
+        }
+    }
+}
+
+/// The result of one fort run.
+#[derive(Debug)]
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl From<Output> for Run {
+    fn from(o: Output) -> Run {
+        Run {
+            code: o.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+}
+
+impl Run {
+    #[track_caller]
+    pub fn ok(&self) -> &Run {
+        assert_eq!(self.code, 0, "fort failed:\nstdout:\n{}\nstderr:\n{}", self.stdout, self.stderr);
+        self
+    }
+
+    #[track_caller]
+    pub fn code(&self, want: i32) -> &Run {
+        assert_eq!(self.code, want, "unexpected exit code:\nstdout:\n{}\nstderr:\n{}", self.stdout, self.stderr);
+        self
+    }
+}
+
+pub fn sha256_hex(data: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(data))
+}
