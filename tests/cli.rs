@@ -1,0 +1,432 @@
+//! End-to-end tests of the `fort` binary on assets: real HTTP on 127.0.0.1, real files, real
+//! SQLite. Every apply is followed by an empty `plan --detailed-exitcode`.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use common::fort::{sha256_hex, Workspace};
+use common::server::{Reply, Server};
+
+fn xz(data: &[u8]) -> Vec<u8> {
+    let mut e = xz2::write::XzEncoder::new(Vec::new(), 3);
+    e.write_all(data).unwrap();
+    e.finish().unwrap()
+}
+
+fn tgz(entries: &[(&str, &[u8], u32)]) -> Vec<u8> {
+    let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    let mut t = tar::Builder::new(gz);
+    for (name, data, mode) in entries {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(*mode);
+        h.set_cksum();
+        t.append_data(&mut h, name, *data).unwrap();
+    }
+    t.into_inner().unwrap().finish().unwrap()
+}
+
+const FC_MEMBER: &str = "release-v1.12.0-x86_64/firecracker-v1.12.0-x86_64";
+
+/// A kernel (xz), a rootfs (checksum file) and a firecracker release (tgz member) on `srv`.
+fn publish_assets(srv: &Server) -> String {
+    let kernel = b"not really a kernel, but bytes all the same\n".repeat(5000);
+    let kernel_xz = xz(&kernel);
+    srv.route("/vmlinux.xz", Reply::ok(kernel_xz.clone()));
+    let rootfs = tgz(&[("etc/hostname", b"demo\n", 0o644)]);
+    srv.route(
+        "/SHA256SUMS",
+        Reply::ok(format!("{}  rootfs.tar.gz\n", sha256_hex(&rootfs))),
+    );
+    srv.route("/rootfs.tar.gz", Reply::ok(rootfs));
+    let fc = tgz(&[
+        (&format!("{FC_MEMBER}.debug"), b"debug symbols", 0o644),
+        (
+            "release-v1.12.0-x86_64/jailer-v1.12.0-x86_64",
+            b"#!/bin/sh\necho jailer\n",
+            0o755,
+        ),
+        (FC_MEMBER, b"#!/bin/sh\necho 'Firecracker v1.12.0'\n", 0o755),
+    ]);
+    let fc_sha = sha256_hex(&fc);
+    srv.route("/firecracker.tgz", Reply::ok(fc));
+    format!(
+        r#"[kernel.k]
+url = "{k}"
+sha256 = "{ks}"
+
+[rootfs.r]
+url = "{r}"
+sha256_url = "{sums}"
+
+[firecracker.fc]
+url = "{f}"
+sha256 = "{fs}"
+member = "{FC_MEMBER}"
+"#,
+        k = srv.url("/vmlinux.xz"),
+        ks = sha256_hex(&kernel_xz),
+        r = srv.url("/rootfs.tar.gz"),
+        sums = srv.url("/SHA256SUMS"),
+        f = srv.url("/firecracker.tgz"),
+        fs = fc_sha,
+    )
+}
+
+#[test]
+fn apply_converges_and_is_idempotent() {
+    let srv = Server::start();
+    let ws = Workspace::new();
+    ws.write_manifest(&publish_assets(&srv));
+
+    let plan = ws.run(&["plan", "--detailed-exitcode"]);
+    plan.code(2);
+    assert!(plan.stdout.contains("  + kernel.k\n      reason: not yet created\n"), "{}", plan.stdout);
+    assert!(plan.stdout.ends_with("Plan: 3 to create, 0 to update, 0 to restart, 0 to replace, 0 to destroy.\n"), "{}", plan.stdout);
+    assert!(!ws.state_dir().exists(), "plan must not create the state dir");
+
+    let apply = ws.run(&["apply", "--yes"]);
+    apply.ok();
+    assert!(apply.stdout.contains("Apply complete: 3 created, 0 updated, 0 restarted, 0 replaced, 0 destroyed."), "{}", apply.stdout);
+
+    ws.run(&["plan", "--detailed-exitcode"]).ok();
+    let hits = srv.total_hits();
+    let again = ws.run(&["apply", "--yes"]);
+    again.ok();
+    assert_eq!(again.stdout, "No changes. The host matches the manifest.\n");
+    assert_eq!(srv.total_hits(), hits, "a second apply must make no request");
+
+    // The outputs are real: decompressed kernel, extracted firecracker member that runs.
+    let show = ws.run(&["state", "show", "firecracker.fc", "--json"]);
+    let rec: serde_json::Value = serde_json::from_str(&show.ok().stdout).unwrap();
+    assert_eq!(rec["outputs"]["version"], "Firecracker v1.12.0");
+    let kernel: serde_json::Value =
+        serde_json::from_str(&ws.run(&["state", "show", "kernel.k", "--json"]).stdout).unwrap();
+    let path = kernel["outputs"]["path"].as_str().unwrap();
+    assert_eq!(
+        std::fs::read(path).unwrap(),
+        b"not really a kernel, but bytes all the same\n".repeat(5000)
+    );
+}
+
+#[test]
+fn drift_is_planned_and_repaired() {
+    let srv = Server::start();
+    let ws = Workspace::new();
+    ws.write_manifest(&publish_assets(&srv));
+    ws.run(&["apply", "--yes"]).ok();
+
+    let kernel: serde_json::Value =
+        serde_json::from_str(&ws.run(&["state", "show", "kernel.k", "--json"]).stdout).unwrap();
+    let path = kernel["outputs"]["path"].as_str().unwrap().to_string();
+    std::fs::remove_file(&path).unwrap();
+    let plan = ws.run(&["plan", "--detailed-exitcode"]);
+    plan.code(2);
+    assert!(
+        plan.stdout.contains(&format!("  + kernel.k\n      reason: drift: cache entry {path} is missing\n")),
+        "{}",
+        plan.stdout
+    );
+    ws.run(&["apply", "--yes"]).ok();
+    ws.run(&["plan", "--detailed-exitcode"]).ok();
+
+    // Corrupt it in place: same size, different bytes.
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[0] ^= 0xff;
+    std::fs::write(&path, &bytes).unwrap();
+    let plan = ws.run(&["plan", "--detailed-exitcode"]);
+    plan.code(2);
+    assert!(
+        plan.stdout.contains(&format!("  ~ kernel.k\n      reason: drift: cache entry {path} was modified")),
+        "{}",
+        plan.stdout
+    );
+    ws.run(&["apply", "--yes"]).ok();
+    ws.run(&["plan", "--detailed-exitcode"]).ok();
+    assert_eq!(std::fs::read(&path).unwrap()[0], bytes[0] ^ 0xff);
+}
+
+#[test]
+fn checksum_mismatch_leaves_cache_and_state_as_they_were() {
+    let srv = Server::start();
+    let ws = Workspace::new();
+    srv.route("/k", Reply::ok(b"kernel bytes".to_vec()));
+    ws.write_manifest(&format!(
+        "[kernel.k]\nurl = \"{}\"\nsha256 = \"{}\"\n",
+        srv.url("/k"),
+        "0".repeat(64)
+    ));
+    let apply = ws.run(&["apply", "--yes"]);
+    apply.code(1);
+    let want = format!(
+        "kernel.k: creating failed: checksum mismatch for kernel.k: expected {}, got {} ({})",
+        "0".repeat(64),
+        sha256_hex(b"kernel bytes"),
+        srv.url("/k")
+    );
+    assert!(apply.stdout.contains(&want), "{}", apply.stdout);
+    assert_eq!(srv.hits("/k"), 1, "a checksum mismatch is not retried");
+    assert_eq!(ws.cache_files(), Vec::<String>::new());
+    assert_eq!(ws.run(&["state", "list"]).ok().stdout, "No resources recorded.\n");
+    let history = ws.run(&["history", "kernel.k"]).ok().stdout.clone();
+    assert!(history.contains("fail     - → -  create failed: checksum mismatch"), "{history}");
+}
+
+#[test]
+fn http_404_is_not_retried_and_500_is() {
+    let srv = Server::start();
+    let ws = Workspace::new();
+    srv.route("/gone", Reply::status(404));
+    srv.route("/flaky", Reply::status(500));
+    ws.write_manifest(&format!(
+        "[kernel.gone]\nurl = \"{}\"\nsha256 = \"{s}\"\n\n[kernel.flaky]\nurl = \"{}\"\nsha256 = \"{s}\"\n",
+        srv.url("/gone"),
+        srv.url("/flaky"),
+        s = "a".repeat(64)
+    ));
+    let apply = ws.run(&["apply", "--yes"]);
+    apply.code(1);
+    assert_eq!(srv.hits("/gone"), 1);
+    assert_eq!(srv.hits("/flaky"), 4, "retried up to 4 attempts");
+    assert!(apply.stdout.contains("kernel.flaky: attempt 1 failed"), "{}", apply.stdout);
+    assert!(apply.stdout.contains("Apply failed: 0 created, 0 updated, 0 restarted, 0 replaced, 0 destroyed, 2 failed, 0 skipped."), "{}", apply.stdout);
+}
+
+#[test]
+fn a_failure_skips_dependents_and_unrelated_branches_go_on() {
+    let srv = Server::start();
+    let ws = Workspace::new();
+    srv.route("/gone", Reply::status(404));
+    srv.route("/k", Reply::ok(b"kernel".to_vec()));
+    ws.write_manifest(&format!(
+        "[rootfs.r]\nurl = \"{}\"\nsha256 = \"{}\"\n\n[template.t]\nrootfs = \"r\"\nsize = \"64MiB\"\n\n[kernel.k]\nurl = \"{}\"\nsha256 = \"{}\"\n",
+        srv.url("/gone"),
+        "a".repeat(64),
+        srv.url("/k"),
+        sha256_hex(b"kernel")
+    ));
+    let apply = ws.run(&["apply", "--yes"]);
+    apply.code(1);
+    assert!(apply.stdout.contains("template.t: skipped, because rootfs.r did not succeed"), "{}", apply.stdout);
+    assert!(apply.stdout.contains("kernel.k: created in"), "{}", apply.stdout);
+    let list = ws.run(&["state", "list"]).ok().stdout.clone();
+    assert!(list.contains("kernel.k") && !list.contains("rootfs.r"), "{list}");
+}
+
+#[test]
+fn kinds_without_a_driver_fail_clearly() {
+    let ws = Workspace::new();
+    ws.write_manifest("[network.lan]\ncidr = \"10.99.0.0/24\"\n");
+    ws.run(&["plan", "--detailed-exitcode"]).code(2);
+    let apply = ws.run(&["apply", "--yes"]);
+    apply.code(1);
+    assert!(
+        apply.stdout.contains(&format!(
+            "network.lan: creating failed: applying network resources is not supported yet by fort {}",
+            env!("CARGO_PKG_VERSION")
+        )),
+        "{}",
+        apply.stdout
+    );
+}
+
+#[test]
+fn no_terminal_and_no_yes_refuses() {
+    let srv = Server::start();
+    let ws = Workspace::new();
+    ws.write_manifest(&publish_assets(&srv));
+    let apply = ws.run(&["apply"]);
+    apply.code(1);
+    assert!(apply.stderr.contains("error: refusing to change the host without confirmation: stdin is not a terminal; re-run with --yes to apply this plan"), "{}", apply.stderr);
+    assert_eq!(srv.total_hits(), 0, "planning reads nothing from the network");
+    assert!(ws.cache_files().is_empty());
+}
+
+#[test]
+fn saved_plans_apply_once_and_stale_ones_are_refused() {
+    let srv = Server::start();
+    let ws = Workspace::new();
+    ws.write_manifest(&publish_assets(&srv));
+    let plan_file = ws.path().join("p.json");
+    let pf = plan_file.to_str().unwrap();
+    ws.run(&["plan", "-out", pf]).ok();
+    let saved: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&plan_file).unwrap()).unwrap();
+    assert_eq!(saved["format_version"], 1);
+    assert_eq!(saved["summary"]["create"], 3);
+
+    // Apply it: no question asked even without a terminal.
+    ws.run(&["apply", pf]).ok();
+    // Applying it again: the state changed since.
+    let again = ws.run(&["apply", pf]);
+    again.code(1);
+    assert!(again.stderr.contains(&format!("error: saved plan {pf} is stale: the recorded state changed since it was made; run `fort plan -out {pf}` again")), "{}", again.stderr);
+
+    // A manifest edit makes a saved plan stale too.
+    ws.run(&["plan", "--out", pf]).ok();
+    let m = std::fs::read_to_string(ws.manifest()).unwrap();
+    std::fs::write(ws.manifest(), m + "\n[kernel.extra]\nurl = \"/nonexistent\"\n").unwrap();
+    let stale = ws.run(&["apply", pf]);
+    stale.code(1);
+    assert!(stale.stderr.contains(&format!("error: saved plan {pf} is stale: the manifest changed since it was made")), "{}", stale.stderr);
+}
+
+#[test]
+fn a_second_apply_waits_for_the_lock_then_names_the_holder() {
+    let srv = Server::start();
+    let ws = Workspace::new();
+    let data = vec![7u8; 4 * 1024 * 1024];
+    srv.route("/slow", Reply::ok(data.clone()).slow(Duration::from_millis(50)));
+    ws.write_manifest(&format!(
+        "[kernel.k]\nurl = \"{}\"\nsha256 = \"{}\"\n",
+        srv.url("/slow"),
+        sha256_hex(&data)
+    ));
+    let mut first = ws.command(&["apply", "--yes"]).spawn().unwrap();
+    let t = Instant::now();
+    while srv.hits("/slow") == 0 && t.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let second = ws.run(&["apply", "--yes", "--lock-timeout", "1s"]);
+    second.code(1);
+    let want = format!(
+        "error: state directory {} is locked by pid {} (fort -f {} --state-dir {} apply --yes); gave up after 1s (--lock-timeout)",
+        ws.state_dir().display(),
+        first.id(),
+        ws.manifest().display(),
+        ws.state_dir().display()
+    );
+    assert!(second.stderr.contains(&want), "{}\nwant: {want}", second.stderr);
+    assert!(first.wait().unwrap().success());
+    ws.run(&["plan", "--detailed-exitcode"]).ok();
+}
+
+#[test]
+fn sigkill_during_download_then_reapply_converges() {
+    let srv = Server::start();
+    let ws = Workspace::new();
+    let data: Vec<u8> = (0..8 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
+    srv.route("/big", Reply::ok(data.clone()).slow(Duration::from_millis(20)));
+    ws.write_manifest(&format!(
+        "[kernel.k]\nurl = \"{}\"\nsha256 = \"{}\"\n",
+        srv.url("/big"),
+        sha256_hex(&data)
+    ));
+    let mut child = ws.command(&["apply", "--yes"]).spawn().unwrap();
+    let t = Instant::now();
+    while srv.hits("/big") == 0 && t.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    // Nothing looks finished: no cache entry outside tmp/, nothing recorded.
+    assert!(ws.cache_files().iter().all(|f| f.starts_with("tmp/")), "{:?}", ws.cache_files());
+    assert_eq!(ws.run(&["state", "list"]).ok().stdout, "No resources recorded.\n");
+
+    srv.route("/big", Reply::ok(data));
+    ws.run(&["apply", "--yes"]).ok();
+    ws.run(&["plan", "--detailed-exitcode"]).ok();
+}
+
+#[test]
+fn newer_state_database_is_refused_and_left_alone() {
+    let ws = Workspace::new();
+    ws.write_manifest("[kernel.k]\nurl = \"/boot/none\"\n");
+    std::fs::create_dir_all(ws.state_dir()).unwrap();
+    let db = ws.state_dir().join("state.db");
+    {
+        let c = rusqlite::Connection::open(&db).unwrap();
+        c.execute_batch("CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT NOT NULL); INSERT INTO meta VALUES('schema_version','7');").unwrap();
+    }
+    let before = std::fs::read(&db).unwrap();
+    for args in [&["plan"][..], &["apply", "--yes"][..]] {
+        let r = ws.run(args);
+        r.code(1);
+        assert!(r.stderr.contains(&format!("error: state database {} has schema version 7, newer than this fort supports (1); upgrade fort, the database was left untouched", db.display())), "{}", r.stderr);
+    }
+    assert_eq!(std::fs::read(&db).unwrap(), before);
+}
+
+#[test]
+fn destroy_removes_cache_entries_and_rows_and_keeps_history() {
+    let srv = Server::start();
+    let ws = Workspace::new();
+    ws.write_manifest(&publish_assets(&srv));
+    ws.run(&["apply", "--yes"]).ok();
+    assert!(!ws.cache_files().is_empty());
+    let d = ws.run(&["destroy", "--yes"]);
+    d.ok();
+    assert!(d.stdout.contains("  - firecracker.fc\n      reason: destroy requested\n"), "{}", d.stdout);
+    assert!(d.stdout.contains("Apply complete: 0 created, 0 updated, 0 restarted, 0 replaced, 3 destroyed."), "{}", d.stdout);
+    assert!(ws.cache_files().iter().all(|f| f.starts_with("tmp/")), "{:?}", ws.cache_files());
+    assert_eq!(ws.run(&["state", "list"]).ok().stdout, "No resources recorded.\n");
+    let h = ws.run(&["history", "kernel.k"]).ok().stdout.clone();
+    let actions: Vec<&str> = h.lines().map(|l| l.split_whitespace().nth(3).unwrap()).collect();
+    assert_eq!(actions, ["create", "destroy"], "{h}");
+    // And the manifest is still there: the next plan wants everything back.
+    ws.run(&["plan", "--detailed-exitcode"]).code(2);
+}
+
+#[test]
+fn removing_a_resource_from_the_manifest_destroys_it_and_target_limits_the_plan() {
+    let srv = Server::start();
+    let ws = Workspace::new();
+    let assets = publish_assets(&srv);
+    ws.write_manifest(&assets);
+    ws.run(&["apply", "--yes", "--target", "kernel.k"]).ok();
+    let list = ws.run(&["state", "list"]).ok().stdout.clone();
+    assert!(list.contains("kernel.k") && !list.contains("rootfs.r"), "{list}");
+    ws.run(&["apply", "--yes"]).ok();
+    // Drop the rootfs from the manifest.
+    let without: String = assets.split("[rootfs.r]").next().unwrap().to_string()
+        + &assets.split("[firecracker.fc]").nth(1).map(|s| format!("[firecracker.fc]{s}")).unwrap();
+    ws.write_manifest(&without);
+    let plan = ws.run(&["plan", "--detailed-exitcode"]);
+    plan.code(2);
+    assert!(plan.stdout.contains("  - rootfs.r\n      reason: no longer in the manifest\n"), "{}", plan.stdout);
+    ws.run(&["apply", "--yes"]).ok();
+    ws.run(&["plan", "--detailed-exitcode"]).ok();
+    let bad = ws.run(&["plan", "--target", "kernel.nope"]);
+    bad.code(1);
+    assert!(bad.stderr.contains("error: --target kernel.nope: no such resource in the manifest or the state"), "{}", bad.stderr);
+}
+
+#[test]
+fn interrupt_finishes_running_actions_and_records_them() {
+    let srv = Server::start();
+    let ws = Workspace::new();
+    let data = vec![3u8; 2 * 1024 * 1024];
+    srv.route("/a", Reply::ok(data.clone()).slow(Duration::from_millis(30)));
+    srv.route("/b", Reply::ok(b"b".to_vec()));
+    ws.write_manifest(&format!(
+        "[kernel.a]\nurl = \"{}\"\nsha256 = \"{}\"\n\n[kernel.b]\nurl = \"{}\"\nsha256 = \"{}\"\n",
+        srv.url("/a"),
+        sha256_hex(&data),
+        srv.url("/b"),
+        sha256_hex(b"b")
+    ));
+    let mut child = ws.command(&["apply", "--yes", "--parallelism", "1"]).stdout(std::process::Stdio::piped()).spawn().unwrap();
+    let t = Instant::now();
+    while srv.hits("/a") == 0 && t.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(child.id() as i32).unwrap(),
+        rustix::process::Signal::Int,
+    )
+    .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(130), "{stdout}");
+    assert!(stdout.contains("kernel.a: created in"), "{stdout}");
+    assert!(stdout.contains("kernel.b: not started (interrupted)"), "{stdout}");
+    assert_eq!(srv.hits("/b"), 0);
+    let list = ws.run(&["state", "list"]).ok().stdout.clone();
+    assert!(list.contains("kernel.a") && !list.contains("kernel.b"), "{list}");
+    ws.run(&["apply", "--yes"]).ok();
+    ws.run(&["plan", "--detailed-exitcode"]).ok();
+}
