@@ -1,1 +1,0 @@
-//! Verified asset downloads into the content-addressed cache (`state_dir/cache`).
