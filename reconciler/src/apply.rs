@@ -125,7 +125,7 @@ pub async fn execute(
     let nodes = schedule(plan, desired, recorded);
     let mut slots = vec![Slot::Waiting; nodes.len()];
     let mut outcomes: Vec<Option<Outcome>> = vec![None; nodes.len()];
-    let mut running: JoinSet<(usize, Result<Option<serde_json::Value>, Failure>, f64)> =
+    let mut running: JoinSet<(usize, Result<(Option<serde_json::Value>, u32), Failure>, f64)> =
         JoinSet::new();
     let parallelism = opts.parallelism.max(1);
     let mut interrupted = false;

@@ -88,8 +88,9 @@ fn run(job: Job, rx: mpsc::Receiver<Bytes>) -> Result<Output, WorkerError> {
         current: Bytes::new(),
     };
     let file = tempfile::NamedTempFile::new_in(&job.tmp_dir).map_err(WorkerError::Io)?;
+    let handle = file.as_file().try_clone().map_err(WorkerError::Io)?;
     let mut out = HashingWriter {
-        inner: io::BufWriter::with_capacity(1 << 20, file.as_file()),
+        inner: io::BufWriter::with_capacity(1 << 20, handle),
         hasher: Sha256::new(),
         size: 0,
     };

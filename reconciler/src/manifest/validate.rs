@@ -1,0 +1,672 @@
+//! Validation and resolution: merged raw files → [`Manifest`], or every problem found, each at
+//! its file:line:column.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, Ipv4Addr};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use ipnet::Ipv4Net;
+use sha2::{Digest, Sha256};
+use toml::Spanned;
+
+use super::model::*;
+use super::raw::*;
+use super::units::{check_minisign_key, check_name, check_sha256, format_size, line_col, parse_mode, parse_size};
+use super::{Diagnostic, Source};
+use crate::address::{Address, Kind};
+
+/// A declared table with where it came from.
+pub(super) struct Entry<'a, T> {
+    pub(super) file: usize,
+    pub(super) name_span: Range<usize>,
+    pub(super) span: Range<usize>,
+    pub(super) raw: &'a T,
+}
+
+pub(super) type EntryRef<'a, T> = Entry<'a, T>;
+
+struct _Unused<'a, T> {
+    file: usize,
+    name_span: Range<usize>,
+    span: Range<usize>,
+    raw: &'a T,
+}
+
+type Entries<'a, T> = BTreeMap<String, Entry<'a, T>>;
+
+pub(super) struct Ctx<'a> {
+    sources: &'a [Source],
+    diags: Vec<(usize, usize, Diagnostic)>,
+}
+
+impl<'a> Ctx<'a> {
+    pub(super) fn err(&mut self, file: usize, span: &Range<usize>, message: impl Into<String>) {
+        let (line, column) = line_col(&self.sources[file].text, span.start);
+        self.diags.push((
+            file,
+            span.start,
+            Diagnostic {
+                file: self.sources[file].path.clone(),
+                line,
+                column,
+                message: message.into(),
+            },
+        ));
+    }
+
+    pub(super) fn origin(&self, file: usize, span: &Range<usize>) -> Origin {
+        let (line, column) = line_col(&self.sources[file].text, span.start);
+        Origin {
+            file: self.sources[file].path.clone(),
+            line,
+            column,
+        }
+    }
+
+    fn dir(&self, file: usize) -> &Path {
+        &self.sources[file].dir
+    }
+}
+
+pub(super) fn resolve(sources: &[Source], path: &Path) -> Result<Manifest, Vec<Diagnostic>> {
+    let mut cx = Ctx {
+        sources,
+        diags: Vec::new(),
+    };
+    let mut raws = Vec::new();
+    for (i, s) in sources.iter().enumerate() {
+        match toml::from_str::<RawFile>(&s.text) {
+            Ok(r) => raws.push((i, r)),
+            Err(e) => {
+                let msg = e.message().lines().collect::<Vec<_>>().join(": ");
+                cx.err(i, &e.span().unwrap_or(0..0), msg);
+            }
+        }
+    }
+    if cx.diags.is_empty() {
+        let manifest = Resolver::new(&mut cx, &raws).run(path);
+        if cx.diags.is_empty() {
+            return Ok(manifest);
+        }
+    }
+    let mut d = cx.diags;
+    d.sort_by_key(|(f, off, _)| (*f, *off));
+    Err(d.into_iter().map(|(_, _, d)| d).collect())
+}
+
+fn collect<'a, T>(
+    cx: &mut Ctx<'_>,
+    kind: Kind,
+    tables: impl Iterator<Item = (usize, &'a BTreeMap<Spanned<String>, Spanned<T>>)>,
+) -> Entries<'a, T>
+where
+    T: 'a,
+{
+    let mut out: Entries<'a, T> = BTreeMap::new();
+    for (file, table) in tables {
+        for (name, value) in table {
+            let n = name.get_ref();
+            if let Err(e) = check_name(n) {
+                cx.err(file, &name.span(), format!("{kind}.{n}: {e}"));
+                continue;
+            }
+            if let Some(first) = out.get(n) {
+                let a = cx.origin(first.file, &first.span);
+                let b = cx.origin(file, &value.span());
+                cx.err(file, &value.span(), format!("{kind}.{n} is defined twice: {a} and {b}"));
+                continue;
+            }
+            out.insert(
+                n.clone(),
+                Entry {
+                    file,
+                    name_span: name.span(),
+                    span: value.span(),
+                    raw: value.get_ref(),
+                },
+            );
+        }
+    }
+    out
+}
+
+/// Which decompression to assume when the manifest does not say.
+#[derive(Clone, Copy)]
+enum Infer {
+    /// From `.xz` / `.gz` (kernels, initrds, bare binaries).
+    Extension,
+    /// Never (rootfs tarballs are stored as fetched).
+    Never,
+    /// A tar archive's compression (`.tgz`, `.tar.gz`, `.tar.xz`).
+    Archive,
+}
+
+struct AssetFields<'r> {
+    url: &'r Spanned<String>,
+    sha256: &'r Option<Spanned<String>>,
+    sha256_url: &'r Option<Spanned<String>>,
+    minisign: &'r Option<Spanned<RawMinisign>>,
+    decompress: &'r Option<Spanned<RawDecompress>>,
+}
+
+struct Resolver<'c, 'a, 'r> {
+    cx: &'c mut Ctx<'a>,
+    raws: &'r [(usize, RawFile)],
+    resources: BTreeMap<Address, Resource>,
+}
+
+impl<'c, 'a, 'r> Resolver<'c, 'a, 'r> {
+    fn new(cx: &'c mut Ctx<'a>, raws: &'r [(usize, RawFile)]) -> Self {
+        Resolver {
+            cx,
+            raws,
+            resources: BTreeMap::new(),
+        }
+    }
+
+    fn add(&mut self, kind: Kind, name: &str, origin: Origin, spec: Spec, deps: Vec<Address>) {
+        let mut deps = deps;
+        deps.sort();
+        deps.dedup();
+        let address = Address::new(kind, name);
+        self.resources.insert(
+            address.clone(),
+            Resource {
+                address,
+                origin,
+                spec,
+                deps,
+            },
+        );
+    }
+
+    fn run(mut self, path: &Path) -> Manifest {
+        let raws = self.raws;
+        let state_dir = self.fort_table();
+        let fcs = collect(self.cx, Kind::Firecracker, raws.iter().map(|(i, r)| (*i, &r.firecracker)));
+        let kernels = collect(self.cx, Kind::Kernel, raws.iter().map(|(i, r)| (*i, &r.kernel)));
+        let rootfss = collect(self.cx, Kind::Rootfs, raws.iter().map(|(i, r)| (*i, &r.rootfs)));
+        let templates = collect(self.cx, Kind::Template, raws.iter().map(|(i, r)| (*i, &r.template)));
+        let networks = collect(self.cx, Kind::Network, raws.iter().map(|(i, r)| (*i, &r.network)));
+        let drives = collect(self.cx, Kind::Drive, raws.iter().map(|(i, r)| (*i, &r.drive)));
+        let vms = collect(self.cx, Kind::Vm, raws.iter().map(|(i, r)| (*i, &r.vm)));
+
+        for (name, e) in &fcs {
+            let addr = format!("firecracker.{name}");
+            let f = AssetFields {
+                url: &e.raw.url,
+                sha256: &e.raw.sha256,
+                sha256_url: &e.raw.sha256_url,
+                minisign: &e.raw.minisign,
+                decompress: &e.raw.decompress,
+            };
+            let infer = if e.raw.member.is_some() { Infer::Archive } else { Infer::Extension };
+            if let Some(source) = self.asset(e.file, &addr, &f, infer) {
+                let spec = Spec::Firecracker(FirecrackerSpec {
+                    source,
+                    member: e.raw.member.clone(),
+                });
+                let o = self.cx.origin(e.file, &e.span);
+                self.add(Kind::Firecracker, name, o, spec, vec![]);
+            }
+        }
+        for (name, e) in &kernels {
+            self.kernel(name, e);
+        }
+        for (name, e) in &rootfss {
+            let addr = format!("rootfs.{name}");
+            let f = AssetFields {
+                url: &e.raw.url,
+                sha256: &e.raw.sha256,
+                sha256_url: &e.raw.sha256_url,
+                minisign: &e.raw.minisign,
+                decompress: &e.raw.decompress,
+            };
+            if let Some(source) = self.asset(e.file, &addr, &f, Infer::Never) {
+                let o = self.cx.origin(e.file, &e.span);
+                self.add(Kind::Rootfs, name, o, Spec::Rootfs(RootfsSpec { source }), vec![]);
+            }
+        }
+        for (name, e) in &templates {
+            self.template(name, e, &rootfss);
+        }
+        let nets = self.networks(&networks);
+        for (name, e) in &drives {
+            self.drive(name, e, &templates);
+        }
+        let refs = Refs {
+            fcs: fcs.keys().cloned().collect(),
+            kernels: kernels.keys().cloned().collect(),
+            templates: templates.keys().cloned().collect(),
+            drives: drives.iter().map(|(n, e)| (n.clone(), (e.file, e.span.clone()))).collect(),
+            vms: vms.iter().map(|(n, e)| (n.clone(), (e.file, e.span.clone()))).collect(),
+            nets,
+        };
+        super::validate_vm::vms(self.cx, &mut self.resources, &vms, &refs);
+        self.check_cycles();
+        let files = self.cx.sources.iter().map(|s| s.path.clone()).collect();
+        Manifest {
+            path: path.to_path_buf(),
+            files,
+            state_dir,
+            resources: self.resources,
+        }
+    }
+
+    fn fort_table(&mut self) -> Option<PathBuf> {
+        let mut found: Option<(usize, Range<usize>)> = None;
+        let mut state_dir = None;
+        for (file, raw) in self.raws {
+            let Some(fort) = &raw.fort else { continue };
+            if let Some((f0, s0)) = &found {
+                let a = self.cx.origin(*f0, s0);
+                let b = self.cx.origin(*file, &fort.span());
+                self.cx.err(*file, &fort.span(), format!("[fort] is defined twice: {a} and {b}"));
+                continue;
+            }
+            found = Some((*file, fort.span()));
+            let f = fort.get_ref();
+            if *f.version.get_ref() != 1 {
+                self.cx.err(
+                    *file,
+                    &f.version.span(),
+                    format!("unsupported manifest version {}: this fort reads version 1", f.version.get_ref()),
+                );
+            }
+            if let Some(d) = &f.state_dir {
+                state_dir = Some(self.cx.dir(*file).join(d.get_ref()));
+            }
+        }
+        if found.is_none() {
+            let first = self.raws.first().map_or(0, |(i, _)| *i);
+            self.cx.err(first, &(0..0), "missing [fort] table: a manifest needs `[fort]` with `version = 1` in one of its files");
+        }
+        state_dir
+    }
+
+    fn url(&mut self, file: usize, addr: &str, field: &str, url: &Spanned<String>) -> Option<(String, bool)> {
+        let raw = url.get_ref();
+        if raw.starts_with("https://") || raw.starts_with("http://") {
+            return Some((raw.clone(), true));
+        }
+        if let Some(p) = raw.strip_prefix("file://") {
+            if p.starts_with('/') {
+                return Some((raw.clone(), false));
+            }
+            self.cx.err(file, &url.span(), format!("{addr}: {field} `{raw}`: a file:// URL needs an absolute path (file:///…); use a plain relative path instead"));
+            return None;
+        }
+        if raw.contains("://") || raw.is_empty() {
+            self.cx.err(file, &url.span(), format!("{addr}: {field} `{raw}`: expected an https://, http:// or file:// URL, or a path"));
+            return None;
+        }
+        let abs = self.cx.dir(file).join(raw);
+        Some((format!("file://{}", abs.display()), false))
+    }
+
+    fn asset(&mut self, file: usize, addr: &str, f: &AssetFields<'_>, infer: Infer) -> Option<AssetSource> {
+        let (url, remote) = self.url(file, addr, "url", f.url)?;
+        let mut ok = true;
+        let sha256 = match f.sha256 {
+            Some(s) => match check_sha256(s.get_ref()) {
+                Ok(h) => Some(h),
+                Err(e) => {
+                    self.cx.err(file, &s.span(), format!("{addr}: {e}"));
+                    ok = false;
+                    None
+                }
+            },
+            None => None,
+        };
+        let sha256_url = match f.sha256_url {
+            Some(s) => {
+                if f.sha256.is_some() {
+                    self.cx.err(file, &s.span(), format!("{addr}: set `sha256` or `sha256_url`, not both"));
+                    ok = false;
+                }
+                self.url(file, addr, "sha256_url", s).map(|(u, _)| u)
+            }
+            None => None,
+        };
+        if remote && f.sha256.is_none() && f.sha256_url.is_none() {
+            self.cx.err(file, &f.url.span(), format!("{addr}: a remote url must be verified: add `sha256 = \"…\"` or `sha256_url = \"…\"`"));
+            ok = false;
+        }
+        let minisign = match f.minisign {
+            Some(m) => {
+                let m = m.get_ref();
+                if let Err(e) = check_minisign_key(m.public_key.get_ref()) {
+                    self.cx.err(file, &m.public_key.span(), format!("{addr}: {e}"));
+                    ok = false;
+                }
+                self.url(file, addr, "signature_url", &m.signature_url).map(|(u, _)| Minisign {
+                    public_key: m.public_key.get_ref().trim().to_string(),
+                    signature_url: u,
+                })
+            }
+            None => None,
+        };
+        let decompress = match f.decompress {
+            Some(d) => match d.get_ref() {
+                RawDecompress::None => Decompress::None,
+                RawDecompress::Xz => Decompress::Xz,
+                RawDecompress::Gzip => Decompress::Gzip,
+            },
+            None => infer_decompress(&url, infer),
+        };
+        ok.then_some(AssetSource {
+            url,
+            sha256,
+            sha256_url,
+            minisign,
+            decompress,
+        })
+    }
+
+    fn kernel(&mut self, name: &str, e: &Entry<'_, RawKernel>) {
+        let addr = format!("kernel.{name}");
+        let f = AssetFields {
+            url: &e.raw.url,
+            sha256: &e.raw.sha256,
+            sha256_url: &e.raw.sha256_url,
+            minisign: &e.raw.minisign,
+            decompress: &e.raw.decompress,
+        };
+        let source = self.asset(e.file, &addr, &f, Infer::Extension);
+        let initrd = match &e.raw.initrd {
+            None => Ok(None),
+            Some(i) => {
+                let i = i.get_ref();
+                let f = AssetFields {
+                    url: &i.url,
+                    sha256: &i.sha256,
+                    sha256_url: &i.sha256_url,
+                    minisign: &i.minisign,
+                    decompress: &i.decompress,
+                };
+                self.asset(e.file, &format!("{addr}: initrd"), &f, Infer::Extension)
+                    .map(Some)
+                    .ok_or(())
+            }
+        };
+        let (Some(source), Ok(initrd)) = (source, initrd) else {
+            return;
+        };
+        let spec = Spec::Kernel(KernelSpec {
+            source,
+            cmdline: e.raw.cmdline.clone().unwrap_or_else(|| DEFAULT_CMDLINE.to_string()),
+            initrd,
+        });
+        let o = self.cx.origin(e.file, &e.span);
+        self.add(Kind::Kernel, name, o, spec, vec![]);
+    }
+
+    fn size(&mut self, file: usize, addr: &str, field: &str, s: &Spanned<RawSize>) -> Option<u64> {
+        let r = match s.get_ref() {
+            RawSize::Bytes(b) if *b > 0 => Ok(*b as u64),
+            RawSize::Bytes(_) => Err("size must be greater than 0".to_string()),
+            RawSize::Text(t) => parse_size(t),
+        };
+        match r {
+            Ok(v) => Some(v),
+            Err(e) => {
+                self.cx.err(file, &s.span(), format!("{addr}: {field}: {e}"));
+                None
+            }
+        }
+    }
+
+    fn template(&mut self, name: &str, e: &Entry<'_, RawTemplate>, rootfss: &Entries<'_, RawAsset>) {
+        let addr = format!("template.{name}");
+        let mut ok = reference(self.cx, e.file, &addr, "rootfs", &e.raw.rootfs, rootfss.keys());
+        let size = self.size(e.file, &addr, "size", &e.raw.size);
+        if let Some(s) = size {
+            if s < (1 << 20) {
+                self.cx.err(e.file, &e.raw.size.span(), format!("{addr}: size: an image needs at least 1MiB, got {}", format_size(s)));
+                ok = false;
+            }
+        }
+        let mut files = BTreeMap::new();
+        for (path, overlay) in &e.raw.files {
+            let p = path.get_ref();
+            if !p.starts_with('/') || p.split('/').any(|c| c == "..") || p == "/" {
+                self.cx.err(e.file, &path.span(), format!("{addr}: overlay path `{p}` must be an absolute path inside the image without `..`, e.g. \"/etc/motd\""));
+                ok = false;
+                continue;
+            }
+            match self.overlay(e.file, &addr, p, overlay) {
+                Some(o) => {
+                    files.insert(p.clone(), o);
+                }
+                None => ok = false,
+            }
+        }
+        let (true, Some(size)) = (ok, size) else { return };
+        let spec = Spec::Template(TemplateSpec {
+            rootfs: e.raw.rootfs.get_ref().clone(),
+            size,
+            guest_agent: e.raw.guest_agent.unwrap_or(true),
+            files,
+        });
+        let o = self.cx.origin(e.file, &e.span);
+        let dep = Address::new(Kind::Rootfs, e.raw.rootfs.get_ref());
+        self.add(Kind::Template, name, o, spec, vec![dep]);
+    }
+
+    fn overlay(&mut self, file: usize, addr: &str, path: &str, o: &Spanned<RawOverlay>) -> Option<FileOverlay> {
+        match o.get_ref() {
+            RawOverlay::Text(t) => Some(FileOverlay {
+                content: OverlayContent::Inline(t.clone()),
+                mode: 0o644,
+            }),
+            RawOverlay::Table(t) => {
+                let mode = match &t.mode {
+                    Some(m) => match parse_mode(m.get_ref()) {
+                        Ok(v) => v,
+                        Err(e) => {
+                            self.cx.err(file, &m.span(), format!("{addr}: {e}"));
+                            return None;
+                        }
+                    },
+                    None => 0o644,
+                };
+                let content = match (&t.source, &t.content) {
+                    (Some(src), None) => {
+                        let abs = self.cx.dir(file).join(src.get_ref());
+                        match std::fs::read(&abs) {
+                            Ok(bytes) => OverlayContent::Source {
+                                sha256: hex::encode(Sha256::digest(&bytes)),
+                                path: abs,
+                            },
+                            Err(err) => {
+                                self.cx.err(file, &src.span(), format!("{addr}: overlay source `{}` cannot be read ({}): {err}", src.get_ref(), abs.display()));
+                                return None;
+                            }
+                        }
+                    }
+                    (None, Some(c)) => OverlayContent::Inline(c.clone()),
+                    _ => {
+                        self.cx.err(file, &o.span(), format!("{addr}: overlay `{path}` needs exactly one of `source` or `content`"));
+                        return None;
+                    }
+                };
+                Some(FileOverlay { content, mode })
+            }
+        }
+    }
+
+    fn networks(&mut self, networks: &Entries<'_, RawNetwork>) -> BTreeMap<String, NetInfo> {
+        let mut out: BTreeMap<String, NetInfo> = BTreeMap::new();
+        for (name, e) in networks {
+            let addr = format!("network.{name}");
+            let raw = e.raw.cidr.get_ref();
+            let net: Ipv4Net = match raw.parse() {
+                Ok(n) => n,
+                Err(_) => {
+                    self.cx.err(e.file, &e.raw.cidr.span(), format!("{addr}: invalid cidr `{raw}`: expected an IPv4 network such as \"10.77.0.0/24\""));
+                    continue;
+                }
+            };
+            if net.addr() != net.network() {
+                self.cx.err(e.file, &e.raw.cidr.span(), format!("{addr}: cidr `{raw}` has host bits set: did you mean \"{}\"?", net.trunc()));
+                continue;
+            }
+            if net.prefix_len() > 30 {
+                self.cx.err(e.file, &e.raw.cidr.span(), format!("{addr}: cidr `{raw}` leaves no room for a gateway and VMs: use a prefix of /30 or shorter"));
+                continue;
+            }
+            if let Some((other, _)) = out.iter().find(|(_, o)| o.net.contains(&net.network()) || net.contains(&o.net.network())) {
+                let o = &out[other];
+                self.cx.err(e.file, &e.raw.cidr.span(), format!("{addr}: cidr {net} overlaps network.{other} ({})", o.net));
+                continue;
+            }
+            let bridge = format!("fort-{name}");
+            if bridge.len() > 15 {
+                self.cx.err(e.file, &e.name_span, format!("{addr}: its bridge would be named `{bridge}` ({} bytes) but Linux interface names have at most 15: use a network name of at most 10 characters", bridge.len()));
+                continue;
+            }
+            let dns = match &e.raw.dns {
+                None => Some(Dns::FromHost),
+                Some(d) => match d.get_ref() {
+                    RawDns::Text(t) if t == "from-host" => Some(Dns::FromHost),
+                    RawDns::Text(t) => {
+                        self.cx.err(e.file, &d.span(), format!("{addr}: dns must be \"from-host\" or a list of addresses, got \"{t}\""));
+                        None
+                    }
+                    RawDns::List(l) if l.is_empty() => {
+                        self.cx.err(e.file, &d.span(), format!("{addr}: dns list is empty: give at least one address, or \"from-host\""));
+                        None
+                    }
+                    RawDns::List(l) => {
+                        let parsed: Result<Vec<IpAddr>, String> = l.iter().map(|s| s.parse().map_err(|_| s.clone())).collect();
+                        match parsed {
+                            Ok(v) => Some(Dns::Servers(v)),
+                            Err(bad) => {
+                                self.cx.err(e.file, &d.span(), format!("{addr}: invalid dns server address `{bad}`"));
+                                None
+                            }
+                        }
+                    }
+                },
+            };
+            let Some(dns) = dns else { continue };
+            let gateway = Ipv4Addr::from(u32::from(net.network()) + 1);
+            let spec = Spec::Network(NetworkSpec {
+                cidr: net,
+                gateway,
+                nat: e.raw.nat.unwrap_or(false),
+                isolated: e.raw.isolated.unwrap_or(false),
+                dns,
+                bridge: bridge.clone(),
+            });
+            let o = self.cx.origin(e.file, &e.span);
+            self.add(Kind::Network, name, o, spec, vec![]);
+            out.insert(
+                name.clone(),
+                NetInfo {
+                    net,
+                    gateway,
+                    bridge,
+                    file: e.file,
+                    cidr_span: e.raw.cidr.span(),
+                },
+            );
+        }
+        out
+    }
+
+    fn drive(&mut self, name: &str, e: &Entry<'_, RawDrive>, templates: &Entries<'_, RawTemplate>) {
+        let addr = format!("drive.{name}");
+        let mut ok = true;
+        if let Some(t) = &e.raw.template {
+            ok = reference(self.cx, e.file, &addr, "template", t, templates.keys());
+        }
+        let size = self.size(e.file, &addr, "size", &e.raw.size);
+        let (true, Some(size)) = (ok, size) else { return };
+        let template = e.raw.template.as_ref().map(|t| t.get_ref().clone());
+        let deps = template.iter().map(|t| Address::new(Kind::Template, t)).collect();
+        let spec = Spec::Drive(DriveSpec {
+            template,
+            size,
+            protect: e.raw.protect.unwrap_or(false),
+            pool: None,
+        });
+        let o = self.cx.origin(e.file, &e.span);
+        self.add(Kind::Drive, name, o, spec, deps);
+    }
+
+    fn check_cycles(&mut self) {
+        let nodes = self.resources.values().map(|r| (&r.address, r.deps.as_slice()));
+        if let Err(crate::graph::GraphError::Cycle(cycle)) = crate::graph::Graph::new(nodes) {
+            if let Some(first) = cycle.first().and_then(|a| self.resources.get(a)) {
+                let o = first.origin.clone();
+                let text = cycle.iter().map(ToString::to_string).collect::<Vec<_>>().join(" → ");
+                self.cx.diags.push((
+                    0,
+                    0,
+                    Diagnostic {
+                        file: o.file,
+                        line: o.line,
+                        column: o.column,
+                        message: format!("dependency cycle: {text}"),
+                    },
+                ));
+            }
+        }
+    }
+}
+
+pub(super) struct NetInfo {
+    pub net: Ipv4Net,
+    pub gateway: Ipv4Addr,
+    pub bridge: String,
+    pub file: usize,
+    pub cidr_span: Range<usize>,
+}
+
+/// Names known to VM validation.
+pub(super) struct Refs {
+    pub fcs: Vec<String>,
+    pub kernels: Vec<String>,
+    pub templates: Vec<String>,
+    pub drives: BTreeMap<String, (usize, Range<usize>)>,
+    pub vms: BTreeMap<String, (usize, Range<usize>)>,
+    pub nets: BTreeMap<String, NetInfo>,
+}
+
+/// Check that `value` names one of `known`; report it otherwise.
+pub(super) fn reference<'k>(
+    cx: &mut Ctx<'_>,
+    file: usize,
+    addr: &str,
+    kind: &str,
+    value: &Spanned<String>,
+    known: impl Iterator<Item = &'k String>,
+) -> bool {
+    let known: BTreeSet<&String> = known.collect();
+    if known.contains(value.get_ref()) {
+        return true;
+    }
+    let list = if known.is_empty() {
+        format!("no {kind} is defined")
+    } else {
+        format!("defined: {}", known.into_iter().cloned().collect::<Vec<_>>().join(", "))
+    };
+    cx.err(file, &value.span(), format!("{addr}: {kind} `{}` is not defined ({list})", value.get_ref()));
+    false
+}
+
+fn infer_decompress(url: &str, infer: Infer) -> Decompress {
+    let u = url.split(['?', '#']).next().unwrap_or(url);
+    match infer {
+        Infer::Never => Decompress::None,
+        Infer::Extension if u.ends_with(".xz") => Decompress::Xz,
+        Infer::Extension if u.ends_with(".gz") => Decompress::Gzip,
+        Infer::Extension => Decompress::None,
+        Infer::Archive if u.ends_with(".tgz") || u.ends_with(".tar.gz") => Decompress::Gzip,
+        Infer::Archive if u.ends_with(".txz") || u.ends_with(".tar.xz") => Decompress::Xz,
+        Infer::Archive => Decompress::None,
+    }
+}
+

@@ -1,0 +1,374 @@
+//! VM validation: references, pools and their inline root drives, sizes, addresses, and the
+//! interface names and address space they need.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::ops::Range;
+
+use toml::Spanned;
+
+use super::model::*;
+use super::raw::*;
+use super::units::{format_size, parse_mac, parse_size};
+use super::validate::{reference, Ctx, Refs};
+use crate::address::{Address, Kind};
+
+type VmEntries<'a> = BTreeMap<String, super::validate::EntryRef<'a, RawVm>>;
+
+pub(super) fn vms(cx: &mut Ctx<'_>, resources: &mut BTreeMap<Address, Resource>, vms: &VmEntries<'_>, refs: &Refs) {
+    let mut drive_users: BTreeMap<String, String> = BTreeMap::new();
+    let mut ips: BTreeMap<Ipv4Addr, String> = BTreeMap::new();
+    let mut macs: BTreeMap<String, String> = BTreeMap::new();
+    // network → (VMs on it, names for the message)
+    let mut usage: BTreeMap<String, Vec<(String, usize)>> = BTreeMap::new();
+
+    for (name, e) in vms {
+        let raw = e.raw;
+        let addr = format!("vm.{name}");
+        let file = e.file;
+        let mut ok = true;
+
+        let count = match &raw.count {
+            Some(c) => {
+                let n = *c.get_ref();
+                if !(1..=1000).contains(&n) {
+                    cx.err(file, &c.span(), format!("{addr}: count must be between 1 and 1000, got {n}"));
+                    continue;
+                }
+                Some(n as u32)
+            }
+            None => None,
+        };
+        let instances: Vec<(String, Option<PoolMember>)> = match count {
+            Some(n) => (0..n)
+                .map(|i| {
+                    (
+                        format!("{name}-{i}"),
+                        Some(PoolMember {
+                            pool: name.clone(),
+                            index: i,
+                        }),
+                    )
+                })
+                .collect(),
+            None => vec![(name.clone(), None)],
+        };
+        let where_span = raw.count.as_ref().map_or(e.name_span.clone(), Spanned::span);
+        for (inst, pool) in &instances {
+            if pool.is_none() {
+                continue;
+            }
+            if inst.len() > 31 {
+                cx.err(file, &where_span, format!("{addr}: pool instance name `{inst}` is longer than 31 characters: use a shorter pool name"));
+                ok = false;
+                break;
+            }
+            if let Some((f, s)) = refs.vms.get(inst) {
+                let o = cx.origin(*f, s);
+                cx.err(file, &where_span, format!("{addr}: pool instance vm.{inst} is also defined at {o}"));
+                ok = false;
+            }
+        }
+
+        let vmm = match raw.vmm.as_ref().map(Spanned::get_ref) {
+            Some(RawVmm::Qemu) => Vmm::Qemu,
+            _ => Vmm::Firecracker,
+        };
+        let firecracker = match (&raw.firecracker, vmm) {
+            (Some(f), Vmm::Qemu) => {
+                cx.err(file, &f.span(), format!("{addr}: `firecracker` only applies with vmm = \"firecracker\""));
+                ok = false;
+                None
+            }
+            (Some(f), Vmm::Firecracker) => {
+                ok &= reference(cx, file, &addr, "firecracker", f, refs.fcs.iter());
+                Some(f.get_ref().clone())
+            }
+            (None, Vmm::Firecracker) if refs.fcs.len() > 1 => {
+                cx.err(file, &e.name_span, format!("{addr}: several [firecracker.*] assets are declared ({}): choose one with `firecracker = \"…\"`", refs.fcs.join(", ")));
+                ok = false;
+                None
+            }
+            (None, Vmm::Firecracker) => refs.fcs.first().cloned(),
+            (None, Vmm::Qemu) => None,
+        };
+        ok &= reference(cx, file, &addr, "kernel", &raw.kernel, refs.kernels.iter());
+
+        let vcpus = match &raw.vcpus {
+            Some(v) => {
+                let n = *v.get_ref();
+                if !(n == 1 || (n >= 2 && n <= 32 && n % 2 == 0)) {
+                    cx.err(file, &v.span(), format!("{addr}: vcpus must be 1 or an even number up to 32, got {n}"));
+                    ok = false;
+                }
+                n.clamp(1, 32) as u32
+            }
+            None => 1,
+        };
+        let memory = match &raw.memory {
+            Some(m) => match size(m) {
+                Ok(b) if b < (128 << 20) => {
+                    cx.err(file, &m.span(), format!("{addr}: memory must be at least 128MiB, got {}", format_size(b)));
+                    ok = false;
+                    0
+                }
+                Ok(b) => b,
+                Err(err) => {
+                    cx.err(file, &m.span(), format!("{addr}: memory: {err}"));
+                    ok = false;
+                    0
+                }
+            },
+            None => 512 << 20,
+        };
+
+        let net = match &raw.network {
+            Some(n) => {
+                if reference(cx, file, &addr, "network", n, refs.nets.keys()) {
+                    refs.nets.get(n.get_ref()).map(|i| (n.get_ref().clone(), i))
+                } else {
+                    ok = false;
+                    None
+                }
+            }
+            None => None,
+        };
+        let ip = match &raw.ip {
+            None => None,
+            Some(s) => match check_ip(&addr, s.get_ref(), count.is_some(), net.as_ref().map(|(_, i)| *i)) {
+                Ok(ip) => {
+                    if let Some(other) = ips.insert(ip, addr.clone()) {
+                        cx.err(file, &s.span(), format!("{addr}: ip {ip} is already used by {other}"));
+                        ok = false;
+                    }
+                    Some(ip)
+                }
+                Err(m) => {
+                    cx.err(file, &s.span(), m);
+                    ok = false;
+                    None
+                }
+            },
+        };
+        let mac = match &raw.mac {
+            None => None,
+            Some(s) if count.is_some() => {
+                cx.err(file, &s.span(), format!("{addr}: `mac` cannot be set on a pool (count): each instance gets its own"));
+                ok = false;
+                None
+            }
+            Some(s) => match parse_mac(s.get_ref()) {
+                Ok(m) => {
+                    if let Some(other) = macs.insert(m.clone(), addr.clone()) {
+                        cx.err(file, &s.span(), format!("{addr}: mac {m} is already used by {other}"));
+                        ok = false;
+                    }
+                    Some(m)
+                }
+                Err(err) => {
+                    cx.err(file, &s.span(), format!("{addr}: {err}"));
+                    ok = false;
+                    None
+                }
+            },
+        };
+
+        // Root: a named drive (not for pools), or an inline one per instance.
+        let inline_root = match raw.root.get_ref() {
+            RawRoot::Drive(d) => {
+                if count.is_some() {
+                    cx.err(file, &raw.root.span(), format!("{addr}: a pool (count) needs a root drive per instance: use root = {{ template = \"…\", size = \"…\" }}"));
+                    ok = false;
+                } else if !refs.drives.contains_key(d) {
+                    let s = Spanned::new(raw.root.span(), d.clone());
+                    ok &= reference(cx, file, &addr, "drive", &s, refs.drives.keys());
+                } else if let Some(user) = drive_users.insert(d.clone(), addr.clone()) {
+                    cx.err(file, &raw.root.span(), format!("{addr}: drive.{d} is already used by {user}"));
+                    ok = false;
+                }
+                None
+            }
+            RawRoot::Inline(r) => {
+                ok &= reference(cx, file, &addr, "template", &r.template, refs.templates.iter());
+                match size(&r.size) {
+                    Ok(b) => Some((r.template.get_ref().clone(), b)),
+                    Err(err) => {
+                        cx.err(file, &r.size.span(), format!("{addr}: root size: {err}"));
+                        ok = false;
+                        None
+                    }
+                }
+            }
+        };
+        let mut data = Vec::new();
+        for d in raw.drives.iter().flatten() {
+            if !reference(cx, file, &addr, "drive", d, refs.drives.keys()) {
+                ok = false;
+                continue;
+            }
+            if count.is_some() {
+                cx.err(file, &d.span(), format!("{addr}: drive.{} cannot be attached to a pool: every instance would share it", d.get_ref()));
+                ok = false;
+                continue;
+            }
+            if let Some(user) = drive_users.insert(d.get_ref().clone(), addr.clone()) {
+                cx.err(file, &d.span(), format!("{addr}: drive.{} is already used by {user}", d.get_ref()));
+                ok = false;
+            }
+            data.push(d.get_ref().clone());
+        }
+
+        for (inst, _) in &instances {
+            if let Some((net_name, info)) = &net {
+                let tap = format!("fort-{inst}");
+                if tap.len() > 15 {
+                    cx.err(file, &where_span, format!("vm.{inst}: its TAP would be named `{tap}` ({} bytes) but Linux interface names have at most 15: use a VM name of at most 10 characters (including a pool's -N suffix)", tap.len()));
+                    ok = false;
+                    break;
+                }
+                if let Some((other, _)) = refs.nets.iter().find(|(_, n)| n.bridge == tap) {
+                    cx.err(file, &where_span, format!("vm.{inst} and network.{other} would both use the interface name `{tap}`: rename one"));
+                    ok = false;
+                }
+                let _ = info;
+                usage.entry(net_name.clone()).or_default().push((addr.clone(), 1));
+            }
+            if let Some((t, _)) = &inline_root {
+                let drive = format!("{inst}-root");
+                if let Some((f, s)) = refs.drives.get(&drive) {
+                    let o = cx.origin(*f, s);
+                    cx.err(file, &raw.root.span(), format!("vm.{inst}: its inline root drive.{drive} is also defined at {o}"));
+                    ok = false;
+                }
+                if drive.len() > 31 {
+                    cx.err(file, &raw.root.span(), format!("vm.{inst}: its inline root drive name `{drive}` is longer than 31 characters"));
+                    ok = false;
+                }
+                let _ = t;
+            }
+        }
+        if !ok {
+            continue;
+        }
+
+        let origin = cx.origin(file, &e.span);
+        for (inst, pool) in instances {
+            let root = match &inline_root {
+                Some((template, size)) => {
+                    let drive = format!("{inst}-root");
+                    let daddr = Address::new(Kind::Drive, &drive);
+                    resources.insert(
+                        daddr.clone(),
+                        Resource {
+                            address: daddr,
+                            origin: origin.clone(),
+                            spec: Spec::Drive(DriveSpec {
+                                template: Some(template.clone()),
+                                size: *size,
+                                protect: false,
+                                pool: count.map(|_| name.clone()),
+                            }),
+                            deps: vec![Address::new(Kind::Template, template)],
+                        },
+                    );
+                    drive
+                }
+                None => match raw.root.get_ref() {
+                    RawRoot::Drive(d) => d.clone(),
+                    RawRoot::Inline(_) => continue,
+                },
+            };
+            let mut deps = vec![
+                Address::new(Kind::Kernel, raw.kernel.get_ref()),
+                Address::new(Kind::Drive, &root),
+            ];
+            deps.extend(data.iter().map(|d| Address::new(Kind::Drive, d)));
+            if let Some((n, _)) = &net {
+                deps.push(Address::new(Kind::Network, n));
+            }
+            if let Some(f) = &firecracker {
+                deps.push(Address::new(Kind::Firecracker, f));
+            }
+            deps.sort();
+            deps.dedup();
+            let spec = Spec::Vm(VmSpec {
+                vmm,
+                firecracker: firecracker.clone(),
+                kernel: raw.kernel.get_ref().clone(),
+                root,
+                drives: data.clone(),
+                vcpus,
+                memory,
+                network: net.as_ref().map(|(n, _)| n.clone()),
+                ip,
+                mac: mac.clone(),
+                tap: net.as_ref().map(|_| format!("fort-{inst}")),
+                state: match raw.state {
+                    Some(RawVmState::Stopped) => VmState::Stopped,
+                    _ => VmState::Running,
+                },
+                restart: match raw.restart {
+                    Some(RawRestart::Always) => RestartPolicy::Always,
+                    Some(RawRestart::Never) => RestartPolicy::Never,
+                    _ => RestartPolicy::OnFailure,
+                },
+                pool,
+            });
+            let address = Address::new(Kind::Vm, &inst);
+            resources.insert(
+                address.clone(),
+                Resource {
+                    address,
+                    origin: origin.clone(),
+                    spec,
+                    deps,
+                },
+            );
+        }
+    }
+
+    for (net_name, users) in usage {
+        let Some(info) = refs.nets.get(&net_name) else { continue };
+        let used: usize = users.iter().map(|(_, n)| n).sum();
+        let room = (1u64 << (32 - info.net.prefix_len())) - 3;
+        if used as u64 > room {
+            let mut per: BTreeMap<&str, usize> = BTreeMap::new();
+            for (a, n) in &users {
+                *per.entry(a.as_str()).or_default() += n;
+            }
+            let who: Vec<String> = per.iter().map(|(a, n)| if *n > 1 { format!("{a} ×{n}") } else { (*a).to_string() }).collect();
+            cx.err(info.file, &info.cidr_span, format!("network.{net_name}: {} has room for {room} VMs but {used} are attached ({})", info.net, who.join(", ")));
+        }
+    }
+}
+
+fn size(s: &Spanned<RawSize>) -> Result<u64, String> {
+    match s.get_ref() {
+        RawSize::Bytes(b) if *b > 0 => Ok(*b as u64),
+        RawSize::Bytes(_) => Err("size must be greater than 0".to_string()),
+        RawSize::Text(t) => parse_size(t),
+    }
+}
+
+fn check_ip(addr: &str, s: &str, pool: bool, net: Option<&super::validate::NetInfo>) -> Result<Ipv4Addr, String> {
+    if pool {
+        return Err(format!("{addr}: `ip` cannot be set on a pool (count): addresses are allocated per instance"));
+    }
+    let Some(info) = net else {
+        return Err(format!("{addr}: `ip` needs `network`"));
+    };
+    let ip: Ipv4Addr = s.parse().map_err(|_| format!("{addr}: invalid ip `{s}`: expected an IPv4 address such as \"10.77.0.10\""))?;
+    if !info.net.contains(&ip) {
+        return Err(format!("{addr}: ip {ip} is outside the network {}", info.net));
+    }
+    if ip == info.net.network() || ip == info.net.broadcast() {
+        return Err(format!("{addr}: ip {ip} is the network's {} address", if ip == info.net.network() { "network" } else { "broadcast" }));
+    }
+    if ip == info.gateway {
+        return Err(format!("{addr}: ip {ip} is the network's gateway (the bridge)"));
+    }
+    Ok(ip)
+}
+
+#[allow(dead_code)]
+fn _span(_: Range<usize>) {}
