@@ -1,0 +1,2 @@
+# Tools for agents in fort VMs
+export PATH="$PATH:/opt/tools/bin"
