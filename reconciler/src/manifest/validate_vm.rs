@@ -3,7 +3,6 @@
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
-use std::ops::Range;
 
 use toml::Spanned;
 
@@ -218,22 +217,26 @@ pub(super) fn vms(cx: &mut Ctx<'_>, resources: &mut BTreeMap<Address, Resource>,
             data.push(d.get_ref().clone());
         }
 
-        for (inst, _) in &instances {
-            if let Some((net_name, info)) = &net {
+        // The longest instance name decides whether every TAP name fits.
+        if net.is_some() {
+            if let Some((inst, _)) = instances.iter().max_by_key(|(n, _)| n.len()) {
                 let tap = format!("fort-{inst}");
                 if tap.len() > 15 {
                     cx.err(file, &where_span, format!("vm.{inst}: its TAP would be named `{tap}` ({} bytes) but Linux interface names have at most 15: use a VM name of at most 10 characters (including a pool's -N suffix)", tap.len()));
                     ok = false;
-                    break;
                 }
+            }
+        }
+        for (inst, _) in &instances {
+            if let Some((net_name, _)) = &net {
+                let tap = format!("fort-{inst}");
                 if let Some((other, _)) = refs.nets.iter().find(|(_, n)| n.bridge == tap) {
                     cx.err(file, &where_span, format!("vm.{inst} and network.{other} would both use the interface name `{tap}`: rename one"));
                     ok = false;
                 }
-                let _ = info;
                 usage.entry(net_name.clone()).or_default().push((addr.clone(), 1));
             }
-            if let Some((t, _)) = &inline_root {
+            if inline_root.is_some() {
                 let drive = format!("{inst}-root");
                 if let Some((f, s)) = refs.drives.get(&drive) {
                     let o = cx.origin(*f, s);
@@ -244,7 +247,6 @@ pub(super) fn vms(cx: &mut Ctx<'_>, resources: &mut BTreeMap<Address, Resource>,
                     cx.err(file, &raw.root.span(), format!("vm.{inst}: its inline root drive name `{drive}` is longer than 31 characters"));
                     ok = false;
                 }
-                let _ = t;
             }
         }
         if !ok {
@@ -369,6 +371,3 @@ fn check_ip(addr: &str, s: &str, pool: bool, net: Option<&super::validate::NetIn
     }
     Ok(ip)
 }
-
-#[allow(dead_code)]
-fn _span(_: Range<usize>) {}
