@@ -85,20 +85,44 @@ fn apply_converges_and_is_idempotent() {
 
     let plan = ws.run(&["plan", "--detailed-exitcode"]);
     plan.code(2);
-    assert!(plan.stdout.contains("  + kernel.k\n      reason: not yet created\n"), "{}", plan.stdout);
-    assert!(plan.stdout.ends_with("Plan: 3 to create, 0 to update, 0 to restart, 0 to replace, 0 to destroy.\n"), "{}", plan.stdout);
-    assert!(!ws.state_dir().exists(), "plan must not create the state dir");
+    assert!(
+        plan.stdout
+            .contains("  + kernel.k\n      reason: not yet created\n"),
+        "{}",
+        plan.stdout
+    );
+    assert!(
+        plan.stdout.ends_with(
+            "Plan: 3 to create, 0 to update, 0 to restart, 0 to replace, 0 to destroy.\n"
+        ),
+        "{}",
+        plan.stdout
+    );
+    assert!(
+        !ws.state_dir().exists(),
+        "plan must not create the state dir"
+    );
 
     let apply = ws.run(&["apply", "--yes"]);
     apply.ok();
-    assert!(apply.stdout.contains("Apply complete: 3 created, 0 updated, 0 restarted, 0 replaced, 0 destroyed."), "{}", apply.stdout);
+    assert!(
+        apply.stdout.contains(
+            "Apply complete: 3 created, 0 updated, 0 restarted, 0 replaced, 0 destroyed."
+        ),
+        "{}",
+        apply.stdout
+    );
 
     ws.run(&["plan", "--detailed-exitcode"]).ok();
     let hits = srv.total_hits();
     let again = ws.run(&["apply", "--yes"]);
     again.ok();
     assert_eq!(again.stdout, "No changes. The host matches the manifest.\n");
-    assert_eq!(srv.total_hits(), hits, "a second apply must make no request");
+    assert_eq!(
+        srv.total_hits(),
+        hits,
+        "a second apply must make no request"
+    );
 
     // The outputs are real: decompressed kernel, extracted firecracker member that runs.
     let show = ws.run(&["state", "show", "firecracker.fc", "--json"]);
@@ -127,7 +151,9 @@ fn drift_is_planned_and_repaired() {
     let plan = ws.run(&["plan", "--detailed-exitcode"]);
     plan.code(2);
     assert!(
-        plan.stdout.contains(&format!("  + kernel.k\n      reason: drift: cache entry {path} is missing\n")),
+        plan.stdout.contains(&format!(
+            "  + kernel.k\n      reason: drift: cache entry {path} is missing\n"
+        )),
         "{}",
         plan.stdout
     );
@@ -141,7 +167,9 @@ fn drift_is_planned_and_repaired() {
     let plan = ws.run(&["plan", "--detailed-exitcode"]);
     plan.code(2);
     assert!(
-        plan.stdout.contains(&format!("  ~ kernel.k\n      reason: drift: cache entry {path} was modified")),
+        plan.stdout.contains(&format!(
+            "  ~ kernel.k\n      reason: drift: cache entry {path} was modified"
+        )),
         "{}",
         plan.stdout
     );
@@ -171,9 +199,15 @@ fn checksum_mismatch_leaves_cache_and_state_as_they_were() {
     assert!(apply.stdout.contains(&want), "{}", apply.stdout);
     assert_eq!(srv.hits("/k"), 1, "a checksum mismatch is not retried");
     assert_eq!(ws.cache_files(), Vec::<String>::new());
-    assert_eq!(ws.run(&["state", "list"]).ok().stdout, "No resources recorded.\n");
+    assert_eq!(
+        ws.run(&["state", "list"]).ok().stdout,
+        "No resources recorded.\n"
+    );
     let history = ws.run(&["history", "kernel.k"]).ok().stdout.clone();
-    assert!(history.contains("fail     - → -  create failed: checksum mismatch"), "{history}");
+    assert!(
+        history.contains("fail     - → -  create failed: checksum mismatch"),
+        "{history}"
+    );
 }
 
 #[test]
@@ -192,7 +226,11 @@ fn http_404_is_not_retried_and_500_is() {
     apply.code(1);
     assert_eq!(srv.hits("/gone"), 1);
     assert_eq!(srv.hits("/flaky"), 4, "retried up to 4 attempts");
-    assert!(apply.stdout.contains("kernel.flaky: attempt 1 failed"), "{}", apply.stdout);
+    assert!(
+        apply.stdout.contains("kernel.flaky: attempt 1 failed"),
+        "{}",
+        apply.stdout
+    );
     assert!(apply.stdout.contains("Apply failed: 0 created, 0 updated, 0 restarted, 0 replaced, 0 destroyed, 2 failed, 0 skipped."), "{}", apply.stdout);
 }
 
@@ -211,10 +249,23 @@ fn a_failure_skips_dependents_and_unrelated_branches_go_on() {
     ));
     let apply = ws.run(&["apply", "--yes"]);
     apply.code(1);
-    assert!(apply.stdout.contains("template.t: skipped, because rootfs.r did not succeed"), "{}", apply.stdout);
-    assert!(apply.stdout.contains("kernel.k: created in"), "{}", apply.stdout);
+    assert!(
+        apply
+            .stdout
+            .contains("template.t: skipped, because rootfs.r did not succeed"),
+        "{}",
+        apply.stdout
+    );
+    assert!(
+        apply.stdout.contains("kernel.k: created in"),
+        "{}",
+        apply.stdout
+    );
     let list = ws.run(&["state", "list"]).ok().stdout.clone();
-    assert!(list.contains("kernel.k") && !list.contains("rootfs.r"), "{list}");
+    assert!(
+        list.contains("kernel.k") && !list.contains("rootfs.r"),
+        "{list}"
+    );
 }
 
 #[test]
@@ -242,7 +293,11 @@ fn no_terminal_and_no_yes_refuses() {
     let apply = ws.run(&["apply"]);
     apply.code(1);
     assert!(apply.stderr.contains("error: refusing to change the host without confirmation: stdin is not a terminal; re-run with --yes to apply this plan"), "{}", apply.stderr);
-    assert_eq!(srv.total_hits(), 0, "planning reads nothing from the network");
+    assert_eq!(
+        srv.total_hits(),
+        0,
+        "planning reads nothing from the network"
+    );
     assert!(ws.cache_files().is_empty());
 }
 
@@ -254,7 +309,8 @@ fn saved_plans_apply_once_and_stale_ones_are_refused() {
     let plan_file = ws.path().join("p.json");
     let pf = plan_file.to_str().unwrap();
     ws.run(&["plan", "-out", pf]).ok();
-    let saved: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&plan_file).unwrap()).unwrap();
+    let saved: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&plan_file).unwrap()).unwrap();
     assert_eq!(saved["format_version"], 1);
     assert_eq!(saved["summary"]["create"], 3);
 
@@ -268,10 +324,20 @@ fn saved_plans_apply_once_and_stale_ones_are_refused() {
     // A manifest edit makes a saved plan stale too.
     ws.run(&["plan", "--out", pf]).ok();
     let m = std::fs::read_to_string(ws.manifest()).unwrap();
-    std::fs::write(ws.manifest(), m + "\n[kernel.extra]\nurl = \"/nonexistent\"\n").unwrap();
+    std::fs::write(
+        ws.manifest(),
+        m + "\n[kernel.extra]\nurl = \"/nonexistent\"\n",
+    )
+    .unwrap();
     let stale = ws.run(&["apply", pf]);
     stale.code(1);
-    assert!(stale.stderr.contains(&format!("error: saved plan {pf} is stale: the manifest changed since it was made")), "{}", stale.stderr);
+    assert!(
+        stale.stderr.contains(&format!(
+            "error: saved plan {pf} is stale: the manifest changed since it was made"
+        )),
+        "{}",
+        stale.stderr
+    );
 }
 
 #[test]
@@ -279,7 +345,10 @@ fn a_second_apply_waits_for_the_lock_then_names_the_holder() {
     let srv = Server::start();
     let ws = Workspace::new();
     let data = vec![7u8; 4 * 1024 * 1024];
-    srv.route("/slow", Reply::ok(data.clone()).slow(Duration::from_millis(50)));
+    srv.route(
+        "/slow",
+        Reply::ok(data.clone()).slow(Duration::from_millis(50)),
+    );
     ws.write_manifest(&format!(
         "[kernel.k]\nurl = \"{}\"\nsha256 = \"{}\"\n",
         srv.url("/slow"),
@@ -299,7 +368,11 @@ fn a_second_apply_waits_for_the_lock_then_names_the_holder() {
         ws.manifest().display(),
         ws.state_dir().display()
     );
-    assert!(second.stderr.contains(&want), "{}\nwant: {want}", second.stderr);
+    assert!(
+        second.stderr.contains(&want),
+        "{}\nwant: {want}",
+        second.stderr
+    );
     assert!(first.wait().unwrap().success());
     ws.run(&["plan", "--detailed-exitcode"]).ok();
 }
@@ -309,7 +382,10 @@ fn sigkill_during_download_then_reapply_converges() {
     let srv = Server::start();
     let ws = Workspace::new();
     let data: Vec<u8> = (0..8 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
-    srv.route("/big", Reply::ok(data.clone()).slow(Duration::from_millis(20)));
+    srv.route(
+        "/big",
+        Reply::ok(data.clone()).slow(Duration::from_millis(20)),
+    );
     ws.write_manifest(&format!(
         "[kernel.k]\nurl = \"{}\"\nsha256 = \"{}\"\n",
         srv.url("/big"),
@@ -324,8 +400,15 @@ fn sigkill_during_download_then_reapply_converges() {
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
     // Nothing looks finished: no cache entry outside tmp/, nothing recorded.
-    assert!(ws.cache_files().iter().all(|f| f.starts_with("tmp/")), "{:?}", ws.cache_files());
-    assert_eq!(ws.run(&["state", "list"]).ok().stdout, "No resources recorded.\n");
+    assert!(
+        ws.cache_files().iter().all(|f| f.starts_with("tmp/")),
+        "{:?}",
+        ws.cache_files()
+    );
+    assert_eq!(
+        ws.run(&["state", "list"]).ok().stdout,
+        "No resources recorded.\n"
+    );
 
     srv.route("/big", Reply::ok(data));
     ws.run(&["apply", "--yes"]).ok();
@@ -360,12 +443,33 @@ fn destroy_removes_cache_entries_and_rows_and_keeps_history() {
     assert!(!ws.cache_files().is_empty());
     let d = ws.run(&["destroy", "--yes"]);
     d.ok();
-    assert!(d.stdout.contains("  - firecracker.fc\n      reason: destroy requested\n"), "{}", d.stdout);
-    assert!(d.stdout.contains("Apply complete: 0 created, 0 updated, 0 restarted, 0 replaced, 3 destroyed."), "{}", d.stdout);
-    assert!(ws.cache_files().iter().all(|f| f.starts_with("tmp/")), "{:?}", ws.cache_files());
-    assert_eq!(ws.run(&["state", "list"]).ok().stdout, "No resources recorded.\n");
+    assert!(
+        d.stdout
+            .contains("  - firecracker.fc\n      reason: destroy requested\n"),
+        "{}",
+        d.stdout
+    );
+    assert!(
+        d.stdout.contains(
+            "Apply complete: 0 created, 0 updated, 0 restarted, 0 replaced, 3 destroyed."
+        ),
+        "{}",
+        d.stdout
+    );
+    assert!(
+        ws.cache_files().iter().all(|f| f.starts_with("tmp/")),
+        "{:?}",
+        ws.cache_files()
+    );
+    assert_eq!(
+        ws.run(&["state", "list"]).ok().stdout,
+        "No resources recorded.\n"
+    );
     let h = ws.run(&["history", "kernel.k"]).ok().stdout.clone();
-    let actions: Vec<&str> = h.lines().map(|l| l.split_whitespace().nth(3).unwrap()).collect();
+    let actions: Vec<&str> = h
+        .lines()
+        .map(|l| l.split_whitespace().nth(3).unwrap())
+        .collect();
     assert_eq!(actions, ["create", "destroy"], "{h}");
     // And the manifest is still there: the next plan wants everything back.
     ws.run(&["plan", "--detailed-exitcode"]).code(2);
@@ -379,20 +483,37 @@ fn removing_a_resource_from_the_manifest_destroys_it_and_target_limits_the_plan(
     ws.write_manifest(&assets);
     ws.run(&["apply", "--yes", "--target", "kernel.k"]).ok();
     let list = ws.run(&["state", "list"]).ok().stdout.clone();
-    assert!(list.contains("kernel.k") && !list.contains("rootfs.r"), "{list}");
+    assert!(
+        list.contains("kernel.k") && !list.contains("rootfs.r"),
+        "{list}"
+    );
     ws.run(&["apply", "--yes"]).ok();
     // Drop the rootfs from the manifest.
     let without: String = assets.split("[rootfs.r]").next().unwrap().to_string()
-        + &assets.split("[firecracker.fc]").nth(1).map(|s| format!("[firecracker.fc]{s}")).unwrap();
+        + &assets
+            .split("[firecracker.fc]")
+            .nth(1)
+            .map(|s| format!("[firecracker.fc]{s}"))
+            .unwrap();
     ws.write_manifest(&without);
     let plan = ws.run(&["plan", "--detailed-exitcode"]);
     plan.code(2);
-    assert!(plan.stdout.contains("  - rootfs.r\n      reason: no longer in the manifest\n"), "{}", plan.stdout);
+    assert!(
+        plan.stdout
+            .contains("  - rootfs.r\n      reason: no longer in the manifest\n"),
+        "{}",
+        plan.stdout
+    );
     ws.run(&["apply", "--yes"]).ok();
     ws.run(&["plan", "--detailed-exitcode"]).ok();
     let bad = ws.run(&["plan", "--target", "kernel.nope"]);
     bad.code(1);
-    assert!(bad.stderr.contains("error: --target kernel.nope: no such resource in the manifest or the state"), "{}", bad.stderr);
+    assert!(
+        bad.stderr
+            .contains("error: --target kernel.nope: no such resource in the manifest or the state"),
+        "{}",
+        bad.stderr
+    );
 }
 
 #[test]
@@ -400,7 +521,10 @@ fn interrupt_finishes_running_actions_and_records_them() {
     let srv = Server::start();
     let ws = Workspace::new();
     let data = vec![3u8; 2 * 1024 * 1024];
-    srv.route("/a", Reply::ok(data.clone()).slow(Duration::from_millis(30)));
+    srv.route(
+        "/a",
+        Reply::ok(data.clone()).slow(Duration::from_millis(30)),
+    );
     srv.route("/b", Reply::ok(b"b".to_vec()));
     ws.write_manifest(&format!(
         "[kernel.a]\nurl = \"{}\"\nsha256 = \"{}\"\n\n[kernel.b]\nurl = \"{}\"\nsha256 = \"{}\"\n",
@@ -409,7 +533,11 @@ fn interrupt_finishes_running_actions_and_records_them() {
         srv.url("/b"),
         sha256_hex(b"b")
     ));
-    let mut child = ws.command(&["apply", "--yes", "--parallelism", "1"]).stdout(std::process::Stdio::piped()).spawn().unwrap();
+    let child = ws
+        .command(&["apply", "--yes", "--parallelism", "1"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
     let t = Instant::now();
     while srv.hits("/a") == 0 && t.elapsed() < Duration::from_secs(20) {
         std::thread::sleep(Duration::from_millis(20));
@@ -423,10 +551,16 @@ fn interrupt_finishes_running_actions_and_records_them() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(130), "{stdout}");
     assert!(stdout.contains("kernel.a: created in"), "{stdout}");
-    assert!(stdout.contains("kernel.b: not started (interrupted)"), "{stdout}");
+    assert!(
+        stdout.contains("kernel.b: not started (interrupted)"),
+        "{stdout}"
+    );
     assert_eq!(srv.hits("/b"), 0);
     let list = ws.run(&["state", "list"]).ok().stdout.clone();
-    assert!(list.contains("kernel.a") && !list.contains("kernel.b"), "{list}");
+    assert!(
+        list.contains("kernel.a") && !list.contains("kernel.b"),
+        "{list}"
+    );
     ws.run(&["apply", "--yes"]).ok();
     ws.run(&["plan", "--detailed-exitcode"]).ok();
 }

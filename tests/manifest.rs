@@ -14,8 +14,11 @@ const KEY: &str = "RWQf6LRCGA9i53mlYecO4IzT51TGPpvWucNSCh1CBM0QTaLn73Y7GFO3";
 
 fn load(body: &str) -> Result<manifest::Manifest, String> {
     let text = format!("{H}{body}");
-    manifest::load_files(&[(PathBuf::from("fort.toml"), text)], Path::new("fort.toml"))
-        .map_err(|e| e.to_string())
+    manifest::load_files(
+        &[(PathBuf::from("fort.toml"), text)],
+        Path::new("fort.toml"),
+    )
+    .map_err(|e| e.to_string())
 }
 
 /// A manifest with a kernel `k`, rootfs `r`, template `t` and network `lan` around `body`.
@@ -61,7 +64,7 @@ fn errors() {
          "fort.toml:4:7: rootfs.r: url `ftp://e.org/r.tar`: expected an https://, http:// or file:// URL, or a path"),
         ("[rootfs.r]\nurl = \"file://relative/r.tar\"\n".into(),
          "fort.toml:4:7: rootfs.r: url `file://relative/r.tar`: a file:// URL needs an absolute path (file:///…); use a plain relative path instead"),
-        (format!("[kernel.k]\nurl = \"/x\"\nminisign = {{ public_key = \"RWQnotakey\", signature_url = \"/x.minisig\" }}\n"),
+        ("[kernel.k]\nurl = \"/x\"\nminisign = { public_key = \"RWQnotakey\", signature_url = \"/x.minisig\" }\n".to_string(),
          "fort.toml:5:27: kernel.k: invalid minisign public_key `RWQnotakey`: expected the base64 key from the second line of a minisign .pub file (56 characters starting with RW)"),
         ("[kernel.k]\nurl = \"/x\"\ninitrd = { url = \"http://e.org/initrd.gz\" }\n".into(),
          "fort.toml:5:18: kernel.k: initrd: a remote url must be verified: add `sha256 = \"…\"` or `sha256_url = \"…\"`"),
@@ -103,7 +106,7 @@ fn errors() {
         (base("[drive.d]\nsize = \"1GiB\"\n[vm.a]\nkernel = \"k\"\nroot = \"d\"\n[vm.b]\nkernel = \"k\"\nroot = { template = \"t\", size = \"2GiB\" }\ndrives = [\"d\"]\n"),
          "fort.toml:20:11: vm.b: drive.d is already used by vm.a"),
         // Firecracker choice.
-        (base(&format!("[firecracker.a]\nurl = \"/fc\"\n[firecracker.b]\nurl = \"/fc2\"\n[vm.x]\nkernel = \"k\"\nroot = {{ template = \"t\", size = \"2GiB\" }}\n")),
+        (base("[firecracker.a]\nurl = \"/fc\"\n[firecracker.b]\nurl = \"/fc2\"\n[vm.x]\nkernel = \"k\"\nroot = { template = \"t\", size = \"2GiB\" }\n"),
          "fort.toml:16:5: vm.x: several [firecracker.*] assets are declared (a, b): choose one with `firecracker = \"…\"`"),
         (base("[vm.x]\nfirecracker = \"v1\"\nkernel = \"k\"\nroot = { template = \"t\", size = \"2GiB\" }\n"),
          "fort.toml:13:15: vm.x: firecracker `v1` is not defined (no firecracker is defined)"),
@@ -163,15 +166,26 @@ fn errors() {
         let want = want.replace("CWD", &cwd.display().to_string());
         match load(body) {
             Ok(_) => failures.push(format!("expected an error for:\n{body}\nwant: {want}\n")),
-            Err(got) if got != want => failures.push(format!("for:\n{body}\n got: {got}\nwant: {want}\n")),
+            Err(got) if got != want => {
+                failures.push(format!("for:\n{body}\n got: {got}\nwant: {want}\n"))
+            }
             Err(_) => {}
         }
     }
-    assert!(failures.is_empty(), "{} of {} cases failed:\n{}", failures.len(), cases.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {} cases failed:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
 }
 
 fn load_many(files: &[(&str, &str)]) -> Result<manifest::Manifest, String> {
-    let files: Vec<(PathBuf, String)> = files.iter().map(|(n, t)| (PathBuf::from(n), t.to_string())).collect();
+    let files: Vec<(PathBuf, String)> = files
+        .iter()
+        .map(|(n, t)| (PathBuf::from(n), t.to_string()))
+        .collect();
     manifest::load_files(&files, Path::new(".")).map_err(|e| e.to_string())
 }
 
@@ -208,15 +222,47 @@ fn resolution() {
     assert_eq!(
         names,
         [
-            "firecracker.fc", "kernel.gz", "kernel.k", "rootfs.r", "rootfs.tgz", "template.t", "network.lan",
-            "drive.data", "drive.solo-root", "drive.w-0-root", "drive.w-1-root", "drive.w-2-root",
-            "vm.solo", "vm.w-0", "vm.w-1", "vm.w-2",
+            "firecracker.fc",
+            "kernel.gz",
+            "kernel.k",
+            "rootfs.r",
+            "rootfs.tgz",
+            "template.t",
+            "network.lan",
+            "drive.data",
+            "drive.solo-root",
+            "drive.w-0-root",
+            "drive.w-1-root",
+            "drive.w-2-root",
+            "vm.solo",
+            "vm.w-0",
+            "vm.w-1",
+            "vm.w-2",
         ]
     );
     let get = |a: &str| &m.resources[&a.parse::<Address>().unwrap()];
-    let deps = |a: &str| get(a).deps.iter().map(ToString::to_string).collect::<Vec<_>>();
-    assert_eq!(deps("vm.solo"), ["firecracker.fc", "kernel.k", "network.lan", "drive.data", "drive.solo-root"]);
-    assert_eq!(deps("vm.w-1"), ["kernel.k", "drive.w-1-root"], "qemu VMs do not need the firecracker asset");
+    let deps = |a: &str| {
+        get(a)
+            .deps
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        deps("vm.solo"),
+        [
+            "firecracker.fc",
+            "kernel.k",
+            "network.lan",
+            "drive.data",
+            "drive.solo-root"
+        ]
+    );
+    assert_eq!(
+        deps("vm.w-1"),
+        ["kernel.k", "drive.w-1-root"],
+        "qemu VMs do not need the firecracker asset"
+    );
     assert_eq!(deps("drive.w-1-root"), ["template.t"]);
     assert_eq!(deps("template.t"), ["rootfs.r"]);
 
@@ -232,14 +278,21 @@ fn resolution() {
     match &get("kernel.gz").spec {
         Spec::Kernel(k) => {
             assert_eq!(k.source.decompress, Decompress::Gzip);
-            assert_eq!(k.source.sha256_url.as_deref(), Some(format!("file://{}/SHA256SUMS", cwd.display()).as_str()));
+            assert_eq!(
+                k.source.sha256_url.as_deref(),
+                Some(format!("file://{}/SHA256SUMS", cwd.display()).as_str())
+            );
             assert_eq!(k.source.minisign.as_ref().unwrap().public_key, KEY);
         }
         s => panic!("{s:?}"),
     }
     match &get("rootfs.tgz").spec {
         Spec::Rootfs(r) => {
-            assert_eq!(r.source.decompress, Decompress::None, "tarballs are kept as fetched");
+            assert_eq!(
+                r.source.decompress,
+                Decompress::None,
+                "tarballs are kept as fetched"
+            );
             assert_eq!(r.source.sha256.as_deref(), Some(SHA));
         }
         s => panic!("{s:?}"),
@@ -277,14 +330,20 @@ fn resolution() {
     }
     match &get("vm.w-2").spec {
         Spec::Vm(v) => {
-            assert_eq!(v.pool.as_ref().map(|p| (p.pool.as_str(), p.index)), Some(("w", 2)));
+            assert_eq!(
+                v.pool.as_ref().map(|p| (p.pool.as_str(), p.index)),
+                Some(("w", 2))
+            );
             assert_eq!((v.vcpus, v.memory, v.tap.as_deref()), (1, 512 << 20, None));
             assert_eq!(v.root, "w-2-root");
         }
         s => panic!("{s:?}"),
     }
     match &get("drive.w-0-root").spec {
-        Spec::Drive(d) => assert_eq!((d.template.as_deref(), d.size, d.pool.as_deref()), (Some("t"), 1 << 30, Some("w"))),
+        Spec::Drive(d) => assert_eq!(
+            (d.template.as_deref(), d.size, d.pool.as_deref()),
+            (Some("t"), 1 << 30, Some("w"))
+        ),
         s => panic!("{s:?}"),
     }
     match &get("drive.data").spec {
@@ -299,15 +358,25 @@ fn resolution() {
 fn directories_merge_their_toml_files_and_resolve_paths_per_file() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(dir.path().join("sub/files")).unwrap();
-    std::fs::write(dir.path().join("00-fort.toml"), "[fort]\nversion = 1\nstate_dir = \"state\"\n").unwrap();
+    std::fs::write(
+        dir.path().join("00-fort.toml"),
+        "[fort]\nversion = 1\nstate_dir = \"state\"\n",
+    )
+    .unwrap();
     std::fs::write(dir.path().join("10-assets.toml"), "[rootfs.r]\nurl = \"images/r.tar\"\n[template.t]\nrootfs = \"r\"\nsize = \"8MiB\"\n[template.t.files]\n\"/etc/motd\" = \"hi\\n\"\n\"/bin/tool\" = { source = \"sub/files/tool.sh\", mode = \"0755\" }\n").unwrap();
     std::fs::write(dir.path().join("sub/files/tool.sh"), "#!/bin/sh\n").unwrap();
     std::fs::write(dir.path().join("README.md"), "not a manifest").unwrap();
     let m = manifest::load(dir.path()).unwrap();
     assert_eq!(m.files.len(), 2);
-    assert_eq!(m.state_dir.as_deref(), Some(dir.path().join("state").as_path()));
+    assert_eq!(
+        m.state_dir.as_deref(),
+        Some(dir.path().join("state").as_path())
+    );
     match &m.resources[&Address::new(Kind::Rootfs, "r")].spec {
-        Spec::Rootfs(r) => assert_eq!(r.source.url, format!("file://{}/images/r.tar", dir.path().display())),
+        Spec::Rootfs(r) => assert_eq!(
+            r.source.url,
+            format!("file://{}/images/r.tar", dir.path().display())
+        ),
         s => panic!("{s:?}"),
     }
     match &m.resources[&Address::new(Kind::Template, "t")].spec {
@@ -323,14 +392,22 @@ fn directories_merge_their_toml_files_and_resolve_paths_per_file() {
                 }
                 c => panic!("{c:?}"),
             }
-            assert_eq!(t.files["/etc/motd"].content, OverlayContent::Inline("hi\n".into()));
+            assert_eq!(
+                t.files["/etc/motd"].content,
+                OverlayContent::Inline("hi\n".into())
+            );
         }
         s => panic!("{s:?}"),
     }
     // Editing an overlay source changes the template's spec hash.
     let before = m.resources[&Address::new(Kind::Template, "t")].spec_hash();
-    std::fs::write(dir.path().join("sub/files/tool.sh"), "#!/bin/sh\necho changed\n").unwrap();
-    let after = manifest::load(dir.path()).unwrap().resources[&Address::new(Kind::Template, "t")].spec_hash();
+    std::fs::write(
+        dir.path().join("sub/files/tool.sh"),
+        "#!/bin/sh\necho changed\n",
+    )
+    .unwrap();
+    let after = manifest::load(dir.path()).unwrap().resources[&Address::new(Kind::Template, "t")]
+        .spec_hash();
     assert_ne!(before, after);
 
     let empty = tempfile::tempdir().unwrap();
@@ -357,5 +434,8 @@ fn every_example_validates() {
             seen += 1;
         }
     }
-    assert!(seen >= 2, "expected at least the assets-only and full examples");
+    assert!(
+        seen >= 2,
+        "expected at least the assets-only and full examples"
+    );
 }

@@ -24,5 +24,8 @@ fn fort_schema_prints_it() {
         .output()
         .unwrap();
     assert!(out.status.success());
-    assert_eq!(String::from_utf8(out.stdout).unwrap(), fort::manifest::json_schema_string());
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap(),
+        fort::manifest::json_schema_string()
+    );
 }

@@ -68,7 +68,11 @@ fn plan_once(file: &Path, state: &Path) -> (usize, Duration) {
     let (changes, _) = plan::diff(&input, &fort::resources::kind).unwrap();
     let _ = graph.create_waves();
     let elapsed = t.elapsed();
-    assert!(changes.is_empty(), "recorded state should match: {:?}", changes.first());
+    assert!(
+        changes.is_empty(),
+        "recorded state should match: {:?}",
+        changes.first()
+    );
     (m.resources.len(), elapsed)
 }
 
@@ -95,7 +99,10 @@ fn main() {
             times.push(d);
         }
         let med = median(times);
-        println!("plan {count:>6} resources: median {:>8.1} ms over {runs} runs", med.as_secs_f64() * 1e3);
+        println!(
+            "plan {count:>6} resources: median {:>8.1} ms over {runs} runs",
+            med.as_secs_f64() * 1e3
+        );
         results.push(med);
     }
     println!(

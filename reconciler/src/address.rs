@@ -133,8 +133,15 @@ mod tests {
             ("box.x", Err("unknown resource kind `box`: expected one of firecracker, kernel, rootfs, template, network, drive, vm")),
         ];
         for (input, want) in cases {
-            let got = input.parse::<Address>().map(|a| a.to_string()).map_err(|e| e.to_string());
-            assert_eq!(got, want.map(str::to_string).map_err(str::to_string), "{input}");
+            let got = input
+                .parse::<Address>()
+                .map(|a| a.to_string())
+                .map_err(|e| e.to_string());
+            assert_eq!(
+                got,
+                want.map(str::to_string).map_err(str::to_string),
+                "{input}"
+            );
         }
     }
 }

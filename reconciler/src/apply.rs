@@ -43,10 +43,18 @@ impl Default for ExecOptions {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "outcome", rename_all = "snake_case")]
 pub enum Outcome {
-    Done { seconds: f64, attempts: u32 },
-    Failed { error: String, attempts: u32 },
+    Done {
+        seconds: f64,
+        attempts: u32,
+    },
+    Failed {
+        error: String,
+        attempts: u32,
+    },
     /// Not attempted because something it needs failed or was skipped.
-    Skipped { because: Address },
+    Skipped {
+        because: Address,
+    },
     /// Not started because the apply was interrupted.
     NotStarted,
 }
@@ -125,8 +133,7 @@ pub async fn execute(
     let nodes = schedule(plan, desired, recorded);
     let mut slots = vec![Slot::Waiting; nodes.len()];
     let mut outcomes: Vec<Option<Outcome>> = vec![None; nodes.len()];
-    let mut running: JoinSet<(usize, Result<(Option<serde_json::Value>, u32), Failure>, f64)> =
-        JoinSet::new();
+    let mut running: JoinSet<Finished> = JoinSet::new();
     let parallelism = opts.parallelism.max(1);
     let mut interrupted = false;
 
@@ -261,7 +268,10 @@ fn schedule(
                     .collect();
                 (needs.clone(), needs)
             } else {
-                let deps = desired.get(&c.address).map(|r| r.deps.as_slice()).unwrap_or(&[]);
+                let deps = desired
+                    .get(&c.address)
+                    .map(|r| r.deps.as_slice())
+                    .unwrap_or(&[]);
                 let needs: Vec<usize> = deps
                     .iter()
                     .filter_map(|d| index.get(d).copied())
@@ -279,6 +289,13 @@ fn schedule(
         })
         .collect()
 }
+
+/// What a finished job reports: its node, its outputs and attempts or why it failed, seconds.
+type Finished = (
+    usize,
+    Result<(Option<serde_json::Value>, u32), Failure>,
+    f64,
+);
 
 /// Why an action did not succeed.
 struct Failure {
@@ -327,9 +344,13 @@ impl Job {
         }
     }
 
-    async fn once(&self, destroyed: &AtomicBool) -> Result<Option<serde_json::Value>, ResourceError> {
+    async fn once(
+        &self,
+        destroyed: &AtomicBool,
+    ) -> Result<Option<serde_json::Value>, ResourceError> {
         let kind = resources::kind(self.change.address.kind);
-        let missing = || ResourceError::Check(format!("{} is not in the manifest", self.change.address));
+        let missing =
+            || ResourceError::Check(format!("{} is not in the manifest", self.change.address));
         match self.change.op {
             Op::Destroy => {
                 if let Some(r) = &self.recorded {
@@ -349,7 +370,9 @@ impl Job {
             }
             Op::Create | Op::Update | Op::Restart => {
                 let d = self.desired.as_ref().ok_or_else(missing)?;
-                Ok(Some(kind.apply(&self.ctx, d, self.recorded.as_ref()).await?))
+                Ok(Some(
+                    kind.apply(&self.ctx, d, self.recorded.as_ref()).await?,
+                ))
             }
         }
     }

@@ -105,7 +105,11 @@ impl Graph {
         self.closure(targets, Direction::Incoming)
     }
 
-    fn closure(&self, targets: &[Address], dir: Direction) -> Result<BTreeSet<Address>, GraphError> {
+    fn closure(
+        &self,
+        targets: &[Address],
+        dir: Direction,
+    ) -> Result<BTreeSet<Address>, GraphError> {
         let mut out = BTreeSet::new();
         let mut stack = Vec::new();
         for t in targets {
@@ -199,7 +203,9 @@ impl Graph {
                     .min_by(|a, b| {
                         let a_is_start = *a == start;
                         let b_is_start = *b == start;
-                        b_is_start.cmp(&a_is_start).then(self.g[*a].cmp(&self.g[*b]))
+                        b_is_start
+                            .cmp(&a_is_start)
+                            .then(self.g[*a].cmp(&self.g[*b]))
                     });
                 let Some(next) = next else { break };
                 path.push(next);
@@ -237,7 +243,12 @@ mod tests {
     fn show(waves: Vec<Vec<Address>>) -> Vec<String> {
         waves
             .into_iter()
-            .map(|w| w.iter().map(ToString::to_string).collect::<Vec<_>>().join(" "))
+            .map(|w| {
+                w.iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            })
             .collect()
     }
 
@@ -287,7 +298,14 @@ mod tests {
             .collect();
         assert_eq!(
             deps,
-            ["kernel.k", "rootfs.r", "template.t", "network.lan", "drive.a-root", "vm.a"]
+            [
+                "kernel.k",
+                "rootfs.r",
+                "template.t",
+                "network.lan",
+                "drive.a-root",
+                "vm.a"
+            ]
         );
         let dependents: Vec<String> = g
             .with_dependents(&[a("template.t")])
@@ -295,7 +313,10 @@ mod tests {
             .iter()
             .map(ToString::to_string)
             .collect();
-        assert_eq!(dependents, ["template.t", "drive.a-root", "drive.b-root", "vm.a", "vm.b"]);
+        assert_eq!(
+            dependents,
+            ["template.t", "drive.a-root", "drive.b-root", "vm.a", "vm.b"]
+        );
         assert_eq!(
             g.with_dependencies(&[a("vm.zzz")]).unwrap_err().to_string(),
             "--target vm.zzz: no such resource in the manifest or the state"
@@ -304,7 +325,8 @@ mod tests {
 
     #[test]
     fn cycles() {
-        let cases: &[(&[(&str, &[&str])], &str)] = &[
+        type Edges<'a> = &'a [(&'a str, &'a [&'a str])];
+        let cases: &[(Edges, &str)] = &[
             (
                 &[("vm.a", &["drive.b"]), ("drive.b", &["vm.a"])],
                 "dependency cycle: drive.b → vm.a → drive.b",

@@ -166,7 +166,10 @@ impl Plan {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PlanError {
     #[error("{address} is protected (protect = true) and this plan would {action} it, losing its data; re-run with --allow-data-loss if that is what you want")]
-    Protected { address: Address, action: &'static str },
+    Protected {
+        address: Address,
+        action: &'static str,
+    },
     #[error("--replace {0}: not in the manifest")]
     ReplaceUnknown(Address),
     #[error(transparent)]
@@ -188,15 +191,12 @@ pub fn graph_of(
     desired: &BTreeMap<Address, Resource>,
     recorded: &BTreeMap<Address, Record>,
 ) -> Result<Graph, GraphError> {
-    let nodes = desired
-        .iter()
-        .map(|(a, r)| (a, r.deps.as_slice()))
-        .chain(
-            recorded
-                .iter()
-                .filter(|(a, _)| !desired.contains_key(*a))
-                .map(|(a, r)| (a, r.deps.as_slice())),
-        );
+    let nodes = desired.iter().map(|(a, r)| (a, r.deps.as_slice())).chain(
+        recorded
+            .iter()
+            .filter(|(a, _)| !desired.contains_key(*a))
+            .map(|(a, r)| (a, r.deps.as_slice())),
+    );
     Graph::new(nodes)
 }
 
@@ -254,7 +254,12 @@ pub fn standard<K: ResourceKind + ?Sized>(
 ) -> Result<Option<Change>, PlanError> {
     let (addr, op, reasons, fields) = match (desired, recorded) {
         (None, None) => return Ok(None),
-        (Some(d), None) => (&d.address, Op::Create, vec!["not yet created".to_string()], vec![]),
+        (Some(d), None) => (
+            &d.address,
+            Op::Create,
+            vec!["not yet created".to_string()],
+            vec![],
+        ),
         (None, Some(r)) => (
             &r.address,
             Op::Destroy,
@@ -268,10 +273,20 @@ pub fn standard<K: ResourceKind + ?Sized>(
         (Some(d), Some(r)) => {
             let fields = field_diffs(kind, &r.spec, &d.spec_json());
             if opts.replace.contains(&d.address) {
-                (&d.address, Op::Replace, vec!["replacement requested (--replace)".to_string()], fields)
+                (
+                    &d.address,
+                    Op::Replace,
+                    vec!["replacement requested (--replace)".to_string()],
+                    fields,
+                )
             } else if r.status == Status::Failed {
                 let why = r.error.as_deref().unwrap_or("unknown error");
-                (&d.address, Op::Update, vec![format!("the last apply failed: {why}")], fields)
+                (
+                    &d.address,
+                    Op::Update,
+                    vec![format!("the last apply failed: {why}")],
+                    fields,
+                )
             } else if let Some(max) = fields.iter().map(|f| f.effect).max() {
                 let reasons = fields
                     .iter()
@@ -281,12 +296,18 @@ pub fn standard<K: ResourceKind + ?Sized>(
             } else {
                 match observed {
                     None | Some(Observation::Ok) => return Ok(None),
-                    Some(Observation::Missing { what }) => {
-                        (&d.address, Op::Create, vec![format!("drift: {what}")], fields)
-                    }
-                    Some(Observation::Drifted { what }) => {
-                        (&d.address, Op::Update, vec![format!("drift: {what}")], fields)
-                    }
+                    Some(Observation::Missing { what }) => (
+                        &d.address,
+                        Op::Create,
+                        vec![format!("drift: {what}")],
+                        fields,
+                    ),
+                    Some(Observation::Drifted { what }) => (
+                        &d.address,
+                        Op::Update,
+                        vec![format!("drift: {what}")],
+                        fields,
+                    ),
                 }
             }
         }
@@ -295,7 +316,11 @@ pub fn standard<K: ResourceKind + ?Sized>(
     if data_loss && !opts.allow_data_loss && is_protected(desired, recorded) {
         return Err(PlanError::Protected {
             address: addr.clone(),
-            action: if op == Op::Destroy { "destroy" } else { "replace" },
+            action: if op == Op::Destroy {
+                "destroy"
+            } else {
+                "replace"
+            },
         });
     }
     Ok(Some(Change {
@@ -314,7 +339,11 @@ fn is_protected(desired: Option<&Resource>, recorded: Option<&Record>) -> bool {
 
 /// The fields of two spec objects that differ, as dotted paths (`source.sha256`), recursing
 /// into nested objects. The effect of a change is decided by its top-level field.
-pub fn field_diffs<K: ResourceKind + ?Sized>(kind: &K, before: &Value, after: &Value) -> Vec<FieldDiff> {
+pub fn field_diffs<K: ResourceKind + ?Sized>(
+    kind: &K,
+    before: &Value,
+    after: &Value,
+) -> Vec<FieldDiff> {
     let mut out = Vec::new();
     diff_values(kind, "", before, after, &mut out);
     out
@@ -332,16 +361,23 @@ fn diff_values<K: ResourceKind + ?Sized>(
             let mut keys: Vec<&String> = a.keys().collect();
             keys.extend(b.keys().filter(|k| !a.contains_key(*k)));
             for k in keys {
-                let sub = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
+                let sub = if path.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{path}.{k}")
+                };
                 match (b.get(k), a.get(k)) {
                     (Some(bv), Some(av)) => diff_values(kind, &sub, bv, av, out),
                     (bv, av) => out.push(field_diff(kind, sub, bv.cloned(), av.cloned())),
                 }
             }
         }
-        (b, a) if b != a => {
-            out.push(field_diff(kind, path.to_string(), Some(b.clone()), Some(a.clone())))
-        }
+        (b, a) if b != a => out.push(field_diff(
+            kind,
+            path.to_string(),
+            Some(b.clone()),
+            Some(a.clone()),
+        )),
         _ => {}
     }
 }

@@ -100,13 +100,21 @@ impl From<Output> for Run {
 impl Run {
     #[track_caller]
     pub fn ok(&self) -> &Run {
-        assert_eq!(self.code, 0, "fort failed:\nstdout:\n{}\nstderr:\n{}", self.stdout, self.stderr);
+        assert_eq!(
+            self.code, 0,
+            "fort failed:\nstdout:\n{}\nstderr:\n{}",
+            self.stdout, self.stderr
+        );
         self
     }
 
     #[track_caller]
     pub fn code(&self, want: i32) -> &Run {
-        assert_eq!(self.code, want, "unexpected exit code:\nstdout:\n{}\nstderr:\n{}", self.stdout, self.stderr);
+        assert_eq!(
+            self.code, want,
+            "unexpected exit code:\nstdout:\n{}\nstderr:\n{}",
+            self.stdout, self.stderr
+        );
         self
     }
 }

@@ -77,12 +77,22 @@ impl Server {
     }
 
     pub fn route(&self, path: &str, reply: Reply) {
-        self.shared.lock().expect("lock").routes.insert(path.to_string(), reply);
+        self.shared
+            .lock()
+            .expect("lock")
+            .routes
+            .insert(path.to_string(), reply);
     }
 
     /// Requests seen for `path`.
     pub fn hits(&self, path: &str) -> usize {
-        self.shared.lock().expect("lock").hits.get(path).copied().unwrap_or(0)
+        self.shared
+            .lock()
+            .expect("lock")
+            .hits
+            .get(path)
+            .copied()
+            .unwrap_or(0)
     }
 
     /// Requests seen for every path.
@@ -119,7 +129,10 @@ fn serve(conn: TcpStream, shared: Arc<Mutex<Shared>>) {
     let reply = {
         let mut s = shared.lock().expect("lock");
         *s.hits.entry(path.clone()).or_default() += 1;
-        s.routes.get(&path).cloned().unwrap_or_else(|| Reply::status(404))
+        s.routes
+            .get(&path)
+            .cloned()
+            .unwrap_or_else(|| Reply::status(404))
     };
     let mut conn = conn;
     let head = format!(

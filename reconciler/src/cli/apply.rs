@@ -89,7 +89,15 @@ async fn apply_saved(cli: &Cli, args: &ApplyArgs, file: &Path) -> Result<u8, Cli
     }
     let state_dir = saved.state_dir.clone();
     let options = saved.options.clone();
-    run_in(cli, &args.run, manifest.as_ref(), &state_dir, options, Some((file, saved))).await
+    run_in(
+        cli,
+        &args.run,
+        manifest.as_ref(),
+        &state_dir,
+        options,
+        Some((file, saved)),
+    )
+    .await
 }
 
 async fn run(
@@ -136,7 +144,10 @@ async fn run_in(
     let style = term::stdout_style();
     if plan.is_empty() {
         if cli.json {
-            println!("{}", serde_json::to_string_pretty(&Report::default()).unwrap_or_default());
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&Report::default()).unwrap_or_default()
+            );
         } else {
             print!("{}", render::render(&plan, style));
         }
@@ -168,7 +179,9 @@ async fn run_in(
     }
 
     let opts = ExecOptions {
-        parallelism: run_args.parallelism.unwrap_or_else(|| ExecOptions::default().parallelism),
+        parallelism: run_args
+            .parallelism
+            .unwrap_or_else(|| ExecOptions::default().parallelism),
         ..ExecOptions::default()
     };
     let cancel = opts.cancel.clone();
@@ -190,7 +203,16 @@ async fn run_in(
     });
     let empty = Default::default();
     let desired = manifest.map_or(&empty, |m| &m.resources);
-    let report = apply::execute(&plan, desired, &recorded, ctx.clone(), run_id, &opts, progress).await?;
+    let report = apply::execute(
+        &plan,
+        desired,
+        &recorded,
+        ctx.clone(),
+        run_id,
+        &opts,
+        progress,
+    )
+    .await?;
     watcher.abort();
     let result = if report.interrupted {
         "interrupted"
@@ -203,7 +225,10 @@ async fn run_in(
     drop(lock);
 
     if cli.json {
-        println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).unwrap_or_default()
+        );
     } else {
         println!();
         println!("{}", summary(&report, style));
@@ -243,9 +268,7 @@ fn command_line() -> String {
 }
 
 fn summary(report: &Report, style: crate::plan::render::Style) -> String {
-    let done = |op: Op| {
-        report.count(|a| a.op == op && matches!(a.outcome, Outcome::Done { .. }))
-    };
+    let done = |op: Op| report.count(|a| a.op == op && matches!(a.outcome, Outcome::Done { .. }));
     let failed = report.count(|a| matches!(a.outcome, Outcome::Failed { .. }));
     let skipped = report.count(|a| matches!(a.outcome, Outcome::Skipped { .. }));
     let not_started = report.count(|a| matches!(a.outcome, Outcome::NotStarted));

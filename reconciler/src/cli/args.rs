@@ -19,7 +19,13 @@ Exit codes: 0 success (plan --detailed-exitcode: no changes), 1 error, 2 changes
 #[command(name = "fort", version, after_help = AFTER_HELP, propagate_version = true)]
 pub struct Cli {
     /// The manifest: a fort.toml file, or a directory whose *.toml files are merged.
-    #[arg(short = 'f', long = "file", global = true, value_name = "PATH", env = "FORT_MANIFEST")]
+    #[arg(
+        short = 'f',
+        long = "file",
+        global = true,
+        value_name = "PATH",
+        env = "FORT_MANIFEST"
+    )]
     pub file: Option<PathBuf>,
 
     /// Where fort keeps state, cache and images [default: the manifest's [fort] state_dir, else

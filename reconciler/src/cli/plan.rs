@@ -30,7 +30,11 @@ pub fn validate(cli: &Cli) -> Result<u8, CliError> {
         println!(
             "The manifest is valid: {} resources ({}) in {} file(s).",
             m.resources.len(),
-            if kinds.is_empty() { "none".to_string() } else { kinds.join(", ") },
+            if kinds.is_empty() {
+                "none".to_string()
+            } else {
+                kinds.join(", ")
+            },
             m.files.len()
         );
     }
@@ -96,11 +100,18 @@ pub async fn plan(cli: &Cli, args: &PlanArgs) -> Result<u8, CliError> {
         save(&plan, out)?;
     }
     if cli.json {
-        println!("{}", serde_json::to_string_pretty(&plan).unwrap_or_default());
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&plan).unwrap_or_default()
+        );
     } else {
         print!("{}", render::render(&plan, term::stdout_style()));
         if let Some(out) = &args.out {
-            println!("\nSaved the plan to {}. Apply exactly it with: fort apply {}", out.display(), out.display());
+            println!(
+                "\nSaved the plan to {}. Apply exactly it with: fort apply {}",
+                out.display(),
+                out.display()
+            );
         }
     }
     Ok(if args.detailed_exitcode && !plan.is_empty() {

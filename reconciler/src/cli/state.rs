@@ -28,7 +28,12 @@ pub fn state(cli: &Cli, cmd: &StateCommand) -> Result<u8, CliError> {
             } else if all.is_empty() {
                 println!("No resources recorded.");
             } else {
-                let w = all.keys().map(|a| a.to_string().len()).max().unwrap_or(7).max(7);
+                let w = all
+                    .keys()
+                    .map(|a| a.to_string().len())
+                    .max()
+                    .unwrap_or(7)
+                    .max(7);
                 println!("{:w$}  {:6}  UPDATED", "ADDRESS", "STATUS");
                 for r in all.values() {
                     println!(
@@ -42,7 +47,9 @@ pub fn state(cli: &Cli, cmd: &StateCommand) -> Result<u8, CliError> {
         }
         StateCommand::Show { address } => {
             let Some(r) = store.get(address)? else {
-                return Err(CliError::Usage(format!("{address} is not recorded in state")));
+                return Err(CliError::Usage(format!(
+                    "{address} is not recorded in state"
+                )));
             };
             if cli.json {
                 println!("{}", serde_json::to_string_pretty(&r).unwrap_or_default());
@@ -56,10 +63,20 @@ pub fn state(cli: &Cli, cmd: &StateCommand) -> Result<u8, CliError> {
                 println!("updated:  {}", time(r.updated_at));
                 println!(
                     "depends:  {}",
-                    r.deps.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+                    r.deps
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 );
-                println!("spec:     {}", serde_json::to_string_pretty(&r.spec).unwrap_or_default());
-                println!("outputs:  {}", serde_json::to_string_pretty(&r.outputs).unwrap_or_default());
+                println!(
+                    "spec:     {}",
+                    serde_json::to_string_pretty(&r.spec).unwrap_or_default()
+                );
+                println!(
+                    "outputs:  {}",
+                    serde_json::to_string_pretty(&r.outputs).unwrap_or_default()
+                );
             }
         }
     }
@@ -70,7 +87,10 @@ pub fn history(cli: &Cli, args: &HistoryArgs) -> Result<u8, CliError> {
     let store = open(cli)?;
     let entries = store.history(&args.address)?;
     if cli.json {
-        println!("{}", serde_json::to_string_pretty(&entries).unwrap_or_default());
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&entries).unwrap_or_default()
+        );
         return Ok(exit::OK);
     }
     if entries.is_empty() {

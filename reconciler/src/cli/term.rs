@@ -20,7 +20,10 @@ pub fn stderr_is_tty() -> bool {
 /// Ask on the terminal; only `yes` proceeds.
 pub fn confirm(question: &str) -> std::io::Result<bool> {
     let mut out = std::io::stdout();
-    write!(out, "{question}\n  Only 'yes' will be accepted to approve.\n\n  Enter a value: ")?;
+    write!(
+        out,
+        "{question}\n  Only 'yes' will be accepted to approve.\n\n  Enter a value: "
+    )?;
     out.flush()?;
     let mut line = String::new();
     std::io::stdin().lock().read_line(&mut line)?;
@@ -78,9 +81,11 @@ impl Progress for Lines {
                 change.address,
                 verb(change.op).1
             )),
-            Outcome::Failed { error, .. } => {
-                s.red(&format!("{}: {} failed: {error}", change.address, verb(change.op).0))
-            }
+            Outcome::Failed { error, .. } => s.red(&format!(
+                "{}: {} failed: {error}",
+                change.address,
+                verb(change.op).0
+            )),
             Outcome::Skipped { because } => s.yellow(&format!(
                 "{}: skipped, because {because} did not succeed",
                 change.address

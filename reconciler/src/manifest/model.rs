@@ -193,7 +193,10 @@ pub struct FileOverlay {
 pub enum OverlayContent {
     Inline(String),
     /// A file next to the manifest; the hash makes an edit of the file a change of the spec.
-    Source { path: PathBuf, sha256: String },
+    Source {
+        path: PathBuf,
+        sha256: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

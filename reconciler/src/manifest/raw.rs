@@ -13,7 +13,10 @@ type Table<T> = BTreeMap<Spanned<String>, Spanned<T>>;
 /// One `fort.toml` file.
 #[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-#[schemars(title = "fort manifest", description = "A fort.toml file: kernels, root filesystems, templates, networks, drives and VMs.")]
+#[schemars(
+    title = "fort manifest",
+    description = "A fort.toml file: kernels, root filesystems, templates, networks, drives and VMs."
+)]
 pub struct RawFile {
     /// Manifest settings; exactly one file of a manifest has it.
     #[schemars(with = "Option<RawFort>")]
@@ -365,7 +368,8 @@ impl<'de> Deserialize<'de> for RawRoot {
                 Ok(RawRoot::Drive(v.to_string()))
             }
             fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<RawRoot, A::Error> {
-                RawInlineRoot::deserialize(de::value::MapAccessDeserializer::new(map)).map(RawRoot::Inline)
+                RawInlineRoot::deserialize(de::value::MapAccessDeserializer::new(map))
+                    .map(RawRoot::Inline)
             }
         }
         d.deserialize_any(V)
@@ -384,7 +388,8 @@ impl<'de> Deserialize<'de> for RawOverlay {
                 Ok(RawOverlay::Text(v.to_string()))
             }
             fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<RawOverlay, A::Error> {
-                RawOverlayTable::deserialize(de::value::MapAccessDeserializer::new(map)).map(RawOverlay::Table)
+                RawOverlayTable::deserialize(de::value::MapAccessDeserializer::new(map))
+                    .map(RawOverlay::Table)
             }
         }
         d.deserialize_any(V)

@@ -30,7 +30,12 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 
 /// Human form of a byte count: the largest binary unit that divides it.
 pub fn format_size(bytes: u64) -> String {
-    for (unit, m) in [("TiB", 1u64 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)] {
+    for (unit, m) in [
+        ("TiB", 1u64 << 40),
+        ("GiB", 1 << 30),
+        ("MiB", 1 << 20),
+        ("KiB", 1 << 10),
+    ] {
         if bytes >= m && bytes % m == 0 {
             return format!("{}{unit}", bytes / m);
         }
@@ -60,7 +65,9 @@ pub fn parse_mode(s: &str) -> Result<u32, String> {
     let t = s.trim_start_matches("0o");
     match u32::from_str_radix(t, 8) {
         Ok(m) if !t.is_empty() && m <= 0o7777 => Ok(m),
-        _ => Err(format!("invalid mode `{s}`: expected octal permission bits such as \"0644\" or \"0755\"")),
+        _ => Err(format!(
+            "invalid mode `{s}`: expected octal permission bits such as \"0644\" or \"0755\""
+        )),
     }
 }
 
@@ -122,7 +129,9 @@ pub fn parse_mac(s: &str) -> Result<String, String> {
     let first = parts.first().and_then(|p| u8::from_str_radix(p, 16).ok());
     match (ok, first) {
         (true, Some(b)) if b & 1 == 0 => Ok(s.to_ascii_lowercase()),
-        _ => Err(format!("invalid mac `{s}`: expected a unicast address such as \"02:fc:00:00:00:01\"")),
+        _ => Err(format!(
+            "invalid mac `{s}`: expected a unicast address such as \"02:fc:00:00:00:01\""
+        )),
     }
 }
 
@@ -145,7 +154,9 @@ mod tests {
 
     #[test]
     fn sizes() {
-        let bad = |s: &str| Err(format!("invalid size `{s}`: expected a number with a binary unit (B, KiB, MiB, GiB, TiB), e.g. \"512MiB\", or a number of bytes"));
+        let bad = |s: &str| {
+            Err(format!("invalid size `{s}`: expected a number with a binary unit (B, KiB, MiB, GiB, TiB), e.g. \"512MiB\", or a number of bytes"))
+        };
         let cases: Vec<(&str, Result<u64, String>)> = vec![
             ("512MiB", Ok(512 << 20)),
             ("4GiB", Ok(4 << 30)),
@@ -183,10 +194,16 @@ mod tests {
         assert_eq!(parse_mode("644"), Ok(0o644));
         assert!(parse_mode("0999").is_err());
         assert!(parse_mode("rw-r--r--").is_err());
-        assert_eq!(parse_mac("02:AB:00:00:00:01"), Ok("02:ab:00:00:00:01".into()));
+        assert_eq!(
+            parse_mac("02:AB:00:00:00:01"),
+            Ok("02:ab:00:00:00:01".into())
+        );
         assert!(parse_mac("01:00:00:00:00:01").is_err(), "multicast");
         assert!(parse_mac("02:00:00:00:01").is_err());
-        assert_eq!(check_minisign_key("RWQf6LRCGA9i53mlYecO4IzT51TGPpvWucNSCh1CBM0QTaLn73Y7GFO3"), Ok(()));
+        assert_eq!(
+            check_minisign_key("RWQf6LRCGA9i53mlYecO4IzT51TGPpvWucNSCh1CBM0QTaLn73Y7GFO3"),
+            Ok(())
+        );
         assert!(check_minisign_key("RWQ").is_err());
         assert_eq!(line_col("ab\ncd\n", 4), (2, 2));
         assert_eq!(line_col("ab", 0), (1, 1));

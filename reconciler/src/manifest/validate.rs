@@ -12,7 +12,9 @@ use toml::Spanned;
 
 use super::model::*;
 use super::raw::*;
-use super::units::{check_minisign_key, check_name, check_sha256, format_size, line_col, parse_mode, parse_size};
+use super::units::{
+    check_minisign_key, check_name, check_sha256, format_size, line_col, parse_mode, parse_size,
+};
 use super::{Diagnostic, Source};
 use crate::address::{Address, Kind};
 
@@ -114,7 +116,11 @@ where
             if let Some(first) = out.get(n) {
                 let a = cx.origin(first.file, &first.span);
                 let b = cx.origin(file, &value.span());
-                cx.err(file, &value.span(), format!("{kind}.{n} is defined twice: {a} and {b}"));
+                cx.err(
+                    file,
+                    &value.span(),
+                    format!("{kind}.{n} is defined twice: {a} and {b}"),
+                );
                 continue;
             }
             out.insert(
@@ -184,12 +190,36 @@ impl<'c, 'a, 'r> Resolver<'c, 'a, 'r> {
     fn run(mut self, path: &Path) -> Manifest {
         let raws = self.raws;
         let state_dir = self.fort_table();
-        let fcs = collect(self.cx, Kind::Firecracker, raws.iter().map(|(i, r)| (*i, &r.firecracker)));
-        let kernels = collect(self.cx, Kind::Kernel, raws.iter().map(|(i, r)| (*i, &r.kernel)));
-        let rootfss = collect(self.cx, Kind::Rootfs, raws.iter().map(|(i, r)| (*i, &r.rootfs)));
-        let templates = collect(self.cx, Kind::Template, raws.iter().map(|(i, r)| (*i, &r.template)));
-        let networks = collect(self.cx, Kind::Network, raws.iter().map(|(i, r)| (*i, &r.network)));
-        let drives = collect(self.cx, Kind::Drive, raws.iter().map(|(i, r)| (*i, &r.drive)));
+        let fcs = collect(
+            self.cx,
+            Kind::Firecracker,
+            raws.iter().map(|(i, r)| (*i, &r.firecracker)),
+        );
+        let kernels = collect(
+            self.cx,
+            Kind::Kernel,
+            raws.iter().map(|(i, r)| (*i, &r.kernel)),
+        );
+        let rootfss = collect(
+            self.cx,
+            Kind::Rootfs,
+            raws.iter().map(|(i, r)| (*i, &r.rootfs)),
+        );
+        let templates = collect(
+            self.cx,
+            Kind::Template,
+            raws.iter().map(|(i, r)| (*i, &r.template)),
+        );
+        let networks = collect(
+            self.cx,
+            Kind::Network,
+            raws.iter().map(|(i, r)| (*i, &r.network)),
+        );
+        let drives = collect(
+            self.cx,
+            Kind::Drive,
+            raws.iter().map(|(i, r)| (*i, &r.drive)),
+        );
         let vms = collect(self.cx, Kind::Vm, raws.iter().map(|(i, r)| (*i, &r.vm)));
 
         for (name, e) in &fcs {
@@ -201,7 +231,11 @@ impl<'c, 'a, 'r> Resolver<'c, 'a, 'r> {
                 minisign: &e.raw.minisign,
                 decompress: &e.raw.decompress,
             };
-            let infer = if e.raw.member.is_some() { Infer::Archive } else { Infer::Extension };
+            let infer = if e.raw.member.is_some() {
+                Infer::Archive
+            } else {
+                Infer::Extension
+            };
             if let Some(source) = self.asset(e.file, &addr, &f, infer) {
                 let spec = Spec::Firecracker(FirecrackerSpec {
                     source,
@@ -225,7 +259,13 @@ impl<'c, 'a, 'r> Resolver<'c, 'a, 'r> {
             };
             if let Some(source) = self.asset(e.file, &addr, &f, Infer::Never) {
                 let o = self.cx.origin(e.file, &e.span);
-                self.add(Kind::Rootfs, name, o, Spec::Rootfs(RootfsSpec { source }), vec![]);
+                self.add(
+                    Kind::Rootfs,
+                    name,
+                    o,
+                    Spec::Rootfs(RootfsSpec { source }),
+                    vec![],
+                );
             }
         }
         for (name, e) in &templates {
@@ -239,8 +279,14 @@ impl<'c, 'a, 'r> Resolver<'c, 'a, 'r> {
             fcs: fcs.keys().cloned().collect(),
             kernels: kernels.keys().cloned().collect(),
             templates: templates.keys().cloned().collect(),
-            drives: drives.iter().map(|(n, e)| (n.clone(), (e.file, e.span.clone()))).collect(),
-            vms: vms.iter().map(|(n, e)| (n.clone(), (e.file, e.span.clone()))).collect(),
+            drives: drives
+                .iter()
+                .map(|(n, e)| (n.clone(), (e.file, e.span.clone())))
+                .collect(),
+            vms: vms
+                .iter()
+                .map(|(n, e)| (n.clone(), (e.file, e.span.clone())))
+                .collect(),
             nets,
         };
         super::validate_vm::vms(self.cx, &mut self.resources, &vms, &refs);
@@ -262,7 +308,11 @@ impl<'c, 'a, 'r> Resolver<'c, 'a, 'r> {
             if let Some((f0, s0)) = &found {
                 let a = self.cx.origin(*f0, s0);
                 let b = self.cx.origin(*file, &fort.span());
-                self.cx.err(*file, &fort.span(), format!("[fort] is defined twice: {a} and {b}"));
+                self.cx.err(
+                    *file,
+                    &fort.span(),
+                    format!("[fort] is defined twice: {a} and {b}"),
+                );
                 continue;
             }
             found = Some((*file, fort.span()));
@@ -271,7 +321,10 @@ impl<'c, 'a, 'r> Resolver<'c, 'a, 'r> {
                 self.cx.err(
                     *file,
                     &f.version.span(),
-                    format!("unsupported manifest version {}: this fort reads version 1", f.version.get_ref()),
+                    format!(
+                        "unsupported manifest version {}: this fort reads version 1",
+                        f.version.get_ref()
+                    ),
                 );
             }
             if let Some(d) = &f.state_dir {
@@ -285,7 +338,13 @@ impl<'c, 'a, 'r> Resolver<'c, 'a, 'r> {
         state_dir
     }
 
-    fn url(&mut self, file: usize, addr: &str, field: &str, url: &Spanned<String>) -> Option<(String, bool)> {
+    fn url(
+        &mut self,
+        file: usize,
+        addr: &str,
+        field: &str,
+        url: &Spanned<String>,
+    ) -> Option<(String, bool)> {
         let raw = url.get_ref();
         if raw.starts_with("https://") || raw.starts_with("http://") {
             return Some((raw.clone(), true));
@@ -305,7 +364,13 @@ impl<'c, 'a, 'r> Resolver<'c, 'a, 'r> {
         Some((format!("file://{}", abs.display()), false))
     }
 
-    fn asset(&mut self, file: usize, addr: &str, f: &AssetFields<'_>, infer: Infer) -> Option<AssetSource> {
+    fn asset(
+        &mut self,
+        file: usize,
+        addr: &str,
+        f: &AssetFields<'_>,
+        infer: Infer,
+    ) -> Option<AssetSource> {
         let (url, remote) = self.url(file, addr, "url", f.url)?;
         let mut ok = true;
         let sha256 = match f.sha256 {
@@ -322,7 +387,11 @@ impl<'c, 'a, 'r> Resolver<'c, 'a, 'r> {
         let sha256_url = match f.sha256_url {
             Some(s) => {
                 if f.sha256.is_some() {
-                    self.cx.err(file, &s.span(), format!("{addr}: set `sha256` or `sha256_url`, not both"));
+                    self.cx.err(
+                        file,
+                        &s.span(),
+                        format!("{addr}: set `sha256` or `sha256_url`, not both"),
+                    );
                     ok = false;
                 }
                 self.url(file, addr, "sha256_url", s).map(|(u, _)| u)
@@ -337,13 +406,15 @@ impl<'c, 'a, 'r> Resolver<'c, 'a, 'r> {
             Some(m) => {
                 let m = m.get_ref();
                 if let Err(e) = check_minisign_key(m.public_key.get_ref()) {
-                    self.cx.err(file, &m.public_key.span(), format!("{addr}: {e}"));
+                    self.cx
+                        .err(file, &m.public_key.span(), format!("{addr}: {e}"));
                     ok = false;
                 }
-                self.url(file, addr, "signature_url", &m.signature_url).map(|(u, _)| Minisign {
-                    public_key: m.public_key.get_ref().trim().to_string(),
-                    signature_url: u,
-                })
+                self.url(file, addr, "signature_url", &m.signature_url)
+                    .map(|(u, _)| Minisign {
+                        public_key: m.public_key.get_ref().trim().to_string(),
+                        signature_url: u,
+                    })
             }
             None => None,
         };
@@ -395,7 +466,11 @@ impl<'c, 'a, 'r> Resolver<'c, 'a, 'r> {
         };
         let spec = Spec::Kernel(KernelSpec {
             source,
-            cmdline: e.raw.cmdline.clone().unwrap_or_else(|| DEFAULT_CMDLINE.to_string()),
+            cmdline: e
+                .raw
+                .cmdline
+                .clone()
+                .unwrap_or_else(|| DEFAULT_CMDLINE.to_string()),
             initrd,
         });
         let o = self.cx.origin(e.file, &e.span);
@@ -411,19 +486,39 @@ impl<'c, 'a, 'r> Resolver<'c, 'a, 'r> {
         match r {
             Ok(v) => Some(v),
             Err(e) => {
-                self.cx.err(file, &s.span(), format!("{addr}: {field}: {e}"));
+                self.cx
+                    .err(file, &s.span(), format!("{addr}: {field}: {e}"));
                 None
             }
         }
     }
 
-    fn template(&mut self, name: &str, e: &Entry<'_, RawTemplate>, rootfss: &Entries<'_, RawAsset>) {
+    fn template(
+        &mut self,
+        name: &str,
+        e: &Entry<'_, RawTemplate>,
+        rootfss: &Entries<'_, RawAsset>,
+    ) {
         let addr = format!("template.{name}");
-        let mut ok = reference(self.cx, e.file, &addr, "rootfs", &e.raw.rootfs, rootfss.keys());
+        let mut ok = reference(
+            self.cx,
+            e.file,
+            &addr,
+            "rootfs",
+            &e.raw.rootfs,
+            rootfss.keys(),
+        );
         let size = self.size(e.file, &addr, "size", &e.raw.size);
         if let Some(s) = size {
             if s < (1 << 20) {
-                self.cx.err(e.file, &e.raw.size.span(), format!("{addr}: size: an image needs at least 1MiB, got {}", format_size(s)));
+                self.cx.err(
+                    e.file,
+                    &e.raw.size.span(),
+                    format!(
+                        "{addr}: size: an image needs at least 1MiB, got {}",
+                        format_size(s)
+                    ),
+                );
                 ok = false;
             }
         }
@@ -442,7 +537,9 @@ impl<'c, 'a, 'r> Resolver<'c, 'a, 'r> {
                 None => ok = false,
             }
         }
-        let (true, Some(size)) = (ok, size) else { return };
+        let (true, Some(size)) = (ok, size) else {
+            return;
+        };
         let spec = Spec::Template(TemplateSpec {
             rootfs: e.raw.rootfs.get_ref().clone(),
             size,
@@ -454,7 +551,13 @@ impl<'c, 'a, 'r> Resolver<'c, 'a, 'r> {
         self.add(Kind::Template, name, o, spec, vec![dep]);
     }
 
-    fn overlay(&mut self, file: usize, addr: &str, path: &str, o: &Spanned<RawOverlay>) -> Option<FileOverlay> {
+    fn overlay(
+        &mut self,
+        file: usize,
+        addr: &str,
+        path: &str,
+        o: &Spanned<RawOverlay>,
+    ) -> Option<FileOverlay> {
         match o.get_ref() {
             RawOverlay::Text(t) => Some(FileOverlay {
                 content: OverlayContent::Inline(t.clone()),
@@ -480,7 +583,15 @@ impl<'c, 'a, 'r> Resolver<'c, 'a, 'r> {
                                 path: abs,
                             },
                             Err(err) => {
-                                self.cx.err(file, &src.span(), format!("{addr}: overlay source `{}` cannot be read ({}): {err}", src.get_ref(), abs.display()));
+                                self.cx.err(
+                                    file,
+                                    &src.span(),
+                                    format!(
+                                        "{addr}: overlay source `{}` cannot be read ({}): {err}",
+                                        src.get_ref(),
+                                        abs.display()
+                                    ),
+                                );
                                 return None;
                             }
                         }
@@ -509,16 +620,30 @@ impl<'c, 'a, 'r> Resolver<'c, 'a, 'r> {
                 }
             };
             if net.addr() != net.network() {
-                self.cx.err(e.file, &e.raw.cidr.span(), format!("{addr}: cidr `{raw}` has host bits set: did you mean \"{}\"?", net.trunc()));
+                self.cx.err(
+                    e.file,
+                    &e.raw.cidr.span(),
+                    format!(
+                        "{addr}: cidr `{raw}` has host bits set: did you mean \"{}\"?",
+                        net.trunc()
+                    ),
+                );
                 continue;
             }
             if net.prefix_len() > 30 {
                 self.cx.err(e.file, &e.raw.cidr.span(), format!("{addr}: cidr `{raw}` leaves no room for a gateway and VMs: use a prefix of /30 or shorter"));
                 continue;
             }
-            if let Some((other, _)) = out.iter().find(|(_, o)| o.net.contains(&net.network()) || net.contains(&o.net.network())) {
+            if let Some((other, _)) = out
+                .iter()
+                .find(|(_, o)| o.net.contains(&net.network()) || net.contains(&o.net.network()))
+            {
                 let o = &out[other];
-                self.cx.err(e.file, &e.raw.cidr.span(), format!("{addr}: cidr {net} overlaps network.{other} ({})", o.net));
+                self.cx.err(
+                    e.file,
+                    &e.raw.cidr.span(),
+                    format!("{addr}: cidr {net} overlaps network.{other} ({})", o.net),
+                );
                 continue;
             }
             let bridge = format!("fort-{name}");
@@ -539,11 +664,16 @@ impl<'c, 'a, 'r> Resolver<'c, 'a, 'r> {
                         None
                     }
                     RawDns::List(l) => {
-                        let parsed: Result<Vec<IpAddr>, String> = l.iter().map(|s| s.parse().map_err(|_| s.clone())).collect();
+                        let parsed: Result<Vec<IpAddr>, String> =
+                            l.iter().map(|s| s.parse().map_err(|_| s.clone())).collect();
                         match parsed {
                             Ok(v) => Some(Dns::Servers(v)),
                             Err(bad) => {
-                                self.cx.err(e.file, &d.span(), format!("{addr}: invalid dns server address `{bad}`"));
+                                self.cx.err(
+                                    e.file,
+                                    &d.span(),
+                                    format!("{addr}: invalid dns server address `{bad}`"),
+                                );
                                 None
                             }
                         }
@@ -583,9 +713,14 @@ impl<'c, 'a, 'r> Resolver<'c, 'a, 'r> {
             ok = reference(self.cx, e.file, &addr, "template", t, templates.keys());
         }
         let size = self.size(e.file, &addr, "size", &e.raw.size);
-        let (true, Some(size)) = (ok, size) else { return };
+        let (true, Some(size)) = (ok, size) else {
+            return;
+        };
         let template = e.raw.template.as_ref().map(|t| t.get_ref().clone());
-        let deps = template.iter().map(|t| Address::new(Kind::Template, t)).collect();
+        let deps = template
+            .iter()
+            .map(|t| Address::new(Kind::Template, t))
+            .collect();
         let spec = Spec::Drive(DriveSpec {
             template,
             size,
@@ -597,11 +732,18 @@ impl<'c, 'a, 'r> Resolver<'c, 'a, 'r> {
     }
 
     fn check_cycles(&mut self) {
-        let nodes = self.resources.values().map(|r| (&r.address, r.deps.as_slice()));
+        let nodes = self
+            .resources
+            .values()
+            .map(|r| (&r.address, r.deps.as_slice()));
         if let Err(crate::graph::GraphError::Cycle(cycle)) = crate::graph::Graph::new(nodes) {
             if let Some(first) = cycle.first().and_then(|a| self.resources.get(a)) {
                 let o = first.origin.clone();
-                let text = cycle.iter().map(ToString::to_string).collect::<Vec<_>>().join(" → ");
+                let text = cycle
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(" → ");
                 self.cx.diags.push((
                     0,
                     0,
@@ -651,9 +793,19 @@ pub(super) fn reference<'k>(
     let list = if known.is_empty() {
         format!("no {kind} is defined")
     } else {
-        format!("defined: {}", known.into_iter().cloned().collect::<Vec<_>>().join(", "))
+        format!(
+            "defined: {}",
+            known.into_iter().cloned().collect::<Vec<_>>().join(", ")
+        )
     };
-    cx.err(file, &value.span(), format!("{addr}: {kind} `{}` is not defined ({list})", value.get_ref()));
+    cx.err(
+        file,
+        &value.span(),
+        format!(
+            "{addr}: {kind} `{}` is not defined ({list})",
+            value.get_ref()
+        ),
+    );
     false
 }
 
@@ -669,4 +821,3 @@ fn infer_decompress(url: &str, infer: Infer) -> Decompress {
         Infer::Archive => Decompress::None,
     }
 }
-

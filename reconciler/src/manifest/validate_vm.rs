@@ -14,7 +14,12 @@ use crate::address::{Address, Kind};
 
 type VmEntries<'a> = BTreeMap<String, super::validate::EntryRef<'a, RawVm>>;
 
-pub(super) fn vms(cx: &mut Ctx<'_>, resources: &mut BTreeMap<Address, Resource>, vms: &VmEntries<'_>, refs: &Refs) {
+pub(super) fn vms(
+    cx: &mut Ctx<'_>,
+    resources: &mut BTreeMap<Address, Resource>,
+    vms: &VmEntries<'_>,
+    refs: &Refs,
+) {
     let mut drive_users: BTreeMap<String, String> = BTreeMap::new();
     let mut ips: BTreeMap<Ipv4Addr, String> = BTreeMap::new();
     let mut macs: BTreeMap<String, String> = BTreeMap::new();
@@ -31,7 +36,11 @@ pub(super) fn vms(cx: &mut Ctx<'_>, resources: &mut BTreeMap<Address, Resource>,
             Some(c) => {
                 let n = *c.get_ref();
                 if !(1..=1000).contains(&n) {
-                    cx.err(file, &c.span(), format!("{addr}: count must be between 1 and 1000, got {n}"));
+                    cx.err(
+                        file,
+                        &c.span(),
+                        format!("{addr}: count must be between 1 and 1000, got {n}"),
+                    );
                     continue;
                 }
                 Some(n as u32)
@@ -52,7 +61,10 @@ pub(super) fn vms(cx: &mut Ctx<'_>, resources: &mut BTreeMap<Address, Resource>,
                 .collect(),
             None => vec![(name.clone(), None)],
         };
-        let where_span = raw.count.as_ref().map_or(e.name_span.clone(), Spanned::span);
+        let where_span = raw
+            .count
+            .as_ref()
+            .map_or(e.name_span.clone(), Spanned::span);
         for (inst, pool) in &instances {
             if pool.is_none() {
                 continue;
@@ -64,7 +76,11 @@ pub(super) fn vms(cx: &mut Ctx<'_>, resources: &mut BTreeMap<Address, Resource>,
             }
             if let Some((f, s)) = refs.vms.get(inst) {
                 let o = cx.origin(*f, s);
-                cx.err(file, &where_span, format!("{addr}: pool instance vm.{inst} is also defined at {o}"));
+                cx.err(
+                    file,
+                    &where_span,
+                    format!("{addr}: pool instance vm.{inst} is also defined at {o}"),
+                );
                 ok = false;
             }
         }
@@ -75,7 +91,11 @@ pub(super) fn vms(cx: &mut Ctx<'_>, resources: &mut BTreeMap<Address, Resource>,
         };
         let firecracker = match (&raw.firecracker, vmm) {
             (Some(f), Vmm::Qemu) => {
-                cx.err(file, &f.span(), format!("{addr}: `firecracker` only applies with vmm = \"firecracker\""));
+                cx.err(
+                    file,
+                    &f.span(),
+                    format!("{addr}: `firecracker` only applies with vmm = \"firecracker\""),
+                );
                 ok = false;
                 None
             }
@@ -96,8 +116,12 @@ pub(super) fn vms(cx: &mut Ctx<'_>, resources: &mut BTreeMap<Address, Resource>,
         let vcpus = match &raw.vcpus {
             Some(v) => {
                 let n = *v.get_ref();
-                if !(n == 1 || (n >= 2 && n <= 32 && n % 2 == 0)) {
-                    cx.err(file, &v.span(), format!("{addr}: vcpus must be 1 or an even number up to 32, got {n}"));
+                if !(n == 1 || ((2..=32).contains(&n) && n % 2 == 0)) {
+                    cx.err(
+                        file,
+                        &v.span(),
+                        format!("{addr}: vcpus must be 1 or an even number up to 32, got {n}"),
+                    );
                     ok = false;
                 }
                 n.clamp(1, 32) as u32
@@ -107,7 +131,14 @@ pub(super) fn vms(cx: &mut Ctx<'_>, resources: &mut BTreeMap<Address, Resource>,
         let memory = match &raw.memory {
             Some(m) => match size(m) {
                 Ok(b) if b < (128 << 20) => {
-                    cx.err(file, &m.span(), format!("{addr}: memory must be at least 128MiB, got {}", format_size(b)));
+                    cx.err(
+                        file,
+                        &m.span(),
+                        format!(
+                            "{addr}: memory must be at least 128MiB, got {}",
+                            format_size(b)
+                        ),
+                    );
                     ok = false;
                     0
                 }
@@ -134,10 +165,19 @@ pub(super) fn vms(cx: &mut Ctx<'_>, resources: &mut BTreeMap<Address, Resource>,
         };
         let ip = match &raw.ip {
             None => None,
-            Some(s) => match check_ip(&addr, s.get_ref(), count.is_some(), net.as_ref().map(|(_, i)| *i)) {
+            Some(s) => match check_ip(
+                &addr,
+                s.get_ref(),
+                count.is_some(),
+                net.as_ref().map(|(_, i)| *i),
+            ) {
                 Ok(ip) => {
                     if let Some(other) = ips.insert(ip, addr.clone()) {
-                        cx.err(file, &s.span(), format!("{addr}: ip {ip} is already used by {other}"));
+                        cx.err(
+                            file,
+                            &s.span(),
+                            format!("{addr}: ip {ip} is already used by {other}"),
+                        );
                         ok = false;
                     }
                     Some(ip)
@@ -152,14 +192,24 @@ pub(super) fn vms(cx: &mut Ctx<'_>, resources: &mut BTreeMap<Address, Resource>,
         let mac = match &raw.mac {
             None => None,
             Some(s) if count.is_some() => {
-                cx.err(file, &s.span(), format!("{addr}: `mac` cannot be set on a pool (count): each instance gets its own"));
+                cx.err(
+                    file,
+                    &s.span(),
+                    format!(
+                        "{addr}: `mac` cannot be set on a pool (count): each instance gets its own"
+                    ),
+                );
                 ok = false;
                 None
             }
             Some(s) => match parse_mac(s.get_ref()) {
                 Ok(m) => {
                     if let Some(other) = macs.insert(m.clone(), addr.clone()) {
-                        cx.err(file, &s.span(), format!("{addr}: mac {m} is already used by {other}"));
+                        cx.err(
+                            file,
+                            &s.span(),
+                            format!("{addr}: mac {m} is already used by {other}"),
+                        );
                         ok = false;
                     }
                     Some(m)
@@ -182,13 +232,24 @@ pub(super) fn vms(cx: &mut Ctx<'_>, resources: &mut BTreeMap<Address, Resource>,
                     let s = Spanned::new(raw.root.span(), d.clone());
                     ok &= reference(cx, file, &addr, "drive", &s, refs.drives.keys());
                 } else if let Some(user) = drive_users.insert(d.clone(), addr.clone()) {
-                    cx.err(file, &raw.root.span(), format!("{addr}: drive.{d} is already used by {user}"));
+                    cx.err(
+                        file,
+                        &raw.root.span(),
+                        format!("{addr}: drive.{d} is already used by {user}"),
+                    );
                     ok = false;
                 }
                 None
             }
             RawRoot::Inline(r) => {
-                ok &= reference(cx, file, &addr, "template", &r.template, refs.templates.iter());
+                ok &= reference(
+                    cx,
+                    file,
+                    &addr,
+                    "template",
+                    &r.template,
+                    refs.templates.iter(),
+                );
                 match size(&r.size) {
                     Ok(b) => Some((r.template.get_ref().clone(), b)),
                     Err(err) => {
@@ -211,7 +272,11 @@ pub(super) fn vms(cx: &mut Ctx<'_>, resources: &mut BTreeMap<Address, Resource>,
                 continue;
             }
             if let Some(user) = drive_users.insert(d.get_ref().clone(), addr.clone()) {
-                cx.err(file, &d.span(), format!("{addr}: drive.{} is already used by {user}", d.get_ref()));
+                cx.err(
+                    file,
+                    &d.span(),
+                    format!("{addr}: drive.{} is already used by {user}", d.get_ref()),
+                );
                 ok = false;
             }
             data.push(d.get_ref().clone());
@@ -234,13 +299,20 @@ pub(super) fn vms(cx: &mut Ctx<'_>, resources: &mut BTreeMap<Address, Resource>,
                     cx.err(file, &where_span, format!("vm.{inst} and network.{other} would both use the interface name `{tap}`: rename one"));
                     ok = false;
                 }
-                usage.entry(net_name.clone()).or_default().push((addr.clone(), 1));
+                usage
+                    .entry(net_name.clone())
+                    .or_default()
+                    .push((addr.clone(), 1));
             }
             if inline_root.is_some() {
                 let drive = format!("{inst}-root");
                 if let Some((f, s)) = refs.drives.get(&drive) {
                     let o = cx.origin(*f, s);
-                    cx.err(file, &raw.root.span(), format!("vm.{inst}: its inline root drive.{drive} is also defined at {o}"));
+                    cx.err(
+                        file,
+                        &raw.root.span(),
+                        format!("vm.{inst}: its inline root drive.{drive} is also defined at {o}"),
+                    );
                     ok = false;
                 }
                 if drive.len() > 31 {
@@ -330,7 +402,9 @@ pub(super) fn vms(cx: &mut Ctx<'_>, resources: &mut BTreeMap<Address, Resource>,
     }
 
     for (net_name, users) in usage {
-        let Some(info) = refs.nets.get(&net_name) else { continue };
+        let Some(info) = refs.nets.get(&net_name) else {
+            continue;
+        };
         let used: usize = users.iter().map(|(_, n)| n).sum();
         let room = (1u64 << (32 - info.net.prefix_len())) - 3;
         if used as u64 > room {
@@ -338,8 +412,25 @@ pub(super) fn vms(cx: &mut Ctx<'_>, resources: &mut BTreeMap<Address, Resource>,
             for (a, n) in &users {
                 *per.entry(a.as_str()).or_default() += n;
             }
-            let who: Vec<String> = per.iter().map(|(a, n)| if *n > 1 { format!("{a} ×{n}") } else { (*a).to_string() }).collect();
-            cx.err(info.file, &info.cidr_span, format!("network.{net_name}: {} has room for {room} VMs but {used} are attached ({})", info.net, who.join(", ")));
+            let who: Vec<String> = per
+                .iter()
+                .map(|(a, n)| {
+                    if *n > 1 {
+                        format!("{a} ×{n}")
+                    } else {
+                        (*a).to_string()
+                    }
+                })
+                .collect();
+            cx.err(
+                info.file,
+                &info.cidr_span,
+                format!(
+                    "network.{net_name}: {} has room for {room} VMs but {used} are attached ({})",
+                    info.net,
+                    who.join(", ")
+                ),
+            );
         }
     }
 }
@@ -352,22 +443,43 @@ fn size(s: &Spanned<RawSize>) -> Result<u64, String> {
     }
 }
 
-fn check_ip(addr: &str, s: &str, pool: bool, net: Option<&super::validate::NetInfo>) -> Result<Ipv4Addr, String> {
+fn check_ip(
+    addr: &str,
+    s: &str,
+    pool: bool,
+    net: Option<&super::validate::NetInfo>,
+) -> Result<Ipv4Addr, String> {
     if pool {
-        return Err(format!("{addr}: `ip` cannot be set on a pool (count): addresses are allocated per instance"));
+        return Err(format!(
+            "{addr}: `ip` cannot be set on a pool (count): addresses are allocated per instance"
+        ));
     }
     let Some(info) = net else {
         return Err(format!("{addr}: `ip` needs `network`"));
     };
-    let ip: Ipv4Addr = s.parse().map_err(|_| format!("{addr}: invalid ip `{s}`: expected an IPv4 address such as \"10.77.0.10\""))?;
+    let ip: Ipv4Addr = s.parse().map_err(|_| {
+        format!("{addr}: invalid ip `{s}`: expected an IPv4 address such as \"10.77.0.10\"")
+    })?;
     if !info.net.contains(&ip) {
-        return Err(format!("{addr}: ip {ip} is outside the network {}", info.net));
+        return Err(format!(
+            "{addr}: ip {ip} is outside the network {}",
+            info.net
+        ));
     }
     if ip == info.net.network() || ip == info.net.broadcast() {
-        return Err(format!("{addr}: ip {ip} is the network's {} address", if ip == info.net.network() { "network" } else { "broadcast" }));
+        return Err(format!(
+            "{addr}: ip {ip} is the network's {} address",
+            if ip == info.net.network() {
+                "network"
+            } else {
+                "broadcast"
+            }
+        ));
     }
     if ip == info.gateway {
-        return Err(format!("{addr}: ip {ip} is the network's gateway (the bridge)"));
+        return Err(format!(
+            "{addr}: ip {ip} is the network's gateway (the bridge)"
+        ));
     }
     Ok(ip)
 }

@@ -90,7 +90,13 @@ fn render_change(out: &mut String, c: &Change, style: Style) {
     } else {
         String::new()
     };
-    let _ = writeln!(out, "  {} {}{}", style.op(c.op), style.bold(&c.address.to_string()), bang);
+    let _ = writeln!(
+        out,
+        "  {} {}{}",
+        style.op(c.op),
+        style.bold(&c.address.to_string()),
+        bang
+    );
     if c.fields.is_empty() || c.op == Op::Destroy {
         for r in &c.reasons {
             let _ = writeln!(out, "      reason: {r}");

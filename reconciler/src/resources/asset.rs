@@ -51,7 +51,10 @@ pub async fn fetch(
 
 /// Is the cache entry still there and unchanged; for an unpinned local source, is the source
 /// still what was fetched?
-pub async fn observe(file: &CachedFile, source: &AssetSource) -> Result<Observation, ResourceError> {
+pub async fn observe(
+    file: &CachedFile,
+    source: &AssetSource,
+) -> Result<Observation, ResourceError> {
     let file = file.clone();
     let unpinned_local = source.sha256.is_none() && source.sha256_url.is_none();
     let local_source = unpinned_local
@@ -143,6 +146,7 @@ pub fn outputs<T: serde::de::DeserializeOwned>(
     address: &Address,
     v: &serde_json::Value,
 ) -> Result<T, ResourceError> {
-    serde_json::from_value(v.clone())
-        .map_err(|e| ResourceError::Check(format!("recorded outputs of {address} are unreadable: {e}")))
+    serde_json::from_value(v.clone()).map_err(|e| {
+        ResourceError::Check(format!("recorded outputs of {address} are unreadable: {e}"))
+    })
 }

@@ -51,7 +51,10 @@ impl ResourceKind for Kernel {
         _recorded: Option<&Record>,
     ) -> Result<serde_json::Value, ResourceError> {
         let Spec::Kernel(spec) = &desired.spec else {
-            return Err(ResourceError::Check(format!("{} has no kernel spec", desired.address)));
+            return Err(ResourceError::Check(format!(
+                "{} has no kernel spec",
+                desired.address
+            )));
         };
         let kernel = asset::fetch(ctx, &desired.address, &spec.source, None, false).await?;
         let initrd = match &spec.initrd {
@@ -75,7 +78,11 @@ pub(super) fn spec_field<T: serde::de::DeserializeOwned>(
     record: &Record,
     field: &str,
 ) -> Result<T, ResourceError> {
-    let v = record.spec.get(field).cloned().unwrap_or(serde_json::Value::Null);
+    let v = record
+        .spec
+        .get(field)
+        .cloned()
+        .unwrap_or(serde_json::Value::Null);
     serde_json::from_value(v).map_err(|e| {
         ResourceError::Check(format!(
             "recorded spec of {} has an unreadable `{field}`: {e}",

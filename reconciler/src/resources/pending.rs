@@ -13,8 +13,12 @@ pub struct Pending {
     kind: Kind,
 }
 
-pub static TEMPLATE: Pending = Pending { kind: Kind::Template };
-pub static NETWORK: Pending = Pending { kind: Kind::Network };
+pub static TEMPLATE: Pending = Pending {
+    kind: Kind::Template,
+};
+pub static NETWORK: Pending = Pending {
+    kind: Kind::Network,
+};
 pub static DRIVE: Pending = Pending { kind: Kind::Drive };
 pub static VM: Pending = Pending { kind: Kind::Vm };
 

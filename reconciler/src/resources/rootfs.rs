@@ -35,7 +35,10 @@ impl ResourceKind for Rootfs {
         _recorded: Option<&Record>,
     ) -> Result<serde_json::Value, ResourceError> {
         let Spec::Rootfs(spec) = &desired.spec else {
-            return Err(ResourceError::Check(format!("{} has no rootfs spec", desired.address)));
+            return Err(ResourceError::Check(format!(
+                "{} has no rootfs spec",
+                desired.address
+            )));
         };
         let file = asset::fetch(ctx, &desired.address, &spec.source, None, false).await?;
         serde_json::to_value(file).map_err(|e| ResourceError::Check(e.to_string()))

@@ -51,7 +51,11 @@ pub struct StateLock {
 
 impl StateLock {
     /// Take the lock, polling every 100 ms for up to `timeout`.
-    pub fn acquire(state_dir: &Path, timeout: Duration, command: &str) -> Result<StateLock, LockError> {
+    pub fn acquire(
+        state_dir: &Path,
+        timeout: Duration,
+        command: &str,
+    ) -> Result<StateLock, LockError> {
         let path = state_dir.join("lock");
         let mut file = OpenOptions::new()
             .read(true)
@@ -141,7 +145,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let first = StateLock::acquire(dir.path(), Duration::ZERO, "fort apply --yes").unwrap();
         let t = Instant::now();
-        let err = StateLock::acquire(dir.path(), Duration::from_millis(300), "fort apply").unwrap_err();
+        let err =
+            StateLock::acquire(dir.path(), Duration::from_millis(300), "fort apply").unwrap_err();
         assert!(t.elapsed() >= Duration::from_millis(300));
         assert_eq!(
             err.to_string(),
@@ -170,7 +175,10 @@ mod tests {
         });
         let second = StateLock::acquire(dir.path(), Duration::from_secs(5), "second").unwrap();
         releaser.join().unwrap();
-        assert_eq!(StateLock::holder(dir.path()), Some((std::process::id(), "second".to_string())));
+        assert_eq!(
+            StateLock::holder(dir.path()),
+            Some((std::process::id(), "second".to_string()))
+        );
         drop(second);
     }
 }

@@ -132,8 +132,13 @@ pub trait StateStore {
     fn resources(&self) -> Result<BTreeMap<Address, Record>, StateError>;
     fn get(&self, address: &Address) -> Result<Option<Record>, StateError>;
     /// Insert or replace a resource row and append a history entry, in one transaction.
-    fn put(&self, record: &Record, run: Option<RunId>, action: &str, detail: &str)
-        -> Result<(), StateError>;
+    fn put(
+        &self,
+        record: &Record,
+        run: Option<RunId>,
+        action: &str,
+        detail: &str,
+    ) -> Result<(), StateError>;
     /// Delete a resource row and append a history entry, in one transaction.
     fn remove(
         &self,
@@ -144,8 +149,13 @@ pub trait StateStore {
     ) -> Result<(), StateError>;
     /// Append a history entry without changing the resource row (e.g. a failed action, which
     /// leaves the host and the record as they were).
-    fn note(&self, address: &Address, run: Option<RunId>, action: &str, detail: &str)
-        -> Result<(), StateError>;
+    fn note(
+        &self,
+        address: &Address,
+        run: Option<RunId>,
+        action: &str,
+        detail: &str,
+    ) -> Result<(), StateError>;
     /// The history of one resource, oldest first (also after it was destroyed).
     fn history(&self, address: &Address) -> Result<Vec<HistoryEntry>, StateError>;
     fn begin_run(&self, command: &str, plan: &serde_json::Value) -> Result<RunId, StateError>;

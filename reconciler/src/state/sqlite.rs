@@ -18,7 +18,9 @@ pub struct SqliteStore {
 
 impl std::fmt::Debug for SqliteStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SqliteStore").field("path", &self.path).finish()
+        f.debug_struct("SqliteStore")
+            .field("path", &self.path)
+            .finish()
     }
 }
 
@@ -57,12 +59,17 @@ impl SqliteStore {
         Self::prepare(conn, path, false)
     }
 
-    fn prepare(mut conn: Connection, path: PathBuf, writable: bool) -> Result<SqliteStore, StateError> {
+    fn prepare(
+        mut conn: Connection,
+        path: PathBuf,
+        writable: bool,
+    ) -> Result<SqliteStore, StateError> {
         let open_err = |source| StateError::Open {
             path: path.clone(),
             source,
         };
-        conn.busy_timeout(Duration::from_secs(5)).map_err(open_err)?;
+        conn.busy_timeout(Duration::from_secs(5))
+            .map_err(open_err)?;
         // Check the version before anything that could write (journal mode, migrations).
         let found = migrations::current_version(&conn).map_err(open_err)?;
         if found > SCHEMA_VERSION {
@@ -75,9 +82,12 @@ impl SqliteStore {
         if writable {
             // WAL lets `fort plan` read beside an apply; FULL makes each committed action
             // survive power loss, which matters more than speed for a few rows per action.
-            conn.pragma_update(None, "journal_mode", "WAL").map_err(open_err)?;
-            conn.pragma_update(None, "synchronous", "FULL").map_err(open_err)?;
-            conn.pragma_update(None, "foreign_keys", "ON").map_err(open_err)?;
+            conn.pragma_update(None, "journal_mode", "WAL")
+                .map_err(open_err)?;
+            conn.pragma_update(None, "synchronous", "FULL")
+                .map_err(open_err)?;
+            conn.pragma_update(None, "foreign_keys", "ON")
+                .map_err(open_err)?;
             migrations::migrate(&mut conn).map_err(|source| StateError::Migrate {
                 path: path.clone(),
                 from: found,
@@ -101,7 +111,9 @@ impl SqliteStore {
 
     /// `PRAGMA journal_mode` (for tests and `fort doctor`).
     pub fn journal_mode(&self) -> Result<String, StateError> {
-        Ok(self.conn.pragma_query_value(None, "journal_mode", |r| r.get(0))?)
+        Ok(self
+            .conn
+            .pragma_query_value(None, "journal_mode", |r| r.get(0))?)
     }
 
     fn record_from_row(row: &Row<'_>) -> rusqlite::Result<RawRecord> {
@@ -119,7 +131,15 @@ impl SqliteStore {
         })
     }
 
-    fn history_entry(&self, address: &Address, run: Option<RunId>, action: &str, from: Option<Status>, to: Option<Status>, detail: &str) -> Result<(), StateError> {
+    fn history_entry(
+        &self,
+        address: &Address,
+        run: Option<RunId>,
+        action: &str,
+        from: Option<Status>,
+        to: Option<Status>,
+        detail: &str,
+    ) -> Result<(), StateError> {
         self.conn.execute(
             "INSERT INTO history(address, run_id, at, action, from_status, to_status, detail)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
@@ -145,7 +165,8 @@ impl SqliteStore {
                 |r| r.get(0),
             )
             .optional()?;
-        s.map(|s| parse_status(&address.to_string(), &s)).transpose()
+        s.map(|s| parse_status(&address.to_string(), &s))
+            .transpose()
     }
 }
 
@@ -178,8 +199,8 @@ impl RawRecord {
         };
         let spec = json(&self.spec, "spec")?;
         let outputs = json(&self.outputs, "outputs")?;
-        let deps: Vec<Address> = serde_json::from_str(&self.deps)
-            .map_err(|e| corrupt(format!("deps: {e}")))?;
+        let deps: Vec<Address> =
+            serde_json::from_str(&self.deps).map_err(|e| corrupt(format!("deps: {e}")))?;
         Ok(Record {
             status: parse_status(&self.address, &self.status)?,
             address,
@@ -255,7 +276,13 @@ impl StateStore for SqliteStore {
         raw.map(RawRecord::decode).transpose()
     }
 
-    fn put(&self, rec: &Record, run: Option<RunId>, action: &str, detail: &str) -> Result<(), StateError> {
+    fn put(
+        &self,
+        rec: &Record,
+        run: Option<RunId>,
+        action: &str,
+        detail: &str,
+    ) -> Result<(), StateError> {
         let tx = self.conn.unchecked_transaction()?;
         let before = self.status_of(&rec.address)?;
         self.conn.execute(
@@ -283,17 +310,31 @@ impl StateStore for SqliteStore {
         Ok(())
     }
 
-    fn remove(&self, address: &Address, run: Option<RunId>, action: &str, detail: &str) -> Result<(), StateError> {
+    fn remove(
+        &self,
+        address: &Address,
+        run: Option<RunId>,
+        action: &str,
+        detail: &str,
+    ) -> Result<(), StateError> {
         let tx = self.conn.unchecked_transaction()?;
         let before = self.status_of(address)?;
-        self.conn
-            .execute("DELETE FROM resources WHERE address = ?1", [address.to_string()])?;
+        self.conn.execute(
+            "DELETE FROM resources WHERE address = ?1",
+            [address.to_string()],
+        )?;
         self.history_entry(address, run, action, before, None, detail)?;
         tx.commit()?;
         Ok(())
     }
 
-    fn note(&self, address: &Address, run: Option<RunId>, action: &str, detail: &str) -> Result<(), StateError> {
+    fn note(
+        &self,
+        address: &Address,
+        run: Option<RunId>,
+        action: &str,
+        detail: &str,
+    ) -> Result<(), StateError> {
         let status = self.status_of(address)?;
         self.history_entry(address, run, action, status, status, detail)
     }
@@ -335,7 +376,13 @@ impl StateStore for SqliteStore {
     fn begin_run(&self, command: &str, plan: &serde_json::Value) -> Result<RunId, StateError> {
         self.conn.execute(
             "INSERT INTO runs(started_at, user, pid, command, plan) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![now_ms(), user(), std::process::id(), command, plan.to_string()],
+            params![
+                now_ms(),
+                user(),
+                std::process::id(),
+                command,
+                plan.to_string()
+            ],
         )?;
         Ok(self.conn.last_insert_rowid())
     }
@@ -429,8 +476,16 @@ mod tests {
         let s = SqliteStore::open(dir.path()).unwrap();
         assert_eq!(s.journal_mode().unwrap(), "wal");
         let empty = s.digest().unwrap();
-        let run = s.begin_run("fort apply", &serde_json::json!({"changes": []})).unwrap();
-        s.put(&rec("kernel.k", Status::Ready, 10), Some(run), "create", "not yet created").unwrap();
+        let run = s
+            .begin_run("fort apply", &serde_json::json!({"changes": []}))
+            .unwrap();
+        s.put(
+            &rec("kernel.k", Status::Ready, 10),
+            Some(run),
+            "create",
+            "not yet created",
+        )
+        .unwrap();
         let d1 = s.digest().unwrap();
         assert_ne!(d1, empty);
         assert_eq!(s.digest().unwrap(), d1, "digest is stable");
@@ -439,13 +494,31 @@ mod tests {
         assert_eq!(got.kind, Kind::Kernel);
 
         // An update keeps created_at.
-        s.put(&rec("kernel.k", Status::Ready, 20), Some(run), "update", "url changed").unwrap();
+        s.put(
+            &rec("kernel.k", Status::Ready, 20),
+            Some(run),
+            "update",
+            "url changed",
+        )
+        .unwrap();
         let got = s.get(&"kernel.k".parse().unwrap()).unwrap().unwrap();
         assert_eq!((got.created_at, got.updated_at), (10, 20));
         assert_ne!(s.digest().unwrap(), d1);
 
-        s.note(&"kernel.k".parse().unwrap(), Some(run), "fail", "update failed: boom").unwrap();
-        s.remove(&"kernel.k".parse().unwrap(), Some(run), "destroy", "destroy requested").unwrap();
+        s.note(
+            &"kernel.k".parse().unwrap(),
+            Some(run),
+            "fail",
+            "update failed: boom",
+        )
+        .unwrap();
+        s.remove(
+            &"kernel.k".parse().unwrap(),
+            Some(run),
+            "destroy",
+            "destroy requested",
+        )
+        .unwrap();
         assert!(s.get(&"kernel.k".parse().unwrap()).unwrap().is_none());
         assert_eq!(s.digest().unwrap(), empty);
         s.finish_run(run, "ok").unwrap();
@@ -458,10 +531,30 @@ mod tests {
         assert_eq!(
             summary,
             vec![
-                ("create".into(), None, Some(Status::Ready), "not yet created".into()),
-                ("update".into(), Some(Status::Ready), Some(Status::Ready), "url changed".into()),
-                ("fail".into(), Some(Status::Ready), Some(Status::Ready), "update failed: boom".into()),
-                ("destroy".into(), Some(Status::Ready), None, "destroy requested".into()),
+                (
+                    "create".into(),
+                    None,
+                    Some(Status::Ready),
+                    "not yet created".into()
+                ),
+                (
+                    "update".into(),
+                    Some(Status::Ready),
+                    Some(Status::Ready),
+                    "url changed".into()
+                ),
+                (
+                    "fail".into(),
+                    Some(Status::Ready),
+                    Some(Status::Ready),
+                    "update failed: boom".into()
+                ),
+                (
+                    "destroy".into(),
+                    Some(Status::Ready),
+                    None,
+                    "destroy requested".into()
+                ),
             ]
         );
         let runs = s.runs(10).unwrap();
@@ -476,7 +569,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let s = SqliteStore::open(dir.path()).unwrap();
-            s.put(&rec("rootfs.r", Status::Failed, 5), None, "create", "x").unwrap();
+            s.put(&rec("rootfs.r", Status::Failed, 5), None, "create", "x")
+                .unwrap();
             s.begin_run("one", &serde_json::Value::Null).unwrap();
             s.begin_run("two", &serde_json::Value::Null).unwrap();
         }
@@ -511,7 +605,10 @@ mod tests {
         }
         let before = std::fs::read(&path).unwrap();
         let mtime = std::fs::metadata(&path).unwrap().modified().unwrap();
-        for result in [SqliteStore::open(dir.path()), SqliteStore::open_readonly(dir.path())] {
+        for result in [
+            SqliteStore::open(dir.path()),
+            SqliteStore::open_readonly(dir.path()),
+        ] {
             assert_eq!(
                 result.unwrap_err().to_string(),
                 format!(
@@ -529,9 +626,16 @@ mod tests {
     fn not_a_database_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state.db");
-        std::fs::write(&path, b"this is not sqlite, just text that is long enough to matter\n".repeat(100)).unwrap();
+        std::fs::write(
+            &path,
+            b"this is not sqlite, just text that is long enough to matter\n".repeat(100),
+        )
+        .unwrap();
         let err = SqliteStore::open(dir.path()).unwrap_err();
-        assert_eq!(err.to_string(), format!("cannot open state database {}", path.display()));
+        assert_eq!(
+            err.to_string(),
+            format!("cannot open state database {}", path.display())
+        );
         let cause = std::error::Error::source(&err).unwrap().to_string();
         assert_eq!(cause, "file is not a database");
     }
@@ -540,9 +644,13 @@ mod tests {
     fn corrupt_rows_name_the_address() {
         let dir = tempfile::tempdir().unwrap();
         let s = SqliteStore::open(dir.path()).unwrap();
-        s.put(&rec("kernel.k", Status::Ready, 1), None, "create", "x").unwrap();
+        s.put(&rec("kernel.k", Status::Ready, 1), None, "create", "x")
+            .unwrap();
         s.conn
-            .execute("UPDATE resources SET outputs = 'not json' WHERE address = 'kernel.k'", [])
+            .execute(
+                "UPDATE resources SET outputs = 'not json' WHERE address = 'kernel.k'",
+                [],
+            )
             .unwrap();
         let err = s.resources().unwrap_err().to_string();
         assert!(

@@ -103,7 +103,11 @@ pub enum FetchError {
         found: String,
     },
     #[error("{url}: {what} is larger than {limit} bytes")]
-    TooLarge { url: String, what: &'static str, limit: u64 },
+    TooLarge {
+        url: String,
+        what: &'static str,
+        limit: u64,
+    },
     #[error("{what} {}", path.display())]
     Io {
         what: &'static str,
@@ -121,7 +125,10 @@ impl FetchError {
         match self {
             FetchError::Status { status, .. } => *status >= 500 || *status == 408 || *status == 429,
             FetchError::Http { source, .. } => {
-                source.is_timeout() || source.is_connect() || source.is_body() || source.is_request()
+                source.is_timeout()
+                    || source.is_connect()
+                    || source.is_body()
+                    || source.is_request()
             }
             _ => false,
         }
@@ -176,7 +183,9 @@ impl Fetcher {
     pub async fn fetch(&self, req: &FetchRequest<'_>) -> Result<Fetched, FetchError> {
         let src = req.source;
         let expected = self.expected_sha256(req).await?;
-        let entry = self.cache.join(cache_key(&expected, src.decompress, req.member));
+        let entry = self
+            .cache
+            .join(cache_key(&expected, src.decompress, req.member));
         let sidecar = sidecar_of(&entry);
         if let Some(found) = reuse(&entry, &sidecar).await? {
             tracing::debug!(label = req.label, path = %entry.display(), "cache hit");
@@ -190,29 +199,37 @@ impl Fetcher {
         }
         let signature = match &src.minisign {
             Some(m) => {
-                let text = self.small_text(&m.signature_url, 64 * 1024, "signature").await?;
+                let text = self
+                    .small_text(&m.signature_url, 64 * 1024, "signature")
+                    .await?;
                 let sig = minisign_verify::Signature::decode(&text).map_err(|source| {
                     FetchError::SignatureFormat {
                         sig_url: m.signature_url.clone(),
                         source,
                     }
                 })?;
-                let pk = minisign_verify::PublicKey::from_base64(&m.public_key).map_err(|source| {
-                    FetchError::PublicKey {
-                        label: req.label.to_string(),
-                        source,
-                    }
-                })?;
+                let pk =
+                    minisign_verify::PublicKey::from_base64(&m.public_key).map_err(|source| {
+                        FetchError::PublicKey {
+                            label: req.label.to_string(),
+                            source,
+                        }
+                    })?;
                 Some((pk, sig))
             }
             None => None,
         };
         let mut verifier = match &signature {
-            Some((pk, sig)) => Some(pk.verify_stream(sig).map_err(|source| FetchError::Signature {
-                label: req.label.to_string(),
-                url: src.url.clone(),
-                source,
-            })?),
+            Some((pk, sig)) => {
+                Some(
+                    pk.verify_stream(sig)
+                        .map_err(|source| FetchError::Signature {
+                            label: req.label.to_string(),
+                            url: src.url.clone(),
+                            source,
+                        })?,
+                )
+            }
             None => None,
         };
 
@@ -274,7 +291,9 @@ impl Fetcher {
                 member,
                 found,
             },
-            pipeline::WorkerError::Io(source) => FetchError::io("cannot write into", &tmp_dir, source),
+            pipeline::WorkerError::Io(source) => {
+                FetchError::io("cannot write into", &tmp_dir, source)
+            }
         })?;
         let got = hex::encode(hasher.finalize());
         if got != expected {
@@ -310,7 +329,9 @@ impl Fetcher {
             return Ok(s.to_ascii_lowercase());
         }
         if let Some(sums_url) = &src.sha256_url {
-            let text = self.small_text(sums_url, 1024 * 1024, "checksum file").await?;
+            let text = self
+                .small_text(sums_url, 1024 * 1024, "checksum file")
+                .await?;
             return source::find_checksum(&text, sums_url, &src.url);
         }
         let path = source::local_path(&src.url)?;
@@ -322,7 +343,12 @@ impl Fetcher {
             })?
     }
 
-    async fn small_text(&self, url: &str, limit: u64, what: &'static str) -> Result<String, FetchError> {
+    async fn small_text(
+        &self,
+        url: &str,
+        limit: u64,
+        what: &'static str,
+    ) -> Result<String, FetchError> {
         let mut body = source::open(&self.client, url).await?;
         let mut buf = Vec::new();
         while let Some(chunk) = body.next_chunk().await? {
@@ -380,7 +406,12 @@ async fn reuse(entry: &Path, sidecar: &Path) -> Result<Option<(String, u64)>, Fe
     })?
 }
 
-fn install(file: tempfile::NamedTempFile, content_sha256: &str, entry: &Path, sidecar: &Path) -> Result<(), FetchError> {
+fn install(
+    file: tempfile::NamedTempFile,
+    content_sha256: &str,
+    entry: &Path,
+    sidecar: &Path,
+) -> Result<(), FetchError> {
     let dir = entry.parent().unwrap_or(Path::new("."));
     let mut side = tempfile::NamedTempFile::new_in(dir.join("tmp"))
         .map_err(|e| FetchError::io("cannot create a temp file in", dir, e))?;

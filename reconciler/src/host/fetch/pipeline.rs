@@ -35,7 +35,12 @@ pub enum WorkerError {
 /// small enough to bound memory (at most DEPTH × 256 KiB).
 const DEPTH: usize = 16;
 
-pub fn spawn(job: Job) -> (mpsc::Sender<Bytes>, tokio::task::JoinHandle<Result<Output, WorkerError>>) {
+pub fn spawn(
+    job: Job,
+) -> (
+    mpsc::Sender<Bytes>,
+    tokio::task::JoinHandle<Result<Output, WorkerError>>,
+) {
     let (tx, rx) = mpsc::channel(DEPTH);
     let handle = tokio::task::spawn_blocking(move || run(job, rx));
     (tx, handle)
@@ -111,7 +116,11 @@ fn run(job: Job, rx: mpsc::Receiver<Bytes>) -> Result<Output, WorkerError> {
     // Whatever follows (the rest of an archive) still has to be fetched and hashed.
     io::copy(&mut raw, &mut io::sink()).map_err(WorkerError::Io)?;
     out.flush().map_err(WorkerError::Io)?;
-    let HashingWriter { inner, hasher, size } = out;
+    let HashingWriter {
+        inner,
+        hasher,
+        size,
+    } = out;
     drop(inner);
     let mode = if job.executable { 0o755 } else { 0o644 };
     file.as_file()

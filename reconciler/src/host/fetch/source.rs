@@ -25,10 +25,14 @@ const CHUNK: usize = 256 * 1024;
 /// Start reading `url` (http, https, file:// or an absolute path).
 pub async fn open(client: &reqwest::Client, url: &str) -> Result<Body, FetchError> {
     if url.starts_with("http://") || url.starts_with("https://") {
-        let resp = client.get(url).send().await.map_err(|source| FetchError::Http {
-            url: url.to_string(),
-            source,
-        })?;
+        let resp = client
+            .get(url)
+            .send()
+            .await
+            .map_err(|source| FetchError::Http {
+                url: url.to_string(),
+                source,
+            })?;
         let status = resp.status();
         if !status.is_success() {
             return Err(FetchError::Status {
@@ -148,7 +152,10 @@ mod tests {
         let u = "https://x/dl/vmlinux-6.1.xz?sig=1";
         let cases: Vec<(String, Result<String, String>)> = vec![
             (format!("{h}  vmlinux-6.1.xz\n"), Ok(h.clone())),
-            (format!("{}  other\n{h} *vmlinux-6.1.xz\n", "cd".repeat(32)), Ok(h.clone())),
+            (
+                format!("{}  other\n{h} *vmlinux-6.1.xz\n", "cd".repeat(32)),
+                Ok(h.clone()),
+            ),
             (format!("{h}  ./dl/vmlinux-6.1.xz\n"), Ok(h.clone())),
             (format!("{}\n", h.to_uppercase()), Ok(h.clone())),
             (
