@@ -15,6 +15,8 @@ pub struct Reply {
     pub body: Arc<Vec<u8>>,
     /// Sleep this long between 64 KiB chunks of the body.
     pub chunk_delay: Duration,
+    /// Close the connection after this many body bytes (Content-Length still says all).
+    pub truncate_at: Option<usize>,
 }
 
 impl Reply {
@@ -23,6 +25,7 @@ impl Reply {
             status: 200,
             body: Arc::new(body.into()),
             chunk_delay: Duration::ZERO,
+            truncate_at: None,
         }
     }
 
@@ -31,7 +34,13 @@ impl Reply {
             status,
             body: Arc::new(format!("status {status}\n").into_bytes()),
             chunk_delay: Duration::ZERO,
+            truncate_at: None,
         }
+    }
+
+    pub fn truncated(mut self, at: usize) -> Reply {
+        self.truncate_at = Some(at);
+        self
     }
 
     pub fn slow(mut self, chunk_delay: Duration) -> Reply {
@@ -143,7 +152,11 @@ fn serve(conn: TcpStream, shared: Arc<Mutex<Shared>>) {
     if conn.write_all(head.as_bytes()).is_err() {
         return;
     }
-    for chunk in reply.body.chunks(64 * 1024) {
+    let body = &reply.body[..reply
+        .truncate_at
+        .unwrap_or(reply.body.len())
+        .min(reply.body.len())];
+    for chunk in body.chunks(64 * 1024) {
         if !reply.chunk_delay.is_zero() {
             thread::sleep(reply.chunk_delay);
         }

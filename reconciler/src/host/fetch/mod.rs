@@ -124,12 +124,9 @@ impl FetchError {
     pub fn is_transient(&self) -> bool {
         match self {
             FetchError::Status { status, .. } => *status >= 500 || *status == 408 || *status == 429,
-            FetchError::Http { source, .. } => {
-                source.is_timeout()
-                    || source.is_connect()
-                    || source.is_body()
-                    || source.is_request()
-            }
+            // Connection trouble of any kind (refused, reset, timed out, closed before the
+            // promised length); not a bad URL or a redirect loop.
+            FetchError::Http { source, .. } => !(source.is_builder() || source.is_redirect()),
             _ => false,
         }
     }
