@@ -411,3 +411,6 @@ pub fn summarize(changes: &[Change]) -> Summary {
     }
     s
 }
+
+#[cfg(test)]
+mod tests;
