@@ -564,3 +564,102 @@ fn interrupt_finishes_running_actions_and_records_them() {
     ws.run(&["apply", "--yes"]).ok();
     ws.run(&["plan", "--detailed-exitcode"]).ok();
 }
+
+#[test]
+fn independent_actions_run_in_parallel_up_to_the_limit() {
+    let srv = Server::start();
+    // Different bytes: the cache is content-addressed, equal assets would be fetched once.
+    let (da, db) = (vec![5u8; 1 << 20], vec![6u8; 1 << 20]);
+    srv.route("/a", Reply::ok(da.clone()).slow(Duration::from_millis(60)));
+    srv.route("/b", Reply::ok(db.clone()).slow(Duration::from_millis(60)));
+    let manifest = format!(
+        "[kernel.a]\nurl = \"{}\"\nsha256 = \"{}\"\n\n[kernel.b]\nurl = \"{}\"\nsha256 = \"{}\"\n",
+        srv.url("/a"),
+        sha256_hex(&da),
+        srv.url("/b"),
+        sha256_hex(&db)
+    );
+    // --parallelism 2: both downloads are in flight at once.
+    let ws = Workspace::new();
+    ws.write_manifest(&manifest);
+    let mut child = ws.command(&["apply", "--yes", "--parallelism", "2"]).spawn().unwrap();
+    let t = Instant::now();
+    while srv.hits("/a") + srv.hits("/b") < 2 && t.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!((srv.hits("/a"), srv.hits("/b")), (1, 1));
+    assert_eq!(child.try_wait().unwrap(), None, "both started while the first was still running");
+    assert!(child.wait().unwrap().success());
+
+    // --parallelism 1: the second starts only after the first finished.
+    let ws = Workspace::new();
+    ws.write_manifest(&manifest);
+    let mut child = ws.command(&["apply", "--yes", "--parallelism", "1"]).spawn().unwrap();
+    let t = Instant::now();
+    while srv.hits("/a") + srv.hits("/b") < 3 && t.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(srv.hits("/a") + srv.hits("/b"), 3, "only one download at a time");
+    assert!(child.wait().unwrap().success());
+    assert_eq!(srv.hits("/a") + srv.hits("/b"), 4);
+}
+
+/// Run fort under a pseudo-terminal (python's pty module) and answer the prompt.
+fn apply_on_a_terminal(ws: &Workspace, answer: &str) -> (i32, String) {
+    let script = r#"
+import os, pty, sys
+pid, fd = pty.fork()
+if pid == 0:
+    os.execv(sys.argv[1], sys.argv[1:-1])
+out = b""
+answered = False
+while True:
+    try:
+        chunk = os.read(fd, 4096)
+    except OSError:
+        break
+    if not chunk:
+        break
+    out += chunk
+    if not answered and b"Enter a value:" in out:
+        os.write(fd, sys.argv[-1].encode() + b"\n")
+        answered = True
+_, status = os.waitpid(pid, 0)
+sys.stdout.write(out.decode(errors="replace"))
+sys.exit(os.waitstatus_to_exitcode(status))
+"#;
+    let out = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .arg(common::fort::FORT)
+        .arg("-f")
+        .arg(ws.manifest())
+        .arg("--state-dir")
+        .arg(ws.state_dir())
+        .arg("apply")
+        .arg(answer)
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("python3 is needed for the terminal test (.ci/run installs it)");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).replace("\r\n", "\n"),
+    )
+}
+
+#[test]
+fn on_a_terminal_apply_asks_and_only_yes_proceeds() {
+    let srv = Server::start();
+    let ws = Workspace::new();
+    ws.write_manifest(&publish_assets(&srv));
+    let (code, out) = apply_on_a_terminal(&ws, "no");
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("Do you want to perform these actions?\n  Only 'yes' will be accepted to approve.\n\n  Enter a value: "), "{out}");
+    assert!(out.contains("Cancelled: nothing was changed."), "{out}");
+    assert_eq!(srv.total_hits(), 0);
+    let (code, out) = apply_on_a_terminal(&ws, "yes");
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("Apply complete: 3 created"), "{out}");
+    ws.run(&["plan", "--detailed-exitcode"]).ok();
+}
