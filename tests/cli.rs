@@ -582,25 +582,39 @@ fn independent_actions_run_in_parallel_up_to_the_limit() {
     // --parallelism 2: both downloads are in flight at once.
     let ws = Workspace::new();
     ws.write_manifest(&manifest);
-    let mut child = ws.command(&["apply", "--yes", "--parallelism", "2"]).spawn().unwrap();
+    let mut child = ws
+        .command(&["apply", "--yes", "--parallelism", "2"])
+        .spawn()
+        .unwrap();
     let t = Instant::now();
     while srv.hits("/a") + srv.hits("/b") < 2 && t.elapsed() < Duration::from_secs(10) {
         std::thread::sleep(Duration::from_millis(10));
     }
     assert_eq!((srv.hits("/a"), srv.hits("/b")), (1, 1));
-    assert_eq!(child.try_wait().unwrap(), None, "both started while the first was still running");
+    assert_eq!(
+        child.try_wait().unwrap(),
+        None,
+        "both started while the first was still running"
+    );
     assert!(child.wait().unwrap().success());
 
     // --parallelism 1: the second starts only after the first finished.
     let ws = Workspace::new();
     ws.write_manifest(&manifest);
-    let mut child = ws.command(&["apply", "--yes", "--parallelism", "1"]).spawn().unwrap();
+    let mut child = ws
+        .command(&["apply", "--yes", "--parallelism", "1"])
+        .spawn()
+        .unwrap();
     let t = Instant::now();
     while srv.hits("/a") + srv.hits("/b") < 3 && t.elapsed() < Duration::from_secs(10) {
         std::thread::sleep(Duration::from_millis(10));
     }
     std::thread::sleep(Duration::from_millis(200));
-    assert_eq!(srv.hits("/a") + srv.hits("/b"), 3, "only one download at a time");
+    assert_eq!(
+        srv.hits("/a") + srv.hits("/b"),
+        3,
+        "only one download at a time"
+    );
     assert!(child.wait().unwrap().success());
     assert_eq!(srv.hits("/a") + srv.hits("/b"), 4);
 }

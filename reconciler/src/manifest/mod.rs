@@ -9,6 +9,8 @@ mod raw;
 mod schema;
 pub mod units;
 mod validate;
+mod validate_asset;
+mod validate_network;
 mod validate_vm;
 
 use std::fmt;

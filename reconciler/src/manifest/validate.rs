@@ -2,19 +2,17 @@
 //! its file:line:column.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{IpAddr, Ipv4Addr};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
-use ipnet::Ipv4Net;
 use sha2::{Digest, Sha256};
 use toml::Spanned;
 
 use super::model::*;
 use super::raw::*;
-use super::units::{
-    check_minisign_key, check_name, check_sha256, format_size, line_col, parse_mode, parse_size,
-};
+use super::units::{check_name, format_size, line_col, parse_mode, parse_size};
+use super::validate_asset::{AssetFields, Infer};
+use super::validate_network::NetInfo;
 use super::{Diagnostic, Source};
 use crate::address::{Address, Kind};
 
@@ -35,7 +33,7 @@ struct _Unused<'a, T> {
     raw: &'a T,
 }
 
-type Entries<'a, T> = BTreeMap<String, Entry<'a, T>>;
+pub(super) type Entries<'a, T> = BTreeMap<String, Entry<'a, T>>;
 
 pub(super) struct Ctx<'a> {
     sources: &'a [Source],
@@ -66,7 +64,7 @@ impl<'a> Ctx<'a> {
         }
     }
 
-    fn dir(&self, file: usize) -> &Path {
+    pub(super) fn dir(&self, file: usize) -> &Path {
         &self.sources[file].dir
     }
 }
@@ -137,27 +135,8 @@ where
     out
 }
 
-/// Which decompression to assume when the manifest does not say.
-#[derive(Clone, Copy)]
-enum Infer {
-    /// From `.xz` / `.gz` (kernels, initrds, bare binaries).
-    Extension,
-    /// Never (rootfs tarballs are stored as fetched).
-    Never,
-    /// A tar archive's compression (`.tgz`, `.tar.gz`, `.tar.xz`).
-    Archive,
-}
-
-struct AssetFields<'r> {
-    url: &'r Spanned<String>,
-    sha256: &'r Option<Spanned<String>>,
-    sha256_url: &'r Option<Spanned<String>>,
-    minisign: &'r Option<Spanned<RawMinisign>>,
-    decompress: &'r Option<Spanned<RawDecompress>>,
-}
-
-struct Resolver<'c, 'a, 'r> {
-    cx: &'c mut Ctx<'a>,
+pub(super) struct Resolver<'c, 'a, 'r> {
+    pub(super) cx: &'c mut Ctx<'a>,
     raws: &'r [(usize, RawFile)],
     resources: BTreeMap<Address, Resource>,
 }
@@ -171,7 +150,14 @@ impl<'c, 'a, 'r> Resolver<'c, 'a, 'r> {
         }
     }
 
-    fn add(&mut self, kind: Kind, name: &str, origin: Origin, spec: Spec, deps: Vec<Address>) {
+    pub(super) fn add(
+        &mut self,
+        kind: Kind,
+        name: &str,
+        origin: Origin,
+        spec: Spec,
+        deps: Vec<Address>,
+    ) {
         let mut deps = deps;
         deps.sort();
         deps.dedup();
@@ -338,146 +324,13 @@ impl<'c, 'a, 'r> Resolver<'c, 'a, 'r> {
         state_dir
     }
 
-    fn url(
+    pub(super) fn size(
         &mut self,
         file: usize,
         addr: &str,
         field: &str,
-        url: &Spanned<String>,
-    ) -> Option<(String, bool)> {
-        let raw = url.get_ref();
-        if raw.starts_with("https://") || raw.starts_with("http://") {
-            return Some((raw.clone(), true));
-        }
-        if let Some(p) = raw.strip_prefix("file://") {
-            if p.starts_with('/') {
-                return Some((raw.clone(), false));
-            }
-            self.cx.err(file, &url.span(), format!("{addr}: {field} `{raw}`: a file:// URL needs an absolute path (file:///…); use a plain relative path instead"));
-            return None;
-        }
-        if raw.contains("://") || raw.is_empty() {
-            self.cx.err(file, &url.span(), format!("{addr}: {field} `{raw}`: expected an https://, http:// or file:// URL, or a path"));
-            return None;
-        }
-        let abs = self.cx.dir(file).join(raw);
-        Some((format!("file://{}", abs.display()), false))
-    }
-
-    fn asset(
-        &mut self,
-        file: usize,
-        addr: &str,
-        f: &AssetFields<'_>,
-        infer: Infer,
-    ) -> Option<AssetSource> {
-        let (url, remote) = self.url(file, addr, "url", f.url)?;
-        let mut ok = true;
-        let sha256 = match f.sha256 {
-            Some(s) => match check_sha256(s.get_ref()) {
-                Ok(h) => Some(h),
-                Err(e) => {
-                    self.cx.err(file, &s.span(), format!("{addr}: {e}"));
-                    ok = false;
-                    None
-                }
-            },
-            None => None,
-        };
-        let sha256_url = match f.sha256_url {
-            Some(s) => {
-                if f.sha256.is_some() {
-                    self.cx.err(
-                        file,
-                        &s.span(),
-                        format!("{addr}: set `sha256` or `sha256_url`, not both"),
-                    );
-                    ok = false;
-                }
-                self.url(file, addr, "sha256_url", s).map(|(u, _)| u)
-            }
-            None => None,
-        };
-        if remote && f.sha256.is_none() && f.sha256_url.is_none() {
-            self.cx.err(file, &f.url.span(), format!("{addr}: a remote url must be verified: add `sha256 = \"…\"` or `sha256_url = \"…\"`"));
-            ok = false;
-        }
-        let minisign = match f.minisign {
-            Some(m) => {
-                let m = m.get_ref();
-                if let Err(e) = check_minisign_key(m.public_key.get_ref()) {
-                    self.cx
-                        .err(file, &m.public_key.span(), format!("{addr}: {e}"));
-                    ok = false;
-                }
-                self.url(file, addr, "signature_url", &m.signature_url)
-                    .map(|(u, _)| Minisign {
-                        public_key: m.public_key.get_ref().trim().to_string(),
-                        signature_url: u,
-                    })
-            }
-            None => None,
-        };
-        let decompress = match f.decompress {
-            Some(d) => match d.get_ref() {
-                RawDecompress::None => Decompress::None,
-                RawDecompress::Xz => Decompress::Xz,
-                RawDecompress::Gzip => Decompress::Gzip,
-            },
-            None => infer_decompress(&url, infer),
-        };
-        ok.then_some(AssetSource {
-            url,
-            sha256,
-            sha256_url,
-            minisign,
-            decompress,
-        })
-    }
-
-    fn kernel(&mut self, name: &str, e: &Entry<'_, RawKernel>) {
-        let addr = format!("kernel.{name}");
-        let f = AssetFields {
-            url: &e.raw.url,
-            sha256: &e.raw.sha256,
-            sha256_url: &e.raw.sha256_url,
-            minisign: &e.raw.minisign,
-            decompress: &e.raw.decompress,
-        };
-        let source = self.asset(e.file, &addr, &f, Infer::Extension);
-        let initrd = match &e.raw.initrd {
-            None => Ok(None),
-            Some(i) => {
-                let i = i.get_ref();
-                let f = AssetFields {
-                    url: &i.url,
-                    sha256: &i.sha256,
-                    sha256_url: &i.sha256_url,
-                    minisign: &i.minisign,
-                    decompress: &i.decompress,
-                };
-                self.asset(e.file, &format!("{addr}: initrd"), &f, Infer::Extension)
-                    .map(Some)
-                    .ok_or(())
-            }
-        };
-        let (Some(source), Ok(initrd)) = (source, initrd) else {
-            return;
-        };
-        let spec = Spec::Kernel(KernelSpec {
-            source,
-            cmdline: e
-                .raw
-                .cmdline
-                .clone()
-                .unwrap_or_else(|| DEFAULT_CMDLINE.to_string()),
-            initrd,
-        });
-        let o = self.cx.origin(e.file, &e.span);
-        self.add(Kind::Kernel, name, o, spec, vec![]);
-    }
-
-    fn size(&mut self, file: usize, addr: &str, field: &str, s: &Spanned<RawSize>) -> Option<u64> {
+        s: &Spanned<RawSize>,
+    ) -> Option<u64> {
         let r = match s.get_ref() {
             RawSize::Bytes(b) if *b > 0 => Ok(*b as u64),
             RawSize::Bytes(_) => Err("size must be greater than 0".to_string()),
@@ -607,105 +460,6 @@ impl<'c, 'a, 'r> Resolver<'c, 'a, 'r> {
         }
     }
 
-    fn networks(&mut self, networks: &Entries<'_, RawNetwork>) -> BTreeMap<String, NetInfo> {
-        let mut out: BTreeMap<String, NetInfo> = BTreeMap::new();
-        for (name, e) in networks {
-            let addr = format!("network.{name}");
-            let raw = e.raw.cidr.get_ref();
-            let net: Ipv4Net = match raw.parse() {
-                Ok(n) => n,
-                Err(_) => {
-                    self.cx.err(e.file, &e.raw.cidr.span(), format!("{addr}: invalid cidr `{raw}`: expected an IPv4 network such as \"10.77.0.0/24\""));
-                    continue;
-                }
-            };
-            if net.addr() != net.network() {
-                self.cx.err(
-                    e.file,
-                    &e.raw.cidr.span(),
-                    format!(
-                        "{addr}: cidr `{raw}` has host bits set: did you mean \"{}\"?",
-                        net.trunc()
-                    ),
-                );
-                continue;
-            }
-            if net.prefix_len() > 30 {
-                self.cx.err(e.file, &e.raw.cidr.span(), format!("{addr}: cidr `{raw}` leaves no room for a gateway and VMs: use a prefix of /30 or shorter"));
-                continue;
-            }
-            if let Some((other, _)) = out
-                .iter()
-                .find(|(_, o)| o.net.contains(&net.network()) || net.contains(&o.net.network()))
-            {
-                let o = &out[other];
-                self.cx.err(
-                    e.file,
-                    &e.raw.cidr.span(),
-                    format!("{addr}: cidr {net} overlaps network.{other} ({})", o.net),
-                );
-                continue;
-            }
-            let bridge = format!("fort-{name}");
-            if bridge.len() > 15 {
-                self.cx.err(e.file, &e.name_span, format!("{addr}: its bridge would be named `{bridge}` ({} bytes) but Linux interface names have at most 15: use a network name of at most 10 characters", bridge.len()));
-                continue;
-            }
-            let dns = match &e.raw.dns {
-                None => Some(Dns::FromHost),
-                Some(d) => match d.get_ref() {
-                    RawDns::Text(t) if t == "from-host" => Some(Dns::FromHost),
-                    RawDns::Text(t) => {
-                        self.cx.err(e.file, &d.span(), format!("{addr}: dns must be \"from-host\" or a list of addresses, got \"{t}\""));
-                        None
-                    }
-                    RawDns::List(l) if l.is_empty() => {
-                        self.cx.err(e.file, &d.span(), format!("{addr}: dns list is empty: give at least one address, or \"from-host\""));
-                        None
-                    }
-                    RawDns::List(l) => {
-                        let parsed: Result<Vec<IpAddr>, String> =
-                            l.iter().map(|s| s.parse().map_err(|_| s.clone())).collect();
-                        match parsed {
-                            Ok(v) => Some(Dns::Servers(v)),
-                            Err(bad) => {
-                                self.cx.err(
-                                    e.file,
-                                    &d.span(),
-                                    format!("{addr}: invalid dns server address `{bad}`"),
-                                );
-                                None
-                            }
-                        }
-                    }
-                },
-            };
-            let Some(dns) = dns else { continue };
-            let gateway = Ipv4Addr::from(u32::from(net.network()) + 1);
-            let spec = Spec::Network(NetworkSpec {
-                cidr: net,
-                gateway,
-                nat: e.raw.nat.unwrap_or(false),
-                isolated: e.raw.isolated.unwrap_or(false),
-                dns,
-                bridge: bridge.clone(),
-            });
-            let o = self.cx.origin(e.file, &e.span);
-            self.add(Kind::Network, name, o, spec, vec![]);
-            out.insert(
-                name.clone(),
-                NetInfo {
-                    net,
-                    gateway,
-                    bridge,
-                    file: e.file,
-                    cidr_span: e.raw.cidr.span(),
-                },
-            );
-        }
-        out
-    }
-
     fn drive(&mut self, name: &str, e: &Entry<'_, RawDrive>, templates: &Entries<'_, RawTemplate>) {
         let addr = format!("drive.{name}");
         let mut ok = true;
@@ -759,14 +513,6 @@ impl<'c, 'a, 'r> Resolver<'c, 'a, 'r> {
     }
 }
 
-pub(super) struct NetInfo {
-    pub net: Ipv4Net,
-    pub gateway: Ipv4Addr,
-    pub bridge: String,
-    pub file: usize,
-    pub cidr_span: Range<usize>,
-}
-
 /// Names known to VM validation.
 pub(super) struct Refs {
     pub fcs: Vec<String>,
@@ -807,17 +553,4 @@ pub(super) fn reference<'k>(
         ),
     );
     false
-}
-
-fn infer_decompress(url: &str, infer: Infer) -> Decompress {
-    let u = url.split(['?', '#']).next().unwrap_or(url);
-    match infer {
-        Infer::Never => Decompress::None,
-        Infer::Extension if u.ends_with(".xz") => Decompress::Xz,
-        Infer::Extension if u.ends_with(".gz") => Decompress::Gzip,
-        Infer::Extension => Decompress::None,
-        Infer::Archive if u.ends_with(".tgz") || u.ends_with(".tar.gz") => Decompress::Gzip,
-        Infer::Archive if u.ends_with(".txz") || u.ends_with(".tar.xz") => Decompress::Xz,
-        Infer::Archive => Decompress::None,
-    }
 }

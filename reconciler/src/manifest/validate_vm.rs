@@ -447,7 +447,7 @@ fn check_ip(
     addr: &str,
     s: &str,
     pool: bool,
-    net: Option<&super::validate::NetInfo>,
+    net: Option<&super::validate_network::NetInfo>,
 ) -> Result<Ipv4Addr, String> {
     if pool {
         return Err(format!(

@@ -1,0 +1,183 @@
+//! Asset validation: URLs (remote, file://, paths relative to the manifest), checksums,
+//! checksum files, minisign keys, and which decompression applies.
+
+use toml::Spanned;
+
+use super::model::*;
+use super::raw::*;
+use super::units::{check_minisign_key, check_sha256};
+use super::validate::{Entry, Resolver};
+use crate::address::Kind;
+
+/// Which decompression to assume when the manifest does not say.
+#[derive(Clone, Copy)]
+pub(super) enum Infer {
+    /// From `.xz` / `.gz` (kernels, initrds, bare binaries).
+    Extension,
+    /// Never (rootfs tarballs are stored as fetched).
+    Never,
+    /// A tar archive's compression (`.tgz`, `.tar.gz`, `.tar.xz`).
+    Archive,
+}
+
+pub(super) struct AssetFields<'r> {
+    pub(super) url: &'r Spanned<String>,
+    pub(super) sha256: &'r Option<Spanned<String>>,
+    pub(super) sha256_url: &'r Option<Spanned<String>>,
+    pub(super) minisign: &'r Option<Spanned<RawMinisign>>,
+    pub(super) decompress: &'r Option<Spanned<RawDecompress>>,
+}
+
+impl Resolver<'_, '_, '_> {
+    pub(super) fn url(
+        &mut self,
+        file: usize,
+        addr: &str,
+        field: &str,
+        url: &Spanned<String>,
+    ) -> Option<(String, bool)> {
+        let raw = url.get_ref();
+        if raw.starts_with("https://") || raw.starts_with("http://") {
+            return Some((raw.clone(), true));
+        }
+        if let Some(p) = raw.strip_prefix("file://") {
+            if p.starts_with('/') {
+                return Some((raw.clone(), false));
+            }
+            self.cx.err(file, &url.span(), format!("{addr}: {field} `{raw}`: a file:// URL needs an absolute path (file:///…); use a plain relative path instead"));
+            return None;
+        }
+        if raw.contains("://") || raw.is_empty() {
+            self.cx.err(file, &url.span(), format!("{addr}: {field} `{raw}`: expected an https://, http:// or file:// URL, or a path"));
+            return None;
+        }
+        let abs = self.cx.dir(file).join(raw);
+        Some((format!("file://{}", abs.display()), false))
+    }
+
+    pub(super) fn asset(
+        &mut self,
+        file: usize,
+        addr: &str,
+        f: &AssetFields<'_>,
+        infer: Infer,
+    ) -> Option<AssetSource> {
+        let (url, remote) = self.url(file, addr, "url", f.url)?;
+        let mut ok = true;
+        let sha256 = match f.sha256 {
+            Some(s) => match check_sha256(s.get_ref()) {
+                Ok(h) => Some(h),
+                Err(e) => {
+                    self.cx.err(file, &s.span(), format!("{addr}: {e}"));
+                    ok = false;
+                    None
+                }
+            },
+            None => None,
+        };
+        let sha256_url = match f.sha256_url {
+            Some(s) => {
+                if f.sha256.is_some() {
+                    self.cx.err(
+                        file,
+                        &s.span(),
+                        format!("{addr}: set `sha256` or `sha256_url`, not both"),
+                    );
+                    ok = false;
+                }
+                self.url(file, addr, "sha256_url", s).map(|(u, _)| u)
+            }
+            None => None,
+        };
+        if remote && f.sha256.is_none() && f.sha256_url.is_none() {
+            self.cx.err(file, &f.url.span(), format!("{addr}: a remote url must be verified: add `sha256 = \"…\"` or `sha256_url = \"…\"`"));
+            ok = false;
+        }
+        let minisign = match f.minisign {
+            Some(m) => {
+                let m = m.get_ref();
+                if let Err(e) = check_minisign_key(m.public_key.get_ref()) {
+                    self.cx
+                        .err(file, &m.public_key.span(), format!("{addr}: {e}"));
+                    ok = false;
+                }
+                self.url(file, addr, "signature_url", &m.signature_url)
+                    .map(|(u, _)| Minisign {
+                        public_key: m.public_key.get_ref().trim().to_string(),
+                        signature_url: u,
+                    })
+            }
+            None => None,
+        };
+        let decompress = match f.decompress {
+            Some(d) => match d.get_ref() {
+                RawDecompress::None => Decompress::None,
+                RawDecompress::Xz => Decompress::Xz,
+                RawDecompress::Gzip => Decompress::Gzip,
+            },
+            None => infer_decompress(&url, infer),
+        };
+        ok.then_some(AssetSource {
+            url,
+            sha256,
+            sha256_url,
+            minisign,
+            decompress,
+        })
+    }
+
+    pub(super) fn kernel(&mut self, name: &str, e: &Entry<'_, RawKernel>) {
+        let addr = format!("kernel.{name}");
+        let f = AssetFields {
+            url: &e.raw.url,
+            sha256: &e.raw.sha256,
+            sha256_url: &e.raw.sha256_url,
+            minisign: &e.raw.minisign,
+            decompress: &e.raw.decompress,
+        };
+        let source = self.asset(e.file, &addr, &f, Infer::Extension);
+        let initrd = match &e.raw.initrd {
+            None => Ok(None),
+            Some(i) => {
+                let i = i.get_ref();
+                let f = AssetFields {
+                    url: &i.url,
+                    sha256: &i.sha256,
+                    sha256_url: &i.sha256_url,
+                    minisign: &i.minisign,
+                    decompress: &i.decompress,
+                };
+                self.asset(e.file, &format!("{addr}: initrd"), &f, Infer::Extension)
+                    .map(Some)
+                    .ok_or(())
+            }
+        };
+        let (Some(source), Ok(initrd)) = (source, initrd) else {
+            return;
+        };
+        let spec = Spec::Kernel(KernelSpec {
+            source,
+            cmdline: e
+                .raw
+                .cmdline
+                .clone()
+                .unwrap_or_else(|| DEFAULT_CMDLINE.to_string()),
+            initrd,
+        });
+        let o = self.cx.origin(e.file, &e.span);
+        self.add(Kind::Kernel, name, o, spec, vec![]);
+    }
+}
+
+fn infer_decompress(url: &str, infer: Infer) -> Decompress {
+    let u = url.split(['?', '#']).next().unwrap_or(url);
+    match infer {
+        Infer::Never => Decompress::None,
+        Infer::Extension if u.ends_with(".xz") => Decompress::Xz,
+        Infer::Extension if u.ends_with(".gz") => Decompress::Gzip,
+        Infer::Extension => Decompress::None,
+        Infer::Archive if u.ends_with(".tgz") || u.ends_with(".tar.gz") => Decompress::Gzip,
+        Infer::Archive if u.ends_with(".txz") || u.ends_with(".tar.xz") => Decompress::Xz,
+        Infer::Archive => Decompress::None,
+    }
+}

@@ -1,0 +1,211 @@
+//! SQLite store tests on real database files.
+
+#![allow(clippy::unwrap_used)]
+
+use super::*;
+use crate::address::Kind;
+
+fn rec(addr: &str, status: Status, t: i64) -> Record {
+    let address: Address = addr.parse().unwrap();
+    Record {
+        kind: address.kind,
+        address,
+        spec_hash: format!("hash-{t}"),
+        spec: serde_json::json!({"url": "file:///k"}),
+        outputs: serde_json::json!({"path": "/c/k"}),
+        deps: vec!["rootfs.r".parse().unwrap()],
+        status,
+        error: None,
+        created_at: t,
+        updated_at: t,
+    }
+}
+
+#[test]
+fn round_trip_history_and_digest() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = SqliteStore::open(dir.path()).unwrap();
+    assert_eq!(s.journal_mode().unwrap(), "wal");
+    let empty = s.digest().unwrap();
+    let run = s
+        .begin_run("fort apply", &serde_json::json!({"changes": []}))
+        .unwrap();
+    s.put(
+        &rec("kernel.k", Status::Ready, 10),
+        Some(run),
+        "create",
+        "not yet created",
+    )
+    .unwrap();
+    let d1 = s.digest().unwrap();
+    assert_ne!(d1, empty);
+    assert_eq!(s.digest().unwrap(), d1, "digest is stable");
+    let got = s.get(&"kernel.k".parse().unwrap()).unwrap().unwrap();
+    assert_eq!(got, rec("kernel.k", Status::Ready, 10));
+    assert_eq!(got.kind, Kind::Kernel);
+
+    // An update keeps created_at.
+    s.put(
+        &rec("kernel.k", Status::Ready, 20),
+        Some(run),
+        "update",
+        "url changed",
+    )
+    .unwrap();
+    let got = s.get(&"kernel.k".parse().unwrap()).unwrap().unwrap();
+    assert_eq!((got.created_at, got.updated_at), (10, 20));
+    assert_ne!(s.digest().unwrap(), d1);
+
+    s.note(
+        &"kernel.k".parse().unwrap(),
+        Some(run),
+        "fail",
+        "update failed: boom",
+    )
+    .unwrap();
+    s.remove(
+        &"kernel.k".parse().unwrap(),
+        Some(run),
+        "destroy",
+        "destroy requested",
+    )
+    .unwrap();
+    assert!(s.get(&"kernel.k".parse().unwrap()).unwrap().is_none());
+    assert_eq!(s.digest().unwrap(), empty);
+    s.finish_run(run, "ok").unwrap();
+
+    let h = s.history(&"kernel.k".parse().unwrap()).unwrap();
+    let summary: Vec<(String, Option<Status>, Option<Status>, String)> = h
+        .into_iter()
+        .map(|e| (e.action, e.from_status, e.to_status, e.detail))
+        .collect();
+    assert_eq!(
+        summary,
+        vec![
+            (
+                "create".into(),
+                None,
+                Some(Status::Ready),
+                "not yet created".into()
+            ),
+            (
+                "update".into(),
+                Some(Status::Ready),
+                Some(Status::Ready),
+                "url changed".into()
+            ),
+            (
+                "fail".into(),
+                Some(Status::Ready),
+                Some(Status::Ready),
+                "update failed: boom".into()
+            ),
+            (
+                "destroy".into(),
+                Some(Status::Ready),
+                None,
+                "destroy requested".into()
+            ),
+        ]
+    );
+    let runs = s.runs(10).unwrap();
+    assert_eq!(runs.len(), 1);
+    assert_eq!(runs[0].result.as_deref(), Some("ok"));
+    assert_eq!(runs[0].pid, std::process::id());
+    assert_eq!(runs[0].command, "fort apply");
+}
+
+#[test]
+fn reopen_keeps_data_and_runs_are_newest_first() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let s = SqliteStore::open(dir.path()).unwrap();
+        s.put(&rec("rootfs.r", Status::Failed, 5), None, "create", "x")
+            .unwrap();
+        s.begin_run("one", &serde_json::Value::Null).unwrap();
+        s.begin_run("two", &serde_json::Value::Null).unwrap();
+    }
+    let s = SqliteStore::open_readonly(dir.path()).unwrap();
+    let all = s.resources().unwrap();
+    assert_eq!(all.len(), 1);
+    assert_eq!(all[&"rootfs.r".parse().unwrap()].status, Status::Failed);
+    let names: Vec<String> = s.runs(10).unwrap().into_iter().map(|r| r.command).collect();
+    assert_eq!(names, ["two", "one"]);
+}
+
+#[test]
+fn readonly_on_a_fresh_dir_creates_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let s = SqliteStore::open_readonly(&state).unwrap();
+    assert!(s.resources().unwrap().is_empty());
+    assert!(!state.exists());
+}
+
+#[test]
+fn newer_schema_is_refused_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.db");
+    {
+        let c = Connection::open(&path).unwrap();
+        c.execute_batch(
+            "CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
+             INSERT INTO meta VALUES('schema_version', '99');",
+        )
+        .unwrap();
+    }
+    let before = std::fs::read(&path).unwrap();
+    let mtime = std::fs::metadata(&path).unwrap().modified().unwrap();
+    for result in [
+        SqliteStore::open(dir.path()),
+        SqliteStore::open_readonly(dir.path()),
+    ] {
+        assert_eq!(
+            result.unwrap_err().to_string(),
+            format!(
+                "state database {} has schema version 99, newer than this fort supports (1); upgrade fort, the database was left untouched",
+                path.display()
+            )
+        );
+    }
+    assert_eq!(std::fs::read(&path).unwrap(), before);
+    assert_eq!(std::fs::metadata(&path).unwrap().modified().unwrap(), mtime);
+    assert!(!dir.path().join("state.db-wal").exists());
+}
+
+#[test]
+fn not_a_database_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.db");
+    std::fs::write(
+        &path,
+        b"this is not sqlite, just text that is long enough to matter\n".repeat(100),
+    )
+    .unwrap();
+    let err = SqliteStore::open(dir.path()).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        format!("cannot open state database {}", path.display())
+    );
+    let cause = std::error::Error::source(&err).unwrap().to_string();
+    assert_eq!(cause, "file is not a database");
+}
+
+#[test]
+fn corrupt_rows_name_the_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = SqliteStore::open(dir.path()).unwrap();
+    s.put(&rec("kernel.k", Status::Ready, 1), None, "create", "x")
+        .unwrap();
+    s.conn
+        .execute(
+            "UPDATE resources SET outputs = 'not json' WHERE address = 'kernel.k'",
+            [],
+        )
+        .unwrap();
+    let err = s.resources().unwrap_err().to_string();
+    assert!(
+        err.starts_with("corrupt row for kernel.k in state database: outputs is not JSON"),
+        "{err}"
+    );
+}
