@@ -54,8 +54,10 @@ fn record_all(dir: &Path, m: &fort::manifest::Manifest) {
 fn plan_once(file: &Path, state: &Path) -> (usize, Duration) {
     let t = Instant::now();
     let m = fort::manifest::load(file).unwrap();
+    let t_load = t.elapsed();
     let store = SqliteStore::open_readonly(state).unwrap();
     let recorded = store.resources().unwrap();
+    let t_state = t.elapsed();
     let graph = plan::graph_of(&m.resources, &recorded).unwrap();
     let observed = BTreeMap::new();
     let opts = PlanOptions::default();
@@ -68,6 +70,14 @@ fn plan_once(file: &Path, state: &Path) -> (usize, Duration) {
     let (changes, _) = plan::diff(&input, &fort::resources::kind).unwrap();
     let _ = graph.create_waves();
     let elapsed = t.elapsed();
+    if std::env::var_os("PLAN_BENCH_PHASES").is_some() {
+        eprintln!(
+            "  load+validate {:.1} ms, state {:.1} ms, graph+diff {:.1} ms",
+            t_load.as_secs_f64() * 1e3,
+            (t_state - t_load).as_secs_f64() * 1e3,
+            (elapsed - t_state).as_secs_f64() * 1e3
+        );
+    }
     assert!(
         changes.is_empty(),
         "recorded state should match: {:?}",
@@ -84,7 +94,7 @@ fn median(mut v: Vec<Duration>) -> Duration {
 fn main() {
     let runs = 7;
     let mut results = Vec::new();
-    for n in [1_000usize, 10_000] {
+    for n in [1_000usize, 10_000, 20_000] {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("fort.toml");
         std::fs::write(&file, manifest(n)).unwrap();
@@ -106,7 +116,8 @@ fn main() {
         results.push(med);
     }
     println!(
-        "ratio 10k/1k: {:.2} (linear = 10)",
-        results[1].as_secs_f64() / results[0].as_secs_f64()
+        "ratio 10k/1k: {:.2} (linear = 10); ratio 20k/10k: {:.2} (linear = 2)",
+        results[1].as_secs_f64() / results[0].as_secs_f64(),
+        results[2].as_secs_f64() / results[1].as_secs_f64()
     );
 }

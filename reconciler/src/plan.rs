@@ -356,6 +356,10 @@ fn diff_values<K: ResourceKind + ?Sized>(
     after: &Value,
     out: &mut Vec<FieldDiff>,
 ) {
+    // Most specs are unchanged: one comparison, no path strings.
+    if before == after {
+        return;
+    }
     match (before, after) {
         (Value::Object(b), Value::Object(a)) => {
             let mut keys: Vec<&String> = a.keys().collect();

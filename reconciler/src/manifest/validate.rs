@@ -10,7 +10,7 @@ use toml::Spanned;
 
 use super::model::*;
 use super::raw::*;
-use super::units::{check_name, format_size, line_col, parse_mode, parse_size};
+use super::units::{check_name, format_size, parse_mode, parse_size, LineIndex};
 use super::validate_asset::{AssetFields, Infer};
 use super::validate_network::NetInfo;
 use super::{Diagnostic, Source};
@@ -37,12 +37,13 @@ pub(super) type Entries<'a, T> = BTreeMap<String, Entry<'a, T>>;
 
 pub(super) struct Ctx<'a> {
     sources: &'a [Source],
+    lines: Vec<LineIndex>,
     diags: Vec<(usize, usize, Diagnostic)>,
 }
 
 impl<'a> Ctx<'a> {
     pub(super) fn err(&mut self, file: usize, span: &Range<usize>, message: impl Into<String>) {
-        let (line, column) = line_col(&self.sources[file].text, span.start);
+        let (line, column) = self.lines[file].line_col(&self.sources[file].text, span.start);
         self.diags.push((
             file,
             span.start,
@@ -56,7 +57,7 @@ impl<'a> Ctx<'a> {
     }
 
     pub(super) fn origin(&self, file: usize, span: &Range<usize>) -> Origin {
-        let (line, column) = line_col(&self.sources[file].text, span.start);
+        let (line, column) = self.lines[file].line_col(&self.sources[file].text, span.start);
         Origin {
             file: self.sources[file].path.clone(),
             line,
@@ -72,6 +73,7 @@ impl<'a> Ctx<'a> {
 pub(super) fn resolve(sources: &[Source], path: &Path) -> Result<Manifest, Vec<Diagnostic>> {
     let mut cx = Ctx {
         sources,
+        lines: sources.iter().map(|s| LineIndex::new(&s.text)).collect(),
         diags: Vec::new(),
     };
     let mut raws = Vec::new();
