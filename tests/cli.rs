@@ -451,7 +451,7 @@ fn destroy_removes_cache_entries_and_rows_and_keeps_history() {
     );
     assert!(
         d.stdout.contains(
-            "Apply complete: 0 created, 0 updated, 0 restarted, 0 replaced, 3 destroyed."
+            "Destroy complete: 0 created, 0 updated, 0 restarted, 0 replaced, 3 destroyed."
         ),
         "{}",
         d.stdout

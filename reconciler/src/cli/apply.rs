@@ -231,7 +231,7 @@ async fn run_in(
         );
     } else {
         println!();
-        println!("{}", summary(&report, style));
+        println!("{}", summary(&report, plan.options.destroy, style));
     }
     Ok(if report.interrupted {
         exit::INTERRUPTED
@@ -267,18 +267,20 @@ fn command_line() -> String {
     s
 }
 
-fn summary(report: &Report, style: crate::plan::render::Style) -> String {
+fn summary(report: &Report, destroy: bool, style: crate::plan::render::Style) -> String {
     let done = |op: Op| report.count(|a| a.op == op && matches!(a.outcome, Outcome::Done { .. }));
     let failed = report.count(|a| matches!(a.outcome, Outcome::Failed { .. }));
     let skipped = report.count(|a| matches!(a.outcome, Outcome::Skipped { .. }));
     let not_started = report.count(|a| matches!(a.outcome, Outcome::NotStarted));
-    let head = if report.interrupted {
-        "Apply interrupted"
+    let what = if destroy { "Destroy" } else { "Apply" };
+    let how = if report.interrupted {
+        "interrupted"
     } else if report.succeeded() {
-        "Apply complete"
+        "complete"
     } else {
-        "Apply failed"
+        "failed"
     };
+    let head = format!("{what} {how}");
     let mut s = format!(
         "{head}: {} created, {} updated, {} restarted, {} replaced, {} destroyed",
         done(Op::Create),
