@@ -677,3 +677,46 @@ fn on_a_terminal_apply_asks_and_only_yes_proceeds() {
     assert!(out.contains("Apply complete: 3 created"), "{out}");
     ws.run(&["plan", "--detailed-exitcode"]).ok();
 }
+
+#[test]
+fn validate_reports_every_problem_with_its_place_and_changes_nothing() {
+    let ws = Workspace::new();
+    ws.write_manifest("[kernel.k]\nurl = \"https://x/y\"\n[vm.a]\nkernel = \"q\"\nroot = \"r\"\n");
+    let m = ws.manifest().display().to_string();
+    for args in [&["validate"][..], &["plan"][..], &["apply", "--yes"][..]] {
+        let r = ws.run(args);
+        r.code(1);
+        assert_eq!(
+            r.stderr,
+            format!(
+                "error: {m}:5:7: kernel.k: a remote url must be verified: add `sha256 = \"…\"` or `sha256_url = \"…\"`\n\
+                 error: {m}:7:10: vm.a: kernel `q` is not defined (defined: k)\n\
+                 error: {m}:8:8: vm.a: drive `r` is not defined (no drive is defined)\n\
+                 hint: fix the manifest; nothing was changed on the host\n"
+            )
+        );
+    }
+    assert!(!ws.state_dir().exists());
+    let ok = Workspace::new();
+    ok.write_manifest("[kernel.k]\nurl = \"/boot/vmlinux\"\n");
+    assert_eq!(
+        ok.run(&["validate"]).ok().stdout,
+        "The manifest is valid: 1 resource (1 kernel) in 1 file.\n"
+    );
+    let missing = ok.path().join("nope.toml");
+    let r = common::fort::Run::from(
+        std::process::Command::new(common::fort::FORT)
+            .args(["-f", missing.to_str().unwrap(), "validate"])
+            .output()
+            .unwrap(),
+    );
+    r.code(1);
+    assert!(
+        r.stderr.starts_with(&format!(
+            "error: cannot read manifest {}: No such file or directory",
+            missing.display()
+        )),
+        "{}",
+        r.stderr
+    );
+}

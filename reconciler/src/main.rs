@@ -20,7 +20,14 @@ fn main() -> ExitCode {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
             let hint = e.hint();
-            eprintln!("error: {:#}", anyhow::Error::new(e));
+            let diagnostics = e.diagnostics();
+            if diagnostics.is_empty() {
+                eprintln!("error: {:#}", anyhow::Error::new(e));
+            } else {
+                for d in diagnostics {
+                    eprintln!("error: {d}");
+                }
+            }
             if let Some(h) = hint {
                 eprintln!("hint: {h}");
             }

@@ -28,7 +28,7 @@ pub mod exit {
 
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {
-    #[error("the manifest is invalid:\n{0}")]
+    #[error(transparent)]
     Manifest(#[from] ManifestError),
     #[error(transparent)]
     State(#[from] crate::state::StateError),
@@ -60,6 +60,14 @@ pub enum CliError {
 }
 
 impl CliError {
+    /// Validation problems, each printed on its own `error:` line.
+    pub fn diagnostics(&self) -> &[crate::manifest::Diagnostic] {
+        match self {
+            CliError::Manifest(m) => m.diagnostics(),
+            _ => &[],
+        }
+    }
+
     /// A hint printed after the error, when there is a useful next step.
     pub fn hint(&self) -> Option<&'static str> {
         match self {

@@ -27,15 +27,16 @@ pub fn validate(cli: &Cli) -> Result<u8, CliError> {
             *per_kind.entry(a.kind).or_default() += 1;
         }
         let kinds: Vec<String> = per_kind.iter().map(|(k, n)| format!("{n} {k}")).collect();
+        let plural = |n: usize, word: &str| format!("{n} {word}{}", if n == 1 { "" } else { "s" });
+        let kinds = if kinds.is_empty() {
+            "none".to_string()
+        } else {
+            kinds.join(", ")
+        };
         println!(
-            "The manifest is valid: {} resources ({}) in {} file(s).",
-            m.resources.len(),
-            if kinds.is_empty() {
-                "none".to_string()
-            } else {
-                kinds.join(", ")
-            },
-            m.files.len()
+            "The manifest is valid: {} ({kinds}) in {}.",
+            plural(m.resources.len(), "resource"),
+            plural(m.files.len(), "file")
         );
     }
     Ok(exit::OK)
