@@ -10,7 +10,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use fort::plan::{self, PlanInput, PlanOptions};
-use fort::state::{Record, SqliteStore, StateStore, Status};
+use fort::state::{Record, SqliteStore, StateStore};
 
 /// A manifest with `n` resources: shared assets, a template and a network, then VMs with
 /// inline root drives (two resources each).
@@ -34,19 +34,8 @@ fn manifest(n: usize) -> String {
 
 fn record_all(dir: &Path, m: &fort::manifest::Manifest) {
     let store = SqliteStore::open(dir).unwrap();
-    for (addr, r) in &m.resources {
-        let rec = Record {
-            address: addr.clone(),
-            kind: addr.kind,
-            spec_hash: r.spec_hash(),
-            spec: r.spec_json(),
-            outputs: serde_json::json!({}),
-            deps: r.deps.clone(),
-            status: Status::Ready,
-            error: None,
-            created_at: 1,
-            updated_at: 1,
-        };
+    for r in m.resources.values() {
+        let rec = Record::applied(r, serde_json::json!({}), 1, 1);
         store.put(&rec, None, "create", "bench").unwrap();
     }
 }

@@ -14,7 +14,7 @@ use crate::address::Address;
 use crate::manifest::Resource;
 use crate::plan::{Change, Op, Plan};
 use crate::resources::{self, error_chain, Ctx, ResourceError};
-use crate::state::{now_ms, Record, RunId, StateStore, Status};
+use crate::state::{now_ms, Record, RunId, StateStore};
 
 #[derive(Debug, Clone)]
 pub struct ExecOptions {
@@ -394,18 +394,8 @@ fn record_success(
     ctx.with_store(|s| match (outputs, desired.get(addr)) {
         (Some(outputs), Some(d)) => {
             let now = now_ms();
-            let rec = Record {
-                address: addr.clone(),
-                kind: addr.kind,
-                spec_hash: d.spec_hash(),
-                spec: d.spec_json(),
-                outputs,
-                deps: d.deps.clone(),
-                status: Status::Ready,
-                error: None,
-                created_at: recorded.get(addr).map_or(now, |r| r.created_at),
-                updated_at: now,
-            };
+            let created = recorded.get(addr).map_or(now, |r| r.created_at);
+            let rec = Record::applied(d, outputs, created, now);
             s.put(&rec, Some(run), change.op.as_str(), &reasons(change))
         }
         _ => s.remove(addr, Some(run), "destroy", &reasons(change)),

@@ -11,7 +11,7 @@ use toml::Spanned;
 use super::model::*;
 use super::raw::*;
 use super::units::{check_name, format_size, parse_mode, parse_size, LineIndex};
-use super::validate_asset::{AssetFields, Infer};
+use super::validate_asset::{asset_fields, Infer};
 use super::validate_network::NetInfo;
 use super::{Diagnostic, Source};
 use crate::address::{Address, Kind};
@@ -212,13 +212,7 @@ impl<'c, 'a, 'r> Resolver<'c, 'a, 'r> {
 
         for (name, e) in &fcs {
             let addr = format!("firecracker.{name}");
-            let f = AssetFields {
-                url: &e.raw.url,
-                sha256: &e.raw.sha256,
-                sha256_url: &e.raw.sha256_url,
-                minisign: &e.raw.minisign,
-                decompress: &e.raw.decompress,
-            };
+            let f = asset_fields!(e.raw);
             let infer = if e.raw.member.is_some() {
                 Infer::Archive
             } else {
@@ -238,13 +232,7 @@ impl<'c, 'a, 'r> Resolver<'c, 'a, 'r> {
         }
         for (name, e) in &rootfss {
             let addr = format!("rootfs.{name}");
-            let f = AssetFields {
-                url: &e.raw.url,
-                sha256: &e.raw.sha256,
-                sha256_url: &e.raw.sha256_url,
-                minisign: &e.raw.minisign,
-                decompress: &e.raw.decompress,
-            };
+            let f = asset_fields!(e.raw);
             if let Some(source) = self.asset(e.file, &addr, &f, Infer::Never) {
                 let o = self.cx.origin(e.file, &e.span);
                 self.add(

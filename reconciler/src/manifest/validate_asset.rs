@@ -20,6 +20,20 @@ pub(super) enum Infer {
     Archive,
 }
 
+/// The asset keys of any raw asset table (kernel, initrd, rootfs, firecracker share them).
+macro_rules! asset_fields {
+    ($raw:expr) => {
+        $crate::manifest::validate_asset::AssetFields {
+            url: &$raw.url,
+            sha256: &$raw.sha256,
+            sha256_url: &$raw.sha256_url,
+            minisign: &$raw.minisign,
+            decompress: &$raw.decompress,
+        }
+    };
+}
+pub(super) use asset_fields;
+
 pub(super) struct AssetFields<'r> {
     pub(super) url: &'r Spanned<String>,
     pub(super) sha256: &'r Option<Spanned<String>>,
@@ -128,25 +142,13 @@ impl Resolver<'_, '_, '_> {
 
     pub(super) fn kernel(&mut self, name: &str, e: &Entry<'_, RawKernel>) {
         let addr = format!("kernel.{name}");
-        let f = AssetFields {
-            url: &e.raw.url,
-            sha256: &e.raw.sha256,
-            sha256_url: &e.raw.sha256_url,
-            minisign: &e.raw.minisign,
-            decompress: &e.raw.decompress,
-        };
+        let f = asset_fields!(e.raw);
         let source = self.asset(e.file, &addr, &f, Infer::Extension);
         let initrd = match &e.raw.initrd {
             None => Ok(None),
             Some(i) => {
                 let i = i.get_ref();
-                let f = AssetFields {
-                    url: &i.url,
-                    sha256: &i.sha256,
-                    sha256_url: &i.sha256_url,
-                    minisign: &i.minisign,
-                    decompress: &i.decompress,
-                };
+                let f = asset_fields!(i);
                 self.asset(e.file, &format!("{addr}: initrd"), &f, Infer::Extension)
                     .map(Some)
                     .ok_or(())

@@ -28,23 +28,7 @@ fn desired(text: &str) -> BTreeMap<Address, Resource> {
 
 fn recorded(d: &BTreeMap<Address, Resource>) -> BTreeMap<Address, Record> {
     d.iter()
-        .map(|(a, r)| {
-            (
-                a.clone(),
-                Record {
-                    address: a.clone(),
-                    kind: a.kind,
-                    spec_hash: r.spec_hash(),
-                    spec: r.spec_json(),
-                    outputs: serde_json::json!({}),
-                    deps: r.deps.clone(),
-                    status: Status::Ready,
-                    error: None,
-                    created_at: 1,
-                    updated_at: 1,
-                },
-            )
-        })
+        .map(|(a, r)| (a.clone(), Record::applied(r, serde_json::json!({}), 1, 1)))
         .collect()
 }
 

@@ -56,6 +56,29 @@ pub struct Record {
     pub updated_at: i64,
 }
 
+impl Record {
+    /// The row of `resource` applied successfully with `outputs`.
+    pub fn applied(
+        resource: &crate::manifest::Resource,
+        outputs: serde_json::Value,
+        created_at: i64,
+        updated_at: i64,
+    ) -> Record {
+        Record {
+            address: resource.address.clone(),
+            kind: resource.address.kind,
+            spec_hash: resource.spec_hash(),
+            spec: resource.spec_json(),
+            outputs,
+            deps: resource.deps.clone(),
+            status: Status::Ready,
+            error: None,
+            created_at,
+            updated_at,
+        }
+    }
+}
+
 /// One row of the `history` table: a transition of one resource.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct HistoryEntry {
