@@ -720,3 +720,55 @@ fn validate_reports_every_problem_with_its_place_and_changes_nothing() {
         r.stderr
     );
 }
+
+#[test]
+fn changing_an_asset_fetches_the_new_one_and_drops_the_old_entry() {
+    let srv = Server::start();
+    let ws = Workspace::new();
+    srv.route("/v1", Reply::ok(b"kernel one".to_vec()));
+    srv.route("/v2", Reply::ok(b"kernel two".to_vec()));
+    let manifest = |v: &str, data: &[u8]| {
+        format!(
+            "[kernel.k]\nurl = \"{}\"\nsha256 = \"{}\"\n",
+            srv.url(v),
+            sha256_hex(data)
+        )
+    };
+    ws.write_manifest(&manifest("/v1", b"kernel one"));
+    ws.run(&["apply", "--yes"]).ok();
+    let one = sha256_hex(b"kernel one");
+    assert_eq!(ws.cache_files(), [one.clone(), format!("{one}.sha256")]);
+
+    ws.write_manifest(&manifest("/v2", b"kernel two"));
+    let plan = ws.run(&["plan", "--detailed-exitcode"]);
+    plan.code(2);
+    assert!(
+        plan.stdout.contains(&format!(
+            "  ~ kernel.k\n      ~ source.sha256: \"{}\" → \"{}\"\n      ~ source.url: \"{}\" → \"{}\"\n",
+            one,
+            sha256_hex(b"kernel two"),
+            srv.url("/v1"),
+            srv.url("/v2")
+        )),
+        "{}",
+        plan.stdout
+    );
+    let apply = ws.run(&["apply", "--yes"]);
+    apply.ok();
+    assert!(
+        apply
+            .stdout
+            .contains("Apply complete: 0 created, 1 updated"),
+        "{}",
+        apply.stdout
+    );
+    let two = sha256_hex(b"kernel two");
+    assert_eq!(ws.cache_files(), [two.clone(), format!("{two}.sha256")]);
+    ws.run(&["plan", "--detailed-exitcode"]).ok();
+    let h = ws.run(&["history", "kernel.k"]).ok().stdout.clone();
+    let actions: Vec<&str> = h
+        .lines()
+        .map(|l| l.split_whitespace().nth(3).unwrap())
+        .collect();
+    assert_eq!(actions, ["create", "update"], "{h}");
+}

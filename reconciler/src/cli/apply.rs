@@ -27,18 +27,12 @@ pub async fn apply(cli: &Cli, args: &ApplyArgs) -> Result<u8, CliError> {
 }
 
 pub async fn destroy(cli: &Cli, args: &DestroyArgs) -> Result<u8, CliError> {
-    // The manifest is only needed to find the state directory; a missing one is fine, but a
-    // broken one stops us: it may name a different state directory.
-    let manifest = match &cli.file {
-        Some(_) => Some(session::load_manifest(cli)?),
-        None => {
-            let p = session::manifest_path(cli);
-            if p.is_file() || has_toml(&p) {
-                Some(session::load_manifest(cli)?)
-            } else {
-                None
-            }
-        }
+    // The manifest is only read for `[fort] state_dir`: given with -f or as ./fort.toml it must
+    // be valid (it may name another state directory); without one, --state-dir or the default.
+    let manifest = if cli.file.is_some() || Path::new("fort.toml").is_file() {
+        Some(session::load_manifest(cli)?)
+    } else {
+        None
     };
     let options = PlanOptions {
         targets: args.selection.targets.clone(),
@@ -48,13 +42,6 @@ pub async fn destroy(cli: &Cli, args: &DestroyArgs) -> Result<u8, CliError> {
     };
     let state_dir = session::state_dir(cli, manifest.as_ref());
     run_in(cli, &args.run, manifest.as_ref(), &state_dir, options, None).await
-}
-
-fn has_toml(dir: &Path) -> bool {
-    std::fs::read_dir(dir).is_ok_and(|rd| {
-        rd.flatten()
-            .any(|e| e.path().extension().is_some_and(|x| x == "toml"))
-    })
 }
 
 async fn apply_saved(cli: &Cli, args: &ApplyArgs, file: &Path) -> Result<u8, CliError> {

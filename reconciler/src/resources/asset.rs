@@ -118,6 +118,21 @@ pub fn release(ctx: &Ctx, owner: &Address, files: &[CachedFile]) -> Result<(), R
     Ok(())
 }
 
+/// After an update: release the previously recorded files that the new outputs no longer use.
+pub fn release_replaced(
+    ctx: &Ctx,
+    owner: &Address,
+    old: &[CachedFile],
+    new: &[&CachedFile],
+) -> Result<(), ResourceError> {
+    let stale: Vec<CachedFile> = old
+        .iter()
+        .filter(|o| new.iter().all(|n| n.path != o.path))
+        .cloned()
+        .collect();
+    release(ctx, owner, &stale)
+}
+
 fn sidecar(path: &Path) -> PathBuf {
     let mut s = path.as_os_str().to_owned();
     s.push(".sha256");

@@ -45,7 +45,7 @@ impl ResourceKind for Firecracker {
         &self,
         ctx: &Ctx,
         desired: &Resource,
-        _recorded: Option<&Record>,
+        recorded: Option<&Record>,
     ) -> Result<serde_json::Value, ResourceError> {
         let Spec::Firecracker(spec) = &desired.spec else {
             return Err(ResourceError::Check(format!(
@@ -62,6 +62,11 @@ impl ResourceKind for Firecracker {
         )
         .await?;
         let version = version_of(&binary.path).await?;
+        if let Some(old) =
+            recorded.and_then(|r| asset::outputs::<FirecrackerOutputs>(&r.address, &r.outputs).ok())
+        {
+            asset::release_replaced(ctx, &desired.address, &[old.binary], &[&binary])?;
+        }
         serde_json::to_value(FirecrackerOutputs { binary, version })
             .map_err(|e| ResourceError::Check(e.to_string()))
     }

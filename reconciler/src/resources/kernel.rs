@@ -48,7 +48,7 @@ impl ResourceKind for Kernel {
         &self,
         ctx: &Ctx,
         desired: &Resource,
-        _recorded: Option<&Record>,
+        recorded: Option<&Record>,
     ) -> Result<serde_json::Value, ResourceError> {
         let Spec::Kernel(spec) = &desired.spec else {
             return Err(ResourceError::Check(format!(
@@ -61,8 +61,17 @@ impl ResourceKind for Kernel {
             Some(src) => Some(asset::fetch(ctx, &desired.address, src, None, false).await?),
             None => None,
         };
-        Ok(serde_json::to_value(KernelOutputs { kernel, initrd })
-            .map_err(|e| ResourceError::Check(e.to_string()))?)
+        if let Some(old) =
+            recorded.and_then(|r| asset::outputs::<KernelOutputs>(&r.address, &r.outputs).ok())
+        {
+            let mut old_files = vec![old.kernel];
+            old_files.extend(old.initrd);
+            let mut new_files = vec![&kernel];
+            new_files.extend(initrd.as_ref());
+            asset::release_replaced(ctx, &desired.address, &old_files, &new_files)?;
+        }
+        serde_json::to_value(KernelOutputs { kernel, initrd })
+            .map_err(|e| ResourceError::Check(e.to_string()))
     }
 
     async fn destroy(&self, ctx: &Ctx, recorded: &Record) -> Result<(), ResourceError> {

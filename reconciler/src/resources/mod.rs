@@ -30,6 +30,9 @@ pub struct Ctx {
     pub progress: bool,
     store: Arc<Mutex<SqliteStore>>,
     fetcher: OnceLock<Fetcher>,
+    /// Serialises the first `fetcher()` calls: creating a Fetcher empties `cache/tmp`, which
+    /// must not happen under a download that already started.
+    fetcher_init: Mutex<()>,
 }
 
 impl Ctx {
@@ -39,6 +42,7 @@ impl Ctx {
             progress,
             store,
             fetcher: OnceLock::new(),
+            fetcher_init: Mutex::new(()),
         }
     }
 
@@ -48,6 +52,13 @@ impl Ctx {
 
     /// The downloader, created on first use so read-only commands create no directories.
     pub fn fetcher(&self) -> Result<&Fetcher, ResourceError> {
+        if let Some(f) = self.fetcher.get() {
+            return Ok(f);
+        }
+        let _init = self
+            .fetcher_init
+            .lock()
+            .map_err(|_| ResourceError::Poisoned)?;
         if let Some(f) = self.fetcher.get() {
             return Ok(f);
         }

@@ -32,7 +32,7 @@ impl ResourceKind for Rootfs {
         &self,
         ctx: &Ctx,
         desired: &Resource,
-        _recorded: Option<&Record>,
+        recorded: Option<&Record>,
     ) -> Result<serde_json::Value, ResourceError> {
         let Spec::Rootfs(spec) = &desired.spec else {
             return Err(ResourceError::Check(format!(
@@ -41,6 +41,11 @@ impl ResourceKind for Rootfs {
             )));
         };
         let file = asset::fetch(ctx, &desired.address, &spec.source, None, false).await?;
+        if let Some(old) =
+            recorded.and_then(|r| asset::outputs::<CachedFile>(&r.address, &r.outputs).ok())
+        {
+            asset::release_replaced(ctx, &desired.address, &[old], &[&file])?;
+        }
         serde_json::to_value(file).map_err(|e| ResourceError::Check(e.to_string()))
     }
 
