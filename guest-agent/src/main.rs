@@ -1,6 +1,151 @@
-//! fort's guest agent: the MCP server that runs as PID 1 inside fort VMs (see issue 3).
+//! fort's guest agent: an MCP server (JSON-RPC 2.0 over newline-delimited JSON) that lets the
+//! host, or an AI agent through `fort mcp`, run commands and move files in a VM.
+//!
+//! `fort-guest-agent --listen unix:/path/agent.sock` or `--listen tcp:127.0.0.1:7000` serves
+//! outside a VM (tests, development). Inside fort VMs it runs as PID 1 and listens on vsock
+//! port 52 (see docs/guest-agent.md for what is implemented so far).
+
+mod rpc;
+mod server;
+mod tools;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+enum Listen {
+    Unix(PathBuf),
+    Tcp(SocketAddr),
+}
+
+fn usage() -> ! {
+    eprintln!(
+        "usage: fort-guest-agent --listen unix:PATH | --listen tcp:ADDR:PORT [--allow-remote]\n\
+         \n\
+         Serves MCP (JSON-RPC 2.0, one JSON object per line) with the tools run_command,\n\
+         file_read, file_write, file_delete, list_dir, stat and shutdown.\n\
+         tcp: addresses must be loopback unless --allow-remote is given."
+    );
+    std::process::exit(2)
+}
+
+fn parse_args() -> Vec<Listen> {
+    let mut listen = Vec::new();
+    let mut allow_remote = false;
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--listen" => {
+                let Some(v) = args.next() else { usage() };
+                if let Some(p) = v.strip_prefix("unix:") {
+                    listen.push(Listen::Unix(PathBuf::from(p)));
+                } else if let Some(t) = v.strip_prefix("tcp:") {
+                    match t.parse::<SocketAddr>() {
+                        Ok(addr) => listen.push(Listen::Tcp(addr)),
+                        Err(_) => {
+                            eprintln!(
+                                "fort-guest-agent: `{t}` is not an address like 127.0.0.1:7000"
+                            );
+                            std::process::exit(2)
+                        }
+                    }
+                } else {
+                    eprintln!(
+                        "fort-guest-agent: --listen takes unix:PATH or tcp:ADDR:PORT, got `{v}`"
+                    );
+                    std::process::exit(2)
+                }
+            }
+            "--allow-remote" => allow_remote = true,
+            "--version" => {
+                println!("fort-guest-agent {}", env!("CARGO_PKG_VERSION"));
+                std::process::exit(0)
+            }
+            _ => usage(),
+        }
+    }
+    if listen.is_empty() {
+        usage()
+    }
+    for l in &listen {
+        if let Listen::Tcp(a) = l {
+            if !a.ip().is_loopback() && !allow_remote {
+                eprintln!("fort-guest-agent: {a} is not a loopback address; pass --allow-remote to serve it anyway");
+                std::process::exit(2)
+            }
+        }
+    }
+    listen
+}
 
 fn main() {
-    eprintln!("fort-guest-agent: not built yet (see docs/guest-agent.md)");
-    std::process::exit(1);
+    let listen = parse_args();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("fort-guest-agent: cannot start: {e}");
+            std::process::exit(1)
+        }
+    };
+    runtime.block_on(async move {
+        for l in listen {
+            match l {
+                Listen::Unix(path) => {
+                    let _ = std::fs::remove_file(&path);
+                    let listener = match tokio::net::UnixListener::bind(&path) {
+                        Ok(l) => l,
+                        Err(e) => {
+                            eprintln!("fort-guest-agent: cannot listen on {}: {e}", path.display());
+                            std::process::exit(1)
+                        }
+                    };
+                    eprintln!("fort-guest-agent: listening on unix:{}", path.display());
+                    tokio::spawn(async move {
+                        loop {
+                            match listener.accept().await {
+                                Ok((s, _)) => {
+                                    tokio::spawn(server::connection(s));
+                                }
+                                Err(e) => eprintln!("fort-guest-agent: accept: {e}"),
+                            }
+                        }
+                    });
+                }
+                Listen::Tcp(addr) => {
+                    let listener = match tokio::net::TcpListener::bind(addr).await {
+                        Ok(l) => l,
+                        Err(e) => {
+                            eprintln!("fort-guest-agent: cannot listen on {addr}: {e}");
+                            std::process::exit(1)
+                        }
+                    };
+                    eprintln!(
+                        "fort-guest-agent: listening on tcp:{}",
+                        listener.local_addr().map_or(addr, |a| a)
+                    );
+                    tokio::spawn(async move {
+                        loop {
+                            match listener.accept().await {
+                                Ok((s, _)) => {
+                                    tokio::spawn(server::connection(s));
+                                }
+                                Err(e) => eprintln!("fort-guest-agent: accept: {e}"),
+                            }
+                        }
+                    });
+                }
+            }
+        }
+        tokio::select! {
+            _ = tools::SHUTDOWN.notified() => {
+                // Outside a VM "power off" means exit; give the reply a moment to be written.
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                eprintln!("fort-guest-agent: shutdown requested");
+            }
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    });
 }

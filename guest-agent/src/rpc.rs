@@ -1,0 +1,179 @@
+//! MCP over newline-delimited JSON-RPC 2.0: parse one line, dispatch, build the response.
+
+use serde_json::{json, Value};
+
+use crate::tools;
+
+/// MCP revisions this agent speaks, newest first. `initialize` echoes the client's revision
+/// when it is one of these, else offers the newest.
+pub const PROTOCOL_VERSIONS: &[&str] = &["2025-06-18", "2025-03-26", "2024-11-05"];
+
+pub const PARSE_ERROR: i64 = -32700;
+pub const INVALID_REQUEST: i64 = -32600;
+pub const METHOD_NOT_FOUND: i64 = -32601;
+pub const INVALID_PARAMS: i64 = -32602;
+/// Like LSP's: a request other than `initialize`/`ping` before `initialize`.
+pub const NOT_INITIALIZED: i64 = -32002;
+
+/// Per-connection protocol state.
+#[derive(Debug, Default)]
+pub struct Session {
+    pub initialized: bool,
+}
+
+pub fn error(id: Value, code: i64, message: impl Into<String>) -> Value {
+    json!({"jsonrpc": "2.0", "id": id, "error": {"code": code, "message": message.into()}})
+}
+
+fn result(id: Value, result: Value) -> Value {
+    json!({"jsonrpc": "2.0", "id": id, "result": result})
+}
+
+/// What a line asks for, decided without running anything.
+pub enum Parsed {
+    /// Answer this right away (errors, initialize, ping, tools/list).
+    Reply(Value),
+    /// A notification: no answer.
+    Nothing,
+    /// A tool call: run it (possibly concurrently with others), then answer.
+    Call {
+        id: Value,
+        name: String,
+        args: Value,
+    },
+}
+
+/// Parse and, for the cheap methods, answer one request line.
+pub fn parse(session: &mut Session, line: &[u8]) -> Parsed {
+    let msg: Value = match serde_json::from_slice(line) {
+        Ok(v) => v,
+        Err(e) => {
+            return Parsed::Reply(error(Value::Null, PARSE_ERROR, format!("parse error: {e}")))
+        }
+    };
+    let Some(obj) = msg.as_object() else {
+        return Parsed::Reply(error(
+            Value::Null,
+            INVALID_REQUEST,
+            "invalid request: expected a JSON object (batches are not supported)",
+        ));
+    };
+    let id = obj.get("id").cloned();
+    if obj.get("jsonrpc").and_then(Value::as_str) != Some("2.0") {
+        return Parsed::Reply(error(
+            id.unwrap_or(Value::Null),
+            INVALID_REQUEST,
+            "invalid request: \"jsonrpc\" must be \"2.0\"",
+        ));
+    }
+    let Some(method) = obj.get("method").and_then(Value::as_str) else {
+        if obj.contains_key("result") || obj.contains_key("error") {
+            // A response to something we never asked: ignore, as JSON-RPC allows.
+            return Parsed::Nothing;
+        }
+        return Parsed::Reply(error(
+            id.unwrap_or(Value::Null),
+            INVALID_REQUEST,
+            "invalid request: missing \"method\"",
+        ));
+    };
+    let params = obj.get("params").cloned().unwrap_or(Value::Null);
+    let Some(id) = id else {
+        // Notifications: `notifications/initialized`, `notifications/cancelled`, … need no answer.
+        return Parsed::Nothing;
+    };
+    if !(id.is_string() || id.is_i64() || id.is_u64()) {
+        return Parsed::Reply(error(
+            Value::Null,
+            INVALID_REQUEST,
+            "invalid request: \"id\" must be a string or an integer",
+        ));
+    }
+    match method {
+        "initialize" => {
+            let asked = params.get("protocolVersion").and_then(Value::as_str);
+            let version = asked
+                .filter(|v| PROTOCOL_VERSIONS.contains(v))
+                .unwrap_or(PROTOCOL_VERSIONS[0]);
+            session.initialized = true;
+            Parsed::Reply(result(
+                id,
+                json!({
+                    "protocolVersion": version,
+                    "capabilities": {"tools": {"listChanged": false}},
+                    "serverInfo": {"name": "fort-guest-agent", "version": env!("CARGO_PKG_VERSION")},
+                    "instructions": "A fort VM. run_command runs programs; file_read, file_write, file_delete, list_dir and stat work on its filesystem."
+                }),
+            ))
+        }
+        "ping" => Parsed::Reply(result(id, json!({}))),
+        _ if !session.initialized => Parsed::Reply(error(
+            id,
+            NOT_INITIALIZED,
+            format!("not initialized: send \"initialize\" before \"{method}\""),
+        )),
+        "tools/list" => Parsed::Reply(result(id, json!({"tools": tools::list()}))),
+        "tools/call" => {
+            let Some(name) = params.get("name").and_then(Value::as_str) else {
+                return Parsed::Reply(error(
+                    id,
+                    INVALID_PARAMS,
+                    "invalid params: tools/call needs \"name\"",
+                ));
+            };
+            if !tools::exists(name) {
+                return Parsed::Reply(error(
+                    id,
+                    INVALID_PARAMS,
+                    format!("invalid params: unknown tool \"{name}\""),
+                ));
+            }
+            let args = params
+                .get("arguments")
+                .cloned()
+                .unwrap_or_else(|| json!({}));
+            if !args.is_object() {
+                return Parsed::Reply(error(
+                    id,
+                    INVALID_PARAMS,
+                    "invalid params: \"arguments\" must be an object",
+                ));
+            }
+            Parsed::Call {
+                id,
+                name: name.to_string(),
+                args,
+            }
+        }
+        other => Parsed::Reply(error(
+            id,
+            METHOD_NOT_FOUND,
+            format!("method not found: {other}"),
+        )),
+    }
+}
+
+/// The response to a finished tool call.
+pub fn call_result(id: Value, outcome: Result<tools::Output, tools::ToolError>) -> Value {
+    match outcome {
+        Ok(out) => result(
+            id,
+            json!({
+                "content": [{"type": "text", "text": out.text}],
+                "structuredContent": out.structured,
+                "isError": false,
+            }),
+        ),
+        Err(tools::ToolError::Params(m)) => {
+            error(id, INVALID_PARAMS, format!("invalid params: {m}"))
+        }
+        Err(tools::ToolError::Failed(m)) => result(
+            id,
+            json!({
+                "content": [{"type": "text", "text": m}],
+                "structuredContent": {"error": m},
+                "isError": true,
+            }),
+        ),
+    }
+}

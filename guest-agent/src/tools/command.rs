@@ -1,0 +1,163 @@
+//! `run_command`: run a program with bounded output and a timeout that kills its whole
+//! process group.
+
+use std::collections::BTreeMap;
+use std::os::unix::process::ExitStatusExt;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use serde::Deserialize;
+use serde_json::json;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+
+use super::{Output, ToolError};
+
+const DEFAULT_TIMEOUT: f64 = 60.0;
+const DEFAULT_CAP: usize = 1 << 20;
+/// After the program exits, how long stragglers it left behind (holding its stdout) may keep
+/// the call open before the group is killed.
+const GRACE: Duration = Duration::from_secs(2);
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Args {
+    argv: Option<Vec<String>>,
+    command: Option<String>,
+    cwd: Option<String>,
+    env: Option<BTreeMap<String, String>>,
+    stdin: Option<String>,
+    timeout_secs: Option<f64>,
+    max_output_bytes: Option<usize>,
+}
+
+/// Read everything, keeping the first `cap` bytes.
+async fn capped<R: AsyncRead + Unpin>(mut r: R, cap: usize) -> (Vec<u8>, bool) {
+    let mut kept = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut truncated = false;
+    loop {
+        match r.read(&mut buf).await {
+            Ok(0) | Err(_) => return (kept, truncated),
+            Ok(n) => {
+                let room = cap.saturating_sub(kept.len());
+                kept.extend_from_slice(&buf[..n.min(room)]);
+                truncated |= n > room;
+            }
+        }
+    }
+}
+
+fn kill_group(pgid: u32) {
+    if let Some(pid) = rustix::process::Pid::from_raw(pgid as i32) {
+        let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::Kill);
+    }
+}
+
+pub async fn run(a: Args) -> Result<Output, ToolError> {
+    let (program, rest): (String, Vec<String>) = match (a.argv, a.command) {
+        (Some(v), None) if !v.is_empty() => (v[0].clone(), v[1..].to_vec()),
+        (None, Some(c)) => ("/bin/sh".into(), vec!["-c".into(), c]),
+        _ => {
+            return Err(ToolError::Params(
+                "give exactly one of `argv` (non-empty) or `command`".into(),
+            ))
+        }
+    };
+    let timeout = a.timeout_secs.unwrap_or(DEFAULT_TIMEOUT);
+    if !(timeout.is_finite() && timeout >= 0.0) {
+        return Err(ToolError::Params(
+            "`timeout_secs` must be a non-negative number".into(),
+        ));
+    }
+    let cap = a.max_output_bytes.unwrap_or(DEFAULT_CAP);
+    let mut cmd = tokio::process::Command::new(&program);
+    cmd.args(&rest)
+        .current_dir(a.cwd.as_deref().unwrap_or("/"))
+        .envs(a.env.unwrap_or_default())
+        .stdin(if a.stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    let start = Instant::now();
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| ToolError::Failed(format!("cannot run `{program}`: {e}")))?;
+    let pgid = child.id().unwrap_or(0);
+    if let (Some(text), Some(mut pipe)) = (a.stdin, child.stdin.take()) {
+        tokio::spawn(async move {
+            let _ = pipe.write_all(text.as_bytes()).await;
+        });
+    }
+    let out = child.stdout.take().map(|s| tokio::spawn(capped(s, cap)));
+    let err = child.stderr.take().map(|s| tokio::spawn(capped(s, cap)));
+    let deadline = Duration::from_secs_f64(timeout);
+    let (status, timed_out) = match tokio::time::timeout(deadline, child.wait()).await {
+        Ok(s) => (s.ok(), false),
+        Err(_) => {
+            kill_group(pgid);
+            (child.wait().await.ok(), true)
+        }
+    };
+    // Readers end when every holder of the pipes is gone; don't wait forever for leftovers.
+    let left = deadline.saturating_sub(start.elapsed()).min(GRACE);
+    let collect = async {
+        let o = match out {
+            Some(h) => h.await.unwrap_or_default(),
+            None => Default::default(),
+        };
+        let e = match err {
+            Some(h) => h.await.unwrap_or_default(),
+            None => Default::default(),
+        };
+        (o, e)
+    };
+    tokio::pin!(collect);
+    let ((stdout, out_trunc), (stderr, err_trunc)) =
+        match tokio::time::timeout(left, &mut collect).await {
+            Ok(v) => v,
+            Err(_) => {
+                kill_group(pgid);
+                collect.await
+            }
+        };
+    let exit_code = status.and_then(|s| s.code());
+    let signal = status.and_then(|s| s.signal());
+    let stdout = String::from_utf8_lossy(&stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&stderr).into_owned();
+    let mut text = match (timed_out, exit_code, signal) {
+        (true, _, _) => format!("timed out after {timeout}s; the process group was killed\n"),
+        (_, Some(c), _) => format!("exit code {c}\n"),
+        (_, None, Some(s)) => format!("killed by signal {s}\n"),
+        _ => "finished\n".to_string(),
+    };
+    if !stdout.is_empty() {
+        text.push_str(&format!(
+            "--- stdout{} ---\n{stdout}\n",
+            if out_trunc { " (truncated)" } else { "" }
+        ));
+    }
+    if !stderr.is_empty() {
+        text.push_str(&format!(
+            "--- stderr{} ---\n{stderr}\n",
+            if err_trunc { " (truncated)" } else { "" }
+        ));
+    }
+    Ok(Output {
+        text,
+        structured: json!({
+            "exit_code": exit_code,
+            "signal": signal,
+            "timed_out": timed_out,
+            "stdout": stdout,
+            "stderr": stderr,
+            "stdout_truncated": out_trunc,
+            "stderr_truncated": err_trunc,
+            "duration_ms": start.elapsed().as_millis() as u64,
+        }),
+    })
+}
