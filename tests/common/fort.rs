@@ -123,3 +123,60 @@ pub fn sha256_hex(data: &[u8]) -> String {
     use sha2::Digest;
     hex::encode(sha2::Sha256::digest(data))
 }
+
+/// The guest agent binary, built on demand (it lives in another package of the workspace).
+pub fn agent_binary() -> PathBuf {
+    let dir = Path::new(FORT).parent().expect("target dir").to_path_buf();
+    let bin = dir.join("fort-guest-agent");
+    let status = Command::new(env!("CARGO"))
+        .args(["build", "--quiet", "-p", "fort-guest-agent"])
+        .status()
+        .expect("run cargo");
+    assert!(status.success(), "building fort-guest-agent failed");
+    assert!(bin.exists(), "{} is missing", bin.display());
+    bin
+}
+
+/// A guest agent on a unix socket, killed on drop.
+pub struct AgentProcess {
+    pub child: std::process::Child,
+    pub socket: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl AgentProcess {
+    pub fn start() -> AgentProcess {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let socket = dir.path().join("agent.sock");
+        let child = Command::new(agent_binary())
+            .arg("--listen")
+            .arg(format!("unix:{}", socket.display()))
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start agent");
+        let t = std::time::Instant::now();
+        while !socket.exists() {
+            assert!(
+                t.elapsed() < std::time::Duration::from_secs(10),
+                "agent did not start"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        AgentProcess {
+            child,
+            socket,
+            _dir: dir,
+        }
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("unix:{}", self.socket.display())
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

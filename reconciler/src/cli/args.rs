@@ -62,6 +62,71 @@ pub enum Command {
     History(HistoryArgs),
     /// Print the JSON Schema of fort.toml.
     Schema,
+    /// Run a command in a VM through its guest agent; its exit code becomes fort's.
+    Exec(ExecArgs),
+    /// Copy a file between the host and a VM: `fort cp ./f vm.a:/root/f` or the reverse.
+    Cp(CpArgs),
+    /// Serve MCP on stdin/stdout, relayed to a VM's guest agent (for MCP clients).
+    Mcp(McpArgs),
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct AgentArgs {
+    /// Reach the agent here instead of through a VM's recorded socket:
+    /// unix:PATH, tcp:HOST:PORT or vsock-uds:PATH (a Firecracker hybrid vsock socket).
+    #[arg(long, value_name = "ENDPOINT")]
+    pub connect: Option<String>,
+
+    /// How long to keep trying to reach the agent (a booting VM takes a moment).
+    #[arg(long = "connect-timeout", value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    pub connect_timeout: Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct ExecArgs {
+    /// The VM (vm.NAME); omit it with --connect.
+    #[arg(value_name = "TARGET")]
+    pub target: Option<String>,
+
+    #[command(flatten)]
+    pub agent: AgentArgs,
+
+    /// Working directory in the VM.
+    #[arg(long)]
+    pub cwd: Option<String>,
+
+    /// Environment variable for the command (repeatable).
+    #[arg(long = "env", value_name = "KEY=VALUE")]
+    pub env: Vec<String>,
+
+    /// Kill the command (and its process group) after this many seconds.
+    #[arg(long, value_name = "SECONDS", default_value_t = 600.0)]
+    pub timeout: f64,
+
+    /// The program and its arguments (after --).
+    #[arg(last = true, required = true, value_name = "CMD")]
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct CpArgs {
+    /// A local path, or TARGET:/path in the VM (TARGET is vm.NAME, or empty with --connect).
+    pub src: String,
+    /// A local path, or TARGET:/path in the VM.
+    pub dst: String,
+
+    #[command(flatten)]
+    pub agent: AgentArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct McpArgs {
+    /// The VM (vm.NAME); omit it with --connect.
+    #[arg(value_name = "TARGET")]
+    pub target: Option<String>,
+
+    #[command(flatten)]
+    pub agent: AgentArgs,
 }
 
 #[derive(Debug, Args, Clone, Default)]

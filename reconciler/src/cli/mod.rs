@@ -1,6 +1,7 @@
 //! The command line: clap definitions (`args.rs`), one module per group of commands, and the
 //! error type the binary prints with its cause chain.
 
+pub mod agent;
 pub mod apply;
 pub mod args;
 pub mod plan;
@@ -57,6 +58,8 @@ pub enum CliError {
     StalePlan { path: PathBuf, why: &'static str },
     #[error("{0}")]
     Usage(String),
+    #[error(transparent)]
+    Agent(#[from] crate::host::agent::AgentError),
 }
 
 impl CliError {
@@ -88,6 +91,9 @@ pub async fn run(cli: Cli) -> Result<u8, CliError> {
         Command::Destroy(a) => apply::destroy(&cli, a).await,
         Command::State(s) => state::state(&cli, s),
         Command::History(h) => state::history(&cli, h),
+        Command::Exec(a) => agent::exec(&cli, a).await,
+        Command::Cp(a) => agent::cp(&cli, a).await,
+        Command::Mcp(a) => agent::mcp(&cli, a).await,
         Command::Schema => {
             print!("{}", crate::manifest::json_schema_string());
             Ok(exit::OK)

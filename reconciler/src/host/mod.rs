@@ -1,3 +1,4 @@
 //! The only code that touches the host: downloads, files, and (later) images, netlink, VMMs.
 
+pub mod agent;
 pub mod fetch;

@@ -1,0 +1,225 @@
+//! The host side of the guest agent: reach it (Firecracker-style hybrid vsock socket, unix or
+//! tcp), retrying while a VM boots, and speak MCP to it.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+
+/// The vsock port the agent listens on inside VMs.
+pub const AGENT_PORT: u32 = 52;
+
+/// Where the agent is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Endpoint {
+    /// A unix socket the agent listens on itself.
+    Unix(PathBuf),
+    /// A TCP address the agent listens on.
+    Tcp(String),
+    /// A Firecracker (or vhost-device-vsock) hybrid vsock socket: `CONNECT <port>\n` first.
+    VsockUds(PathBuf),
+}
+
+impl std::str::FromStr for Endpoint {
+    type Err = AgentError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if let Some(p) = s.strip_prefix("unix:") {
+            Ok(Endpoint::Unix(PathBuf::from(p)))
+        } else if let Some(a) = s.strip_prefix("tcp:") {
+            Ok(Endpoint::Tcp(a.to_string()))
+        } else if let Some(p) = s.strip_prefix("vsock-uds:") {
+            Ok(Endpoint::VsockUds(PathBuf::from(p)))
+        } else {
+            Err(AgentError::Endpoint(s.to_string()))
+        }
+    }
+}
+
+impl std::fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Endpoint::Unix(p) => write!(f, "unix:{}", p.display()),
+            Endpoint::Tcp(a) => write!(f, "tcp:{a}"),
+            Endpoint::VsockUds(p) => write!(f, "vsock-uds:{}", p.display()),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("`{0}` is not an agent address: expected unix:PATH, tcp:HOST:PORT or vsock-uds:PATH")]
+    Endpoint(String),
+    #[error("cannot reach the guest agent at {endpoint} within {}", humantime::format_duration(*waited))]
+    Unreachable {
+        endpoint: String,
+        waited: Duration,
+        #[source]
+        last: std::io::Error,
+    },
+    #[error("the vsock socket {endpoint} refused CONNECT {port}: {answer:?}")]
+    Handshake {
+        endpoint: String,
+        port: u32,
+        answer: String,
+    },
+    #[error("connection to the guest agent failed")]
+    Io(#[from] std::io::Error),
+    #[error("the guest agent closed the connection")]
+    Closed,
+    #[error("the guest agent sent something that is not JSON-RPC: {0}")]
+    Protocol(String),
+    #[error("the guest agent answered {method} with error {code}: {message}")]
+    Rpc {
+        method: String,
+        code: i64,
+        message: String,
+    },
+}
+
+/// A byte stream to the agent.
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+/// Open a stream to the agent, retrying every 100 ms (each attempt bounded to 1 s) until
+/// `timeout`: while a VM boots its socket may be missing, refuse, or reset the CONNECT.
+pub async fn connect(endpoint: &Endpoint, timeout: Duration) -> Result<Box<dyn Io>, AgentError> {
+    let start = Instant::now();
+    loop {
+        let attempt = tokio::time::timeout(Duration::from_secs(1), connect_once(endpoint)).await;
+        let err = match attempt {
+            Ok(Ok(s)) => return Ok(s),
+            Ok(Err(AgentError::Io(e))) => e,
+            Ok(Err(other)) => return Err(other),
+            Err(_) => {
+                std::io::Error::new(std::io::ErrorKind::TimedOut, "connect attempt timed out")
+            }
+        };
+        if start.elapsed() >= timeout {
+            return Err(AgentError::Unreachable {
+                endpoint: endpoint.to_string(),
+                waited: Duration::from_millis(timeout.as_millis() as u64),
+                last: err,
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn connect_once(endpoint: &Endpoint) -> Result<Box<dyn Io>, AgentError> {
+    match endpoint {
+        Endpoint::Unix(p) => Ok(Box::new(tokio::net::UnixStream::connect(p).await?)),
+        Endpoint::Tcp(a) => Ok(Box::new(tokio::net::TcpStream::connect(a.as_str()).await?)),
+        Endpoint::VsockUds(p) => {
+            let mut s = tokio::net::UnixStream::connect(p).await?;
+            s.write_all(format!("CONNECT {AGENT_PORT}\n").as_bytes())
+                .await?;
+            // Byte by byte: whatever follows the newline is the agent's, not ours to buffer.
+            let mut answer = Vec::new();
+            loop {
+                let mut b = [0u8; 1];
+                if s.read(&mut b).await? == 0 {
+                    return Err(AgentError::Io(std::io::Error::new(
+                        std::io::ErrorKind::ConnectionReset,
+                        "closed during the vsock handshake (the guest is not listening yet)",
+                    )));
+                }
+                if b[0] == b'\n' || answer.len() > 128 {
+                    break;
+                }
+                answer.push(b[0]);
+            }
+            let answer = String::from_utf8_lossy(&answer).into_owned();
+            if !answer.starts_with("OK ") {
+                return Err(AgentError::Handshake {
+                    endpoint: endpoint.to_string(),
+                    port: AGENT_PORT,
+                    answer,
+                });
+            }
+            Ok(Box::new(s))
+        }
+    }
+}
+
+/// An initialized MCP session with the agent (one request at a time).
+pub struct Client {
+    reader: BufReader<tokio::io::ReadHalf<Box<dyn Io>>>,
+    writer: tokio::io::WriteHalf<Box<dyn Io>>,
+    next: i64,
+}
+
+impl Client {
+    pub async fn connect(endpoint: &Endpoint, timeout: Duration) -> Result<Client, AgentError> {
+        let (r, w) = tokio::io::split(connect(endpoint, timeout).await?);
+        let mut c = Client {
+            reader: BufReader::new(r),
+            writer: w,
+            next: 1,
+        };
+        c.request(
+            "initialize",
+            json!({"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "fort", "version": crate::VERSION}}),
+        )
+        .await?;
+        c.writer
+            .write_all(b"{\"jsonrpc\":\"2.0\",\"method\":\"notifications/initialized\"}\n")
+            .await?;
+        Ok(c)
+    }
+
+    pub async fn request(&mut self, method: &str, params: Value) -> Result<Value, AgentError> {
+        let id = self.next;
+        self.next += 1;
+        let mut line =
+            json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params}).to_string();
+        line.push('\n');
+        self.writer.write_all(line.as_bytes()).await?;
+        loop {
+            let mut buf = String::new();
+            if self.reader.read_line(&mut buf).await? == 0 {
+                return Err(AgentError::Closed);
+            }
+            let v: Value =
+                serde_json::from_str(&buf).map_err(|e| AgentError::Protocol(e.to_string()))?;
+            if v.get("id") != Some(&json!(id)) {
+                continue; // a notification, or an answer to something else
+            }
+            if let Some(e) = v.get("error") {
+                return Err(AgentError::Rpc {
+                    method: method.to_string(),
+                    code: e.get("code").and_then(Value::as_i64).unwrap_or(0),
+                    message: e
+                        .get("message")
+                        .and_then(Value::as_str)
+                        .unwrap_or("")
+                        .to_string(),
+                });
+            }
+            return Ok(v.get("result").cloned().unwrap_or(Value::Null));
+        }
+    }
+
+    /// Call a tool; returns `(structuredContent, isError, text)`.
+    pub async fn call(&mut self, tool: &str, args: Value) -> Result<ToolResult, AgentError> {
+        let r = self
+            .request("tools/call", json!({"name": tool, "arguments": args}))
+            .await?;
+        Ok(ToolResult {
+            is_error: r.get("isError").and_then(Value::as_bool).unwrap_or(false),
+            text: r
+                .pointer("/content/0/text")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string(),
+            structured: r.get("structuredContent").cloned().unwrap_or(Value::Null),
+        })
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ToolResult {
+    pub is_error: bool,
+    pub text: String,
+    pub structured: Value,
+}

@@ -1,0 +1,176 @@
+//! `fort exec`, `fort cp` and `fort mcp` against a real guest agent on a unix socket.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use common::fort::{AgentProcess, Run, FORT};
+
+fn fort(args: &[&str]) -> Run {
+    Run::from(
+        Command::new(FORT)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap(),
+    )
+}
+
+#[test]
+fn exec_propagates_output_and_exit_code() {
+    let agent = AgentProcess::start();
+    let ep = agent.endpoint();
+    let r = fort(&[
+        "exec",
+        "--connect",
+        &ep,
+        "--env",
+        "WHO=fort",
+        "--",
+        "sh",
+        "-c",
+        "echo hi $WHO; echo oops >&2; exit 7",
+    ]);
+    assert_eq!(
+        (r.code, r.stdout.as_str(), r.stderr.as_str()),
+        (7, "hi fort\n", "oops\n")
+    );
+    let r = fort(&[
+        "exec",
+        "--connect",
+        &ep,
+        "--timeout",
+        "0.5",
+        "--",
+        "sleep",
+        "30",
+    ]);
+    assert_eq!(r.code, 124, "{r:?}");
+    assert!(r.stderr.contains("timed out after 0.5s"), "{}", r.stderr);
+    let r = fort(&["exec", "--connect", &ep, "--", "/no/such/thing"]);
+    assert_eq!(r.code, 1);
+    assert_eq!(
+        r.stderr,
+        "error: cannot run `/no/such/thing`: No such file or directory (os error 2)\n"
+    );
+    let r = fort(&["exec", "--", "true"]);
+    assert_eq!(r.code, 1);
+    assert!(
+        r.stderr
+            .contains("name a VM (vm.NAME) or give --connect ENDPOINT"),
+        "{}",
+        r.stderr
+    );
+}
+
+#[test]
+fn exec_on_an_unreachable_agent_says_where_it_looked() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("none.sock");
+    let ep = format!("unix:{}", sock.display());
+    let r = fort(&[
+        "exec",
+        "--connect",
+        &ep,
+        "--connect-timeout",
+        "300ms",
+        "--",
+        "true",
+    ]);
+    assert_eq!(r.code, 1);
+    assert!(
+        r.stderr.starts_with(&format!(
+            "error: cannot reach the guest agent at {ep} within 300ms: No such file or directory"
+        )),
+        "{}",
+        r.stderr
+    );
+}
+
+#[test]
+fn cp_round_trips_a_file_bigger_than_one_chunk() {
+    let agent = AgentProcess::start();
+    let ep = agent.endpoint();
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src.bin");
+    let data: Vec<u8> = (0..9 * 1024 * 1024u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+    std::fs::write(&src, &data).unwrap();
+    let remote = dir.path().join("in-vm.bin");
+    let r = fort(&[
+        "cp",
+        "--connect",
+        &ep,
+        src.to_str().unwrap(),
+        &format!(":{}", remote.display()),
+    ]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(std::fs::read(&remote).unwrap(), data);
+    let back = dir.path().join("back.bin");
+    let r = fort(&[
+        "cp",
+        "--connect",
+        &ep,
+        &format!(":{}", remote.display()),
+        back.to_str().unwrap(),
+    ]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(std::fs::read(&back).unwrap(), data);
+    let r = fort(&["cp", "--connect", &ep, "a", "b"]);
+    assert_eq!(r.code, 1);
+    assert_eq!(r.stderr, "error: exactly one of SRC and DST must be in a VM (vm.NAME:/path, or :/path with --connect)\n");
+}
+
+#[test]
+fn mcp_relays_stdio_to_the_agent() {
+    let agent = AgentProcess::start();
+    let mut child = Command::new(FORT)
+        .args(["mcp", "--connect", &agent.endpoint()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin
+        .write_all(
+            concat!(
+                r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"t","version":"0"}}}"#,
+                "\n",
+                r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#,
+                "\n",
+                r#"{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"run_command","arguments":{"argv":["echo","relayed"]}}}"#,
+                "\n"
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+    // Wait for both answers before closing stdin (closing ends the session).
+    let mut out = child.stdout.take().unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while got.iter().filter(|&&b| b == b'\n').count() < 2 {
+        let n = std::io::Read::read(&mut out, &mut buf).unwrap();
+        assert!(
+            n > 0,
+            "fort mcp closed early: {}",
+            String::from_utf8_lossy(&got)
+        );
+        got.extend_from_slice(&buf[..n]);
+    }
+    drop(stdin);
+    assert!(child.wait().unwrap().success());
+    let lines: Vec<serde_json::Value> = String::from_utf8(got)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines[0]["result"]["serverInfo"]["name"], "fort-guest-agent");
+    assert_eq!(
+        lines[1]["result"]["structuredContent"]["stdout"],
+        "relayed\n"
+    );
+}
