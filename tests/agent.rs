@@ -169,7 +169,7 @@ fn protocol_errors_are_exact_and_the_connection_survives() {
 
     // Version negotiation: an unknown revision gets ours.
     let init = c.request("initialize", json!({"protocolVersion": "1999-01-01", "capabilities": {}, "clientInfo": {"name": "t", "version": "0"}}));
-    assert_eq!(init["result"]["protocolVersion"], "2025-06-18");
+    assert_eq!(init["result"]["protocolVersion"], "2025-11-25");
     assert_eq!(init["result"]["serverInfo"]["name"], "fort-guest-agent");
     assert_eq!(
         init["result"]["capabilities"]["tools"],

@@ -174,3 +174,33 @@ fn mcp_relays_stdio_to_the_agent() {
         "relayed\n"
     );
 }
+
+#[test]
+fn the_official_python_sdk_talks_to_the_agent_through_fort_mcp() {
+    let agent = AgentProcess::start();
+    let dir = tempfile::tempdir().unwrap();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/mcp_client.py");
+    let out = Command::new("python3")
+        .args([
+            script,
+            FORT,
+            &agent.endpoint(),
+            dir.path().to_str().unwrap(),
+        ])
+        .output()
+        .expect("python3 is needed (.ci/run installs it and the `mcp` package)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "the MCP SDK client failed:\n{stdout}\n{stderr}"
+    );
+    assert_eq!(
+        stdout,
+        "initialized: fort-guest-agent protocol 2025-11-25\n\
+         tools: run_command,file_read,file_write,file_delete,list_dir,stat,shutdown\n\
+         run_command stdout: hello from the agent\n\
+         file_read: read me\n\
+         ok\n"
+    );
+}

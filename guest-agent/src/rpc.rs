@@ -6,7 +6,7 @@ use crate::tools;
 
 /// MCP revisions this agent speaks, newest first. `initialize` echoes the client's revision
 /// when it is one of these, else offers the newest.
-pub const PROTOCOL_VERSIONS: &[&str] = &["2025-06-18", "2025-03-26", "2024-11-05"];
+pub const PROTOCOL_VERSIONS: &[&str] = &["2025-11-25", "2025-06-18", "2025-03-26", "2024-11-05"];
 
 pub const PARSE_ERROR: i64 = -32700;
 pub const INVALID_REQUEST: i64 = -32600;

@@ -1,0 +1,43 @@
+"""Drive `fort mcp` with the official MCP Python SDK (a client nobody here wrote).
+
+usage: python3 tests/mcp_client.py FORT_BINARY ENDPOINT WORKDIR
+Prints one line per check; exits non-zero on the first failure.
+"""
+import asyncio
+import os
+import sys
+
+from mcp import ClientSession, StdioServerParameters
+from mcp.client.stdio import stdio_client
+
+
+async def main(fort: str, endpoint: str, workdir: str) -> None:
+    params = StdioServerParameters(command=fort, args=["mcp", "--connect", endpoint])
+    async with stdio_client(params) as (read, write):
+        async with ClientSession(read, write) as session:
+            init = await session.initialize()
+            print(f"initialized: {init.server_info.name} protocol {init.protocol_version}")
+            tools = await session.list_tools()
+            names = [t.name for t in tools.tools]
+            print(f"tools: {','.join(names)}")
+            assert "run_command" in names and "file_read" in names, names
+
+            result = await session.call_tool("run_command", {"argv": ["echo", "hello from the agent"]})
+            assert not result.is_error, result
+            out = result.structured_content["stdout"]
+            print(f"run_command stdout: {out.strip()}")
+            assert out == "hello from the agent\n", out
+
+            path = os.path.join(workdir, "note.txt")
+            with open(path, "w") as f:
+                f.write("read me\n")
+            result = await session.call_tool("file_read", {"path": path})
+            assert not result.is_error, result
+            text = result.content[0].text
+            print(f"file_read: {text.strip()}")
+            assert text == "read me\n", text
+
+
+if __name__ == "__main__":
+    asyncio.run(main(*sys.argv[1:4]))
+    print("ok")
