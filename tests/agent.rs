@@ -429,3 +429,78 @@ fn shutdown_outside_a_vm_exits() {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// `PT_INTERP` among the ELF64 program headers means a dynamic loader is needed.
+fn has_interpreter(elf: &[u8]) -> bool {
+    assert_eq!(&elf[..4], b"\x7fELF", "not an ELF file");
+    assert_eq!(elf[4], 2, "not ELF64");
+    let u16_at = |o: usize| u16::from_le_bytes([elf[o], elf[o + 1]]) as usize;
+    let phoff = u64::from_le_bytes(elf[0x20..0x28].try_into().unwrap()) as usize;
+    let (phentsize, phnum) = (u16_at(0x36), u16_at(0x38));
+    (0..phnum).any(|i| {
+        let o = phoff + i * phentsize;
+        u32::from_le_bytes(elf[o..o + 4].try_into().unwrap()) == 3
+    })
+}
+
+#[test]
+fn the_release_build_is_static_small_and_lean() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let out = Command::new(root.join("scripts/build-agent"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let bin = PathBuf::from(String::from_utf8(out.stdout).unwrap().trim());
+    let elf = std::fs::read(&bin).unwrap();
+    assert_eq!(u16::from_le_bytes([elf[0x12], elf[0x13]]), 0x3e, "x86_64");
+    assert!(
+        !has_interpreter(&elf),
+        "{} needs a dynamic loader",
+        bin.display()
+    );
+    assert!(
+        elf.len() < 3 << 20,
+        "{} is {} bytes (target < 3 MiB)",
+        bin.display(),
+        elf.len()
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("a.sock");
+    let mut child = Command::new(&bin)
+        .arg("--listen")
+        .arg(format!("unix:{}", socket.display()))
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    while !socket.exists() && t.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // One session, then idle.
+    let s = UnixStream::connect(&socket).unwrap();
+    let mut c = Conn {
+        reader: BufReader::new(s.try_clone().unwrap()),
+        writer: s,
+        next: 1,
+    };
+    c.request("initialize", json!({"protocolVersion": "2025-11-25"}));
+    std::thread::sleep(Duration::from_millis(500));
+    let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap();
+    let rss: u64 = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .unwrap()
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(rss < 5 * 1024, "idle RSS {rss} KiB (target < 5 MiB)");
+}
