@@ -5,6 +5,7 @@
 //! outside a VM (tests, development). Inside fort VMs it runs as PID 1 and listens on vsock
 //! port 52 (see docs/guest-agent.md for what is implemented so far).
 
+mod init;
 mod rpc;
 mod server;
 mod tools;
@@ -15,15 +16,20 @@ use std::path::PathBuf;
 enum Listen {
     Unix(PathBuf),
     Tcp(SocketAddr),
+    Vsock(u32),
 }
+
+/// The vsock port the host connects to.
+const VSOCK_PORT: u32 = 52;
 
 fn usage() -> ! {
     eprintln!(
-        "usage: fort-guest-agent --listen unix:PATH | --listen tcp:ADDR:PORT [--allow-remote]\n\
+        "usage: fort-guest-agent [--listen unix:PATH | tcp:ADDR:PORT | vsock:PORT]... [--allow-remote]\n\
          \n\
          Serves MCP (JSON-RPC 2.0, one JSON object per line) with the tools run_command,\n\
          file_read, file_write, file_delete, list_dir, stat and shutdown.\n\
-         tcp: addresses must be loopback unless --allow-remote is given."
+         tcp: addresses must be loopback unless --allow-remote is given. As PID 1 (in a fort VM)\n\
+         it also does init's work and listens on vsock:52 by default."
     );
     std::process::exit(2)
 }
@@ -38,6 +44,14 @@ fn parse_args() -> Vec<Listen> {
                 let Some(v) = args.next() else { usage() };
                 if let Some(p) = v.strip_prefix("unix:") {
                     listen.push(Listen::Unix(PathBuf::from(p)));
+                } else if let Some(p) = v.strip_prefix("vsock:") {
+                    match p.parse() {
+                        Ok(port) => listen.push(Listen::Vsock(port)),
+                        Err(_) => {
+                            eprintln!("fort-guest-agent: `{p}` is not a vsock port number");
+                            std::process::exit(2)
+                        }
+                    }
                 } else if let Some(t) = v.strip_prefix("tcp:") {
                     match t.parse::<SocketAddr>() {
                         Ok(addr) => listen.push(Listen::Tcp(addr)),
@@ -64,7 +78,11 @@ fn parse_args() -> Vec<Listen> {
         }
     }
     if listen.is_empty() {
-        usage()
+        if init::is_pid1() {
+            listen.push(Listen::Vsock(VSOCK_PORT));
+        } else {
+            usage()
+        }
     }
     for l in &listen {
         if let Listen::Tcp(a) = l {
@@ -78,6 +96,11 @@ fn parse_args() -> Vec<Listen> {
 }
 
 fn main() {
+    let pid1 = init::is_pid1();
+    if pid1 {
+        // Before anything else: mounts, hostname, network, resolv.conf.
+        init::boot();
+    }
     let listen = parse_args();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -114,6 +137,30 @@ fn main() {
                         }
                     });
                 }
+                Listen::Vsock(port) => {
+                    let addr = tokio_vsock::VsockAddr::new(tokio_vsock::VMADDR_CID_ANY, port);
+                    let listener = match tokio_vsock::VsockListener::bind(addr) {
+                        Ok(l) => l,
+                        Err(e) => {
+                            eprintln!("fort-guest-agent: cannot listen on vsock port {port}: {e}");
+                            if pid1 {
+                                continue; // PID 1 must not exit; unix/tcp listeners may still serve.
+                            }
+                            std::process::exit(1)
+                        }
+                    };
+                    eprintln!("fort-guest-agent: listening on vsock:{port}");
+                    tokio::spawn(async move {
+                        loop {
+                            match listener.accept().await {
+                                Ok((s, _)) => {
+                                    tokio::spawn(server::connection(s));
+                                }
+                                Err(e) => eprintln!("fort-guest-agent: accept: {e}"),
+                            }
+                        }
+                    });
+                }
                 Listen::Tcp(addr) => {
                     let listener = match tokio::net::TcpListener::bind(addr).await {
                         Ok(l) => l,
@@ -138,6 +185,9 @@ fn main() {
                     });
                 }
             }
+        }
+        if pid1 {
+            init::serve_as_init().await;
         }
         tokio::select! {
             _ = tools::SHUTDOWN.notified() => {

@@ -84,9 +84,18 @@ pub async fn run(a: Args) -> Result<Output, ToolError> {
         .process_group(0)
         .kill_on_drop(true);
     let start = Instant::now();
-    let mut child = cmd
-        .spawn()
-        .map_err(|e| ToolError::Failed(format!("cannot run `{program}`: {e}")))?;
+    // As PID 1 the agent also reaps orphans; it must leave this child to tokio. Holding the
+    // registry lock across spawn closes the window where the child could die unregistered.
+    let mut child = {
+        let mut own = crate::init::OWN_CHILDREN.lock().ok();
+        let child = cmd
+            .spawn()
+            .map_err(|e| ToolError::Failed(format!("cannot run `{program}`: {e}")))?;
+        if let (Some(Some(set)), Some(pid)) = (own.as_mut().map(|g| g.as_mut()), child.id()) {
+            set.insert(pid);
+        }
+        child
+    };
     let pgid = child.id().unwrap_or(0);
     if let (Some(text), Some(mut pipe)) = (a.stdin, child.stdin.take()) {
         tokio::spawn(async move {
@@ -125,6 +134,11 @@ pub async fn run(a: Args) -> Result<Output, ToolError> {
                 collect.await
             }
         };
+    if let Ok(mut own) = crate::init::OWN_CHILDREN.lock() {
+        if let Some(set) = own.as_mut() {
+            set.remove(&pgid);
+        }
+    }
     let exit_code = status.and_then(|s| s.code());
     let signal = status.and_then(|s| s.signal());
     let stdout = String::from_utf8_lossy(&stdout).into_owned();
