@@ -204,3 +204,35 @@ fn the_official_python_sdk_talks_to_the_agent_through_fort_mcp() {
          ok\n"
     );
 }
+
+#[test]
+fn exec_streams_output_while_the_command_runs() {
+    let agent = AgentProcess::start();
+    let mut child = Command::new(FORT)
+        .args([
+            "exec",
+            "--connect",
+            &agent.endpoint(),
+            "--",
+            "sh",
+            "-c",
+            "echo first; sleep 3; echo second",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let t = std::time::Instant::now();
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+    assert_eq!(line, "first\n");
+    assert!(
+        t.elapsed() < std::time::Duration::from_secs(2),
+        "the first line waited for the command to end"
+    );
+    assert!(child.try_wait().unwrap().is_none());
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut out, &mut rest).unwrap();
+    assert_eq!(rest, "second\n");
+    assert!(child.wait().unwrap().success());
+}

@@ -68,8 +68,12 @@ where
                 let Ok(permit) = calls.clone().acquire_owned().await else {
                     break;
                 };
+                let notify = tools::Notifier {
+                    tx: tx.clone(),
+                    request: id.clone(),
+                };
                 tokio::spawn(async move {
-                    let out = tools::call(&name, args).await;
+                    let out = tools::call(&name, args, Some(notify)).await;
                     let _ = tx.send(rpc::call_result(id, out)).await;
                     drop(permit);
                 });

@@ -10,7 +10,7 @@ use serde::Deserialize;
 use serde_json::json;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
-use super::{Output, ToolError};
+use super::{Notifier, Output, ToolError};
 
 const DEFAULT_TIMEOUT: f64 = 60.0;
 const DEFAULT_CAP: usize = 1 << 20;
@@ -28,10 +28,17 @@ pub struct Args {
     stdin: Option<String>,
     timeout_secs: Option<f64>,
     max_output_bytes: Option<usize>,
+    #[serde(default)]
+    stream: bool,
 }
 
-/// Read everything, keeping the first `cap` bytes.
-async fn capped<R: AsyncRead + Unpin>(mut r: R, cap: usize) -> (Vec<u8>, bool) {
+/// Read everything, keeping the first `cap` bytes; with a notifier, also send every chunk as
+/// it comes.
+async fn capped<R: AsyncRead + Unpin>(
+    mut r: R,
+    cap: usize,
+    live: Option<(Notifier, &'static str)>,
+) -> (Vec<u8>, bool) {
     let mut kept = Vec::new();
     let mut buf = vec![0u8; 64 * 1024];
     let mut truncated = false;
@@ -39,6 +46,15 @@ async fn capped<R: AsyncRead + Unpin>(mut r: R, cap: usize) -> (Vec<u8>, bool) {
         match r.read(&mut buf).await {
             Ok(0) | Err(_) => return (kept, truncated),
             Ok(n) => {
+                if let Some((notify, stream)) = &live {
+                    let data = String::from_utf8_lossy(&buf[..n]).into_owned();
+                    notify
+                        .send(
+                            "notifications/fort/output",
+                            json!({"stream": stream, "data": data}),
+                        )
+                        .await;
+                }
                 let room = cap.saturating_sub(kept.len());
                 kept.extend_from_slice(&buf[..n.min(room)]);
                 truncated |= n > room;
@@ -53,7 +69,7 @@ fn kill_group(pgid: u32) {
     }
 }
 
-pub async fn run(a: Args) -> Result<Output, ToolError> {
+pub async fn run(a: Args, notify: Option<Notifier>) -> Result<Output, ToolError> {
     let (program, rest): (String, Vec<String>) = match (a.argv, a.command) {
         (Some(v), None) if !v.is_empty() => (v[0].clone(), v[1..].to_vec()),
         (None, Some(c)) => ("/bin/sh".into(), vec!["-c".into(), c]),
@@ -102,8 +118,15 @@ pub async fn run(a: Args) -> Result<Output, ToolError> {
             let _ = pipe.write_all(text.as_bytes()).await;
         });
     }
-    let out = child.stdout.take().map(|s| tokio::spawn(capped(s, cap)));
-    let err = child.stderr.take().map(|s| tokio::spawn(capped(s, cap)));
+    let live = |stream| notify.clone().filter(|_| a.stream).map(|n| (n, stream));
+    let out = child
+        .stdout
+        .take()
+        .map(|s| tokio::spawn(capped(s, cap, live("stdout"))));
+    let err = child
+        .stderr
+        .take()
+        .map(|s| tokio::spawn(capped(s, cap, live("stderr"))));
     let deadline = Duration::from_secs_f64(timeout);
     let (status, timed_out) = match tokio::time::timeout(deadline, child.wait()).await {
         Ok(s) => (s.ok(), false),

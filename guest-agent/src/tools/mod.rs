@@ -20,6 +20,23 @@ pub enum ToolError {
     Failed(String),
 }
 
+/// Where a running tool may send notifications about the request it serves (streamed output).
+#[derive(Clone)]
+pub struct Notifier {
+    pub tx: tokio::sync::mpsc::Sender<Value>,
+    pub request: Value,
+}
+
+impl Notifier {
+    pub async fn send(&self, method: &str, mut params: Value) {
+        params["requestId"] = self.request.clone();
+        let _ = self
+            .tx
+            .send(json!({"jsonrpc": "2.0", "method": method, "params": params}))
+            .await;
+    }
+}
+
 pub(crate) fn args<T: DeserializeOwned>(v: Value) -> Result<T, ToolError> {
     serde_json::from_value(v).map_err(|e| ToolError::Params(e.to_string()))
 }
@@ -41,9 +58,9 @@ pub fn exists(name: &str) -> bool {
     NAMES.contains(&name)
 }
 
-pub async fn call(name: &str, a: Value) -> Result<Output, ToolError> {
+pub async fn call(name: &str, a: Value, notify: Option<Notifier>) -> Result<Output, ToolError> {
     match name {
-        "run_command" => command::run(args(a)?).await,
+        "run_command" => command::run(args(a)?, notify).await,
         "file_read" => files::read(args(a)?).await,
         "file_write" => files::write(args(a)?).await,
         "file_delete" => files::delete(args(a)?).await,
@@ -82,7 +99,8 @@ pub fn list() -> Value {
                     "env": {"type": "object", "additionalProperties": {"type": "string"}, "description": "Extra environment variables"},
                     "stdin": {"type": "string", "description": "Text written to the program's stdin"},
                     "timeout_secs": {"type": "number", "minimum": 0, "description": "Kill after this many seconds (default 60)"},
-                    "max_output_bytes": {"type": "integer", "minimum": 0, "description": "Cap per stream (default 1048576)"}
+                    "max_output_bytes": {"type": "integer", "minimum": 0, "description": "Cap per stream (default 1048576)"},
+                    "stream": {"type": "boolean", "description": "Also send output as it comes, in notifications/fort/output {requestId, stream, data} (default false)"}
                 },
                 "additionalProperties": false
             }

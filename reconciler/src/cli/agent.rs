@@ -59,20 +59,34 @@ pub async fn exec(cli: &Cli, a: &ExecArgs) -> Result<u8, CliError> {
         };
         env.insert(k.to_string(), json!(v));
     }
-    let mut args = json!({"argv": a.command, "timeout_secs": a.timeout, "env": env});
+    let mut args =
+        json!({"argv": a.command, "timeout_secs": a.timeout, "env": env, "stream": true});
     if let Some(c) = &a.cwd {
         args["cwd"] = json!(c);
     }
     let mut client = Client::connect(&ep, a.agent.connect_timeout).await?;
-    let r = client.call("run_command", args).await?;
+    // Output is printed as the agent streams it, not when the command ends.
+    let mut print = |n: &Value| {
+        if n.get("method").and_then(Value::as_str) != Some("notifications/fort/output") {
+            return;
+        }
+        let data = n
+            .pointer("/params/data")
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        let _ = match n.pointer("/params/stream").and_then(Value::as_str) {
+            Some("stderr") => std::io::stderr().write_all(data.as_bytes()),
+            _ => {
+                let mut o = std::io::stdout();
+                o.write_all(data.as_bytes()).and_then(|()| o.flush())
+            }
+        };
+    };
+    let r = client.call_with("run_command", args, &mut print).await?;
     if r.is_error {
         return Err(CliError::Usage(r.text));
     }
     let s = &r.structured;
-    let out = s.get("stdout").and_then(Value::as_str).unwrap_or("");
-    let err = s.get("stderr").and_then(Value::as_str).unwrap_or("");
-    let _ = std::io::stdout().write_all(out.as_bytes());
-    let _ = std::io::stderr().write_all(err.as_bytes());
     for (flag, stream) in [
         ("stdout_truncated", "stdout"),
         ("stderr_truncated", "stderr"),

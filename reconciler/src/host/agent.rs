@@ -169,6 +169,16 @@ impl Client {
     }
 
     pub async fn request(&mut self, method: &str, params: Value) -> Result<Value, AgentError> {
+        self.request_with(method, params, &mut |_| {}).await
+    }
+
+    /// A request; notifications that arrive meanwhile go to `on_notification`.
+    pub async fn request_with(
+        &mut self,
+        method: &str,
+        params: Value,
+        on_notification: &mut (dyn FnMut(&Value) + Send),
+    ) -> Result<Value, AgentError> {
         let id = self.next;
         self.next += 1;
         let mut line =
@@ -183,7 +193,10 @@ impl Client {
             let v: Value =
                 serde_json::from_str(&buf).map_err(|e| AgentError::Protocol(e.to_string()))?;
             if v.get("id") != Some(&json!(id)) {
-                continue; // a notification, or an answer to something else
+                if v.get("method").is_some() && v.get("id").is_none() {
+                    on_notification(&v);
+                }
+                continue;
             }
             if let Some(e) = v.get("error") {
                 return Err(AgentError::Rpc {
@@ -200,10 +213,25 @@ impl Client {
         }
     }
 
-    /// Call a tool; returns `(structuredContent, isError, text)`.
+    /// Call a tool.
     pub async fn call(&mut self, tool: &str, args: Value) -> Result<ToolResult, AgentError> {
+        self.call_with(tool, args, &mut |_| {}).await
+    }
+
+    /// Call a tool, handing notifications about it (e.g. `notifications/fort/output` of a
+    /// streaming `run_command`) to `on_notification`.
+    pub async fn call_with(
+        &mut self,
+        tool: &str,
+        args: Value,
+        on_notification: &mut (dyn FnMut(&Value) + Send),
+    ) -> Result<ToolResult, AgentError> {
         let r = self
-            .request("tools/call", json!({"name": tool, "arguments": args}))
+            .request_with(
+                "tools/call",
+                json!({"name": tool, "arguments": args}),
+                on_notification,
+            )
             .await?;
         Ok(ToolResult {
             is_error: r.get("isError").and_then(Value::as_bool).unwrap_or(false),
