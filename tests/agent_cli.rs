@@ -236,3 +236,101 @@ fn exec_streams_output_while_the_command_runs() {
     assert_eq!(rest, "second\n");
     assert!(child.wait().unwrap().success());
 }
+
+/// A stand-in for Firecracker's hybrid vsock socket: reads `CONNECT 52\n`, answers `OK <n>\n`
+/// and then splices the connection to the agent (as vhost-device-vsock does for QEMU VMs).
+fn hybrid_vsock_proxy(
+    agent_socket: std::path::PathBuf,
+    dir: &std::path::Path,
+) -> std::path::PathBuf {
+    use std::os::unix::net::{UnixListener, UnixStream};
+    let path = dir.join("vsock.sock");
+    let listener = UnixListener::bind(&path).unwrap();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut host) = conn else { continue };
+            let agent_socket = agent_socket.clone();
+            std::thread::spawn(move || {
+                let mut line = Vec::new();
+                let mut b = [0u8; 1];
+                while std::io::Read::read(&mut host, &mut b).unwrap_or(0) == 1 && b[0] != b'\n' {
+                    line.push(b[0]);
+                }
+                if line != b"CONNECT 52" {
+                    return; // Firecracker just closes on a bad handshake
+                }
+                let guest = UnixStream::connect(&agent_socket).unwrap();
+                host.write_all(b"OK 1073741824\n").unwrap();
+                let (mut h2, mut g2) = (host.try_clone().unwrap(), guest.try_clone().unwrap());
+                let (mut host, mut guest) = (host, guest);
+                std::thread::spawn(move || std::io::copy(&mut h2, &mut g2));
+                let _ = std::io::copy(&mut guest, &mut host);
+                let _ = host.shutdown(std::net::Shutdown::Both);
+            });
+        }
+    });
+    path
+}
+
+#[test]
+fn exec_through_a_hybrid_vsock_socket() {
+    let agent = AgentProcess::start();
+    let dir = tempfile::tempdir().unwrap();
+    let vsock = hybrid_vsock_proxy(agent.socket.clone(), dir.path());
+    let r = fort(&[
+        "exec",
+        "--connect",
+        &format!("vsock-uds:{}", vsock.display()),
+        "--",
+        "echo",
+        "via vsock",
+    ]);
+    assert_eq!((r.code, r.stdout.as_str()), (0, "via vsock\n"), "{r:?}");
+}
+
+#[test]
+fn exec_over_tcp() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("agent.log");
+    let mut child = Command::new(common::fort::agent_binary())
+        .args(["--listen", "tcp:127.0.0.1:0"])
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let t = std::time::Instant::now();
+    let addr = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if let Some(a) = text
+            .lines()
+            .find_map(|l| l.strip_prefix("fort-guest-agent: listening on tcp:"))
+        {
+            break a.to_string();
+        }
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(10),
+            "no listening line: {text}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    };
+    let r = fort(&[
+        "exec",
+        "--connect",
+        &format!("tcp:{addr}"),
+        "--",
+        "echo",
+        "via tcp",
+    ]);
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!((r.code, r.stdout.as_str()), (0, "via tcp\n"), "{r:?}");
+    // Non-loopback addresses need an explicit opt-in.
+    let out = Command::new(common::fort::agent_binary())
+        .args(["--listen", "tcp:0.0.0.0:0"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "fort-guest-agent: 0.0.0.0:0 is not a loopback address; pass --allow-remote to serve it anyway\n"
+    );
+}
