@@ -660,3 +660,31 @@ fn as_pid1_it_mounts_names_configures_reaps_and_powers_off() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// Connecting needs a VM (no vsock loopback transport on these machines; the VM tests of
+/// issue 6 connect for real), but binding the AF_VSOCK listener works here.
+#[test]
+fn listens_on_vsock() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("err");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_fort-guest-agent"))
+        .args(["--listen", "vsock:40052", "--listen"])
+        .arg(format!("unix:{}", dir.path().join("s").display()))
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    let text = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.contains("listening on unix:") || t.elapsed() > Duration::from_secs(10) {
+            break text;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        text.contains("fort-guest-agent: listening on vsock:40052\n"),
+        "{text}"
+    );
+}
