@@ -22,6 +22,24 @@ enum Listen {
 /// The vsock port the host connects to.
 const VSOCK_PORT: u32 = 52;
 
+/// Serve every connection a listener accepts (unix, tcp and vsock listeners differ in type
+/// but not in shape).
+macro_rules! accept_loop {
+    ($listener:expr) => {{
+        let listener = $listener;
+        tokio::spawn(async move {
+            loop {
+                match listener.accept().await {
+                    Ok((s, _)) => {
+                        tokio::spawn(server::connection(s));
+                    }
+                    Err(e) => eprintln!("fort-guest-agent: accept: {e}"),
+                }
+            }
+        });
+    }};
+}
+
 fn usage() -> ! {
     eprintln!(
         "usage: fort-guest-agent [--listen unix:PATH | tcp:ADDR:PORT | vsock:PORT]... [--allow-remote]\n\
@@ -126,16 +144,7 @@ fn main() {
                         }
                     };
                     eprintln!("fort-guest-agent: listening on unix:{}", path.display());
-                    tokio::spawn(async move {
-                        loop {
-                            match listener.accept().await {
-                                Ok((s, _)) => {
-                                    tokio::spawn(server::connection(s));
-                                }
-                                Err(e) => eprintln!("fort-guest-agent: accept: {e}"),
-                            }
-                        }
-                    });
+                    accept_loop!(listener);
                 }
                 Listen::Vsock(port) => {
                     let addr = tokio_vsock::VsockAddr::new(tokio_vsock::VMADDR_CID_ANY, port);
@@ -150,16 +159,7 @@ fn main() {
                         }
                     };
                     eprintln!("fort-guest-agent: listening on vsock:{port}");
-                    tokio::spawn(async move {
-                        loop {
-                            match listener.accept().await {
-                                Ok((s, _)) => {
-                                    tokio::spawn(server::connection(s));
-                                }
-                                Err(e) => eprintln!("fort-guest-agent: accept: {e}"),
-                            }
-                        }
-                    });
+                    accept_loop!(listener);
                 }
                 Listen::Tcp(addr) => {
                     let listener = match tokio::net::TcpListener::bind(addr).await {
@@ -173,16 +173,7 @@ fn main() {
                         "fort-guest-agent: listening on tcp:{}",
                         listener.local_addr().map_or(addr, |a| a)
                     );
-                    tokio::spawn(async move {
-                        loop {
-                            match listener.accept().await {
-                                Ok((s, _)) => {
-                                    tokio::spawn(server::connection(s));
-                                }
-                                Err(e) => eprintln!("fort-guest-agent: accept: {e}"),
-                            }
-                        }
-                    });
+                    accept_loop!(listener);
                 }
             }
         }
