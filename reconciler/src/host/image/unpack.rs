@@ -1,0 +1,215 @@
+//! Unpack a rootfs tarball (`.tar`, `.tar.gz`, `.tar.xz`, sniffed by magic bytes) into a work
+//! directory, preserving owners, modes, mtimes, symlinks, hard links and device nodes — and
+//! refusing any entry that would land outside it: absolute paths, `..`, hard links to outside,
+//! and writes through a symlink the archive itself planted.
+
+use std::fs::File;
+use std::io::{BufReader, Read};
+use std::path::{Component, Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum UnpackError {
+    #[error("unsafe archive {}: entry `{entry}` {why}", archive.display())]
+    Unsafe {
+        archive: PathBuf,
+        entry: String,
+        why: String,
+    },
+    #[error("cannot read archive {}", archive.display())]
+    Archive {
+        archive: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot create {}", path.display())]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// What was unpacked.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Stats {
+    pub entries: u64,
+    /// Bytes of regular file contents.
+    pub bytes: u64,
+}
+
+/// `archive` → `dest` (which must exist and should be empty).
+pub fn unpack(archive: &Path, dest: &Path) -> Result<Stats, UnpackError> {
+    let read_err = |source| UnpackError::Archive {
+        archive: archive.to_path_buf(),
+        source,
+    };
+    let mut f = BufReader::new(File::open(archive).map_err(read_err)?);
+    let mut magic = [0u8; 6];
+    let n = read_up_to(&mut f, &mut magic).map_err(read_err)?;
+    let head = std::io::Cursor::new(magic[..n].to_vec()).chain(f);
+    let reader: Box<dyn Read> = if magic[..n].starts_with(&[0x1f, 0x8b]) {
+        Box::new(flate2::read::MultiGzDecoder::new(head))
+    } else if magic[..n].starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0]) {
+        Box::new(xz2::read::XzDecoder::new(head))
+    } else {
+        Box::new(head)
+    };
+    let mut tar = tar::Archive::new(reader);
+    tar.set_preserve_permissions(true);
+    tar.set_preserve_ownerships(true);
+    tar.set_preserve_mtime(true);
+    tar.set_unpack_xattrs(false);
+    tar.set_overwrite(true);
+    let mut stats = Stats::default();
+    let unsafe_entry = |entry: &str, why: String| UnpackError::Unsafe {
+        archive: archive.to_path_buf(),
+        entry: entry.to_string(),
+        why,
+    };
+    for entry in tar.entries().map_err(read_err)? {
+        let mut entry = entry.map_err(read_err)?;
+        let raw = entry.path().map_err(read_err)?.into_owned();
+        let shown = raw.display().to_string();
+        let rel = inside(&raw).map_err(|why| unsafe_entry(&shown, why.to_string()))?;
+        if rel.as_os_str().is_empty() {
+            continue; // "./" itself
+        }
+        if let Some(link) = through_symlink(dest, &rel) {
+            return Err(unsafe_entry(
+                &shown,
+                format!("would be written through the symlink `{}`", link.display()),
+            ));
+        }
+        let kind = entry.header().entry_type();
+        if kind.is_hard_link() {
+            let target = entry
+                .link_name()
+                .map_err(read_err)?
+                .unwrap_or_default()
+                .into_owned();
+            inside(&target).map_err(|why| {
+                unsafe_entry(
+                    &shown,
+                    format!("is a hard link to `{}`, which {why}", target.display()),
+                )
+            })?;
+        }
+        let out = dest.join(&rel);
+        if kind.is_character_special() || kind.is_block_special() || kind.is_fifo() {
+            make_node(&entry, &out)?;
+        } else if !entry.unpack_in(dest).map_err(|source| {
+            // The tar crate keeps the kind of the underlying error: a truncated or corrupt
+            // stream is the archive's fault, anything else is ours (disk, permissions).
+            if matches!(
+                source.kind(),
+                std::io::ErrorKind::UnexpectedEof
+                    | std::io::ErrorKind::InvalidData
+                    | std::io::ErrorKind::InvalidInput
+            ) {
+                read_err(source)
+            } else {
+                UnpackError::Write {
+                    path: out.clone(),
+                    source,
+                }
+            }
+        })? {
+            return Err(unsafe_entry(
+                &shown,
+                "was refused by the unpacker".to_string(),
+            ));
+        }
+        stats.entries += 1;
+        if kind.is_file() {
+            stats.bytes += entry.header().size().unwrap_or(0);
+        }
+    }
+    Ok(stats)
+}
+
+fn read_up_to(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..])? {
+            0 => break,
+            k => n += k,
+        }
+    }
+    Ok(n)
+}
+
+/// The entry's path relative to the image root, or why it leaves the image.
+fn inside(p: &Path) -> Result<PathBuf, &'static str> {
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            Component::Normal(n) => out.push(n),
+            Component::CurDir => {}
+            Component::RootDir | Component::Prefix(_) => return Err("has an absolute path"),
+            Component::ParentDir => return Err("leaves the image (`..`)"),
+        }
+    }
+    Ok(out)
+}
+
+/// The first existing ancestor of `rel` (below `dest`) that is a symlink, if any: unpacking
+/// would follow it, possibly out of the image.
+fn through_symlink(dest: &Path, rel: &Path) -> Option<PathBuf> {
+    let mut cur = dest.to_path_buf();
+    let parent = rel.parent()?;
+    for c in parent.components() {
+        cur.push(c);
+        match std::fs::symlink_metadata(&cur) {
+            Ok(m) if m.file_type().is_symlink() => {
+                return cur.strip_prefix(dest).ok().map(Path::to_path_buf)
+            }
+            Ok(_) => {}
+            Err(_) => return None,
+        }
+    }
+    None
+}
+
+/// Device nodes and fifos, which the tar crate does not create.
+fn make_node<R: Read>(entry: &tar::Entry<'_, R>, out: &Path) -> Result<(), UnpackError> {
+    use rustix::fs::{FileType, Mode};
+    let h = entry.header();
+    let werr = |source: std::io::Error| UnpackError::Write {
+        path: out.to_path_buf(),
+        source,
+    };
+    let kind = h.entry_type();
+    let ft = if kind.is_character_special() {
+        FileType::CharacterDevice
+    } else if kind.is_block_special() {
+        FileType::BlockDevice
+    } else {
+        FileType::Fifo
+    };
+    let major = h.device_major().ok().flatten().unwrap_or(0);
+    let minor = h.device_minor().ok().flatten().unwrap_or(0);
+    let mode = h.mode().unwrap_or(0o600) & 0o7777;
+    if let Some(parent) = out.parent() {
+        std::fs::create_dir_all(parent).map_err(werr)?;
+    }
+    let _ = std::fs::remove_file(out);
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        out,
+        ft,
+        Mode::from_raw_mode(mode),
+        rustix::fs::makedev(major, minor),
+    )
+    .map_err(|e| werr(e.into()))?;
+    let uid = h.uid().ok().and_then(|u| u32::try_from(u).ok());
+    let gid = h.gid().ok().and_then(|g| u32::try_from(g).ok());
+    std::os::unix::fs::lchown(out, uid, gid).map_err(werr)?;
+    // mknod applies the umask: set the mode exactly.
+    rustix::fs::chmodat(
+        rustix::fs::CWD,
+        out,
+        Mode::from_raw_mode(mode),
+        rustix::fs::AtFlags::empty(),
+    )
+    .map_err(|e| werr(e.into()))
+}
