@@ -169,7 +169,7 @@ fn table() {
             &current,
             vec![],
             opts(),
-            Ok(vec!["-/+ template.t (size changed)"]),
+            Ok(vec!["~ template.t (size changed)"]),
         ),
         (
             "removed from the manifest: destroyed",

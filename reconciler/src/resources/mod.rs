@@ -10,6 +10,7 @@ pub mod firecracker;
 pub mod kernel;
 pub mod pending;
 pub mod rootfs;
+pub mod template;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -174,7 +175,7 @@ pub fn kind(kind: Kind) -> &'static dyn ResourceKind {
         Kind::Firecracker => &firecracker::Firecracker,
         Kind::Kernel => &kernel::Kernel,
         Kind::Rootfs => &rootfs::Rootfs,
-        Kind::Template => &pending::TEMPLATE,
+        Kind::Template => &template::Template,
         Kind::Network => &pending::NETWORK,
         Kind::Drive => &pending::DRIVE,
         Kind::Vm => &pending::VM,

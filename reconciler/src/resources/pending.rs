@@ -1,4 +1,4 @@
-//! Kinds whose host drivers come in later issues (template, network, drive, vm): they are
+//! Kinds whose host drivers come in later issues (network, drive, vm): they are
 //! parsed, validated and planned like the others, and applying them fails clearly.
 
 use async_trait::async_trait;

@@ -1,0 +1,262 @@
+//! `template.*`: an ext4 image built from a rootfs tarball, overlay files and (by default)
+//! fort's guest agent as `/sbin/init`. Images live in `state_dir/images/<key>.ext4`, keyed by
+//! a hash of every input, so an unchanged template is never rebuilt.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::asset::{self, CachedFile};
+use super::{Ctx, ResourceError, ResourceKind};
+use crate::address::{Address, Kind};
+use crate::host::image::{build, unpack};
+use crate::manifest::{OverlayContent, Resource, Spec, TemplateSpec};
+use crate::plan::{Effect, Observation};
+use crate::state::Record;
+
+pub struct Template;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TemplateOutputs {
+    pub image: PathBuf,
+    pub key: String,
+    pub size: u64,
+}
+
+#[async_trait]
+impl ResourceKind for Template {
+    fn kind(&self) -> Kind {
+        Kind::Template
+    }
+
+    fn field_effect(&self, _field: &str) -> Effect {
+        // A changed template builds a new image beside the old one; drives keep theirs.
+        Effect::Update
+    }
+
+    async fn observe(&self, _ctx: &Ctx, record: &Record) -> Result<Observation, ResourceError> {
+        let out: TemplateOutputs = asset::outputs(&record.address, &record.outputs)?;
+        Ok(match std::fs::metadata(&out.image) {
+            Err(_) => Observation::Missing {
+                what: format!("image {} is missing", out.image.display()),
+            },
+            Ok(m) if m.len() != out.size => Observation::Drifted {
+                what: format!(
+                    "image {} is {} bytes, not {}",
+                    out.image.display(),
+                    m.len(),
+                    out.size
+                ),
+            },
+            Ok(_) => Observation::Ok,
+        })
+    }
+
+    async fn apply(
+        &self,
+        ctx: &Ctx,
+        desired: &Resource,
+        recorded: Option<&Record>,
+    ) -> Result<serde_json::Value, ResourceError> {
+        let Spec::Template(spec) = &desired.spec else {
+            return Err(ResourceError::Check(format!(
+                "{} has no template spec",
+                desired.address
+            )));
+        };
+        let rootfs_addr = Address::new(Kind::Rootfs, &spec.rootfs);
+        let rootfs = ctx
+            .record(&rootfs_addr)?
+            .ok_or_else(|| ResourceError::Check(format!("{rootfs_addr} is not applied")))?;
+        let rootfs: CachedFile = asset::outputs(&rootfs_addr, &rootfs.outputs)?;
+        let agent = if spec.guest_agent {
+            Some(find_agent()?)
+        } else {
+            None
+        };
+        let key = image_key(spec, &rootfs, agent.as_ref().map(|a| a.1.as_str()));
+        let images = ctx.state_dir.join("images");
+        let image = images.join(format!("{key}.ext4"));
+        let ready = std::fs::metadata(&image).is_ok_and(|m| m.len() == spec.size);
+        if !ready {
+            let (spec, images, image, rootfs_path, agent) = (
+                spec.clone(),
+                images.clone(),
+                image.clone(),
+                rootfs.path.clone(),
+                agent.map(|a| a.0),
+            );
+            let key2 = key.clone();
+            tokio::task::spawn_blocking(move || {
+                build_image(
+                    &spec,
+                    &images,
+                    &image,
+                    &key2,
+                    &rootfs_path,
+                    agent.as_deref(),
+                )
+            })
+            .await
+            .map_err(|e| ResourceError::Check(format!("image build task failed: {e}")))??;
+        }
+        if let Some(old) =
+            recorded.and_then(|r| asset::outputs::<TemplateOutputs>(&r.address, &r.outputs).ok())
+        {
+            if old.image != image {
+                release(ctx, &desired.address, &old.image)?;
+            }
+        }
+        serde_json::to_value(TemplateOutputs {
+            image,
+            key,
+            size: spec.size,
+        })
+        .map_err(|e| ResourceError::Check(e.to_string()))
+    }
+
+    async fn destroy(&self, ctx: &Ctx, recorded: &Record) -> Result<(), ResourceError> {
+        let out: TemplateOutputs = asset::outputs(&recorded.address, &recorded.outputs)?;
+        release(ctx, &recorded.address, &out.image)
+    }
+}
+
+/// Remove an image no other recorded resource (another template, a drive) points at.
+fn release(ctx: &Ctx, owner: &Address, image: &Path) -> Result<(), ResourceError> {
+    let file = CachedFile {
+        path: image.to_path_buf(),
+        fetched_sha256: String::new(),
+        content_sha256: String::new(),
+        size: 0,
+    };
+    asset::release(ctx, owner, &[file])
+}
+
+/// Every input of the image, hashed: rootfs content, size, overlays, the agent's bytes.
+fn image_key(spec: &TemplateSpec, rootfs: &CachedFile, agent_sha: Option<&str>) -> String {
+    let inputs = serde_json::json!({
+        "format": 1,
+        "rootfs": rootfs.content_sha256,
+        "size": spec.size,
+        "files": spec.files,
+        "agent": agent_sha,
+    });
+    hex::encode(Sha256::digest(inputs.to_string().as_bytes()))[..32].to_string()
+}
+
+fn io<'p>(what: &'static str, path: &'p Path) -> impl FnOnce(std::io::Error) -> ResourceError + 'p {
+    move |e| ResourceError::io(what, path, e)
+}
+
+fn build_image(
+    spec: &TemplateSpec,
+    images: &Path,
+    image: &Path,
+    key: &str,
+    rootfs: &Path,
+    agent: Option<&Path>,
+) -> Result<(), ResourceError> {
+    let work = images.join("tmp").join(key);
+    if work.exists() {
+        std::fs::remove_dir_all(&work).map_err(io("cannot clear", &work))?;
+    }
+    let root = work.join("root");
+    std::fs::create_dir_all(&root).map_err(io("cannot create", &root))?;
+    let result = (|| {
+        unpack::unpack(rootfs, &root)
+            .map_err(|e| ResourceError::Check(crate::resources::error_chain(&e)))?;
+        for (path, overlay) in &spec.files {
+            let dst = root.join(path.trim_start_matches('/'));
+            let bytes = match &overlay.content {
+                OverlayContent::Inline(t) => t.clone().into_bytes(),
+                OverlayContent::Source { path: src, sha256 } => {
+                    let b = std::fs::read(src).map_err(io("cannot read overlay source", src))?;
+                    if hex::encode(Sha256::digest(&b)) != *sha256 {
+                        return Err(ResourceError::Check(format!(
+                            "overlay source {} changed since the manifest was read; plan again",
+                            src.display()
+                        )));
+                    }
+                    b
+                }
+            };
+            write_file(&dst, &bytes, overlay.mode)?;
+        }
+        if let Some(agent) = agent {
+            let init = root.join("sbin/init");
+            let bytes = std::fs::read(agent).map_err(io("cannot read", agent))?;
+            write_file(&init, &bytes, 0o755)?;
+        }
+        let part = images.join("tmp").join(format!("{key}.ext4.part"));
+        let _ = std::fs::remove_file(&part);
+        build::mke2fs(&root, &part, spec.size)
+            .map_err(|e| ResourceError::Check(crate::resources::error_chain(&e)))?;
+        std::fs::rename(&part, image).map_err(io("cannot install", image))
+    })();
+    let _ = std::fs::remove_dir_all(&work);
+    result
+}
+
+/// Write a file owned by root with `mode`, replacing whatever (e.g. a symlink) is there.
+fn write_file(dst: &Path, bytes: &[u8], mode: u32) -> Result<(), ResourceError> {
+    if let Some(parent) = dst.parent() {
+        std::fs::create_dir_all(parent).map_err(io("cannot create", parent))?;
+    }
+    if std::fs::symlink_metadata(dst).is_ok() {
+        std::fs::remove_file(dst).map_err(io("cannot replace", dst))?;
+    }
+    std::fs::write(dst, bytes).map_err(io("cannot write", dst))?;
+    std::fs::set_permissions(dst, std::fs::Permissions::from_mode(mode))
+        .map_err(io("cannot chmod", dst))?;
+    std::os::unix::fs::lchown(dst, Some(0), Some(0)).map_err(io("cannot chown", dst))
+}
+
+/// The guest agent binary and its sha256: `FORT_GUEST_AGENT`, else `fort-guest-agent` next to
+/// the running `fort`. It must be a static x86_64 executable (it runs as PID 1 in any rootfs).
+pub fn find_agent() -> Result<(PathBuf, String), ResourceError> {
+    let path = match std::env::var_os("FORT_GUEST_AGENT") {
+        Some(p) => PathBuf::from(p),
+        None => std::env::current_exe()
+            .ok()
+            .and_then(|e| e.parent().map(|d| d.join("fort-guest-agent")))
+            .unwrap_or_else(|| PathBuf::from("fort-guest-agent")),
+    };
+    let bytes = std::fs::read(&path).map_err(|e| {
+        ResourceError::Check(format!(
+            "cannot read the guest agent {} ({e}): install fort-guest-agent next to fort (scripts/build-agent builds it) or set FORT_GUEST_AGENT",
+            path.display()
+        ))
+    })?;
+    check_static_x86_64(&bytes)
+        .map_err(|why| ResourceError::Check(format!("the guest agent {} {why}", path.display())))?;
+    Ok((path, hex::encode(Sha256::digest(&bytes))))
+}
+
+/// ELF64, x86_64, no `PT_INTERP` program header (no dynamic loader needed).
+pub fn check_static_x86_64(elf: &[u8]) -> Result<(), &'static str> {
+    if elf.len() < 64 || &elf[..4] != b"\x7fELF" || elf[4] != 2 {
+        return Err("is not a 64-bit ELF executable");
+    }
+    if u16::from_le_bytes([elf[0x12], elf[0x13]]) != 0x3e {
+        return Err("is not an x86_64 executable");
+    }
+    let u16_at = |o: usize| u16::from_le_bytes([elf[o], elf[o + 1]]) as usize;
+    let phoff = elf
+        .get(0x20..0x28)
+        .and_then(|b| b.try_into().ok())
+        .map_or(0, u64::from_le_bytes) as usize;
+    let (size, num) = (u16_at(0x36), u16_at(0x38));
+    for i in 0..num {
+        let o = phoff + i * size;
+        let Some(t) = elf.get(o..o + 4) else {
+            return Err("has a truncated program header table");
+        };
+        if u32::from_le_bytes([t[0], t[1], t[2], t[3]]) == 3 {
+            return Err("is dynamically linked (it needs a loader the guest may not have): build it static with scripts/build-agent");
+        }
+    }
+    Ok(())
+}
