@@ -172,6 +172,8 @@ pub enum PlanError {
     },
     #[error("--replace {0}: not in the manifest")]
     ReplaceUnknown(Address),
+    #[error("{address}: {why}")]
+    Refused { address: Address, why: String },
     #[error(transparent)]
     Graph(#[from] GraphError),
 }

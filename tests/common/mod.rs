@@ -3,4 +3,5 @@
 
 pub mod assets;
 pub mod fort;
+pub mod rootfs;
 pub mod server;

@@ -6,6 +6,7 @@
 //! what is missing, so a retried or resumed apply converges.
 
 mod asset;
+pub mod drive;
 pub mod firecracker;
 pub mod kernel;
 pub mod pending;
@@ -177,7 +178,7 @@ pub fn kind(kind: Kind) -> &'static dyn ResourceKind {
         Kind::Rootfs => &rootfs::Rootfs,
         Kind::Template => &template::Template,
         Kind::Network => &pending::NETWORK,
-        Kind::Drive => &pending::DRIVE,
+        Kind::Drive => &drive::Drive,
         Kind::Vm => &pending::VM,
     }
 }

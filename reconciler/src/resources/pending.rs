@@ -1,4 +1,4 @@
-//! Kinds whose host drivers come in later issues (network, drive, vm): they are
+//! Kinds whose host drivers come in later issues (network, vm): they are
 //! parsed, validated and planned like the others, and applying them fails clearly.
 
 use async_trait::async_trait;
@@ -19,7 +19,6 @@ pub static TEMPLATE: Pending = Pending {
 pub static NETWORK: Pending = Pending {
     kind: Kind::Network,
 };
-pub static DRIVE: Pending = Pending { kind: Kind::Drive };
 pub static VM: Pending = Pending { kind: Kind::Vm };
 
 #[async_trait]

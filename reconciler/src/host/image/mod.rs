@@ -2,4 +2,5 @@
 //! ext4 image and wiring it to the template kind come next.
 
 pub mod build;
+pub mod clone;
 pub mod unpack;

@@ -1,0 +1,204 @@
+//! `drive.*`: a VM disk file in `state_dir/drives/` — a copy-on-write clone of its template's
+//! image grown to `size`, or an empty ext4 drive. Drives hold data: they are grown, never
+//! shrunk, and only destroyed or replaced when the user asks (`!` in plans).
+
+use std::path::{Path, PathBuf};
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use super::asset;
+use super::template::TemplateOutputs;
+use super::{Ctx, ResourceError, ResourceKind};
+use crate::address::{Address, Kind};
+use crate::host::image::clone::{self, Method};
+use crate::manifest::units::format_size;
+use crate::manifest::{Resource, Spec};
+use crate::plan::{self, Change, Effect, Observation, PlanError, PlanOptions};
+use crate::state::Record;
+
+pub struct Drive;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DriveOutputs {
+    pub path: PathBuf,
+    pub size: u64,
+    pub method: Method,
+    /// The template image it was cloned from (None for empty drives).
+    pub image: Option<PathBuf>,
+}
+
+#[async_trait]
+impl ResourceKind for Drive {
+    fn kind(&self) -> Kind {
+        Kind::Drive
+    }
+
+    fn field_effect(&self, _field: &str) -> Effect {
+        // size: grown in place; protect: bookkeeping; template/pool: the data stays (a drive is
+        // replaced only on request).
+        Effect::Update
+    }
+
+    fn holds_data(&self) -> bool {
+        true
+    }
+
+    fn plan(
+        &self,
+        desired: Option<&Resource>,
+        recorded: Option<&Record>,
+        observed: Option<&Observation>,
+        opts: &PlanOptions,
+        _notes: &mut Vec<String>,
+    ) -> Result<Option<Change>, PlanError> {
+        if let (
+            Some(Resource {
+                spec: Spec::Drive(d),
+                address,
+                ..
+            }),
+            Some(r),
+        ) = (desired, recorded)
+        {
+            let before = r
+                .spec
+                .get("size")
+                .and_then(serde_json::Value::as_u64)
+                .unwrap_or(0);
+            if d.size < before && !opts.replace.contains(address) {
+                return Err(PlanError::Refused {
+                    address: address.clone(),
+                    why: format!(
+                        "size {} is smaller than its current {}: drives are never shrunk (use --replace {address} to start over, losing its data)",
+                        format_size(d.size),
+                        format_size(before)
+                    ),
+                });
+            }
+        }
+        let mut change = plan::standard(self, desired, recorded, observed, opts)?;
+        if let (Some(c), Some(Observation::Missing { .. })) = (change.as_mut(), observed) {
+            c.reasons
+                .push("its data is gone: it will be recreated from its template (or empty)".into());
+        }
+        Ok(change)
+    }
+
+    async fn observe(&self, _ctx: &Ctx, record: &Record) -> Result<Observation, ResourceError> {
+        let out: DriveOutputs = asset::outputs(&record.address, &record.outputs)?;
+        Ok(match std::fs::metadata(&out.path) {
+            Err(_) => Observation::Missing {
+                what: format!("drive file {} is missing", out.path.display()),
+            },
+            Ok(m) if m.len() != out.size => Observation::Drifted {
+                what: format!(
+                    "drive file {} is {} bytes, not {}",
+                    out.path.display(),
+                    m.len(),
+                    out.size
+                ),
+            },
+            Ok(_) => Observation::Ok,
+        })
+    }
+
+    async fn apply(
+        &self,
+        ctx: &Ctx,
+        desired: &Resource,
+        recorded: Option<&Record>,
+    ) -> Result<serde_json::Value, ResourceError> {
+        let Spec::Drive(spec) = &desired.spec else {
+            return Err(ResourceError::Check(format!(
+                "{} has no drive spec",
+                desired.address
+            )));
+        };
+        let dir = ctx.state_dir.join("drives");
+        std::fs::create_dir_all(&dir).map_err(|e| ResourceError::io("cannot create", &dir, e))?;
+        let path = dir.join(format!("{}.ext4", desired.address.name));
+        let previous: Option<DriveOutputs> =
+            recorded.and_then(|r| asset::outputs(&r.address, &r.outputs).ok());
+        let image = match &spec.template {
+            Some(t) => {
+                let a = Address::new(Kind::Template, t);
+                let rec = ctx
+                    .record(&a)?
+                    .ok_or_else(|| ResourceError::Check(format!("{a} is not applied")))?;
+                let out: TemplateOutputs = asset::outputs(&a, &rec.outputs)?;
+                Some(out.image)
+            }
+            None => None,
+        };
+        let size = spec.size;
+        let (path2, image2) = (path.clone(), image.clone());
+        let method = tokio::task::spawn_blocking(move || make(&path2, image2.as_deref(), size))
+            .await
+            .map_err(|e| ResourceError::Check(format!("drive task failed: {e}")))??;
+        // An existing drive keeps how it was made and what it came from.
+        let (method, image) = match (method, previous) {
+            (None, Some(p)) => (p.method, p.image),
+            (m, _) => (m.unwrap_or(Method::Copy), image),
+        };
+        serde_json::to_value(DriveOutputs {
+            path,
+            size,
+            method,
+            image,
+        })
+        .map_err(|e| ResourceError::Check(e.to_string()))
+    }
+
+    async fn destroy(&self, _ctx: &Ctx, recorded: &Record) -> Result<(), ResourceError> {
+        let out: DriveOutputs = asset::outputs(&recorded.address, &recorded.outputs)?;
+        match std::fs::remove_file(&out.path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(ResourceError::io("cannot remove", &out.path, e))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Measure, then act: an existing drive is only grown; a missing one is cloned (or made
+/// empty) into a temp file, grown, and renamed into place. Returns how it was made, or None
+/// when it already existed.
+fn make(path: &Path, image: Option<&Path>, size: u64) -> Result<Option<Method>, ResourceError> {
+    let err = |e: clone::CloneError| ResourceError::Check(crate::resources::error_chain(&e));
+    if path.exists() {
+        clone::grow(path, size).map_err(err)?;
+        return Ok(None);
+    }
+    let tmp = path.with_extension("ext4.part");
+    let _ = std::fs::remove_file(&tmp);
+    let result = (|| {
+        let method = match image {
+            Some(img) => {
+                let m = clone::clone_file(img, &tmp).map_err(err)?;
+                let len = std::fs::metadata(&tmp)
+                    .map_err(|e| ResourceError::io("cannot stat", &tmp, e))?
+                    .len();
+                if len > size {
+                    return Err(ResourceError::Check(format!(
+                        "size {} is smaller than the template's image ({}): drives are never shrunk",
+                        format_size(size),
+                        format_size(len)
+                    )));
+                }
+                clone::grow(&tmp, size).map_err(err)?;
+                m
+            }
+            None => {
+                clone::mkfs(&tmp, size).map_err(err)?;
+                Method::Mkfs
+            }
+        };
+        std::fs::rename(&tmp, path).map_err(|e| ResourceError::io("cannot install", path, e))?;
+        Ok(Some(method))
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
