@@ -224,3 +224,51 @@ fn without_reflink_drives_are_sparse_copies_and_data_is_safe() {
     );
     fort(&ws, &state, &agent, &["plan", "--detailed-exitcode"]).ok();
 }
+
+#[test]
+fn old_images_live_as_long_as_a_drive_uses_them() {
+    let agent = static_agent();
+    let ws = Workspace::new();
+    let state = ws.state_dir();
+    manifest(&ws, "[drive.root]\ntemplate = \"t\"\nsize = \"512MiB\"\n");
+    fort(&ws, &state, &agent, &["apply", "--yes"]).ok();
+    let old = outputs(&ws, &state, &agent, "template.t")["image"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // A new template version: a new image; the drive keeps its data and its old base.
+    let m = std::fs::read_to_string(ws.manifest()).unwrap();
+    std::fs::write(
+        ws.manifest(),
+        m.replace("from the template", "from template v2"),
+    )
+    .unwrap();
+    let r = fort(&ws, &state, &agent, &["apply", "--yes"]);
+    r.ok();
+    assert!(r.stdout.contains("  ~ template.t\n"), "{}", r.stdout);
+    assert!(
+        !r.stdout.contains("drive.root"),
+        "a template change must not touch drives: {}",
+        r.stdout
+    );
+    let new = outputs(&ws, &state, &agent, "template.t")["image"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_ne!(old, new);
+    assert!(
+        Path::new(&old).exists(),
+        "drive.root still refers to the old image"
+    );
+    // Once no drive uses it, apply removes it.
+    std::fs::write(
+        ws.manifest(),
+        m.replace("from the template", "from template v2")
+            .replace("[drive.root]\ntemplate = \"t\"\nsize = \"512MiB\"\n", ""),
+    )
+    .unwrap();
+    fort(&ws, &state, &agent, &["apply", "--yes"]).ok();
+    assert!(!Path::new(&old).exists());
+    assert!(Path::new(&new).exists());
+    fort(&ws, &state, &agent, &["plan", "--detailed-exitcode"]).ok();
+}

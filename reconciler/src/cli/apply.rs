@@ -209,6 +209,12 @@ async fn run_in(
         "failed"
     };
     ctx.with_store(|s| s.finish_run(run_id, result))?;
+    // Only after a complete, untargeted apply is "not recorded" the same as "not wanted".
+    if report.succeeded() && plan.options.targets.is_empty() {
+        for p in crate::resources::template::collect_garbage(&ctx)? {
+            tracing::info!("removed unused image {}", p.display());
+        }
+    }
     drop(lock);
 
     if cli.json {

@@ -147,7 +147,7 @@ fn remove_if_present(path: &Path) -> Result<(), ResourceError> {
     }
 }
 
-fn mentions_path(v: &serde_json::Value, path: &Path) -> bool {
+pub(super) fn mentions_path(v: &serde_json::Value, path: &Path) -> bool {
     match v {
         serde_json::Value::String(s) => Path::new(s) == path,
         serde_json::Value::Array(a) => a.iter().any(|x| mentions_path(x, path)),

@@ -260,3 +260,28 @@ pub fn check_static_x86_64(elf: &[u8]) -> Result<(), &'static str> {
     }
     Ok(())
 }
+
+/// Remove images in `state_dir/images` that no recorded resource (template or drive) points
+/// at any more — e.g. the image of an old template version once its last drive is gone.
+pub fn collect_garbage(ctx: &Ctx) -> Result<Vec<PathBuf>, ResourceError> {
+    let dir = ctx.state_dir.join("images");
+    let Ok(rd) = std::fs::read_dir(&dir) else {
+        return Ok(vec![]);
+    };
+    let records = ctx.with_store(|s| crate::state::StateStore::resources(s))?;
+    let mut removed = Vec::new();
+    for e in rd.flatten() {
+        let p = e.path();
+        if p.extension().is_none_or(|x| x != "ext4") {
+            continue;
+        }
+        let used = records
+            .values()
+            .any(|r| asset::mentions_path(&r.outputs, &p));
+        if !used {
+            std::fs::remove_file(&p).map_err(|e| ResourceError::io("cannot remove", &p, e))?;
+            removed.push(p);
+        }
+    }
+    Ok(removed)
+}
