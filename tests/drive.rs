@@ -247,8 +247,13 @@ fn old_images_live_as_long_as_a_drive_uses_them() {
     r.ok();
     assert!(r.stdout.contains("  ~ template.t\n"), "{}", r.stdout);
     assert!(
-        !r.stdout.contains("drive.root"),
+        !r.stdout.contains("  ~ drive.root") && !r.stdout.contains("-/+ drive.root"),
         "a template change must not touch drives: {}",
+        r.stdout
+    );
+    assert!(
+        r.stdout.contains("note: drive.root is based on an older image of template.t and keeps it (drives are never rebuilt from a changed template; `--replace drive.root` rebuilds it, losing its data)"),
+        "{}",
         r.stdout
     );
     let new = outputs(&ws, &state, &agent, "template.t")["image"]

@@ -241,7 +241,47 @@ pub fn diff(
             changes.push(change);
         }
     }
+    notes.extend(older_image_notes(input, &changes));
     Ok((changes, notes))
+}
+
+/// Drives are never rebuilt from a changed template: say which ones are (or will be, after
+/// this plan) based on an older image than their template's.
+fn older_image_notes(input: &PlanInput<'_>, changes: &[Change]) -> Vec<String> {
+    let image = |r: &Record| {
+        r.outputs
+            .get("image")
+            .and_then(Value::as_str)
+            .map(str::to_string)
+    };
+    let mut notes = Vec::new();
+    for (addr, d) in input.desired {
+        if addr.kind != Kind::Drive {
+            continue;
+        }
+        let Some(template) = d
+            .spec_json()
+            .get("template")
+            .and_then(Value::as_str)
+            .map(str::to_string)
+        else {
+            continue;
+        };
+        let t_addr = Address::new(Kind::Template, &template);
+        let Some(drive_image) = input.recorded.get(addr).and_then(image) else {
+            continue;
+        };
+        let template_changes = changes
+            .iter()
+            .any(|c| c.address == t_addr && c.op != Op::Destroy);
+        let template_image = input.recorded.get(&t_addr).and_then(image);
+        if template_changes || template_image.is_some_and(|t| t != drive_image) {
+            notes.push(format!(
+                "{addr} is based on an older image of {t_addr} and keeps it (drives are never rebuilt from a changed template; `--replace {addr}` rebuilds it, losing its data)"
+            ));
+        }
+    }
+    notes
 }
 
 /// The rules every kind starts from (a kind may wrap or replace them):

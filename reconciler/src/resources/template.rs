@@ -268,7 +268,7 @@ pub fn collect_garbage(ctx: &Ctx) -> Result<Vec<PathBuf>, ResourceError> {
     let Ok(rd) = std::fs::read_dir(&dir) else {
         return Ok(vec![]);
     };
-    let records = ctx.with_store(|s| crate::state::StateStore::resources(s))?;
+    let records = ctx.with_store(crate::state::StateStore::resources)?;
     let mut removed = Vec::new();
     for e in rd.flatten() {
         let p = e.path();
