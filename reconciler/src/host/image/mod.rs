@@ -1,5 +1,5 @@
-//! Building template images (issue 4): unpacking root filesystem tarballs safely. Building the
-//! ext4 image and wiring it to the template kind come next.
+//! Template images and drive files: safe rootfs unpacking (`unpack`), ext4 images built with
+//! `mke2fs -d` (`build`), and drive clones, empty drives and growth (`clone`).
 
 pub mod build;
 pub mod clone;
