@@ -96,6 +96,19 @@ pub async fn observe(
         .map_err(|e| ResourceError::Check(format!("observer task failed: {e}")))?
 }
 
+/// Is `path` (an image or drive file, `noun` in messages) there with the recorded size?
+pub fn observe_sized(noun: &str, path: &Path, size: u64) -> Observation {
+    match std::fs::metadata(path) {
+        Err(_) => Observation::Missing {
+            what: format!("{noun} {} is missing", path.display()),
+        },
+        Ok(m) if m.len() != size => Observation::Drifted {
+            what: format!("{noun} {} is {} bytes, not {size}", path.display(), m.len()),
+        },
+        Ok(_) => Observation::Ok,
+    }
+}
+
 fn short(h: &str) -> &str {
     h.get(..12).unwrap_or(h)
 }

@@ -87,20 +87,7 @@ impl ResourceKind for Drive {
 
     async fn observe(&self, _ctx: &Ctx, record: &Record) -> Result<Observation, ResourceError> {
         let out: DriveOutputs = asset::outputs(&record.address, &record.outputs)?;
-        Ok(match std::fs::metadata(&out.path) {
-            Err(_) => Observation::Missing {
-                what: format!("drive file {} is missing", out.path.display()),
-            },
-            Ok(m) if m.len() != out.size => Observation::Drifted {
-                what: format!(
-                    "drive file {} is {} bytes, not {}",
-                    out.path.display(),
-                    m.len(),
-                    out.size
-                ),
-            },
-            Ok(_) => Observation::Ok,
-        })
+        Ok(asset::observe_sized("drive file", &out.path, out.size))
     }
 
     async fn apply(

@@ -39,20 +39,7 @@ impl ResourceKind for Template {
 
     async fn observe(&self, _ctx: &Ctx, record: &Record) -> Result<Observation, ResourceError> {
         let out: TemplateOutputs = asset::outputs(&record.address, &record.outputs)?;
-        Ok(match std::fs::metadata(&out.image) {
-            Err(_) => Observation::Missing {
-                what: format!("image {} is missing", out.image.display()),
-            },
-            Ok(m) if m.len() != out.size => Observation::Drifted {
-                what: format!(
-                    "image {} is {} bytes, not {}",
-                    out.image.display(),
-                    m.len(),
-                    out.size
-                ),
-            },
-            Ok(_) => Observation::Ok,
-        })
+        Ok(asset::observe_sized("image", &out.image, out.size))
     }
 
     async fn apply(
