@@ -1,6 +1,7 @@
-//! Planning benchmark: load + validate a manifest of N resources, build the graph, load the
-//! matching recorded state from SQLite, and diff — everything `fort plan` does except
-//! observing the host. Run: `cargo bench -p fort --bench plan`.
+//! Planning benchmark: load + validate a manifest of N resources (validation builds the
+//! dependency graph and checks it for cycles), load the matching recorded state from SQLite,
+//! and diff — what `fort plan` does except observing the host. Run:
+//! `cargo bench -p fort --bench plan`.
 
 #![allow(clippy::unwrap_used)]
 
@@ -47,7 +48,6 @@ fn plan_once(file: &Path, state: &Path) -> (usize, Duration) {
     let store = SqliteStore::open_readonly(state).unwrap();
     let recorded = store.resources().unwrap();
     let t_state = t.elapsed();
-    let graph = plan::graph_of(&m.resources, &recorded).unwrap();
     let observed = BTreeMap::new();
     let opts = PlanOptions::default();
     let input = PlanInput {
@@ -57,7 +57,6 @@ fn plan_once(file: &Path, state: &Path) -> (usize, Duration) {
         options: &opts,
     };
     let (changes, _) = plan::diff(&input, &fort::resources::kind).unwrap();
-    let _ = graph.create_waves();
     let elapsed = t.elapsed();
     if std::env::var_os("PLAN_BENCH_PHASES").is_some() {
         eprintln!(

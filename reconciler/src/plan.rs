@@ -259,15 +259,14 @@ fn older_image_notes(input: &PlanInput<'_>, changes: &[Change]) -> Vec<String> {
         if addr.kind != Kind::Drive {
             continue;
         }
-        let Some(template) = d
-            .spec_json()
-            .get("template")
-            .and_then(Value::as_str)
-            .map(str::to_string)
+        let crate::manifest::Spec::Drive(crate::manifest::DriveSpec {
+            template: Some(template),
+            ..
+        }) = &d.spec
         else {
             continue;
         };
-        let t_addr = Address::new(Kind::Template, &template);
+        let t_addr = Address::new(Kind::Template, template);
         let Some(drive_image) = input.recorded.get(addr).and_then(image) else {
             continue;
         };

@@ -58,9 +58,11 @@ pub async fn make_plan(
         resources::observe_all(ctx, desired, recorded).await
     };
     // Validate targets against everything known, so a typo is an error, not an empty plan.
-    let graph = plan::graph_of(desired, recorded)?;
-    for t in &options.targets {
-        graph.with_dependencies(std::slice::from_ref(t))?;
+    if !options.targets.is_empty() {
+        let graph = plan::graph_of(desired, recorded)?;
+        for t in &options.targets {
+            graph.with_dependencies(std::slice::from_ref(t))?;
+        }
     }
     let input = PlanInput {
         desired,
