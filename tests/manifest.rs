@@ -37,7 +37,7 @@ fn errors() {
         ("[kernel.k]\nurl = 5\n".into(),
          "fort.toml:4:7: invalid type: integer `5`, expected a string"),
         ("[kernel.k\nurl = \"/x\"\n".into(),
-         "fort.toml:3:10: invalid table header: expected `.`, `]`"),
+         "fort.toml:3:10: unclosed table, expected `]`"),
         ("[kernel.k]\n".into(),
          "fort.toml:3:1: missing field `url`"),
         ("[vmm.x]\n".into(),

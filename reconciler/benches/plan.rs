@@ -13,6 +13,10 @@ use std::time::{Duration, Instant};
 use fort::plan::{self, PlanInput, PlanOptions};
 use fort::state::{Record, SqliteStore, StateStore};
 
+// The same allocator as the `fort` binary, so the figures are the binary's.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// A manifest with `n` resources: shared assets, a template and a network, then VMs with
 /// inline root drives (two resources each).
 fn manifest(n: usize) -> String {
@@ -89,6 +93,20 @@ fn main() {
         let m = fort::manifest::load(&file).unwrap();
         let state = dir.path().join("state");
         record_all(&state, &m);
+        if std::env::var_os("PLAN_BENCH_PHASES").is_some() {
+            let text = std::fs::read_to_string(&file).unwrap();
+            let mut t = Vec::new();
+            for _ in 0..runs {
+                let start = Instant::now();
+                let v: toml::Table = toml::from_str(&text).unwrap();
+                t.push(start.elapsed());
+                drop(v);
+            }
+            eprintln!(
+                "  toml::from_str alone: {:.1} ms",
+                median(t).as_secs_f64() * 1e3
+            );
+        }
         let mut times = Vec::new();
         let mut count = 0;
         for _ in 0..runs {

@@ -226,16 +226,13 @@ pub fn diff(
         })
     };
 
-    let addresses: BTreeSet<&Address> = desired.keys().chain(input.recorded.keys()).collect();
     let mut changes = Vec::new();
     let mut notes = Vec::new();
-    for addr in addresses {
+    for (addr, d, r) in merge_by_address(desired, input.recorded) {
         if selected.as_ref().is_some_and(|s| !s.contains(addr)) {
             continue;
         }
         let kind = kinds(addr.kind);
-        let d = desired.get(addr);
-        let r = input.recorded.get(addr);
         let o = input.observed.get(addr);
         if let Some(change) = kind.plan(d, r, o, opts, &mut notes)? {
             changes.push(change);
@@ -245,38 +242,74 @@ pub fn diff(
     Ok((changes, notes))
 }
 
+/// Desired and recorded resources side by side, in address order. Both maps are sorted, so
+/// one merging pass replaces a tree lookup per resource (which dominates at 10k resources).
+fn merge_by_address<'a>(
+    desired: &'a BTreeMap<Address, Resource>,
+    recorded: &'a BTreeMap<Address, Record>,
+) -> impl Iterator<Item = (&'a Address, Option<&'a Resource>, Option<&'a Record>)> {
+    let mut d = desired.iter().peekable();
+    let mut r = recorded.iter().peekable();
+    std::iter::from_fn(move || match (d.peek(), r.peek()) {
+        (None, None) => None,
+        (Some(_), None) => d.next().map(|(a, x)| (a, Some(x), None)),
+        (None, Some(_)) => r.next().map(|(a, y)| (a, None, Some(y))),
+        (Some((da, _)), Some((ra, _))) => match da.cmp(ra) {
+            std::cmp::Ordering::Less => d.next().map(|(a, x)| (a, Some(x), None)),
+            std::cmp::Ordering::Greater => r.next().map(|(a, y)| (a, None, Some(y))),
+            std::cmp::Ordering::Equal => {
+                let (a, x) = d.next()?;
+                let (_, y) = r.next()?;
+                Some((a, Some(x), Some(y)))
+            }
+        },
+    })
+}
+
 /// Drives are never rebuilt from a changed template: say which ones are (or will be, after
 /// this plan) based on an older image than their template's.
 fn older_image_notes(input: &PlanInput<'_>, changes: &[Change]) -> Vec<String> {
-    let image = |r: &Record| {
-        r.outputs
-            .get("image")
-            .and_then(Value::as_str)
-            .map(str::to_string)
-    };
+    fn image(r: &Record) -> Option<&str> {
+        r.outputs.get("image").and_then(Value::as_str)
+    }
+    // Per template: whether this plan changes it, and its recorded image. Computed once, so
+    // the pass stays linear however many drives and changes there are.
+    let changing: BTreeSet<&str> = changes
+        .iter()
+        .filter(|c| c.address.kind == Kind::Template && c.op != Op::Destroy)
+        .map(|c| c.address.name.as_str())
+        .collect();
+    let template_images: BTreeMap<&str, &str> = input
+        .recorded
+        .iter()
+        .filter(|(a, _)| a.kind == Kind::Template)
+        .filter_map(|(a, r)| Some((a.name.as_str(), image(r)?)))
+        .collect();
     let mut notes = Vec::new();
-    for (addr, d) in input.desired {
-        if addr.kind != Kind::Drive {
-            continue;
-        }
-        let crate::manifest::Spec::Drive(crate::manifest::DriveSpec {
-            template: Some(template),
-            ..
-        }) = &d.spec
+    for (addr, d, r) in merge_by_address(input.desired, input.recorded) {
+        let (
+            Some(Resource {
+                spec:
+                    crate::manifest::Spec::Drive(crate::manifest::DriveSpec {
+                        template: Some(template),
+                        ..
+                    }),
+                ..
+            }),
+            Some(r),
+        ) = (d, r)
         else {
             continue;
         };
-        let t_addr = Address::new(Kind::Template, template);
-        let Some(drive_image) = input.recorded.get(addr).and_then(image) else {
+        let Some(drive_image) = image(r) else {
             continue;
         };
-        let template_changes = changes
-            .iter()
-            .any(|c| c.address == t_addr && c.op != Op::Destroy);
-        let template_image = input.recorded.get(&t_addr).and_then(image);
-        if template_changes || template_image.is_some_and(|t| t != drive_image) {
+        let older = template_images
+            .get(template.as_str())
+            .is_some_and(|t| *t != drive_image);
+        if changing.contains(template.as_str()) || older {
             notes.push(format!(
-                "{addr} is based on an older image of {t_addr} and keeps it (drives are never rebuilt from a changed template; `--replace {addr}` rebuilds it, losing its data)"
+                "{addr} is based on an older image of template.{template} and keeps it (drives are never rebuilt from a changed template; `--replace {addr}` rebuilds it, losing its data)"
             ));
         }
     }
@@ -312,7 +345,13 @@ pub fn standard<K: ResourceKind + ?Sized>(
             vec![],
         ),
         (Some(d), Some(r)) => {
-            let fields = field_diffs(kind, &r.spec, &d.spec_json());
+            // Equal hashes mean equal specs; only a differing (or older-format) hash pays for
+            // building and walking the JSON trees.
+            let fields = if r.spec_hash == d.spec_hash() {
+                Vec::new()
+            } else {
+                field_diffs(kind, &r.spec, &d.spec_json())
+            };
             if opts.replace.contains(&d.address) {
                 (
                     &d.address,

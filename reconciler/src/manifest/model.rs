@@ -106,10 +106,14 @@ impl Spec {
         serde_json::to_value(self).unwrap_or(serde_json::Value::Null)
     }
 
-    /// sha256 of the canonical JSON (serde_json sorts nothing, but struct field order is fixed
-    /// and maps are BTreeMaps, so the encoding is deterministic).
+    /// sha256 of the spec serialized straight to JSON: struct field order is fixed and maps are
+    /// BTreeMaps, so the encoding is deterministic. Streaming into the hasher (no `Value` tree)
+    /// keeps it cheap enough for the planner to compare hashes before comparing fields.
     pub fn hash(&self) -> String {
-        hex::encode(Sha256::digest(self.to_json().to_string().as_bytes()))
+        let mut h = HashWriter(Sha256::new());
+        // Writing plain data structs into a hasher cannot fail.
+        let _ = serde_json::to_writer(&mut h, self);
+        hex::encode(h.0.finalize())
     }
 }
 
@@ -281,4 +285,17 @@ pub struct VmSpec {
 pub struct PoolMember {
     pub pool: String,
     pub index: u32,
+}
+
+struct HashWriter(Sha256);
+
+impl std::io::Write for HashWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.update(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
