@@ -106,6 +106,12 @@ fn clones_on_btrfs_share_extents_and_grow() {
         &["apply", "--yes", "--target", "template.t"],
     )
     .ok();
+    let plan = fort(&ws, &state, &agent, &["plan"]);
+    assert!(
+        plan.stdout.contains(&format!("10 drives will be cloned from template images by reflink: {}/drives is on btrfs, so clones share the image's extents (instant, no space used until written)", state.display())),
+        "{}",
+        plan.stdout
+    );
     let before = fs.used_bytes();
     fort(&ws, &state, &agent, &["apply", "--yes"]).ok();
     let grown = fs.used_bytes() - before;
@@ -149,13 +155,20 @@ fn without_reflink_drives_are_sparse_copies_and_data_is_safe() {
     let ws = Workspace::new();
     let state = ws.state_dir();
     manifest(&ws, "[drive.root]\ntemplate = \"t\"\nsize = \"512MiB\"\n\n[drive.data]\nsize = \"64MiB\"\nprotect = true\n");
+    let (expected, how) = if sh(&format!("stat -f -c %T {}", ws.path().display())).trim() == "btrfs"
+    {
+        ("reflink", "reflink")
+    } else {
+        ("copy", "sparse copy")
+    };
+    let plan = fort(&ws, &state, &agent, &["plan"]);
+    let note = format!(
+        "1 drive will be cloned from template images by {how}: {}/drives is on ",
+        state.display()
+    );
+    assert!(plan.stdout.contains(&note), "{}", plan.stdout);
     fort(&ws, &state, &agent, &["apply", "--yes"]).ok();
     let root = outputs(&ws, &state, &agent, "drive.root");
-    let expected = if sh(&format!("stat -f -c %T {}", state.display())).trim() == "btrfs" {
-        "reflink"
-    } else {
-        "copy"
-    };
     assert_eq!(root["method"], expected);
     let data = outputs(&ws, &state, &agent, "drive.data");
     assert_eq!(data["method"], "mkfs");

@@ -39,7 +39,7 @@ for i in $(seq "$RUNS"); do
   rm -rf "$W/x" "$W/base.img"; mkdir "$W/x"; sync
   t0=$(now)
   tar -xzf "$W/rootfs.tar.gz" -C "$W/x"
-  mke2fs -q -F -t ext4 -E root_owner=0:0 -d "$W/x" "$W/base.img" 1G
+  mke2fs -q -F -t ext4 -E root_owner=0:0 -d "$W/x" "$W/base.img" 1G >/dev/null
   t1=$(now)
   base+=("$(echo "$t1 - $t0" | bc -l)")
 

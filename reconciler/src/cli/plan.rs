@@ -70,7 +70,8 @@ pub async fn make_plan(
         observed: &observed,
         options: &options,
     };
-    let (changes, notes) = plan::diff(&input, &resources::kind)?;
+    let (changes, mut notes) = plan::diff(&input, &resources::kind)?;
+    notes.extend(clone_note(&ctx.state_dir, desired, &changes));
     Ok(Plan {
         format_version: plan::FORMAT_VERSION,
         fort_version: crate::VERSION.to_string(),
@@ -82,6 +83,51 @@ pub async fn make_plan(
         options,
         changes,
         notes,
+    })
+}
+
+/// Say once how the drives this plan creates from templates will be made on this host.
+fn clone_note(
+    state_dir: &Path,
+    desired: &BTreeMap<Address, Resource>,
+    changes: &[plan::Change],
+) -> Option<String> {
+    use crate::host::image::clone::{clone_method, Method};
+    use crate::manifest::{DriveSpec, Spec};
+    let clones = changes
+        .iter()
+        .filter(|c| matches!(c.op, plan::Op::Create | plan::Op::Replace))
+        .filter(|c| {
+            desired.get(&c.address).is_some_and(|r| {
+                matches!(
+                    &r.spec,
+                    Spec::Drive(DriveSpec {
+                        template: Some(_),
+                        ..
+                    })
+                )
+            })
+        })
+        .count();
+    if clones == 0 {
+        return None;
+    }
+    let dir = state_dir.join("drives");
+    let (fs, method) = clone_method(&dir);
+    let n = if clones == 1 {
+        "1 drive".to_string()
+    } else {
+        format!("{clones} drives")
+    };
+    Some(match method {
+        Method::Reflink => format!(
+            "{n} will be cloned from template images by reflink: {} is on {fs}, so clones share the image's extents (instant, no space used until written)",
+            dir.display()
+        ),
+        _ => format!(
+            "{n} will be cloned from template images by sparse copy: {} is on {fs}, which cannot share extents (put the state dir on btrfs or XFS for instant copy-on-write clones)",
+            dir.display()
+        ),
     })
 }
 

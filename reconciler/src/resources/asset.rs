@@ -66,7 +66,7 @@ pub async fn observe(
                 what: format!("cache entry {} is missing", file.path.display()),
             });
         }
-        let got = fetch::sha256_file(&file.path)?;
+        let got = fetch::stamp::sha256_stamped(&file.path)?;
         if got != file.content_sha256 {
             return Ok(Observation::Drifted {
                 what: format!(
@@ -127,6 +127,7 @@ pub fn release(ctx: &Ctx, owner: &Address, files: &[CachedFile]) -> Result<(), R
         }
         remove_if_present(&f.path)?;
         remove_if_present(&sidecar(&f.path))?;
+        fetch::stamp::forget(&f.path);
     }
     Ok(())
 }

@@ -9,6 +9,9 @@
 
 mod pipeline;
 mod source;
+pub mod stamp;
+
+pub use stamp::sha256_file;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -394,7 +397,7 @@ async fn reuse(entry: &Path, sidecar: &Path) -> Result<Option<(String, u64)>, Fe
         let Ok(meta) = std::fs::metadata(&entry) else {
             return Ok(None);
         };
-        let got = sha256_file(&entry)?;
+        let got = stamp::sha256_stamped(&entry)?;
         Ok((got == want.trim()).then_some((got, meta.len())))
     })
     .await
@@ -423,14 +426,6 @@ fn install(
         let _ = d.sync_all();
     }
     Ok(())
-}
-
-/// sha256 of a file, streamed.
-pub fn sha256_file(path: &Path) -> Result<String, FetchError> {
-    let mut f = std::fs::File::open(path).map_err(|e| FetchError::io("cannot open", path, e))?;
-    let mut h = Sha256::new();
-    std::io::copy(&mut f, &mut h).map_err(|e| FetchError::io("cannot read", path, e))?;
-    Ok(hex::encode(h.finalize()))
 }
 
 fn progress_bar(label: &str, total: Option<u64>) -> indicatif::ProgressBar {

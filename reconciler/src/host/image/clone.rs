@@ -143,17 +143,31 @@ pub fn mkfs(path: &Path, size: u64) -> Result<(), CloneError> {
     Ok(())
 }
 
-/// Which method a clone into `dir` would use (for plans and `fort doctor`): try a reflink of
-/// a small probe file.
-pub fn probe(dir: &Path) -> Method {
-    let a = dir.join(".fort-reflink-probe-a");
-    let b = dir.join(".fort-reflink-probe-b");
-    let _ = std::fs::remove_file(&b);
-    let method = std::fs::write(&a, b"probe")
-        .ok()
-        .and_then(|()| clone_file(&a, &b).ok())
-        .unwrap_or(Method::Copy);
-    let _ = std::fs::remove_file(&a);
-    let _ = std::fs::remove_file(&b);
-    method
+/// The filesystem a path (or its nearest existing ancestor) lives on, and how drives cloned
+/// there would be made. Read-only (`statfs`), so `fort plan` can say it without touching
+/// the host; the method each drive really got is recorded in its outputs.
+pub fn clone_method(path: &Path) -> (&'static str, Method) {
+    const BTRFS: i64 = 0x9123_683e;
+    const XFS: i64 = 0x5846_5342;
+    const BCACHEFS: i64 = 0xca45_1a4e;
+    const EXT4: i64 = 0xef53;
+    const TMPFS: i64 = 0x0102_1994;
+    const ZFS: i64 = 0x2fc1_2fc1;
+    let mut p = Some(path);
+    while let Some(dir) = p {
+        if let Ok(st) = rustix::fs::statfs(dir) {
+            #[allow(clippy::unnecessary_cast)] // f_type's width differs between targets
+            return match st.f_type as i64 {
+                BTRFS => ("btrfs", Method::Reflink),
+                XFS => ("xfs", Method::Reflink),
+                BCACHEFS => ("bcachefs", Method::Reflink),
+                EXT4 => ("ext4", Method::Copy),
+                TMPFS => ("tmpfs", Method::Copy),
+                ZFS => ("zfs", Method::Copy),
+                _ => ("a filesystem without reflink", Method::Copy),
+            };
+        }
+        p = dir.parent();
+    }
+    ("an unknown filesystem", Method::Copy)
 }
