@@ -201,6 +201,15 @@ fn without_reflink_drives_are_sparse_copies_and_data_is_safe() {
 
     // Removing a protected drive from the manifest is refused; the data stays.
     let sum = sha256_hex(&std::fs::read(&data_path).unwrap());
+    let r = fort(
+        &ws,
+        &state,
+        &agent,
+        &["apply", "--yes", "--replace", "drive.data"],
+    );
+    assert_eq!(r.code, 1);
+    assert!(r.stderr.contains("error: drive.data is protected (protect = true) and this plan would replace it, losing its data; re-run with --allow-data-loss if that is what you want"), "{}", r.stderr);
+    assert_eq!(sha256_hex(&std::fs::read(&data_path).unwrap()), sum);
     std::fs::write(
         ws.manifest(),
         m.replace("[drive.data]\nsize = \"64MiB\"\nprotect = true\n", ""),
@@ -278,7 +287,38 @@ fn old_images_live_as_long_as_a_drive_uses_them() {
         Path::new(&old).exists(),
         "drive.root still refers to the old image"
     );
-    // Once no drive uses it, apply removes it.
+    fort(&ws, &state, &agent, &["plan", "--detailed-exitcode"]).ok();
+    // `--replace` rebuilds the drive from the current image, on request only; once no drive
+    // uses the old image, apply removes it.
+    let r = fort(
+        &ws,
+        &state,
+        &agent,
+        &["apply", "--yes", "--replace", "drive.root"],
+    );
+    r.ok();
+    assert!(
+        r.stdout.contains(
+            "  -/+ drive.root !
+"
+        ),
+        "{}",
+        r.stdout
+    );
+    let drive = outputs(&ws, &state, &agent, "drive.root");
+    assert_eq!(drive["image"], new.as_str());
+    assert_eq!(
+        sh(&format!(
+            "debugfs -R 'cat /etc/motd' {} 2>/dev/null",
+            drive["path"].as_str().unwrap()
+        )),
+        "from template v2\n"
+    );
+    assert!(!Path::new(&old).exists());
+    let plan = fort(&ws, &state, &agent, &["plan", "--detailed-exitcode"]);
+    plan.ok();
+    assert!(!plan.stdout.contains("older image"), "{}", plan.stdout);
+    // Without drives the template's own image stays.
     std::fs::write(
         ws.manifest(),
         m.replace("from the template", "from template v2")
@@ -286,7 +326,56 @@ fn old_images_live_as_long_as_a_drive_uses_them() {
     )
     .unwrap();
     fort(&ws, &state, &agent, &["apply", "--yes"]).ok();
-    assert!(!Path::new(&old).exists());
     assert!(Path::new(&new).exists());
     fort(&ws, &state, &agent, &["plan", "--detailed-exitcode"]).ok();
+}
+
+#[test]
+fn pool_inline_roots_are_drives_cloned_the_same_way() {
+    let agent = static_agent();
+    let ws = Workspace::new();
+    let state = ws.state_dir();
+    std::fs::write(ws.path().join("vmlinux"), b"not a real kernel").unwrap();
+    manifest(
+        &ws,
+        "[kernel.k]\nurl = \"vmlinux\"\n\n[vm.w]\ncount = 2\nkernel = \"k\"\nroot = { template = \"t\", size = \"300MiB\" }\n",
+    );
+    let r = fort(
+        &ws,
+        &state,
+        &agent,
+        &[
+            "apply",
+            "--yes",
+            "--target",
+            "drive.w-0-root",
+            "--target",
+            "drive.w-1-root",
+        ],
+    );
+    r.ok();
+    for i in 0..2 {
+        let out = outputs(&ws, &state, &agent, &format!("drive.w-{i}-root"));
+        let path = out["path"].as_str().unwrap();
+        assert_eq!(std::fs::metadata(path).unwrap().len(), 300 << 20);
+        assert_ne!(out["method"], "mkfs");
+        assert_eq!(
+            sh(&format!("debugfs -R 'cat /etc/motd' {path} 2>/dev/null")),
+            "from the template\n"
+        );
+    }
+    let plan = fort(
+        &ws,
+        &state,
+        &agent,
+        &[
+            "plan",
+            "--detailed-exitcode",
+            "--target",
+            "drive.w-0-root",
+            "--target",
+            "drive.w-1-root",
+        ],
+    );
+    plan.ok();
 }

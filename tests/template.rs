@@ -174,3 +174,148 @@ fn a_dynamic_agent_is_refused() {
         "{stdout}"
     );
 }
+
+/// The image files (`*.ext4`) in `state/images`, i.e. what looks like a finished image.
+fn finished_images(ws: &Workspace) -> Vec<String> {
+    std::fs::read_dir(ws.state_dir().join("images"))
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.ends_with(".ext4"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_hostile_rootfs_is_refused_writes_nothing_outside_and_registers_no_image() {
+    let ws = Workspace::new();
+    let outside = ws.path().join("outside");
+    std::fs::create_dir(&outside).unwrap();
+    // A symlink pointing outside the image, then a file written through it.
+    let mut t = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::Symlink);
+    h.set_size(0);
+    h.set_mode(0o777);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mtime(0);
+    t.append_link(&mut h, "etc", &outside).unwrap();
+    let mut h = tar::Header::new_gnu();
+    h.set_size(3);
+    h.set_mode(0o644);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mtime(0);
+    t.append_data(&mut h, "etc/pwned", &b"x\n"[..]).unwrap();
+    let tarball = ws.path().join("evil.tar");
+    std::fs::write(&tarball, t.into_inner().unwrap()).unwrap();
+    ws.write_manifest(
+        "[rootfs.evil]\nurl = \"evil.tar\"\n\n[template.t]\nrootfs = \"evil\"\nsize = \"16MiB\"\nguest_agent = false\n",
+    );
+    let apply = ws.run(&["apply", "--yes"]);
+    assert_eq!(apply.code, 1, "{}", apply.stdout);
+    let cache = ws.run(&["state", "show", "rootfs.evil", "--json"]);
+    let entry: serde_json::Value = serde_json::from_str(&cache.stdout).unwrap();
+    let entry = entry["outputs"]["path"].as_str().unwrap().to_string();
+    assert!(
+        apply.stdout.contains(&format!(
+            "template.t: creating failed: unsafe archive {entry}: entry `etc/pwned` would be written through the symlink `etc`"
+        )),
+        "{}",
+        apply.stdout
+    );
+    assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0);
+    assert_eq!(finished_images(&ws), Vec::<String>::new());
+    assert_eq!(
+        std::fs::read_dir(ws.state_dir().join("images/tmp"))
+            .unwrap()
+            .count(),
+        0,
+        "the work dir is left behind"
+    );
+    // Not recorded as applied: the next plan still wants to create it.
+    let plan = ws.run(&["plan", "--detailed-exitcode"]);
+    assert_eq!(plan.code, 2, "{}", plan.stdout);
+    assert!(plan.stdout.contains("template.t"), "{}", plan.stdout);
+}
+
+fn mke2fs_running_on(path_part: &str) -> bool {
+    std::fs::read_dir("/proc").unwrap().flatten().any(|p| {
+        std::fs::read(p.path().join("cmdline"))
+            .map(|c| String::from_utf8_lossy(&c).contains(path_part))
+            .unwrap_or(false)
+    })
+}
+
+#[test]
+fn a_build_killed_half_way_leaves_no_finished_image_and_the_next_apply_builds_it() {
+    let ws = Workspace::new();
+    // Big enough that mke2fs runs for a while: 96 MiB of incompressible data.
+    let mut t = tar::Builder::new(Vec::new());
+    let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+    for i in 0..24 {
+        let data: Vec<u8> = (0..4 << 20)
+            .map(|_| {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                seed as u8
+            })
+            .collect();
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(0);
+        t.append_data(&mut h, format!("data/blob{i}"), &data[..])
+            .unwrap();
+    }
+    std::fs::write(ws.path().join("big.tar"), t.into_inner().unwrap()).unwrap();
+    ws.write_manifest(
+        "[rootfs.big]\nurl = \"big.tar\"\n\n[template.t]\nrootfs = \"big\"\nsize = \"256MiB\"\nguest_agent = false\n",
+    );
+    ws.run(&["apply", "--yes", "--target", "rootfs.big"]).ok();
+    let mut child = ws
+        .command(&["apply", "--yes"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let tmp = ws.state_dir().join("images/tmp");
+    let start = std::time::Instant::now();
+    // Kill fort while it is building: once the work dir or the image being written exists.
+    loop {
+        let building = std::fs::read_dir(&tmp).is_ok_and(|mut d| d.next().is_some());
+        if building {
+            break;
+        }
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(60),
+            "the build never started"
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "fort finished before it could be killed"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(150));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // An orphaned mke2fs may still be writing its `.part` file: let it finish.
+    let tmp_s = tmp.display().to_string();
+    while mke2fs_running_on(&tmp_s) {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(finished_images(&ws), Vec::<String>::new());
+    let plan = ws.run(&["plan", "--detailed-exitcode"]);
+    assert_eq!(plan.code, 2, "{}", plan.stdout);
+    assert!(plan.stdout.contains("+ template.t"), "{}", plan.stdout);
+    ws.run(&["apply", "--yes"]).ok();
+    assert_eq!(finished_images(&ws).len(), 1);
+    ws.run(&["plan", "--detailed-exitcode"]).code(0);
+    assert_eq!(std::fs::read_dir(&tmp).unwrap().count(), 0);
+}
