@@ -3,3 +3,4 @@
 pub mod agent;
 pub mod fetch;
 pub mod image;
+pub mod net;

@@ -7,7 +7,7 @@
 use rusqlite::{Connection, OptionalExtension};
 
 /// The schema version this fort writes.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 /// Migration `i` takes the schema from version `i` to `i + 1`.
 const MIGRATIONS: &[&str] = &[
@@ -49,6 +49,16 @@ const MIGRATIONS: &[&str] = &[
          detail      TEXT NOT NULL
      );
      CREATE INDEX history_address ON history(address, id);",
+    // 1 → 2: addresses leased from networks (VM attachments), stable until released.
+    "CREATE TABLE leases (
+         network    TEXT NOT NULL,
+         owner      TEXT NOT NULL,
+         ip         TEXT NOT NULL,
+         mac        TEXT NOT NULL UNIQUE,
+         created_at INTEGER NOT NULL,
+         PRIMARY KEY (network, owner),
+         UNIQUE (network, ip)
+     );",
 ];
 
 /// The version recorded in `meta`, or 0 for a database without fort's tables. Reads only.

@@ -3,6 +3,7 @@
 //! The store is SQLite in WAL mode (`state_dir/state.db`, see `sqlite.rs`); every action's
 //! result is committed as soon as the action finishes, so a killed apply loses nothing.
 
+pub mod leases;
 pub mod lock;
 pub mod migrations;
 pub mod sqlite;
@@ -141,6 +142,19 @@ pub enum StateError {
     Sql(#[from] rusqlite::Error),
     #[error("corrupt row for {address} in state database: {what}")]
     Corrupt { address: String, what: String },
+    #[error("network.{network} ({cidr}) has no free address left for {owner}")]
+    Exhausted {
+        network: String,
+        cidr: String,
+        owner: String,
+    },
+    #[error("{owner} asks for {ip}, which network.{network} already leased to {holder}")]
+    Taken {
+        network: String,
+        owner: String,
+        ip: std::net::Ipv4Addr,
+        holder: String,
+    },
     #[error("cannot create state directory {path}")]
     CreateDir {
         path: std::path::PathBuf,

@@ -12,7 +12,7 @@ use super::{now_ms, HistoryEntry, Record, Run, RunId, StateError, StateStore, St
 use crate::address::Address;
 
 pub struct SqliteStore {
-    conn: Connection,
+    pub(super) conn: Connection,
     path: PathBuf,
 }
 

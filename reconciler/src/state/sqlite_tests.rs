@@ -163,7 +163,7 @@ fn newer_schema_is_refused_untouched() {
         assert_eq!(
             result.unwrap_err().to_string(),
             format!(
-                "state database {} has schema version 99, newer than this fort supports (1); upgrade fort, the database was left untouched",
+                "state database {} has schema version 99, newer than this fort supports (2); upgrade fort, the database was left untouched",
                 path.display()
             )
         );
@@ -208,4 +208,30 @@ fn corrupt_rows_name_the_address() {
         err.starts_with("corrupt row for kernel.k in state database: outputs is not JSON"),
         "{err}"
     );
+}
+
+#[test]
+fn a_version_1_database_is_migrated_in_place() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let s = SqliteStore::open(dir.path()).unwrap();
+        s.put(&rec("kernel.k", Status::Ready, 10), None, "create", "x")
+            .unwrap();
+        // Back to what fort 0.1 with schema 1 wrote.
+        s.conn
+            .execute_batch(
+                "DROP TABLE leases; UPDATE meta SET value = '1' WHERE key = 'schema_version';",
+            )
+            .unwrap();
+    }
+    let s = SqliteStore::open(dir.path()).unwrap();
+    assert_eq!(
+        super::migrations::current_version(&s.conn).unwrap(),
+        super::migrations::SCHEMA_VERSION
+    );
+    assert!(s.get(&"kernel.k".parse().unwrap()).unwrap().is_some());
+    let lease = s
+        .lease("lan", "10.0.0.0/24".parse().unwrap(), "vm.a", None, None)
+        .unwrap();
+    assert_eq!(lease.ip, "10.0.0.2".parse::<std::net::Ipv4Addr>().unwrap());
 }

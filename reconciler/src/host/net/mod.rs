@@ -1,0 +1,71 @@
+//! Host networking for fort's networks and VM attachments, over netlink only: links,
+//! addresses and bridge ports (rtnetlink), TAPs (the tun ioctls), nftables (nftnl), and the
+//! sysctl and resolver files they depend on.
+
+pub mod dns;
+pub mod link;
+pub mod nft;
+mod nl;
+pub mod tap;
+
+use std::path::Path;
+
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    #[error("cannot open a route netlink connection")]
+    Connect(#[source] std::io::Error),
+    #[error("netlink: {what}")]
+    Netlink {
+        what: String,
+        #[source]
+        source: rtnetlink::Error,
+    },
+    #[error("{what}")]
+    Netfilter {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("nftables refused the change (message {seq})")]
+    Refused {
+        seq: u32,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("invalid name `{0}`")]
+    Name(String),
+    #[error("{what} {path}")]
+    Io {
+        what: &'static str,
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Conflict(String),
+}
+
+impl NetError {
+    pub(crate) fn io(what: &'static str, path: &Path, source: std::io::Error) -> NetError {
+        NetError::Io {
+            what,
+            path: path.display().to_string(),
+            source,
+        }
+    }
+}
+
+const IP_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
+
+/// `net.ipv4.ip_forward` of the current network namespace.
+pub fn ip_forward() -> Result<bool, NetError> {
+    let p = Path::new(IP_FORWARD);
+    let v = std::fs::read_to_string(p).map_err(|e| NetError::io("cannot read", p, e))?;
+    Ok(v.trim() == "1")
+}
+
+pub fn set_ip_forward(on: bool) -> Result<(), NetError> {
+    let p = Path::new(IP_FORWARD);
+    std::fs::write(p, if on { "1\n" } else { "0\n" })
+        .map_err(|e| NetError::io("cannot write", p, e))
+}

@@ -1,0 +1,308 @@
+//! fort's nftables table for a network (nftnl over netlink): masquerade for traffic from the
+//! network's CIDR leaving it, and forward rules (established/related back in, bridge → out).
+//! Also reads other tables' forward chains for `fort doctor`.
+
+use std::ffi::{CStr, CString};
+use std::net::Ipv4Addr;
+
+use ipnet::Ipv4Net;
+use nftnl::expr::InterfaceName;
+use nftnl::nftnl_sys as sys;
+use nftnl::{nft_expr, Batch, Chain, ChainType, Hook, MsgType, Policy, ProtoFamily, Rule, Table};
+
+use super::nl::{is_ack, is_done, NfSocket};
+use super::NetError;
+
+/// The comments fort puts on its rules; observing a table compares them.
+pub const MASQUERADE: &str = "fort:masquerade";
+pub const ESTABLISHED: &str = "fort:established";
+pub const FROM_BRIDGE: &str = "fort:from-bridge";
+
+/// What a network's table holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableSpec {
+    pub name: String,
+    pub cidr: Ipv4Net,
+    pub bridge: String,
+    pub nat: bool,
+}
+
+impl TableSpec {
+    pub fn expected_rules(&self) -> Vec<&'static str> {
+        let mut v = vec![ESTABLISHED, FROM_BRIDGE];
+        if self.nat {
+            v.insert(0, MASQUERADE);
+        }
+        v
+    }
+}
+
+fn cstring(s: &str) -> Result<CString, NetError> {
+    CString::new(s).map_err(|_| NetError::Name(s.to_string()))
+}
+
+/// Send a batch and wait for one ack per message in it.
+fn commit(batch: Batch, messages: usize) -> Result<(), NetError> {
+    let batch = batch.finalize();
+    let sock = NfSocket::open()?;
+    for chunk in &batch {
+        sock.send(chunk)?;
+    }
+    let mut acks = 0;
+    sock.recv_until(|r| {
+        if is_ack(r) {
+            acks += 1;
+        }
+        acks >= messages
+    })
+}
+
+/// Create (or re-create, atomically) the table with its chains and rules.
+pub fn ensure(spec: &TableSpec) -> Result<(), NetError> {
+    let name = cstring(&spec.name)?;
+    let table = Table::new(&name, ProtoFamily::Ipv4);
+    let mut batch = Batch::new();
+    let mut n = 0;
+    // add + delete + add in one transaction: whatever was there is replaced, atomically.
+    batch.add(&table, MsgType::Add);
+    batch.add(&table, MsgType::Del);
+    batch.add(&table, MsgType::Add);
+    n += 3;
+
+    let post_name = cstring("postrouting")?;
+    let mut post = Chain::new(&post_name, &table);
+    post.set_type(ChainType::Nat);
+    post.set_hook(Hook::PostRouting, 100);
+    post.set_policy(Policy::Accept);
+    batch.add(&post, MsgType::Add);
+    n += 1;
+
+    let fwd_name = cstring("forward")?;
+    let mut fwd = Chain::new(&fwd_name, &table);
+    fwd.set_type(ChainType::Filter);
+    fwd.set_hook(Hook::Forward, 0);
+    fwd.set_policy(Policy::Accept);
+    batch.add(&fwd, MsgType::Add);
+    n += 1;
+
+    let net = spec.cidr.network();
+    let mask = spec.cidr.netmask();
+    if spec.nat {
+        let mut r = Rule::new(&post);
+        r.add_expr(&nft_expr!(payload ipv4 saddr));
+        r.add_expr(&nft_expr!(bitwise mask mask, xor Ipv4Addr::UNSPECIFIED));
+        r.add_expr(&nft_expr!(cmp == net));
+        r.add_expr(&nft_expr!(payload ipv4 daddr));
+        r.add_expr(&nft_expr!(bitwise mask mask, xor Ipv4Addr::UNSPECIFIED));
+        r.add_expr(&nft_expr!(cmp != net));
+        r.add_expr(&nft_expr!(masquerade));
+        set_comment(&mut r, MASQUERADE)?;
+        batch.add(&r, MsgType::Add);
+        n += 1;
+    }
+    let mut r = Rule::new(&fwd);
+    r.add_expr(&nft_expr!(ct state));
+    let states =
+        nftnl::expr::ct::States::ESTABLISHED.bits() | nftnl::expr::ct::States::RELATED.bits();
+    r.add_expr(&nft_expr!(bitwise mask states, xor 0u32));
+    r.add_expr(&nft_expr!(cmp != 0u32));
+    r.add_expr(&nft_expr!(verdict accept));
+    set_comment(&mut r, ESTABLISHED)?;
+    batch.add(&r, MsgType::Add);
+    n += 1;
+
+    let mut r = Rule::new(&fwd);
+    r.add_expr(&nft_expr!(meta iifname));
+    r.add_expr(&nft_expr!(
+        cmp == InterfaceName::Exact(cstring(&spec.bridge)?)
+    ));
+    r.add_expr(&nft_expr!(verdict accept));
+    set_comment(&mut r, FROM_BRIDGE)?;
+    batch.add(&r, MsgType::Add);
+    n += 1;
+
+    commit(batch, n)
+}
+
+fn set_comment(r: &mut Rule<'_>, c: &str) -> Result<(), NetError> {
+    let c = cstring(c)?;
+    r.set_comment(&c)
+        .map_err(|e| NetError::Name(format!("{}: {e}", c.to_string_lossy())))
+}
+
+/// Delete the table; gone already is fine.
+pub fn delete(name: &str) -> Result<(), NetError> {
+    let name = cstring(name)?;
+    let table = Table::new(&name, ProtoFamily::Ipv4);
+    let mut batch = Batch::new();
+    // add + delete: succeeds whether or not the table existed.
+    batch.add(&table, MsgType::Add);
+    batch.add(&table, MsgType::Del);
+    commit(batch, 2)
+}
+
+/// The comments of the rules in `table` (None when the table does not exist).
+pub fn rule_comments(table: &str) -> Result<Option<Vec<String>>, NetError> {
+    let name = cstring(table)?;
+    let mut buf = vec![0u8; 4096];
+    // SAFETY: libnftnl builds a GETRULE dump request into `buf` (large enough for a header
+    // and a table attribute); the rule object is freed before returning.
+    let len = unsafe {
+        let rule = sys::nftnl_rule_alloc();
+        if rule.is_null() {
+            return Err(NetError::Name("out of memory".into()));
+        }
+        sys::nftnl_rule_set_str(rule, sys::NFTNL_RULE_TABLE as u16, name.as_ptr());
+        sys::nftnl_rule_set_u32(
+            rule,
+            sys::NFTNL_RULE_FAMILY as u16,
+            libc::NFPROTO_IPV4 as u32,
+        );
+        let nlh = sys::nftnl_nlmsg_build_hdr(
+            buf.as_mut_ptr().cast(),
+            libc::NFT_MSG_GETRULE as u16,
+            libc::NFPROTO_IPV4 as u16,
+            (libc::NLM_F_DUMP | libc::NLM_F_ACK) as u16,
+            1,
+        );
+        sys::nftnl_rule_nlmsg_build_payload(nlh, rule);
+        sys::nftnl_rule_free(rule);
+        (*nlh).nlmsg_len as usize
+    };
+    let sock = NfSocket::open()?;
+    sock.send(&buf[..len])?;
+    let mut comments = Vec::new();
+    let res = sock.recv_until(|r| {
+        if is_done(r) || is_ack(r) {
+            return true;
+        }
+        if let Some(c) = parse_rule_comment(&r.bytes) {
+            comments.push(c);
+        }
+        false
+    });
+    match res {
+        Ok(()) => Ok(Some(comments)),
+        Err(NetError::Refused { source, .. }) if source.raw_os_error() == Some(libc::ENOENT) => {
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+fn parse_rule_comment(msg: &[u8]) -> Option<String> {
+    // SAFETY: `msg` holds one complete netlink message as received (aligned copy below);
+    // libnftnl only reads within nlmsg_len. The rule object is freed before returning.
+    unsafe {
+        let mut aligned = vec![0u32; msg.len().div_ceil(4)];
+        std::ptr::copy_nonoverlapping(msg.as_ptr(), aligned.as_mut_ptr().cast::<u8>(), msg.len());
+        let rule = sys::nftnl_rule_alloc();
+        if rule.is_null() {
+            return None;
+        }
+        let nlh = aligned.as_ptr().cast::<libc::nlmsghdr>();
+        let mut out = None;
+        if sys::nftnl_rule_nlmsg_parse(nlh, rule) >= 0 {
+            let mut len = 0u32;
+            let data = sys::nftnl_rule_get_data(rule, sys::NFTNL_RULE_USERDATA as u16, &mut len);
+            if !data.is_null() {
+                let bytes = std::slice::from_raw_parts(data.cast::<u8>(), len as usize);
+                // udata TLV: type (1 byte), length (1 byte), NUL-terminated comment.
+                if bytes.len() > 2 && bytes[0] == sys::NFTNL_UDATA_RULE_COMMENT as u8 {
+                    let end = (2 + bytes[1] as usize).min(bytes.len());
+                    out = CStr::from_bytes_until_nul(&bytes[2..end])
+                        .ok()
+                        .map(|c| c.to_string_lossy().into_owned());
+                }
+            }
+        }
+        sys::nftnl_rule_free(rule);
+        out
+    }
+}
+
+/// A base chain on the forward hook of some table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForwardChain {
+    pub family: &'static str,
+    pub table: String,
+    pub chain: String,
+    pub drop_policy: bool,
+}
+
+/// Every base chain hooked on `forward`, in every table and family.
+pub fn forward_chains() -> Result<Vec<ForwardChain>, NetError> {
+    let mut buf = vec![0u8; 4096];
+    // SAFETY: a header-only GETCHAIN dump request built into `buf`.
+    let len = unsafe {
+        let nlh = sys::nftnl_nlmsg_build_hdr(
+            buf.as_mut_ptr().cast(),
+            libc::NFT_MSG_GETCHAIN as u16,
+            libc::NFPROTO_UNSPEC as u16,
+            (libc::NLM_F_DUMP | libc::NLM_F_ACK) as u16,
+            1,
+        );
+        (*nlh).nlmsg_len as usize
+    };
+    let sock = NfSocket::open()?;
+    sock.send(&buf[..len])?;
+    let mut chains = Vec::new();
+    sock.recv_until(|r| {
+        if is_done(r) || is_ack(r) {
+            return true;
+        }
+        if let Some(c) = parse_chain(&r.bytes) {
+            chains.push(c);
+        }
+        false
+    })?;
+    Ok(chains)
+}
+
+fn parse_chain(msg: &[u8]) -> Option<ForwardChain> {
+    const NF_INET_FORWARD: u32 = 2;
+    const NF_DROP: u32 = 0;
+    // SAFETY: as in `parse_rule_comment`: one complete, aligned message; strings are copied
+    // out before the chain object is freed.
+    unsafe {
+        let mut aligned = vec![0u32; msg.len().div_ceil(4)];
+        std::ptr::copy_nonoverlapping(msg.as_ptr(), aligned.as_mut_ptr().cast::<u8>(), msg.len());
+        let chain = sys::nftnl_chain_alloc();
+        if chain.is_null() {
+            return None;
+        }
+        let nlh = aligned.as_ptr().cast::<libc::nlmsghdr>();
+        let mut out = None;
+        if sys::nftnl_chain_nlmsg_parse(nlh, chain) >= 0
+            && sys::nftnl_chain_is_set(chain, sys::NFTNL_CHAIN_HOOKNUM as u16)
+            && sys::nftnl_chain_get_u32(chain, sys::NFTNL_CHAIN_HOOKNUM as u16) == NF_INET_FORWARD
+        {
+            let s = |attr: u32| {
+                let p = sys::nftnl_chain_get_str(chain, attr as u16);
+                if p.is_null() {
+                    String::new()
+                } else {
+                    CStr::from_ptr(p).to_string_lossy().into_owned()
+                }
+            };
+            let family =
+                match sys::nftnl_chain_get_u32(chain, sys::NFTNL_CHAIN_FAMILY as u16) as i32 {
+                    libc::NFPROTO_IPV4 => "ip",
+                    libc::NFPROTO_IPV6 => "ip6",
+                    libc::NFPROTO_INET => "inet",
+                    libc::NFPROTO_BRIDGE => "bridge",
+                    _ => "other",
+                };
+            let drop_policy = sys::nftnl_chain_is_set(chain, sys::NFTNL_CHAIN_POLICY as u16)
+                && sys::nftnl_chain_get_u32(chain, sys::NFTNL_CHAIN_POLICY as u16) == NF_DROP;
+            out = Some(ForwardChain {
+                family,
+                table: s(sys::NFTNL_CHAIN_TABLE),
+                chain: s(sys::NFTNL_CHAIN_NAME),
+                drop_policy,
+            });
+        }
+        sys::nftnl_chain_free(chain);
+        out
+    }
+}
