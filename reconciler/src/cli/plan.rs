@@ -71,6 +71,7 @@ pub async fn make_plan(
         options: &options,
     };
     let (changes, mut notes) = plan::diff(&input, &resources::kind)?;
+    preflight(ctx, desired, &changes).await?;
     notes.extend(clone_note(&ctx.state_dir, desired, &changes));
     Ok(Plan {
         format_version: plan::FORMAT_VERSION,
@@ -84,6 +85,33 @@ pub async fn make_plan(
         changes,
         notes,
     })
+}
+
+/// Host checks for what the plan creates: a refusal names the resource and why.
+async fn preflight(
+    ctx: &Ctx,
+    desired: &BTreeMap<Address, Resource>,
+    changes: &[plan::Change],
+) -> Result<(), CliError> {
+    for c in changes {
+        if !matches!(c.op, plan::Op::Create | plan::Op::Replace) {
+            continue;
+        }
+        let Some(d) = desired.get(&c.address) else {
+            continue;
+        };
+        let why = match resources::kind(c.address.kind).preflight(ctx, d).await {
+            Ok(None) => continue,
+            Ok(Some(why)) => why,
+            Err(e) => format!("cannot check the host: {}", resources::error_chain(&e)),
+        };
+        return Err(plan::PlanError::Refused {
+            address: c.address.clone(),
+            why,
+        }
+        .into());
+    }
+    Ok(())
 }
 
 /// Say once how the drives this plan creates from templates will be made on this host.

@@ -9,6 +9,7 @@ mod asset;
 pub mod drive;
 pub mod firecracker;
 pub mod kernel;
+pub mod network;
 pub mod pending;
 pub mod rootfs;
 pub mod template;
@@ -155,6 +156,16 @@ pub trait ResourceKind: Send + Sync {
         plan::standard(self, desired, recorded, observed, opts)
     }
 
+    /// Host checks before creating `desired` (e.g. a name or address range the host already
+    /// uses): `Some(why)` makes the plan refuse it.
+    async fn preflight(
+        &self,
+        _ctx: &Ctx,
+        _desired: &Resource,
+    ) -> Result<Option<String>, ResourceError> {
+        Ok(None)
+    }
+
     /// Compare the host with the record.
     async fn observe(&self, ctx: &Ctx, record: &Record) -> Result<Observation, ResourceError>;
 
@@ -177,7 +188,7 @@ pub fn kind(kind: Kind) -> &'static dyn ResourceKind {
         Kind::Kernel => &kernel::Kernel,
         Kind::Rootfs => &rootfs::Rootfs,
         Kind::Template => &template::Template,
-        Kind::Network => &pending::NETWORK,
+        Kind::Network => &network::Network,
         Kind::Drive => &drive::Drive,
         Kind::Vm => &pending::VM,
     }

@@ -16,9 +16,6 @@ pub struct Pending {
 pub static TEMPLATE: Pending = Pending {
     kind: Kind::Template,
 };
-pub static NETWORK: Pending = Pending {
-    kind: Kind::Network,
-};
 pub static VM: Pending = Pending { kind: Kind::Vm };
 
 #[async_trait]

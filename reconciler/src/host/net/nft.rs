@@ -141,8 +141,45 @@ pub fn delete(name: &str) -> Result<(), NetError> {
     commit(batch, 2)
 }
 
+/// Whether fort's IPv4 table `name` exists.
+pub fn table_exists(name: &str) -> Result<bool, NetError> {
+    let name = cstring(name)?;
+    let mut buf = vec![0u8; 4096];
+    // SAFETY: libnftnl builds a GETTABLE request for one table into `buf` (a header and a
+    // name attribute fit easily); the table object is freed before returning.
+    let len = unsafe {
+        let t = sys::nftnl_table_alloc();
+        if t.is_null() {
+            return Err(NetError::Name("out of memory".into()));
+        }
+        sys::nftnl_table_set_str(t, sys::NFTNL_TABLE_NAME as u16, name.as_ptr());
+        let nlh = sys::nftnl_nlmsg_build_hdr(
+            buf.as_mut_ptr().cast(),
+            libc::NFT_MSG_GETTABLE as u16,
+            libc::NFPROTO_IPV4 as u16,
+            libc::NLM_F_ACK as u16,
+            1,
+        );
+        sys::nftnl_table_nlmsg_build_payload(nlh, t);
+        sys::nftnl_table_free(t);
+        (*nlh).nlmsg_len as usize
+    };
+    let sock = NfSocket::open()?;
+    sock.send(&buf[..len])?;
+    match sock.recv_until(is_ack) {
+        Ok(()) => Ok(true),
+        Err(NetError::Refused { source, .. }) if source.raw_os_error() == Some(libc::ENOENT) => {
+            Ok(false)
+        }
+        Err(e) => Err(e),
+    }
+}
+
 /// The comments of the rules in `table` (None when the table does not exist).
 pub fn rule_comments(table: &str) -> Result<Option<Vec<String>>, NetError> {
+    if !table_exists(table)? {
+        return Ok(None);
+    }
     let name = cstring(table)?;
     let mut buf = vec![0u8; 4096];
     // SAFETY: libnftnl builds a GETRULE dump request into `buf` (large enough for a header

@@ -1,0 +1,430 @@
+//! `network.*`: a Linux bridge holding the gateway address, fort's nftables table (NAT and
+//! forward rules) and IP forwarding — all over netlink — plus the per-VM attachment (a
+//! leased address and MAC, a persistent TAP on the bridge) that VMs use.
+
+use std::net::{IpAddr, Ipv4Addr};
+
+use async_trait::async_trait;
+use ipnet::Ipv4Net;
+use serde::{Deserialize, Serialize};
+
+use super::{Ctx, ResourceError, ResourceKind};
+use crate::address::{Address, Kind};
+use crate::host::net::link::Netlink;
+use crate::host::net::nft::{self, TableSpec};
+use crate::host::net::{self, dns, tap, NetError};
+use crate::manifest::{Dns, NetworkSpec, Resource, Spec};
+use crate::plan::{Effect, Observation};
+use crate::state::leases::PoolSlot;
+use crate::state::{Record, StateStore};
+
+pub struct Network;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NetworkOutputs {
+    pub bridge: String,
+    pub table: String,
+    pub cidr: Ipv4Net,
+    pub gateway: Ipv4Addr,
+    pub nat: bool,
+    pub isolated: bool,
+    /// What guests get as resolvers (`from-host` resolved at apply time).
+    pub dns: Vec<IpAddr>,
+    /// fort switched `net.ipv4.ip_forward` on (it was off): the last network destroyed
+    /// switches it back off.
+    pub enabled_ip_forward: bool,
+}
+
+impl From<NetError> for ResourceError {
+    fn from(e: NetError) -> Self {
+        ResourceError::Check(super::error_chain(&e))
+    }
+}
+
+fn spec_of(r: &Resource) -> Result<&NetworkSpec, ResourceError> {
+    match &r.spec {
+        Spec::Network(n) => Ok(n),
+        _ => Err(ResourceError::Check(format!(
+            "{} has no network spec",
+            r.address
+        ))),
+    }
+}
+
+fn alias(addr: &Address) -> String {
+    format!("fort:{addr}")
+}
+
+fn table_spec(o: &NetworkOutputs) -> TableSpec {
+    TableSpec {
+        name: o.table.clone(),
+        cidr: o.cidr,
+        bridge: o.bridge.clone(),
+        nat: o.nat,
+    }
+}
+
+/// The error for an interface with fort's name that fort did not make.
+fn foreign(name: &str, kind: Option<&str>, owner: &Address) -> String {
+    format!(
+        "an interface named {name} ({}) already exists and was not created by fort; fort never adopts interfaces: remove or rename it, or rename {owner}",
+        kind.unwrap_or("device")
+    )
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, NetError> + Send + 'static,
+) -> Result<T, ResourceError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ResourceError::Check(format!("netfilter task failed: {e}")))?
+        .map_err(ResourceError::from)
+}
+
+#[async_trait]
+impl ResourceKind for Network {
+    fn kind(&self) -> Kind {
+        Kind::Network
+    }
+
+    fn field_effect(&self, field: &str) -> Effect {
+        match field {
+            "nat" | "isolated" | "dns" => Effect::Update,
+            _ => Effect::Replace,
+        }
+    }
+
+    async fn preflight(
+        &self,
+        _ctx: &Ctx,
+        desired: &Resource,
+    ) -> Result<Option<String>, ResourceError> {
+        let spec = spec_of(desired)?;
+        let nl = Netlink::connect()?;
+        let links = nl.links().await?;
+        if let Some(l) = links.iter().find(|l| l.name == spec.bridge) {
+            if !l.made_by_fort() {
+                return Ok(Some(foreign(&l.name, l.kind.as_deref(), &desired.address)));
+            }
+        }
+        for (route, oif) in nl.ipv4_routes().await? {
+            let on_own_bridge = oif
+                .and_then(|i| links.iter().find(|l| l.index == i))
+                .is_some_and(|l| l.name == spec.bridge);
+            if route.prefix_len() == 0 || on_own_bridge {
+                continue;
+            }
+            if route.contains(&spec.cidr.network()) || spec.cidr.contains(&route.network()) {
+                let dev = oif
+                    .and_then(|i| links.iter().find(|l| l.index == i))
+                    .map_or_else(|| "no device".to_string(), |l| l.name.clone());
+                return Ok(Some(format!(
+                    "cidr {} overlaps the host route {route} (dev {dev}): choose a range the host does not use",
+                    spec.cidr
+                )));
+            }
+        }
+        Ok(None)
+    }
+
+    async fn observe(&self, _ctx: &Ctx, record: &Record) -> Result<Observation, ResourceError> {
+        let out: NetworkOutputs = super::asset::outputs(&record.address, &record.outputs)?;
+        let nl = Netlink::connect()?;
+        let Some(br) = nl.link(&out.bridge).await? else {
+            return Ok(Observation::Missing {
+                what: format!("bridge {} is missing", out.bridge),
+            });
+        };
+        if !br.made_by_fort() {
+            return Ok(Observation::Drifted {
+                what: format!(
+                    "{} was replaced by an interface fort did not create",
+                    out.bridge
+                ),
+            });
+        }
+        if !br.up {
+            return Ok(Observation::Drifted {
+                what: format!("bridge {} is down", out.bridge),
+            });
+        }
+        let gw = Ipv4Net::new(out.gateway, out.cidr.prefix_len())
+            .map_err(|e| ResourceError::Check(e.to_string()))?;
+        if !nl.ipv4_addresses(br.index).await?.contains(&gw) {
+            return Ok(Observation::Drifted {
+                what: format!("bridge {} lost its address {gw}", out.bridge),
+            });
+        }
+        let table = out.table.clone();
+        let rules = blocking(move || nft::rule_comments(&table)).await?;
+        let want: Vec<String> = table_spec(&out)
+            .expected_rules()
+            .into_iter()
+            .map(String::from)
+            .collect();
+        match rules {
+            None => {
+                return Ok(Observation::Drifted {
+                    what: format!("nftables table {} is missing", out.table),
+                })
+            }
+            Some(mut got) => {
+                got.sort();
+                let mut want = want;
+                want.sort();
+                if got != want {
+                    return Ok(Observation::Drifted {
+                        what: format!(
+                            "nftables table {} was changed (rules: {}; expected {})",
+                            out.table,
+                            if got.is_empty() {
+                                "none".to_string()
+                            } else {
+                                got.join(", ")
+                            },
+                            want.join(", ")
+                        ),
+                    });
+                }
+            }
+        }
+        if !net::ip_forward()? {
+            return Ok(Observation::Drifted {
+                what: "net.ipv4.ip_forward is 0 (NAT and forwarding need it)".into(),
+            });
+        }
+        Ok(Observation::Ok)
+    }
+
+    async fn apply(
+        &self,
+        ctx: &Ctx,
+        desired: &Resource,
+        recorded: Option<&Record>,
+    ) -> Result<serde_json::Value, ResourceError> {
+        let spec = spec_of(desired)?;
+        let previous: Option<NetworkOutputs> =
+            recorded.and_then(|r| super::asset::outputs(&r.address, &r.outputs).ok());
+        let nl = Netlink::connect()?;
+        let mut created = false;
+        let br = match nl.link(&spec.bridge).await? {
+            Some(l) if l.made_by_fort() && l.kind.as_deref() == Some("bridge") => l,
+            Some(l) => {
+                return Err(ResourceError::Check(foreign(
+                    &l.name,
+                    l.kind.as_deref(),
+                    &desired.address,
+                )))
+            }
+            None => {
+                created = true;
+                nl.create_bridge(&spec.bridge, &alias(&desired.address))
+                    .await?
+            }
+        };
+        let out = NetworkOutputs {
+            bridge: spec.bridge.clone(),
+            table: spec.bridge.clone(),
+            cidr: spec.cidr,
+            gateway: spec.gateway,
+            nat: spec.nat,
+            isolated: spec.isolated,
+            dns: match &spec.dns {
+                Dns::FromHost => dns::from_host(),
+                Dns::Servers(v) => v.clone(),
+            },
+            enabled_ip_forward: previous.as_ref().is_some_and(|p| p.enabled_ip_forward),
+        };
+        let result = finish(ctx, &nl, &br, out).await;
+        if result.is_err() && created {
+            // Leave nothing half-made: what this apply created goes again.
+            let _ = nl.delete(br.index).await;
+            let table = spec.bridge.clone();
+            let _ = blocking(move || nft::delete(&table)).await;
+        }
+        let out = result?;
+        serde_json::to_value(out).map_err(|e| ResourceError::Check(e.to_string()))
+    }
+
+    async fn destroy(&self, ctx: &Ctx, recorded: &Record) -> Result<(), ResourceError> {
+        let out: NetworkOutputs = super::asset::outputs(&recorded.address, &recorded.outputs)?;
+        let table = out.table.clone();
+        blocking(move || nft::delete(&table)).await?;
+        let nl = Netlink::connect()?;
+        if let Some(br) = nl.link(&out.bridge).await? {
+            // Only what fort made: a foreign interface that took the name stays.
+            if br.made_by_fort() {
+                nl.delete(br.index).await?;
+            }
+        }
+        if out.enabled_ip_forward {
+            let others = ctx.with_store(|s| s.resources())?;
+            let last = !others
+                .values()
+                .any(|r| r.kind == Kind::Network && r.address != recorded.address);
+            if last {
+                net::set_ip_forward(false)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Bridge up with its gateway address, the nft table, forwarding on, port isolation as
+/// declared on the TAPs already attached.
+async fn finish(
+    _ctx: &Ctx,
+    nl: &Netlink,
+    br: &net::link::Link,
+    mut out: NetworkOutputs,
+) -> Result<NetworkOutputs, ResourceError> {
+    if !br.up {
+        nl.set_up(br.index).await?;
+    }
+    let gw = Ipv4Net::new(out.gateway, out.cidr.prefix_len())
+        .map_err(|e| ResourceError::Check(e.to_string()))?;
+    if !nl.ipv4_addresses(br.index).await?.contains(&gw) {
+        nl.add_ipv4_address(br.index, out.gateway, out.cidr.prefix_len())
+            .await?;
+    }
+    let t = table_spec(&out);
+    blocking(move || nft::ensure(&t)).await?;
+    if !net::ip_forward()? {
+        net::set_ip_forward(true)?;
+        out.enabled_ip_forward = true;
+    }
+    for port in nl
+        .links()
+        .await?
+        .into_iter()
+        .filter(|l| l.controller == Some(br.index))
+    {
+        if port.made_by_fort() && port.isolated != Some(out.isolated) {
+            nl.set_bridge_port(port.index, br.index, out.isolated)
+                .await?;
+        }
+    }
+    Ok(out)
+}
+
+/// A VM's place on a network.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attachment {
+    pub network: String,
+    pub tap: String,
+    pub ip: Ipv4Addr,
+    pub mac: String,
+    pub gateway: Ipv4Addr,
+    pub prefix: u8,
+    pub dns: Vec<IpAddr>,
+}
+
+/// What a VM asks of its network.
+#[derive(Debug, Clone)]
+pub struct AttachRequest<'a> {
+    pub network: &'a str,
+    /// `vm.NAME`: the lease owner and the TAP's alias.
+    pub owner: &'a Address,
+    pub tap: &'a str,
+    pub fixed_ip: Option<Ipv4Addr>,
+    pub pool: Option<PoolSlot<'a>>,
+}
+
+/// Lease an address, create the persistent TAP (or find fort's), make it a port of the
+/// network's bridge with the network's isolation, and bring it up. Idempotent.
+pub async fn attach(
+    ctx: &Ctx,
+    nl: &Netlink,
+    req: &AttachRequest<'_>,
+) -> Result<Attachment, ResourceError> {
+    let net_addr = Address::new(Kind::Network, req.network);
+    let rec = ctx
+        .record(&net_addr)?
+        .ok_or_else(|| ResourceError::Check(format!("{net_addr} is not applied")))?;
+    let net: NetworkOutputs = super::asset::outputs(&net_addr, &rec.outputs)?;
+    let lease = ctx.with_store(|s| {
+        s.lease(
+            req.network,
+            net.cidr,
+            &req.owner.to_string(),
+            req.fixed_ip,
+            req.pool,
+        )
+    })?;
+    let bridge = nl.link(&net.bridge).await?.ok_or_else(|| {
+        ResourceError::Check(format!("bridge {} of {net_addr} is missing", net.bridge))
+    })?;
+    let tap_link = match nl.link(req.tap).await? {
+        Some(l) if l.made_by_fort() && l.kind.as_deref() == Some("tun") => l,
+        Some(l) => {
+            return Err(ResourceError::Check(foreign(
+                &l.name,
+                l.kind.as_deref(),
+                req.owner,
+            )))
+        }
+        None => {
+            let name = req.tap.to_string();
+            blocking(move || tap::create_persistent(&name)).await?;
+            nl.finish_new(req.tap, &alias(req.owner)).await?
+        }
+    };
+    if tap_link.controller != Some(bridge.index)
+        || tap_link.isolated != Some(net.isolated)
+        || !tap_link.up
+    {
+        nl.set_bridge_port(tap_link.index, bridge.index, net.isolated)
+            .await?;
+    }
+    Ok(Attachment {
+        network: req.network.to_string(),
+        tap: req.tap.to_string(),
+        ip: lease.ip,
+        mac: lease.mac,
+        gateway: net.gateway,
+        prefix: net.cidr.prefix_len(),
+        dns: net.dns,
+    })
+}
+
+/// Remove the TAP (if fort made it) and release the lease. Idempotent.
+pub async fn detach(
+    ctx: &Ctx,
+    nl: &Netlink,
+    network: &str,
+    owner: &Address,
+    tap: &str,
+) -> Result<(), ResourceError> {
+    if let Some(l) = nl.link(tap).await? {
+        if l.made_by_fort() {
+            nl.delete(l.index).await?;
+        }
+    }
+    ctx.with_store(|s| s.release_lease(network, &owner.to_string()))?;
+    Ok(())
+}
+
+/// Is the attachment intact? (For the VM's observe.)
+pub async fn observe_attachment(
+    nl: &Netlink,
+    a: &Attachment,
+    bridge: &str,
+    isolated: bool,
+) -> Result<Option<String>, ResourceError> {
+    let Some(t) = nl.link(&a.tap).await? else {
+        return Ok(Some(format!("TAP {} is missing", a.tap)));
+    };
+    let Some(br) = nl.link(bridge).await? else {
+        return Ok(Some(format!("bridge {bridge} is missing")));
+    };
+    if t.controller != Some(br.index) {
+        return Ok(Some(format!("TAP {} is not a port of {bridge}", a.tap)));
+    }
+    if t.isolated != Some(isolated) {
+        return Ok(Some(format!(
+            "TAP {} isolation is {:?}, expected {isolated}",
+            a.tap, t.isolated
+        )));
+    }
+    Ok(None)
+}
