@@ -3,5 +3,6 @@
 
 pub mod assets;
 pub mod fort;
+pub mod netns;
 pub mod rootfs;
 pub mod server;

@@ -5,7 +5,7 @@
 pub mod dns;
 pub mod link;
 pub mod nft;
-mod nl;
+pub mod nl;
 pub mod tap;
 
 use std::path::Path;
@@ -26,9 +26,8 @@ pub enum NetError {
         #[source]
         source: std::io::Error,
     },
-    #[error("nftables refused the change (message {seq})")]
+    #[error("nftables refused the change")]
     Refused {
-        seq: u32,
         #[source]
         source: std::io::Error,
     },

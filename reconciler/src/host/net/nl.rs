@@ -88,7 +88,6 @@ impl NfSocket {
                     break;
                 }
                 let kind = u16::from_ne_bytes([data[4], data[5]]);
-                let seq = u32::from_ne_bytes([data[8], data[9], data[10], data[11]]);
                 let msg = Reply {
                     kind,
                     bytes: data[..len].to_vec(),
@@ -97,7 +96,6 @@ impl NfSocket {
                     let code = i32::from_ne_bytes([data[16], data[17], data[18], data[19]]);
                     if code != 0 {
                         return Err(NetError::Refused {
-                            seq,
                             source: std::io::Error::from_raw_os_error(-code),
                         });
                     }
