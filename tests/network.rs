@@ -389,3 +389,65 @@ fn a_network_that_fails_half_way_leaves_nothing_behind() {
         assert_eq!(rules("fort-lan").unwrap().len(), 3);
     });
 }
+
+#[test]
+fn doctor_names_a_foreign_forward_drop_policy_and_its_fix() {
+    in_netns(|| {
+        let ws = Workspace::new();
+        ws.write_manifest(LAN);
+        let r = ws.run(&["doctor"]);
+        r.ok();
+        assert!(
+            r.stdout.contains(
+                "ok    forward policy: no other table drops forwarded traffic by policy\n"
+            ),
+            "{}",
+            r.stdout
+        );
+        assert!(
+            r.stdout
+                .contains("warn  ip_forward: net.ipv4.ip_forward = 0"),
+            "{}",
+            r.stdout
+        );
+
+        // What Docker or ufw leave behind: a forward chain with policy drop in their table.
+        let name = std::ffi::CString::new("filter").unwrap();
+        let table = nftnl::Table::new(&name, nftnl::ProtoFamily::Ipv4);
+        let chain_name = std::ffi::CString::new("FORWARD").unwrap();
+        let mut chain = nftnl::Chain::new(&chain_name, &table);
+        chain.set_hook(nftnl::Hook::Forward, 0);
+        chain.set_policy(nftnl::Policy::Drop);
+        let mut batch = nftnl::Batch::new();
+        batch.add(&table, nftnl::MsgType::Add);
+        batch.add(&chain, nftnl::MsgType::Add);
+        let sock = net::nl::NfSocket::open().unwrap();
+        for chunk in &batch.finalize() {
+            sock.send(chunk).unwrap();
+        }
+        let mut acks = 0;
+        sock.recv_until(|m| {
+            acks += usize::from(net::nl::is_ack(m));
+            acks == 2
+        })
+        .unwrap();
+
+        let r = ws.run(&["doctor"]);
+        assert_eq!(r.code, 1, "{}", r.stdout);
+        assert!(r.stdout.contains("FAIL  forward policy: table ip filter chain FORWARD has policy drop on the forward hook: traffic from fort's bridges is dropped there even though fort's own table accepts it (Docker and ufw do this)\n      fix: accept fort's bridges in that chain: nft insert rule ip filter FORWARD iifname \"fort-*\" accept; nft insert rule ip filter FORWARD oifname \"fort-*\" ct state established,related accept (Docker: add them to DOCKER-USER; ufw: ufw route allow in on fort-NET)\n"), "{}", r.stdout);
+        // fort's own table (accept policy) is never the culprit.
+        ws.run(&["apply", "--yes"]).ok();
+        let j: serde_json::Value =
+            serde_json::from_str(&ws.run(&["doctor", "--json"]).stdout).unwrap();
+        let fails: Vec<&str> = j["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|c| c["level"] == "fail")
+            .map(|c| c["detail"].as_str().unwrap())
+            .collect();
+        assert_eq!(fails.len(), 1, "{fails:?}");
+        assert!(fails[0].starts_with("table ip filter chain FORWARD"));
+        ws.run(&["destroy", "--yes"]).ok();
+    });
+}

@@ -68,6 +68,9 @@ pub enum Command {
     Cp(CpArgs),
     /// Serve MCP on stdin/stdout, relayed to a VM's guest agent (for MCP clients).
     Mcp(McpArgs),
+    /// Check what this host can do for fort (netlink, nftables, forwarding, TAPs, drive
+    /// clones); every failed check prints its fix. Exit code 1 when a check fails.
+    Doctor,
 }
 
 #[derive(Debug, Args, Clone)]

@@ -4,6 +4,7 @@
 pub mod agent;
 pub mod apply;
 pub mod args;
+pub mod doctor;
 pub mod plan;
 pub mod session;
 pub mod state;
@@ -94,6 +95,7 @@ pub async fn run(cli: Cli) -> Result<u8, CliError> {
         Command::Exec(a) => agent::exec(&cli, a).await,
         Command::Cp(a) => agent::cp(&cli, a).await,
         Command::Mcp(a) => agent::mcp(&cli, a).await,
+        Command::Doctor => doctor::doctor(&cli).await,
         Command::Schema => {
             print!("{}", crate::manifest::json_schema_string());
             Ok(exit::OK)
