@@ -80,7 +80,7 @@ fn main() {
 
         let t = Instant::now();
         for i in 0..n {
-            let owner = Address::new(Kind::Vm, &format!("v{i}"));
+            let owner = Address::new(Kind::Vm, format!("v{i}"));
             let tap = format!("fort-v{i}");
             attach(
                 &ctx,
