@@ -255,6 +255,20 @@ fn taps_on_the_bridge_carry_frames_and_isolation_is_the_port_flag() {
         );
         drop((qa, qb));
 
+        // A TAP deleted behind fort's back is drift the VM's observe reports; attaching again
+        // (what the VM's apply does) repairs it with the same address.
+        let gone = link("fort-b").unwrap().index;
+        runtime().block_on(async { Netlink::connect().unwrap().delete(gone).await.unwrap() });
+        let seen = runtime().block_on(async {
+            let nl = Netlink::connect().unwrap();
+            fort::resources::network::observe_attachment(&nl, &b, "fort-lan", false)
+                .await
+                .unwrap()
+        });
+        assert_eq!(seen.as_deref(), Some("TAP fort-b is missing"));
+        assert_eq!(attach_vm(&ctx, "b"), b);
+        assert_eq!(link("fort-b").unwrap().isolated, Some(false));
+
         // Detach: TAPs gone, leases released (and handed out again from the start).
         runtime().block_on(async {
             let nl = Netlink::connect().unwrap();
