@@ -201,26 +201,6 @@ fn a_failure_skips_dependents_and_unrelated_branches_go_on() {
 }
 
 #[test]
-fn kinds_without_a_driver_fail_clearly() {
-    let ws = Workspace::new();
-    std::fs::write(ws.path().join("vmlinux"), b"kernel").unwrap();
-    ws.write_manifest(
-        "[kernel.k]\nurl = \"vmlinux\"\n[drive.d]\nsize = \"16MiB\"\n[vm.v]\nkernel = \"k\"\nroot = \"d\"\n",
-    );
-    ws.run(&["plan", "--detailed-exitcode"]).code(2);
-    let apply = ws.run(&["apply", "--yes"]);
-    apply.code(1);
-    assert!(
-        apply.stdout.contains(&format!(
-            "vm.v: creating failed: applying vm resources is not supported yet by fort {}",
-            env!("CARGO_PKG_VERSION")
-        )),
-        "{}",
-        apply.stdout
-    );
-}
-
-#[test]
 fn no_terminal_and_no_yes_refuses() {
     let srv = Server::start();
     let ws = Workspace::new();

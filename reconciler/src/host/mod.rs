@@ -4,3 +4,4 @@ pub mod agent;
 pub mod fetch;
 pub mod image;
 pub mod net;
+pub mod vmm;

@@ -10,9 +10,9 @@ pub mod drive;
 pub mod firecracker;
 pub mod kernel;
 pub mod network;
-pub mod pending;
 pub mod rootfs;
 pub mod template;
+pub mod vm;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -190,7 +190,7 @@ pub fn kind(kind: Kind) -> &'static dyn ResourceKind {
         Kind::Template => &template::Template,
         Kind::Network => &network::Network,
         Kind::Drive => &drive::Drive,
-        Kind::Vm => &pending::VM,
+        Kind::Vm => &vm::Vm,
     }
 }
 

@@ -1,0 +1,160 @@
+//! Virtual machine monitors behind one trait. Both backends share the run-dir layout
+//! (`state_dir/run/<vm>/`): `vsock.sock` (Firecracker's hybrid vsock protocol, which
+//! vhost-device-vsock serves for QEMU too), `console.log`, `vmm.log`, the VMM's config, so
+//! the agent client, `fort exec`, `fort mcp` and `fort console` work the same on both.
+
+pub mod firecracker;
+pub mod process;
+pub mod qemu;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use process::Proc;
+
+#[derive(Debug, thiserror::Error)]
+pub enum VmmError {
+    #[error("{what} {}", path.display())]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot start {what}")]
+    Spawn {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Unusable(String),
+}
+
+impl VmmError {
+    pub(crate) fn io(what: &'static str, path: &Path, source: std::io::Error) -> VmmError {
+        VmmError::Io {
+            what,
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
+
+/// Everything a VMM needs to boot one VM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmConfig {
+    pub name: String,
+    pub run_dir: PathBuf,
+    pub kernel: PathBuf,
+    pub initrd: Option<PathBuf>,
+    /// The whole kernel command line, `fort.*` guest parameters included.
+    pub cmdline: String,
+    pub root: PathBuf,
+    pub drives: Vec<PathBuf>,
+    pub vcpus: u32,
+    pub memory_mib: u64,
+    pub net: Option<NetConfig>,
+    /// The guest's vsock CID (≥ 3).
+    pub cid: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetConfig {
+    pub tap: String,
+    pub mac: String,
+}
+
+/// The run-dir layout both backends use.
+pub struct RunDir<'a>(pub &'a Path);
+
+impl RunDir<'_> {
+    pub fn vsock(&self) -> PathBuf {
+        self.0.join("vsock.sock")
+    }
+    pub fn console(&self) -> PathBuf {
+        self.0.join("console.log")
+    }
+    pub fn vmm_log(&self) -> PathBuf {
+        self.0.join("vmm.log")
+    }
+    pub fn api(&self) -> PathBuf {
+        self.0.join("api.sock")
+    }
+    pub fn vhost(&self) -> PathBuf {
+        self.0.join("vhost.sock")
+    }
+    pub fn helper_log(&self) -> PathBuf {
+        self.0.join("vhost.log")
+    }
+    pub fn config(&self) -> PathBuf {
+        self.0.join("config.json")
+    }
+
+    /// Create the directory and remove sockets a previous run left (VMMs bind them and fail
+    /// when they exist).
+    pub fn prepare(&self) -> Result<(), VmmError> {
+        std::fs::create_dir_all(self.0).map_err(|e| VmmError::io("cannot create", self.0, e))?;
+        for s in [self.vsock(), self.api(), self.vhost()] {
+            match std::fs::remove_file(&s) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(VmmError::io("cannot remove stale socket", &s, e))
+                }
+                _ => {}
+            }
+        }
+        let _ = std::fs::remove_file(self.console());
+        Ok(())
+    }
+}
+
+/// A started VM: the VMM process and, for QEMU, its vhost-device-vsock helper.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Started {
+    pub vmm: Proc,
+    pub helper: Option<Proc>,
+}
+
+impl Started {
+    pub fn alive(&self) -> bool {
+        self.vmm.alive() && self.helper.is_none_or(|h| h.alive())
+    }
+
+    /// SIGTERM then SIGKILL for whatever is still running (the clean shutdown through the
+    /// agent is the caller's first step).
+    pub fn kill(&self, grace: Duration) {
+        self.vmm.terminate(grace);
+        if let Some(h) = self.helper {
+            h.terminate(Duration::from_secs(2));
+        }
+    }
+}
+
+pub trait Vmm: Send + Sync {
+    fn name(&self) -> &'static str;
+    /// Check the host and the inputs before starting (missing binary, /dev/kvm, kernel format).
+    fn check(&self, cfg: &VmConfig) -> Result<(), VmmError>;
+    /// Start the VM detached; returns once the processes run (not once the guest is ready).
+    fn start(&self, cfg: &VmConfig) -> Result<Started, VmmError>;
+    /// Problems the VMM reported that leave the VM useless though it keeps running.
+    fn fatal_log(&self, run_dir: &Path) -> Option<String>;
+    /// Does this backend need more time to boot (software emulation)?
+    fn slow(&self) -> bool {
+        false
+    }
+}
+
+/// Find a program in PATH.
+pub fn which(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}
+
+/// Real hardware virtualisation (not nested PVM, which cannot run ordinary guests).
+pub fn hardware_kvm() -> bool {
+    Path::new("/dev/kvm").exists()
+        && (Path::new("/sys/module/kvm_intel").exists()
+            || Path::new("/sys/module/kvm_amd").exists())
+}

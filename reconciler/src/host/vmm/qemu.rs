@@ -1,0 +1,153 @@
+//! The QEMU backend: one `vhost-device-vsock` per VM serving the hybrid-vsock socket, QEMU
+//! `-M pc` with memfd shared memory (vhost-user needs it), virtio-blk drives, a TAP
+//! `virtio-net-pci` with the leased MAC; KVM only on real hardware virtualisation, TCG
+//! otherwise.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use super::process::spawn_detached;
+use super::{hardware_kvm, which, RunDir, Started, VmConfig, Vmm, VmmError};
+
+pub struct Qemu;
+
+pub const QEMU: &str = "qemu-system-x86_64";
+pub const VHOST: &str = "vhost-device-vsock";
+
+/// QEMU's arguments for `cfg` (pure, so tests can compare them).
+pub fn args(cfg: &VmConfig, kvm: bool) -> Vec<String> {
+    let run = RunDir(&cfg.run_dir);
+    let mut a: Vec<String> = Vec::new();
+    let mut push = |s: &[&str]| a.extend(s.iter().map(|x| x.to_string()));
+    if kvm {
+        push(&["-accel", "kvm", "-cpu", "host"]);
+    } else {
+        push(&["-accel", "tcg", "-cpu", "max"]);
+    }
+    let mem = format!("{}", cfg.memory_mib);
+    push(&["-M", "pc", "-smp", &cfg.vcpus.to_string(), "-m", &mem]);
+    push(&[
+        "-object",
+        &format!("memory-backend-memfd,id=mem,size={mem}M,share=on"),
+        "-numa",
+        "node,memdev=mem",
+    ]);
+    push(&[
+        "-chardev",
+        &format!("socket,id=vsock,path={}", run.vhost().display()),
+        "-device",
+        "vhost-user-vsock-pci,chardev=vsock",
+    ]);
+    for d in std::iter::once(&cfg.root).chain(&cfg.drives) {
+        push(&[
+            "-drive",
+            &format!("file={},format=raw,if=virtio,cache=writeback", d.display()),
+        ]);
+    }
+    if let Some(n) = &cfg.net {
+        push(&[
+            "-netdev",
+            &format!("tap,id=net0,ifname={},script=no,downscript=no", n.tap),
+            "-device",
+            &format!("virtio-net-pci,netdev=net0,mac={}", n.mac),
+        ]);
+    }
+    push(&[
+        "-nographic",
+        "-no-reboot",
+        "-nodefaults",
+        "-serial",
+        &format!("file:{}", run.console().display()),
+        "-kernel",
+        &cfg.kernel.display().to_string(),
+    ]);
+    if let Some(i) = &cfg.initrd {
+        push(&["-initrd", &i.display().to_string()]);
+    }
+    push(&["-append", &cfg.cmdline]);
+    a
+}
+
+impl Vmm for Qemu {
+    fn name(&self) -> &'static str {
+        "qemu"
+    }
+
+    fn slow(&self) -> bool {
+        !hardware_kvm()
+    }
+
+    fn check(&self, _cfg: &VmConfig) -> Result<(), VmmError> {
+        for (bin, pkg) in [
+            (QEMU, "qemu-system-x86 (Debian)"),
+            (VHOST, "cargo install vhost-device-vsock --locked"),
+        ] {
+            if which(bin).is_none() {
+                return Err(VmmError::Unusable(format!(
+                    "{bin} is not installed (PATH): install it with {pkg}"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    fn start(&self, cfg: &VmConfig) -> Result<Started, VmmError> {
+        self.check(cfg)?;
+        let run = RunDir(&cfg.run_dir);
+        run.prepare()?;
+        let mut vhost = Command::new(VHOST);
+        vhost
+            .arg("--guest-cid")
+            .arg(cfg.cid.to_string())
+            .arg("--socket")
+            .arg(run.vhost())
+            .arg("--uds-path")
+            .arg(run.vsock());
+        let helper = spawn_detached(vhost, &run.helper_log(), VHOST)?;
+        // QEMU exits at once when the vhost-user socket is not there yet.
+        let end = Instant::now() + Duration::from_secs(10);
+        while !run.vhost().exists() {
+            if !helper.alive() || Instant::now() > end {
+                helper.terminate(Duration::from_secs(1));
+                let log = std::fs::read_to_string(run.helper_log()).unwrap_or_default();
+                return Err(VmmError::Unusable(format!(
+                    "{VHOST} did not create {}: {}",
+                    run.vhost().display(),
+                    log.trim()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let mut qemu = Command::new(QEMU);
+        qemu.args(args(cfg, hardware_kvm()));
+        std::fs::write(
+            run.config(),
+            serde_json::to_string_pretty(&serde_json::json!({ "qemu": args(cfg, hardware_kvm()) }))
+                .unwrap_or_default(),
+        )
+        .map_err(|e| VmmError::io("cannot write", &run.config(), e))?;
+        let vmm = match spawn_detached(qemu, &run.vmm_log(), QEMU) {
+            Ok(p) => p,
+            Err(e) => {
+                helper.terminate(Duration::from_secs(1));
+                return Err(e);
+            }
+        };
+        Ok(Started {
+            vmm,
+            helper: Some(helper),
+        })
+    }
+
+    fn fatal_log(&self, run_dir: &Path) -> Option<String> {
+        let log = std::fs::read_to_string(RunDir(run_dir).vmm_log()).ok()?;
+        log.lines()
+            .find(|l| {
+                let l = l.to_lowercase();
+                (l.contains("vhost") && (l.contains("fail") || l.contains("error")))
+                    || l.contains("could not")
+            })
+            .map(|l| format!("QEMU: {}", l.trim()))
+    }
+}
