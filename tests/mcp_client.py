@@ -1,6 +1,8 @@
 """Drive `fort mcp` with the official MCP Python SDK (a client nobody here wrote).
 
 usage: python3 tests/mcp_client.py FORT_BINARY ENDPOINT WORKDIR
+ENDPOINT is an agent endpoint (`fort mcp --connect ENDPOINT`) or a VM address such as `vm.a`
+(`fort mcp vm.a`; the manifest and state dir come from FORT_MANIFEST and FORT_STATE_DIR).
 Prints one line per check; exits non-zero on the first failure.
 """
 import asyncio
@@ -12,7 +14,10 @@ from mcp.client.stdio import stdio_client
 
 
 async def main(fort: str, endpoint: str, workdir: str) -> None:
-    params = StdioServerParameters(command=fort, args=["mcp", "--connect", endpoint])
+    vm = endpoint.startswith("vm.")
+    args = ["mcp", endpoint] if vm else ["mcp", "--connect", endpoint]
+    # The SDK passes only a minimal environment unless told otherwise.
+    params = StdioServerParameters(command=fort, args=args, env=dict(os.environ))
     async with stdio_client(params) as (read, write):
         async with ClientSession(read, write) as session:
             init = await session.initialize()
@@ -27,6 +32,12 @@ async def main(fort: str, endpoint: str, workdir: str) -> None:
             out = result.structured_content["stdout"]
             print(f"run_command stdout: {out.strip()}")
             assert out == "hello from the agent\n", out
+
+            if vm:
+                result = await session.call_tool("run_command", {"argv": ["uname", "-r"]})
+                assert not result.is_error, result
+                print(f"uname -r: {result.structured_content['stdout'].strip()}")
+                return
 
             path = os.path.join(workdir, "note.txt")
             with open(path, "w") as f:

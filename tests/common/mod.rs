@@ -6,3 +6,4 @@ pub mod fort;
 pub mod netns;
 pub mod rootfs;
 pub mod server;
+pub mod vms;

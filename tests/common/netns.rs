@@ -18,6 +18,11 @@ pub fn in_netns<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T 
             "unshare(CLONE_NEWNET) failed (the network tests need root): {}",
             std::io::Error::last_os_error()
         );
+        runtime().block_on(async {
+            let nl = fort::host::net::link::Netlink::connect().unwrap();
+            let lo = nl.link("lo").await.unwrap().unwrap();
+            nl.set_up(lo.index).await.unwrap();
+        });
         f()
     })
     .join()

@@ -223,9 +223,9 @@ impl ResourceKind for Vm {
                 // Adopted as it is: nothing about it needs a restart.
                 return to_json(p);
             }
-            if running {
-                stop(p).await;
-            }
+            // Restarting, or starting after a crash: whatever is left of the previous run
+            // (e.g. the vsock helper of a VMM that was killed) goes first.
+            stop(p).await;
         }
         let run_dir = ctx.state_dir.join("run").join(&desired.address.name);
         let cid = match &prev {

@@ -1,0 +1,71 @@
+//! Real VMs for tests: the offline assets (Debian's cloud kernel + an initrd with its virtio
+//! modules, a busybox rootfs) built by `scripts/build-vm-assets`, and the VMM chosen with
+//! `FORT_TEST_VMM` (`qemu`, the default, boots under TCG anywhere; `firecracker` needs KVM
+//! and a vmlinux kernel).
+
+use std::path::PathBuf;
+use std::process::Command;
+
+/// The assets directory (built once, then reused from /var/cache/fort-assets).
+pub fn assets() -> PathBuf {
+    let dir = std::env::var_os("FORT_TEST_ASSETS")
+        .map_or_else(|| PathBuf::from("/var/cache/fort-assets"), PathBuf::from);
+    let out = Command::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../scripts/build-vm-assets"
+    ))
+    .arg(&dir)
+    .output()
+    .expect("run scripts/build-vm-assets");
+    assert!(
+        out.status.success(),
+        "scripts/build-vm-assets failed (scripts/install-deps installs what it needs):\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    dir
+}
+
+pub fn vmm() -> String {
+    std::env::var("FORT_TEST_VMM").unwrap_or_else(|_| "qemu".into())
+}
+
+/// Processes (not zombies) whose command line mentions `needle`.
+pub fn processes_mentioning(needle: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for p in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(cmd) = std::fs::read(p.path().join("cmdline")) else {
+            continue;
+        };
+        let stat = std::fs::read_to_string(p.path().join("stat")).unwrap_or_default();
+        let zombie = stat
+            .rfind(')')
+            .is_some_and(|i| stat[i + 2..].starts_with('Z'));
+        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+        if !zombie && cmd.contains(needle) {
+            out.push(cmd);
+        }
+    }
+    out
+}
+
+/// Prints the VMs' console logs when the test fails (guest-side problems only show there).
+pub struct ConsoleOnFailure(pub PathBuf);
+
+impl Drop for ConsoleOnFailure {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        let Ok(rd) = std::fs::read_dir(&self.0) else {
+            return;
+        };
+        for vm in rd.flatten() {
+            for f in ["console.log", "vmm.log", "vhost.log"] {
+                let p = vm.path().join(f);
+                if let Ok(t) = std::fs::read_to_string(&p) {
+                    eprintln!("===== {} =====\n{t}", p.display());
+                }
+            }
+        }
+    }
+}
