@@ -227,3 +227,123 @@ fn two_real_vms_from_manifest_to_destroy() {
         assert!(!ws.state_dir().join("run/a").exists());
     });
 }
+
+fn host_mib() -> u64 {
+    let t = std::fs::read_to_string("/proc/meminfo").unwrap();
+    let kib: u64 = t
+        .lines()
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    kib / 1024
+}
+
+#[test]
+fn vm_errors_are_exact_and_leave_nothing_running() {
+    let agent = static_agent();
+    let dir = assets();
+    in_netns(move || {
+        std::env::set_var("FORT_GUEST_AGENT", &agent);
+        let ws = Workspace::new();
+        let _console = ConsoleOnFailure(ws.state_dir().join("run"));
+        let base = format!(
+            "[kernel.deb]\nurl = \"file://{k}\"\ninitrd = {{ url = \"file://{i}\" }}\n\n\
+             [rootfs.bb]\nurl = \"file://{r}\"\n\n\
+             [network.lan]\ncidr = \"10.78.0.0/24\"\n\n",
+            k = dir.join("vmlinuz").display(),
+            i = dir.join("initrd.cpio.gz").display(),
+            r = dir.join("rootfs.tar.gz").display(),
+        );
+
+        // More memory than the host has: refused by the plan, nothing created.
+        ws.write_manifest(&format!(
+            "{base}[template.t]\nrootfs = \"bb\"\nsize = \"128MiB\"\n\n[vm.a]\nvmm = \"qemu\"\nkernel = \"deb\"\nroot = {{ template = \"t\", size = \"128MiB\" }}\nmemory = \"4TiB\"\n"
+        ));
+        let r = ws.run(&["plan"]);
+        assert_eq!(r.code, 1, "{}", r.stdout);
+        assert!(
+            r.stderr.contains(&format!(
+                "error: vm.a: memory 4TiB is more than this host has ({}MiB in total)",
+                host_mib()
+            )),
+            "{}",
+            r.stderr
+        );
+
+        // No firecracker binary: the VM fails with what to do, its dependencies stay.
+        ws.write_manifest(&format!(
+            "{base}[template.t]\nrootfs = \"bb\"\nsize = \"128MiB\"\n\n[vm.a]\nvmm = \"firecracker\"\nkernel = \"deb\"\nroot = {{ template = \"t\", size = \"128MiB\" }}\nnetwork = \"lan\"\n"
+        ));
+        let r = ws
+            .command(&["apply", "--yes"])
+            .env("PATH", "/usr/sbin:/sbin")
+            .output()
+            .unwrap();
+        let out = String::from_utf8_lossy(&r.stdout);
+        assert_eq!(r.status.code(), Some(1), "{out}");
+        assert!(out.contains("vm.a: creating failed: firecracker is not installed (PATH): declare a [firecracker.NAME] asset or install it"), "{out}");
+        assert!(
+            !std::path::Path::new("/sys/class/net/fort-a").exists(),
+            "the TAP of a VM that never started was removed"
+        );
+
+        // A bzImage for Firecracker (with a stand-in binary, so the kernel check is reached).
+        let fc = ws.path().join("firecracker");
+        std::fs::write(&fc, "#!/bin/sh\necho Firecracker v1.12.0\n").unwrap();
+        Command::new("chmod")
+            .args(["755", fc.to_str().unwrap()])
+            .status()
+            .unwrap();
+        let r = ws
+            .command(&["apply", "--yes"])
+            .env("PATH", format!("{}:/usr/bin:/bin", ws.path().display()))
+            .output()
+            .unwrap();
+        let out = String::from_utf8_lossy(&r.stdout);
+        assert_eq!(r.status.code(), Some(1), "{out}");
+        let cached = {
+            let s: serde_json::Value =
+                serde_json::from_str(&ws.run(&["state", "show", "kernel.deb", "--json"]).stdout)
+                    .unwrap();
+            s["outputs"]["path"].as_str().unwrap().to_string()
+        };
+        if std::path::Path::new("/dev/kvm").exists() {
+            assert!(out.contains(&format!("vm.a: creating failed: {cached} is not an ELF vmlinux (a bzImage?): Firecracker boots uncompressed ELF kernels on x86_64; use a vmlinux or vmm = \"qemu\"")), "{out}");
+        } else {
+            assert!(out.contains("vm.a: creating failed: /dev/kvm does not exist: Firecracker needs KVM (enable virtualisation, load kvm_intel or kvm_amd), or use vmm = \"qemu\""), "{out}");
+        }
+
+        // A guest whose agent never answers: the timeout names the console log, the VM is
+        // stopped and its TAP removed.
+        ws.write_manifest(&format!(
+            "{base}[template.mute]\nrootfs = \"bb\"\nsize = \"128MiB\"\nguest_agent = false\n[template.mute.files]\n\"/sbin/init\" = {{ content = \"#!/bin/sh\\nexec sleep 100000\\n\", mode = \"0755\" }}\n\n\
+             [vm.c]\nvmm = \"qemu\"\nkernel = \"deb\"\nroot = {{ template = \"mute\", size = \"128MiB\" }}\nnetwork = \"lan\"\n"
+        ));
+        let r = ws
+            .command(&["apply", "--yes"])
+            .env("FORT_BOOT_TIMEOUT", "8")
+            .output()
+            .unwrap();
+        let out = String::from_utf8_lossy(&r.stdout);
+        assert_eq!(r.status.code(), Some(1), "{out}");
+        let console = ws.state_dir().join("run/c/console.log");
+        assert!(out.contains(&format!("vm.c: creating failed: the guest agent did not answer within 8s (the VM was stopped; console log: {})", console.display())), "{out}");
+        assert!(
+            std::fs::read_to_string(&console)
+                .unwrap()
+                .contains("Linux version"),
+            "the console log is kept"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        assert_eq!(
+            processes_mentioning(&ws.state_dir().display().to_string()),
+            Vec::<String>::new()
+        );
+        assert!(!std::path::Path::new("/sys/class/net/fort-c").exists());
+        ws.run(&["destroy", "--yes"]).ok();
+    });
+}

@@ -152,6 +152,22 @@ impl ResourceKind for Vm {
         }
     }
 
+    async fn preflight(
+        &self,
+        _ctx: &Ctx,
+        desired: &Resource,
+    ) -> Result<Option<String>, ResourceError> {
+        let spec = spec_of(desired)?;
+        let total = host_memory();
+        Ok(total.filter(|t| spec.memory > *t).map(|t| {
+            format!(
+                "memory {} is more than this host has ({}MiB in total)",
+                crate::manifest::units::format_size(spec.memory),
+                t >> 20
+            )
+        }))
+    }
+
     async fn observe(&self, _ctx: &Ctx, record: &Record) -> Result<Observation, ResourceError> {
         let out: VmOutputs = super::asset::outputs(&record.address, &record.outputs)?;
         let stopped = record.spec.get("state").and_then(|s| s.as_str()) == Some("stopped");
@@ -434,4 +450,12 @@ async fn boot(
 /// Whether this host runs VMs with hardware acceleration (for docs and `fort doctor`).
 pub fn accelerated() -> bool {
     hardware_kvm()
+}
+
+/// MemTotal from /proc/meminfo, in bytes.
+fn host_memory() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
 }

@@ -151,3 +151,44 @@ impl Vmm for Qemu {
             .map(|l| format!("QEMU: {}", l.trim()))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::host::vmm::NetConfig;
+
+    #[test]
+    fn the_recipe_that_boots_under_tcg() {
+        let cfg = VmConfig {
+            name: "a".into(),
+            run_dir: "/s/run/a".into(),
+            kernel: "/s/cache/vmlinuz".into(),
+            initrd: Some("/s/cache/initrd".into()),
+            cmdline: "console=ttyS0 fort.hostname=a".into(),
+            root: "/s/drives/a-root.ext4".into(),
+            drives: vec!["/s/drives/data.ext4".into()],
+            vcpus: 1,
+            memory_mib: 256,
+            net: Some(NetConfig {
+                tap: "fort-a".into(),
+                mac: "02:fc:0a:4d:00:02".into(),
+            }),
+            cid: 9,
+        };
+        assert_eq!(
+            args(&cfg, false).join(" "),
+            "-accel tcg -cpu max -M pc -smp 1 -m 256 \
+             -object memory-backend-memfd,id=mem,size=256M,share=on -numa node,memdev=mem \
+             -chardev socket,id=vsock,path=/s/run/a/vhost.sock -device vhost-user-vsock-pci,chardev=vsock \
+             -drive file=/s/drives/a-root.ext4,format=raw,if=virtio,cache=writeback \
+             -drive file=/s/drives/data.ext4,format=raw,if=virtio,cache=writeback \
+             -netdev tap,id=net0,ifname=fort-a,script=no,downscript=no -device virtio-net-pci,netdev=net0,mac=02:fc:0a:4d:00:02 \
+             -nographic -no-reboot -nodefaults -serial file:/s/run/a/console.log \
+             -kernel /s/cache/vmlinuz -initrd /s/cache/initrd -append console=ttyS0 fort.hostname=a"
+        );
+        assert!(args(&cfg, true)
+            .join(" ")
+            .starts_with("-accel kvm -cpu host "));
+    }
+}
