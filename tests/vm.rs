@@ -13,7 +13,9 @@ use common::fort::{sha256_hex, Workspace, FORT};
 use common::netns::in_netns;
 use common::rootfs::static_agent;
 use common::server::{Reply, Server};
-use common::vms::{assets, processes_mentioning, vmm, ConsoleOnFailure};
+use common::vms::{
+    assets, kernel_file, processes_mentioning, vmm, ConsoleOnFailure, ONE_AT_A_TIME,
+};
 
 fn manifest(ws: &Workspace, srv: &Server, memory_a: &str, a_state: &str) {
     let dir = assets();
@@ -59,7 +61,7 @@ root = {{ template = "base", size = "256MiB" }}
 memory = "192MiB"
 network = "lan"
 "#,
-        k = dir.join("vmlinuz").display(),
+        k = dir.join(kernel_file()).display(),
         i = dir.join("initrd.cpio.gz").display(),
         url = srv.url("").trim_end_matches('/'),
     ));
@@ -73,6 +75,7 @@ fn exec(ws: &Workspace, vm: &str, argv: &[&str]) -> common::fort::Run {
 
 #[test]
 fn two_real_vms_from_manifest_to_destroy() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let agent = static_agent();
     let kver = std::fs::read_to_string(assets().join("KVER")).unwrap();
     in_netns(move || {
@@ -90,6 +93,16 @@ fn two_real_vms_from_manifest_to_destroy() {
             r.stdout
         );
         ws.run(&["plan", "--detailed-exitcode"]).ok();
+        let console = ws.run(&["console", "vm.a"]);
+        console.ok();
+        assert!(
+            console.stdout.contains("Linux version")
+                && console
+                    .stdout
+                    .contains("fort-guest-agent: listening on vsock:52"),
+            "{}",
+            console.stdout
+        );
 
         // The Debian kernel runs, the agent answers.
         assert_eq!(exec(&ws, "vm.a", &["uname", "-r"]).ok().stdout, kver);
@@ -244,6 +257,7 @@ fn host_mib() -> u64 {
 
 #[test]
 fn vm_errors_are_exact_and_leave_nothing_running() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let agent = static_agent();
     let dir = assets();
     in_netns(move || {

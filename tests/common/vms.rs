@@ -25,9 +25,22 @@ pub fn assets() -> PathBuf {
     dir
 }
 
+/// The kernel file for the VMM under test: Firecracker boots the ELF `vmlinux`, QEMU the
+/// bzImage.
+pub fn kernel_file() -> &'static str {
+    if vmm() == "firecracker" {
+        "vmlinux"
+    } else {
+        "vmlinuz"
+    }
+}
+
 pub fn vmm() -> String {
     std::env::var("FORT_TEST_VMM").unwrap_or_else(|_| "qemu".into())
 }
+
+/// VM tests boot under TCG on few cores: one at a time keeps their timing sane.
+pub static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// Processes (not zombies) whose command line mentions `needle`.
 pub fn processes_mentioning(needle: &str) -> Vec<String> {
@@ -55,6 +68,23 @@ impl Drop for ConsoleOnFailure {
     fn drop(&mut self) {
         if !std::thread::panicking() {
             return;
+        }
+        // A failed test leaves no VM behind: kill what still runs from this state dir.
+        if let Some(state) = self.0.parent() {
+            let needle = state.display().to_string();
+            for p in std::fs::read_dir("/proc").unwrap().flatten() {
+                let Ok(pid) = p.file_name().to_string_lossy().parse::<i32>() else {
+                    continue;
+                };
+                let cmd = std::fs::read(p.path().join("cmdline")).unwrap_or_default();
+                if String::from_utf8_lossy(&cmd).contains(&needle) {
+                    // SAFETY: kill(2) on processes this test started (their command line
+                    // names its temporary state dir).
+                    unsafe {
+                        libc::kill(pid, libc::SIGKILL);
+                    }
+                }
+            }
         }
         let Ok(rd) = std::fs::read_dir(&self.0) else {
             return;

@@ -238,3 +238,45 @@ pub async fn mcp(cli: &Cli, a: &McpArgs) -> Result<u8, CliError> {
         Err(e) => Err(CliError::Agent(agent::AgentError::Io(e))),
     }
 }
+
+/// `fort console vm.NAME`: the VM's serial console log, the same file for every VMM.
+pub async fn console(cli: &Cli, a: &super::args::ConsoleArgs) -> Result<u8, CliError> {
+    let addr: Address = a
+        .target
+        .parse()
+        .map_err(|e: crate::address::AddressError| CliError::Usage(e.to_string()))?;
+    if addr.kind != Kind::Vm {
+        return Err(CliError::Usage(format!(
+            "{addr} is not a VM: expected vm.NAME"
+        )));
+    }
+    let manifest = session::load_manifest(cli).ok();
+    let store = SqliteStore::open_readonly(&session::state_dir(cli, manifest.as_ref()))?;
+    let path = store
+        .get(&addr)?
+        .and_then(|r| {
+            r.outputs
+                .get("console_log")
+                .and_then(Value::as_str)
+                .map(std::path::PathBuf::from)
+        })
+        .ok_or_else(|| {
+            CliError::Usage(format!(
+                "{addr} has no recorded console log: is it applied?"
+            ))
+        })?;
+    let mut f = tokio::fs::File::open(&path)
+        .await
+        .map_err(|e| CliError::Usage(format!("cannot open {}: {e}", path.display())))?;
+    let mut out = tokio::io::stdout();
+    loop {
+        tokio::io::copy(&mut f, &mut out)
+            .await
+            .map_err(|e| CliError::Usage(format!("cannot read {}: {e}", path.display())))?;
+        if !a.follow {
+            return Ok(exit::OK);
+        }
+        tokio::io::AsyncWriteExt::flush(&mut out).await.ok();
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}

@@ -68,6 +68,8 @@ pub enum Command {
     Cp(CpArgs),
     /// Serve MCP on stdin/stdout, relayed to a VM's guest agent (for MCP clients).
     Mcp(McpArgs),
+    /// Print a VM's serial console log (`--follow` keeps printing what the guest writes).
+    Console(ConsoleArgs),
     /// Check what this host can do for fort (netlink, nftables, forwarding, TAPs, drive
     /// clones); every failed check prints its fix. Exit code 1 when a check fails.
     Doctor,
@@ -130,6 +132,17 @@ pub struct McpArgs {
 
     #[command(flatten)]
     pub agent: AgentArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ConsoleArgs {
+    /// The VM (vm.NAME).
+    #[arg(value_name = "TARGET")]
+    pub target: String,
+
+    /// Keep printing new output until interrupted.
+    #[arg(long, short = 'F')]
+    pub follow: bool,
 }
 
 #[derive(Debug, Args, Clone, Default)]

@@ -96,6 +96,7 @@ pub async fn run(cli: Cli) -> Result<u8, CliError> {
         Command::Cp(a) => agent::cp(&cli, a).await,
         Command::Mcp(a) => agent::mcp(&cli, a).await,
         Command::Doctor => doctor::doctor(&cli).await,
+        Command::Console(a) => agent::console(&cli, a).await,
         Command::Schema => {
             print!("{}", crate::manifest::json_schema_string());
             Ok(exit::OK)

@@ -427,10 +427,14 @@ async fn boot(
                 run.console().display()
             )));
         }
-        if let Ok(mut c) = Client::connect(&ep, Duration::from_secs(2)).await {
-            if c.request("ping", serde_json::json!({})).await.is_ok() {
-                break;
-            }
+        // Each attempt is bounded: a connection the guest accepted but never answers (it was
+        // still starting up) must not hold the readiness wait forever.
+        let attempt = async {
+            let mut c = Client::connect(&ep, Duration::from_secs(2)).await.ok()?;
+            c.request("ping", serde_json::json!({})).await.ok()
+        };
+        if let Ok(Some(_)) = tokio::time::timeout(Duration::from_secs(5), attempt).await {
+            break;
         }
         if Instant::now() > deadline {
             stop(&out).await;
