@@ -361,3 +361,59 @@ fn vm_errors_are_exact_and_leave_nothing_running() {
         ws.run(&["destroy", "--yes"]).ok();
     });
 }
+
+#[test]
+fn scaling_a_pool_down_removes_the_highest_indices_and_their_drives() {
+    let dir = assets();
+    in_netns(move || {
+        let ws = Workspace::new();
+        let pool = |count: u32| {
+            format!(
+                "[kernel.deb]\nurl = \"file://{k}\"\ninitrd = {{ url = \"file://{i}\" }}\n\n\
+                 [rootfs.bb]\nurl = \"file://{r}\"\n\n[template.t]\nrootfs = \"bb\"\nsize = \"64MiB\"\nguest_agent = false\n\n\
+                 [vm.w]\ncount = {count}\nvmm = \"qemu\"\nkernel = \"deb\"\nroot = {{ template = \"t\", size = \"64MiB\" }}\nstate = \"stopped\"\n",
+                k = dir.join("vmlinuz").display(),
+                i = dir.join("initrd.cpio.gz").display(),
+                r = dir.join("rootfs.tar.gz").display(),
+            )
+        };
+        ws.write_manifest(&pool(3));
+        ws.run(&["apply", "--yes"]).ok();
+        let listed = ws.run(&["state", "list"]).stdout.clone();
+        for i in 0..3 {
+            assert!(listed.contains(&format!("vm.w-{i} ")), "{listed}");
+            assert!(listed.contains(&format!("drive.w-{i}-root ")), "{listed}");
+        }
+        ws.write_manifest(&pool(1));
+        let p = ws.run(&["plan", "--detailed-exitcode"]);
+        assert_eq!(p.code, 2, "{}", p.stdout);
+        assert!(
+            p.stdout.contains("  - drive.w-1-root !\n")
+                && p.stdout.contains("  - drive.w-2-root !\n"),
+            "{}",
+            p.stdout
+        );
+        assert!(
+            p.stdout.contains("  - vm.w-1\n") && p.stdout.contains("  - vm.w-2\n"),
+            "{}",
+            p.stdout
+        );
+        assert!(
+            p.stdout.contains(
+                "Plan: 0 to create, 0 to update, 0 to restart, 0 to replace, 4 to destroy."
+            ),
+            "{}",
+            p.stdout
+        );
+        ws.run(&["apply", "--yes"]).ok();
+        let listed = ws.run(&["state", "list"]).stdout.clone();
+        assert!(
+            listed.contains("vm.w-0 ")
+                && !listed.contains("vm.w-1 ")
+                && !listed.contains("drive.w-2-root "),
+            "{listed}"
+        );
+        ws.run(&["plan", "--detailed-exitcode"]).ok();
+        ws.run(&["destroy", "--yes"]).ok();
+    });
+}

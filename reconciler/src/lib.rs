@@ -12,6 +12,7 @@ pub mod manifest;
 pub mod plan;
 pub mod resources;
 pub mod state;
+pub mod watch;
 
 pub use address::{Address, Kind};
 

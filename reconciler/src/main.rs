@@ -13,7 +13,10 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     let cli = Cli::parse_from(cli::args::normalize_args(std::env::args()));
-    init_logging(cli.verbose);
+    init_logging(
+        cli.verbose,
+        matches!(cli.command, cli::args::Command::Watch(_)),
+    );
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {
@@ -41,8 +44,10 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging(verbose: u8) {
+fn init_logging(verbose: u8, daemon: bool) {
     let default = match verbose {
+        // `fort watch` is a service: its passes are what it logs.
+        0 if daemon => "info",
         0 => "warn",
         1 => "info",
         2 => "debug",
@@ -54,5 +59,7 @@ fn init_logging(verbose: u8) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_target(false)
+        // Plain lines when not on a terminal (journald adds its own timestamps and colours).
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 }

@@ -68,6 +68,8 @@ pub enum Command {
     Cp(CpArgs),
     /// Serve MCP on stdin/stdout, relayed to a VM's guest agent (for MCP clients).
     Mcp(McpArgs),
+    /// Apply, then apply again whenever a watched file changes and every --interval (drift).
+    Watch(WatchArgs),
     /// Print a VM's serial console log (`--follow` keeps printing what the guest writes).
     Console(ConsoleArgs),
     /// Check what this host can do for fort (netlink, nftables, forwarding, TAPs, drive
@@ -132,6 +134,29 @@ pub struct McpArgs {
 
     #[command(flatten)]
     pub agent: AgentArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct WatchArgs {
+    /// Re-plan this often to heal drift, even when no file changed.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    pub interval: Duration,
+
+    /// Refuse (and log) a pass that would destroy more than N resources.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub max_destroy: usize,
+
+    /// Wait for this much quiet after a file change before a pass (coalesces editor saves).
+    #[arg(long, value_name = "DURATION", default_value = "200ms", value_parser = parse_duration)]
+    pub debounce: Duration,
+
+    /// At most N actions at once [default: number of CPUs].
+    #[arg(long, value_name = "N")]
+    pub parallelism: Option<usize>,
+
+    /// Wait this long for the state directory's lock (a `fort apply` beside the watch).
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
+    pub lock_timeout: Duration,
 }
 
 #[derive(Debug, Args)]

@@ -9,6 +9,7 @@ pub mod plan;
 pub mod session;
 pub mod state;
 pub mod term;
+pub mod watch;
 
 use std::path::PathBuf;
 
@@ -97,6 +98,7 @@ pub async fn run(cli: Cli) -> Result<u8, CliError> {
         Command::Mcp(a) => agent::mcp(&cli, a).await,
         Command::Doctor => doctor::doctor(&cli).await,
         Command::Console(a) => agent::console(&cli, a).await,
+        Command::Watch(a) => watch::watch(&cli, a).await,
         Command::Schema => {
             print!("{}", crate::manifest::json_schema_string());
             Ok(exit::OK)

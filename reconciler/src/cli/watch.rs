@@ -1,0 +1,291 @@
+//! `fort watch`: apply, then apply again whenever a watched file changes (debounced) and
+//! every `--interval` to heal drift — with the safety rails of design §2: a manifest that
+//! does not load is reported and ignored, a plan destroying more than `--max-destroy` is
+//! refused, the state-dir lock is held only during a pass, SIGTERM/SIGINT finish the running
+//! actions and exit 0 (VMs keep running), SIGHUP runs a pass now.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use notify::Watcher as _;
+use tokio::signal::unix::{signal, SignalKind};
+
+use super::args::WatchArgs;
+use super::plan::make_plan;
+use super::{exit, session, term, Cli, CliError};
+use crate::apply::{self, ExecOptions, Outcome};
+use crate::plan::{render, Op, PlanOptions};
+use crate::state::{SqliteStore, StateLock, StateStore};
+
+/// What a pass did, for its one-line summary.
+enum Pass {
+    Invalid,
+    NoChanges,
+    Refused,
+    Applied,
+    Error,
+}
+
+struct Watch<'a> {
+    cli: &'a Cli,
+    args: &'a WatchArgs,
+    cancel: Arc<AtomicBool>,
+    files: BTreeSet<PathBuf>,
+    manifest_path: PathBuf,
+}
+
+impl Watch<'_> {
+    async fn pass(&mut self, why: &str) -> Pass {
+        let started = Instant::now();
+        let m = match session::load_manifest(self.cli) {
+            Ok(m) => m,
+            Err(e) => {
+                let diags = e.diagnostics();
+                if diags.is_empty() {
+                    tracing::error!(
+                        "{why}: the manifest cannot be loaded, keeping the last good state: {}",
+                        crate::resources::error_chain(&e)
+                    );
+                } else {
+                    for d in diags {
+                        tracing::error!("{why}: {d}");
+                    }
+                    tracing::error!("{why}: the manifest is invalid; nothing was changed (the host keeps its last good state)");
+                }
+                return Pass::Invalid;
+            }
+        };
+        self.files = crate::watch::watched_files(&m);
+        let state_dir = session::state_dir(self.cli, Some(&m));
+        if let Err(e) = std::fs::create_dir_all(&state_dir) {
+            tracing::error!("{why}: cannot create {}: {e}", state_dir.display());
+            return Pass::Error;
+        }
+        let dir = state_dir.clone();
+        let timeout = self.args.lock_timeout;
+        let lock = match tokio::task::spawn_blocking(move || {
+            StateLock::acquire(&dir, timeout, "fort watch")
+        })
+        .await
+        {
+            Ok(Ok(l)) => l,
+            Ok(Err(e)) => {
+                tracing::warn!("{why}: skipped: {}", crate::resources::error_chain(&e));
+                return Pass::Error;
+            }
+            Err(e) => {
+                tracing::error!("{why}: lock task failed: {e}");
+                return Pass::Error;
+            }
+        };
+        let result = self.pass_locked(why, &m, &state_dir, started).await;
+        drop(lock);
+        match result {
+            Ok(p) => p,
+            Err(e) => {
+                let diags = e.diagnostics();
+                if diags.is_empty() {
+                    tracing::error!("{why}: {}", crate::resources::error_chain(&e));
+                } else {
+                    for d in diags {
+                        tracing::error!("{why}: {d}");
+                    }
+                }
+                Pass::Error
+            }
+        }
+    }
+
+    async fn pass_locked(
+        &mut self,
+        why: &str,
+        m: &crate::manifest::Manifest,
+        state_dir: &std::path::Path,
+        started: Instant,
+    ) -> Result<Pass, CliError> {
+        let store = SqliteStore::open(state_dir)?;
+        let recorded = store.resources()?;
+        let digest = store.digest()?;
+        let ctx = session::ctx(state_dir, store, false);
+        let plan = make_plan(&ctx, Some(m), &recorded, digest, PlanOptions::default()).await?;
+        if plan.is_empty() {
+            tracing::info!("{why}: no changes ({} ms)", started.elapsed().as_millis());
+            return Ok(Pass::NoChanges);
+        }
+        let destroys: Vec<String> = plan
+            .changes
+            .iter()
+            .filter(|c| c.op == Op::Destroy)
+            .map(|c| c.address.to_string())
+            .collect();
+        if destroys.len() > self.args.max_destroy {
+            tracing::warn!(
+                "{why}: refused: the plan would destroy {} resource(s) ({}), more than --max-destroy {}; nothing was applied (run `fort apply` to do it, or raise --max-destroy)",
+                destroys.len(),
+                destroys.join(", "),
+                self.args.max_destroy
+            );
+            return Ok(Pass::Refused);
+        }
+        for c in &plan.changes {
+            tracing::info!(
+                "{why}: {} {} ({})",
+                c.op.symbol(),
+                c.address,
+                c.reasons.join("; ")
+            );
+        }
+        let opts = ExecOptions {
+            parallelism: self
+                .args
+                .parallelism
+                .unwrap_or_else(|| ExecOptions::default().parallelism),
+            cancel: self.cancel.clone(),
+            ..ExecOptions::default()
+        };
+        let plan_json = serde_json::to_value(&plan).unwrap_or_default();
+        let run_id = ctx.with_store(|s| s.begin_run("fort watch", &plan_json))?;
+        let progress = Arc::new(term::Lines {
+            style: render::Style { color: false },
+            to_stderr: true,
+        });
+        let report = apply::execute(
+            &plan,
+            &m.resources,
+            &recorded,
+            ctx.clone(),
+            run_id,
+            &opts,
+            progress,
+        )
+        .await?;
+        let result = if report.interrupted {
+            "interrupted"
+        } else if report.succeeded() {
+            "ok"
+        } else {
+            "failed"
+        };
+        ctx.with_store(|s| s.finish_run(run_id, result))?;
+        if report.succeeded() {
+            for p in crate::resources::template::collect_garbage(&ctx)? {
+                tracing::info!("removed unused image {}", p.display());
+            }
+        }
+        let done = report.count(|a| matches!(a.outcome, Outcome::Done { .. }));
+        let failed = report.count(|a| matches!(a.outcome, Outcome::Failed { .. }));
+        let skipped = report.count(|a| matches!(a.outcome, Outcome::Skipped { .. }));
+        tracing::info!(
+            "{why}: applied {} change(s): {done} done, {failed} failed, {skipped} skipped ({} ms)",
+            plan.changes.len(),
+            started.elapsed().as_millis()
+        );
+        Ok(Pass::Applied)
+    }
+}
+
+pub async fn watch(cli: &Cli, args: &WatchArgs) -> Result<u8, CliError> {
+    let manifest_path = session::absolute(
+        &cli.file
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("fort.toml")),
+    );
+    let cancel = Arc::new(AtomicBool::new(false));
+    let stop = Arc::new(tokio::sync::Notify::new());
+    let stopping = Arc::new(AtomicBool::new(false));
+    {
+        let (cancel, stop, stopping) = (cancel.clone(), stop.clone(), stopping.clone());
+        let mut term_sig = signal(SignalKind::terminate())
+            .map_err(|e| CliError::Usage(format!("cannot handle SIGTERM: {e}")))?;
+        let mut int_sig = signal(SignalKind::interrupt())
+            .map_err(|e| CliError::Usage(format!("cannot handle SIGINT: {e}")))?;
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = term_sig.recv() => tracing::info!("SIGTERM: finishing the running actions, then exiting (VMs keep running)"),
+                _ = int_sig.recv() => tracing::info!("SIGINT: finishing the running actions, then exiting (VMs keep running)"),
+            }
+            stopping.store(true, Ordering::SeqCst);
+            cancel.store(true, Ordering::SeqCst);
+            stop.notify_one();
+        });
+    }
+    let mut hup = signal(SignalKind::hangup())
+        .map_err(|e| CliError::Usage(format!("cannot handle SIGHUP: {e}")))?;
+
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<PathBuf>();
+    let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+        if let Ok(ev) = res {
+            if !matches!(ev.kind, notify::EventKind::Access(_)) {
+                for p in ev.paths {
+                    let _ = tx.send(p);
+                }
+            }
+        }
+    })
+    .map_err(|e| CliError::Usage(format!("cannot watch files: {e}")))?;
+    let mut subscribed: BTreeSet<PathBuf> = BTreeSet::new();
+
+    let mut w = Watch {
+        cli,
+        args,
+        cancel,
+        files: BTreeSet::new(),
+        manifest_path: manifest_path.clone(),
+    };
+    tracing::info!(
+        "watching {} (every {}s, debounce {} ms, max-destroy {})",
+        manifest_path.display(),
+        args.interval.as_secs(),
+        args.debounce.as_millis(),
+        args.max_destroy
+    );
+    let mut why = "start".to_string();
+    loop {
+        if stopping.load(Ordering::SeqCst) {
+            break;
+        }
+        w.pass(&why).await;
+        if stopping.load(Ordering::SeqCst) {
+            break;
+        }
+        // Follow what the manifest references now (new overlay sources, local assets).
+        let mut files = w.files.clone();
+        if files.is_empty() {
+            files.insert(w.manifest_path.clone());
+        }
+        for d in crate::watch::watched_dirs(&w.manifest_path, &files) {
+            if subscribed.insert(d.clone()) {
+                if let Err(e) = watcher.watch(&d, notify::RecursiveMode::NonRecursive) {
+                    tracing::warn!("cannot watch {}: {e}", d.display());
+                }
+            }
+        }
+        let next = tokio::time::Instant::now() + args.interval;
+        why = loop {
+            tokio::select! {
+                _ = tokio::time::sleep_until(next) => break "interval".to_string(),
+                _ = stop.notified() => break String::new(),
+                _ = hup.recv() => break "SIGHUP".to_string(),
+                Some(p) = rx.recv() => {
+                    if !crate::watch::relevant(&p, &w.manifest_path, &files) {
+                        continue;
+                    }
+                    // Coalesce a burst of writes (editors save in several steps).
+                    let quiet = args.debounce;
+                    loop {
+                        tokio::select! {
+                            _ = tokio::time::sleep(quiet) => break,
+                            Some(_) = rx.recv() => continue,
+                        }
+                    }
+                    break format!("change of {}", p.file_name().map_or_else(|| p.display().to_string(), |n| n.to_string_lossy().into_owned()));
+                }
+            }
+        };
+    }
+    tracing::info!("fort watch stopped");
+    Ok(exit::OK)
+}

@@ -1,0 +1,171 @@
+//! `fort watch` as a real child process on a temp state dir: edits applied, broken saves
+//! ignored, destroys above --max-destroy refused, drift healed on the interval, bursts
+//! coalesced, the lock free between passes, SIGTERM → exit 0.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use common::fort::Workspace;
+
+struct WatchProcess {
+    child: Child,
+    log: PathBuf,
+}
+
+impl WatchProcess {
+    fn start(ws: &Workspace, extra: &[&str]) -> WatchProcess {
+        let log = ws.path().join("watch.log");
+        let mut args = vec!["watch"];
+        args.extend_from_slice(extra);
+        let child = ws
+            .command(&args)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let w = WatchProcess { child, log };
+        w.wait_for("start: ", 1);
+        w
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Wait until `needle` appears `n` times in the log (generous bound: a hang, not a speed
+    /// check — speed is measured by tests/bench/watch.sh).
+    #[track_caller]
+    fn wait_for(&self, needle: &str, n: usize) -> String {
+        let end = Instant::now() + Duration::from_secs(30);
+        loop {
+            let log = self.log();
+            if log.matches(needle).count() >= n {
+                return log;
+            }
+            assert!(
+                Instant::now() < end,
+                "no {n}× `{needle}` in the watch log:\n{log}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on our own child.
+        unsafe {
+            libc::kill(self.child.id() as i32, sig);
+        }
+    }
+}
+
+impl Drop for WatchProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn recorded(ws: &Workspace) -> String {
+    ws.run(&["state", "list"]).stdout
+}
+
+const KERNEL: &str = "[kernel.k]\nurl = \"vmlinux\"\n";
+const ROOTFS: &str = "[rootfs.r]\nurl = \"rootfs.tar\"\n";
+
+fn workspace() -> Workspace {
+    let ws = Workspace::new();
+    std::fs::write(ws.path().join("vmlinux"), b"kernel bytes").unwrap();
+    std::fs::write(ws.path().join("rootfs.tar"), vec![0u8; 10240]).unwrap();
+    ws.write_manifest(KERNEL);
+    ws
+}
+
+#[test]
+fn edits_are_applied_broken_saves_ignored_and_destroys_refused() {
+    let ws = workspace();
+    let w = WatchProcess::start(&ws, &["--interval", "60s"]);
+    w.wait_for("start: applied 1 change(s): 1 done", 1);
+    assert!(recorded(&ws).contains("kernel.k "));
+
+    // An edit: applied by the next pass.
+    ws.write_manifest(&format!("{KERNEL}{ROOTFS}"));
+    let log = w.wait_for("change of fort.toml: applied 1 change(s): 1 done", 1);
+    assert!(
+        log.contains("change of fort.toml: + rootfs.r (not yet created)"),
+        "{log}"
+    );
+    assert!(recorded(&ws).contains("rootfs.r "));
+
+    // A broken save: reported with its location, nothing destroyed.
+    ws.write_manifest(&format!("{KERNEL}{ROOTFS}[vm.x\n"));
+    let log = w.wait_for(
+        "the manifest is invalid; nothing was changed (the host keeps its last good state)",
+        1,
+    );
+    assert!(
+        log.contains("fort.toml:8:6: unclosed table, expected `]`"),
+        "{log}"
+    );
+    let listed = recorded(&ws);
+    assert!(
+        listed.contains("kernel.k ") && listed.contains("rootfs.r "),
+        "{listed}"
+    );
+
+    // Dropping a resource with --max-destroy 0: refused and logged, nothing destroyed.
+    ws.write_manifest(KERNEL);
+    let log = w.wait_for("refused: the plan would destroy 1 resource(s) (rootfs.r), more than --max-destroy 0; nothing was applied", 1);
+    assert!(!log.contains("- rootfs.r"), "{log}");
+    assert!(recorded(&ws).contains("rootfs.r "));
+
+    // The lock is only held during a pass: a plain apply beside the idle watch goes through.
+    ws.write_manifest(&format!("{KERNEL}{ROOTFS}"));
+    w.wait_for("change of fort.toml: no changes", 1);
+    ws.run(&["apply", "--yes", "--lock-timeout", "2s"]).ok();
+
+    // SIGTERM: exit 0, and the host is left converged.
+    w.signal(libc::SIGTERM);
+    let mut w = w;
+    let status = w.child.wait().unwrap();
+    assert_eq!(status.code(), Some(0), "{}", w.log());
+    assert!(w.log().contains("fort watch stopped"));
+    ws.run(&["plan", "--detailed-exitcode"]).ok();
+}
+
+#[test]
+fn drift_is_healed_on_the_interval_and_a_burst_of_writes_is_one_pass() {
+    let ws = workspace();
+    let w = WatchProcess::start(&ws, &["--interval", "1s"]);
+    w.wait_for("start: applied 1 change(s): 1 done", 1);
+    let s: serde_json::Value =
+        serde_json::from_str(&ws.run(&["state", "show", "kernel.k", "--json"]).stdout).unwrap();
+    let entry = PathBuf::from(s["outputs"]["path"].as_str().unwrap());
+    std::fs::remove_file(&entry).unwrap();
+    let log = w.wait_for("interval: applied 1 change(s): 1 done", 1);
+    assert!(
+        log.contains(&format!(
+            "interval: + kernel.k (drift: cache entry {} is missing)",
+            entry.display()
+        )),
+        "{log}"
+    );
+    assert!(entry.exists());
+
+    // 50 writes within ~100 ms: one pass.
+    let body = format!("{KERNEL}{ROOTFS}");
+    for i in 0..50 {
+        ws.write_manifest(&format!("{body}# save {i}\n"));
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    w.wait_for("change of fort.toml: applied", 1);
+    std::thread::sleep(Duration::from_millis(1500));
+    let log = w.log();
+    let passes = log.matches("change of fort.toml: applied").count()
+        + log.matches("change of fort.toml: no changes").count();
+    assert_eq!(passes, 1, "{log}");
+}
