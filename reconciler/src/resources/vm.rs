@@ -125,15 +125,26 @@ async fn stop(out: &VmOutputs) {
             let mut c = Client::connect(&ep, Duration::from_secs(2)).await.ok()?;
             c.call("shutdown", serde_json::json!({})).await.ok()
         };
+        let vmm = started.vmm;
+        let wait =
+            |secs| tokio::task::spawn_blocking(move || vmm.wait_gone(Duration::from_secs(secs)));
+        let mut gone = false;
         if tokio::time::timeout(Duration::from_secs(5), asked)
             .await
             .ok()
             .flatten()
             .is_some()
         {
-            let vmm = started.vmm;
-            let _ =
-                tokio::task::spawn_blocking(move || vmm.wait_gone(Duration::from_secs(20))).await;
+            gone = wait(20).await.unwrap_or(false);
+        }
+        // No agent (or it did not finish): Ctrl-Alt-Del / the ACPI power button, then signals.
+        let poweroff = crate::host::vmm::request_poweroff(&out.run_dir);
+        if !gone
+            && tokio::time::timeout(Duration::from_secs(3), poweroff)
+                .await
+                .unwrap_or(false)
+        {
+            let _ = wait(10).await;
         }
     }
     let _ = tokio::task::spawn_blocking(move || started.kill(Duration::from_secs(5))).await;

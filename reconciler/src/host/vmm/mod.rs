@@ -90,12 +90,15 @@ impl RunDir<'_> {
     pub fn config(&self) -> PathBuf {
         self.0.join("config.json")
     }
+    pub fn qmp(&self) -> PathBuf {
+        self.0.join("qmp.sock")
+    }
 
     /// Create the directory and remove sockets a previous run left (VMMs bind them and fail
     /// when they exist).
     pub fn prepare(&self) -> Result<(), VmmError> {
         std::fs::create_dir_all(self.0).map_err(|e| VmmError::io("cannot create", self.0, e))?;
-        for s in [self.vsock(), self.api(), self.vhost()] {
+        for s in [self.vsock(), self.api(), self.vhost(), self.qmp()] {
             match std::fs::remove_file(&s) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
                     return Err(VmmError::io("cannot remove stale socket", &s, e))
@@ -157,4 +160,40 @@ pub fn hardware_kvm() -> bool {
     Path::new("/dev/kvm").exists()
         && (Path::new("/sys/module/kvm_intel").exists()
             || Path::new("/sys/module/kvm_amd").exists())
+}
+
+/// Ask the guest to power off the way its virtual hardware does it, without the agent:
+/// Firecracker's `SendCtrlAltDel` action (the agent as PID 1 powers off on it) or QEMU's ACPI
+/// `system_powerdown` over QMP. Best effort: the caller escalates to signals.
+pub async fn request_poweroff(run_dir: &Path) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let run = RunDir(run_dir);
+    if let Ok(mut s) = tokio::net::UnixStream::connect(run.api()).await {
+        let body = r#"{"action_type":"SendCtrlAltDel"}"#;
+        let req = format!(
+            "PUT /actions HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        if s.write_all(req.as_bytes()).await.is_ok() {
+            let mut buf = [0u8; 64];
+            let n = s.read(&mut buf).await.unwrap_or(0);
+            return String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 204");
+        }
+        return false;
+    }
+    if let Ok(mut s) = tokio::net::UnixStream::connect(run.qmp()).await {
+        let mut buf = vec![0u8; 4096];
+        let _ = s.read(&mut buf).await; // the greeting
+        for cmd in [
+            r#"{"execute":"qmp_capabilities"}"#,
+            r#"{"execute":"system_powerdown"}"#,
+        ] {
+            if s.write_all(format!("{cmd}\n").as_bytes()).await.is_err() {
+                return false;
+            }
+            let _ = s.read(&mut buf).await;
+        }
+        return true;
+    }
+    false
 }

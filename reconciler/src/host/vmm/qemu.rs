@@ -54,6 +54,11 @@ pub fn args(cfg: &VmConfig, kvm: bool) -> Vec<String> {
         ]);
     }
     push(&[
+        "-qmp",
+        &format!(
+            "unix:{},server=on,wait=off",
+            run.0.join("qmp.sock").display()
+        ),
         "-nographic",
         "-no-reboot",
         "-nodefaults",
@@ -184,6 +189,7 @@ mod tests {
              -drive file=/s/drives/a-root.ext4,format=raw,if=virtio,cache=writeback \
              -drive file=/s/drives/data.ext4,format=raw,if=virtio,cache=writeback \
              -netdev tap,id=net0,ifname=fort-a,script=no,downscript=no -device virtio-net-pci,netdev=net0,mac=02:fc:0a:4d:00:02 \
+             -qmp unix:/s/run/a/qmp.sock,server=on,wait=off \
              -nographic -no-reboot -nodefaults -serial file:/s/run/a/console.log \
              -kernel /s/cache/vmlinuz -initrd /s/cache/initrd -append console=ttyS0 fort.hostname=a"
         );
