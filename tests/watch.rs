@@ -169,3 +169,89 @@ fn drift_is_healed_on_the_interval_and_a_burst_of_writes_is_one_pass() {
         + log.matches("change of fort.toml: no changes").count();
     assert_eq!(passes, 1, "{log}");
 }
+
+fn vm_pid(ws: &Workspace) -> u64 {
+    let s: serde_json::Value =
+        serde_json::from_str(&ws.run(&["state", "show", "vm.a", "--json"]).stdout).unwrap();
+    s["outputs"]["started"]["vmm"]["pid"].as_u64().unwrap()
+}
+
+fn kill9(pid: u64) {
+    // SAFETY: kill(2) on the VMM this test's watch started.
+    unsafe {
+        libc::kill(pid as i32, libc::SIGKILL);
+    }
+}
+
+#[test]
+fn a_crashed_vm_is_restarted_with_backoff_and_sigterm_leaves_it_running() {
+    let _one = common::vms::ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    let agent = common::rootfs::static_agent();
+    let dir = common::vms::assets();
+    common::netns::in_netns(move || {
+        let ws = Workspace::new();
+        let _console = common::vms::ConsoleOnFailure(ws.state_dir().join("run"));
+        ws.write_manifest(&format!(
+            "[kernel.deb]\nurl = \"file://{k}\"\ninitrd = {{ url = \"file://{i}\" }}\n\n\
+             [rootfs.bb]\nurl = \"file://{r}\"\n\n[template.t]\nrootfs = \"bb\"\nsize = \"128MiB\"\n\n\
+             [vm.a]\nvmm = \"qemu\"\nkernel = \"deb\"\nroot = {{ template = \"t\", size = \"256MiB\" }}\nmemory = \"192MiB\"\n",
+            k = dir.join("vmlinuz").display(),
+            i = dir.join("initrd.cpio.gz").display(),
+            r = dir.join("rootfs.tar.gz").display(),
+        ));
+        let log = ws.path().join("watch.log");
+        let child = ws
+            .command(&["watch", "--interval", "1s"])
+            .env("FORT_GUEST_AGENT", &agent)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let mut w = WatchProcess { child, log };
+        w.wait_for("start: applied", 1);
+
+        // First crash: restarted at the next interval, recorded in the history.
+        let pid = vm_pid(&ws);
+        kill9(pid);
+        w.wait_for(&format!("vm.a: its VMM process {pid} died (crash 1 seen by this watch); restart = \"on-failure\": restarting now"), 1);
+        w.wait_for("interval: applied 1 change(s): 1 done", 1);
+        let h = ws.run(&["history", "vm.a"]).stdout.clone();
+        assert!(
+            h.contains("crash") && h.contains("restarted by fort watch after a crash"),
+            "{h}"
+        );
+        let status = ws.run(&["status"]).stdout.clone();
+        assert!(
+            status.contains("vm.a")
+                && status.contains("running (up ")
+                && status.contains("restarts 1"),
+            "{status}"
+        );
+
+        // It keeps dying: the second restart waits 2 s, the third 4 s.
+        let pid = vm_pid(&ws);
+        kill9(pid);
+        w.wait_for(&format!("its VMM process {pid} died (crash 2 seen by this watch); restart = \"on-failure\": restarting in 2s (backoff)"), 1);
+        w.wait_for("interval: applied 1 change(s): 1 done", 2);
+        let pid = vm_pid(&ws);
+        kill9(pid);
+        w.wait_for(&format!("its VMM process {pid} died (crash 3 seen by this watch); restart = \"on-failure\": restarting in 4s (backoff)"), 1);
+        let log = w.wait_for("stays down for", 1);
+        assert!(log.contains("(backoff after 3 crashes)"), "{log}");
+        w.wait_for("interval: applied 1 change(s): 1 done", 3);
+
+        // SIGTERM: exit 0, the VM keeps running and nothing is left to do.
+        w.signal(libc::SIGTERM);
+        let status = w.child.wait().unwrap();
+        assert_eq!(status.code(), Some(0), "{}", w.log());
+        let pid = vm_pid(&ws);
+        assert!(
+            std::path::Path::new(&format!("/proc/{pid}")).exists(),
+            "the VM outlived fort watch"
+        );
+        ws.run(&["plan", "--detailed-exitcode"]).ok();
+        ws.run(&["destroy", "--yes"]).ok();
+    });
+}

@@ -98,3 +98,84 @@ mod tests {
         assert!(!relevant(&d.path().join("notes.txt"), d.path(), &files));
     }
 }
+
+/// Crash bookkeeping for one VM in a long-running watch: how often it died, and when it may
+/// be restarted again (exponential backoff, capped).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Crashes {
+    pub count: u32,
+    /// Seconds since the watch started before which no restart happens.
+    pub not_before: u64,
+    /// When it was last restarted (seconds since the watch started).
+    pub last_restart: Option<u64>,
+}
+
+/// The first restart is immediate; then 2 s, 4 s, 8 s … up to 5 minutes.
+pub const BACKOFF_CAP_SECS: u64 = 300;
+
+/// A VM that ran this long since its last restart has recovered: its count starts over.
+pub const STABLE_SECS: u64 = 600;
+
+impl Crashes {
+    /// Record a crash seen at `now`; returns the delay before the next restart.
+    pub fn crashed(&mut self, now: u64) -> u64 {
+        if self
+            .last_restart
+            .is_some_and(|r| now.saturating_sub(r) >= STABLE_SECS)
+        {
+            self.count = 0;
+        }
+        self.count += 1;
+        let delay = if self.count <= 1 {
+            0
+        } else {
+            (1u64 << (self.count - 1).min(20)).min(BACKOFF_CAP_SECS)
+        };
+        self.not_before = now + delay;
+        delay
+    }
+
+    pub fn may_restart(&self, now: u64) -> bool {
+        now >= self.not_before
+    }
+}
+
+/// What the `restart` policy says about a VM found dead. `clean` = the guest powered itself
+/// off (its console log ends with the kernel's power-down message).
+pub fn policy_allows(restart: crate::manifest::RestartPolicy, clean: bool) -> bool {
+    use crate::manifest::RestartPolicy as R;
+    match restart {
+        R::Never => false,
+        R::OnFailure => !clean,
+        R::Always => true,
+    }
+}
+
+#[cfg(test)]
+mod backoff_tests {
+    use super::*;
+    use crate::manifest::RestartPolicy;
+
+    #[test]
+    fn backoff_doubles_to_a_cap_and_resets_after_a_stable_run() {
+        let mut c = Crashes::default();
+        let delays: Vec<u64> = (0..12).map(|i| c.crashed(i)).collect();
+        assert_eq!(delays, [0, 2, 4, 8, 16, 32, 64, 128, 256, 300, 300, 300]);
+        assert!(!c.may_restart(11) && c.may_restart(311));
+        c.last_restart = Some(1000);
+        assert_eq!(
+            c.crashed(1000 + STABLE_SECS),
+            0,
+            "a long healthy run forgives"
+        );
+        assert_eq!(c.count, 1);
+    }
+
+    #[test]
+    fn restart_policies() {
+        assert!(!policy_allows(RestartPolicy::Never, false));
+        assert!(policy_allows(RestartPolicy::OnFailure, false));
+        assert!(!policy_allows(RestartPolicy::OnFailure, true));
+        assert!(policy_allows(RestartPolicy::Always, true));
+    }
+}

@@ -68,6 +68,8 @@ pub enum Command {
     Cp(CpArgs),
     /// Serve MCP on stdin/stdout, relayed to a VM's guest agent (for MCP clients).
     Mcp(McpArgs),
+    /// One table of every recorded resource and its state on the host now.
+    Status,
     /// Apply, then apply again whenever a watched file changes and every --interval (drift).
     Watch(WatchArgs),
     /// Print a VM's serial console log (`--follow` keeps printing what the guest writes).

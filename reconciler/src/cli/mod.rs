@@ -8,6 +8,7 @@ pub mod doctor;
 pub mod plan;
 pub mod session;
 pub mod state;
+pub mod status;
 pub mod term;
 pub mod watch;
 
@@ -99,6 +100,7 @@ pub async fn run(cli: Cli) -> Result<u8, CliError> {
         Command::Doctor => doctor::doctor(&cli).await,
         Command::Console(a) => agent::console(&cli, a).await,
         Command::Watch(a) => watch::watch(&cli, a).await,
+        Command::Status => status::status(&cli),
         Command::Schema => {
             print!("{}", crate::manifest::json_schema_string());
             Ok(exit::OK)

@@ -4,7 +4,7 @@
 //! refused, the state-dir lock is held only during a pass, SIGTERM/SIGINT finish the running
 //! actions and exit 0 (VMs keep running), SIGHUP runs a pass now.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -16,9 +16,12 @@ use tokio::signal::unix::{signal, SignalKind};
 use super::args::WatchArgs;
 use super::plan::make_plan;
 use super::{exit, session, term, Cli, CliError};
+use crate::address::{Address, Kind};
 use crate::apply::{self, ExecOptions, Outcome};
+use crate::manifest::{Spec, VmSpec};
 use crate::plan::{render, Op, PlanOptions};
 use crate::state::{SqliteStore, StateLock, StateStore};
+use crate::watch::{policy_allows, Crashes};
 
 /// What a pass did, for its one-line summary.
 enum Pass {
@@ -35,6 +38,24 @@ struct Watch<'a> {
     cancel: Arc<AtomicBool>,
     files: BTreeSet<PathBuf>,
     manifest_path: PathBuf,
+    started: Instant,
+    /// Per VM: crashes seen, backoff, and the dead VMM's PID already counted.
+    crashes: BTreeMap<Address, (Crashes, Option<u64>)>,
+}
+
+/// Did the guest power itself off (the kernel's last words on the console)?
+fn powered_off(rec: Option<&crate::state::Record>) -> bool {
+    let Some(path) = rec
+        .and_then(|r| r.outputs.get("console_log"))
+        .and_then(|v| v.as_str())
+    else {
+        return false;
+    };
+    let Ok(text) = std::fs::read(path) else {
+        return false;
+    };
+    let tail = &text[text.len().saturating_sub(4096)..];
+    String::from_utf8_lossy(tail).contains("reboot: Power down")
 }
 
 impl Watch<'_> {
@@ -110,7 +131,79 @@ impl Watch<'_> {
         let recorded = store.resources()?;
         let digest = store.digest()?;
         let ctx = session::ctx(state_dir, store, false);
-        let plan = make_plan(&ctx, Some(m), &recorded, digest, PlanOptions::default()).await?;
+        let mut plan = make_plan(&ctx, Some(m), &recorded, digest, PlanOptions::default()).await?;
+        // Crashed VMs: the restart policy and the backoff decide whether this pass restarts
+        // them; each crash is counted once and written to the VM's history.
+        let now = self.started.elapsed().as_secs();
+        let mut restarting = Vec::new();
+        let mut keep = Vec::new();
+        for c in std::mem::take(&mut plan.changes) {
+            let crashed = c.address.kind == Kind::Vm
+                && c.op == Op::Create
+                && c.reasons.iter().any(|r| r.contains("its VMM process"));
+            let policy = match m.resources.get(&c.address).map(|r| &r.spec) {
+                Some(Spec::Vm(VmSpec { restart, .. })) => *restart,
+                _ => crate::manifest::RestartPolicy::OnFailure,
+            };
+            if !crashed {
+                keep.push(c);
+                continue;
+            }
+            let rec = recorded.get(&c.address);
+            let pid = rec
+                .and_then(|r| r.outputs.pointer("/started/vmm/pid"))
+                .and_then(|p| p.as_u64());
+            let clean = powered_off(rec);
+            let (crashes, counted) = self.crashes.entry(c.address.clone()).or_default();
+            if *counted != pid {
+                *counted = pid;
+                let delay = crashes.crashed(now);
+                let allowed = policy_allows(policy, clean);
+                let detail = format!(
+                    "its VMM process {} died{} (crash {} seen by this watch); restart = \"{}\": {}",
+                    pid.map_or_else(|| "?".into(), |p| p.to_string()),
+                    if clean {
+                        " after the guest powered off"
+                    } else {
+                        ""
+                    },
+                    crashes.count,
+                    serde_json::to_value(policy)
+                        .ok()
+                        .and_then(|v| v.as_str().map(String::from))
+                        .unwrap_or_default(),
+                    if !allowed {
+                        "left stopped".to_string()
+                    } else if delay == 0 {
+                        "restarting now".to_string()
+                    } else {
+                        format!("restarting in {delay}s (backoff)")
+                    }
+                );
+                tracing::warn!("{why}: {}: {detail}", c.address);
+                let addr = c.address.clone();
+                ctx.with_store(|s| s.note(&addr, None, "crash", &detail))?;
+                if !allowed {
+                    continue;
+                }
+            }
+            if !policy_allows(policy, clean) {
+                continue;
+            }
+            if !crashes.may_restart(now) {
+                tracing::info!(
+                    "{why}: {} stays down for {}s more (backoff after {} crashes)",
+                    c.address,
+                    crashes.not_before - now,
+                    crashes.count
+                );
+                continue;
+            }
+            restarting.push(c.address.clone());
+            keep.push(c);
+        }
+        plan.changes = keep;
+        plan.summary = crate::plan::summarize(&plan.changes);
         if plan.is_empty() {
             tracing::info!("{why}: no changes ({} ms)", started.elapsed().as_millis());
             return Ok(Pass::NoChanges);
@@ -175,6 +268,19 @@ impl Watch<'_> {
                 tracing::info!("removed unused image {}", p.display());
             }
         }
+        for addr in restarting {
+            let ok = report
+                .actions
+                .iter()
+                .any(|a| a.address == addr && matches!(a.outcome, Outcome::Done { .. }));
+            if ok {
+                if let Some((c, _)) = self.crashes.get_mut(&addr) {
+                    c.last_restart = Some(now);
+                }
+                let detail = "restarted by fort watch after a crash";
+                ctx.with_store(|s| s.note(&addr, None, "restart", detail))?;
+            }
+        }
         let done = report.count(|a| matches!(a.outcome, Outcome::Done { .. }));
         let failed = report.count(|a| matches!(a.outcome, Outcome::Failed { .. }));
         let skipped = report.count(|a| matches!(a.outcome, Outcome::Skipped { .. }));
@@ -234,6 +340,8 @@ pub async fn watch(cli: &Cli, args: &WatchArgs) -> Result<u8, CliError> {
         cancel,
         files: BTreeSet::new(),
         manifest_path: manifest_path.clone(),
+        started: Instant::now(),
+        crashes: BTreeMap::new(),
     };
     tracing::info!(
         "watching {} (every {}s, debounce {} ms, max-destroy {})",
