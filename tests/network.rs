@@ -424,6 +424,16 @@ fn doctor_names_a_foreign_forward_drop_policy_and_its_fix() {
             "{}",
             r.stdout
         );
+        // The whole host: VMMs with their versions, what /dev/kvm is, capacity for the manifest.
+        for line in [
+            "ok    qemu: QEMU emulator version ",
+            "ok    vhost-device-vsock: vhost-device-vsock 0.",
+            "  kvm: /dev/kvm",
+            "ok    memory: the manifest's VMs need 0 MiB; ",
+            "ok    disk: drives and images at full size: 0 MiB; ",
+        ] {
+            assert!(r.stdout.contains(line), "{line}\n{}", r.stdout);
+        }
 
         // What Docker or ufw leave behind: a forward chain with policy drop in their table.
         let name = std::ffi::CString::new("filter").unwrap();

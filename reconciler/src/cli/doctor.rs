@@ -115,6 +115,11 @@ pub async fn checks(cli: &Cli) -> Vec<Check> {
         Err(e) => check("ip_forward", Level::Fail, crate::resources::error_chain(&e), None),
     });
 
+    out.extend(vmm_checks());
+    if let Some(m) = &manifest {
+        out.extend(capacity_checks(m, &state_dir));
+    }
+
     let drives = state_dir.join("drives");
     let (fs, method) = clone_method(&drives);
     out.push(match method {
@@ -147,4 +152,142 @@ pub async fn doctor(cli: &Cli) -> Result<u8, CliError> {
         }
     }
     Ok(if failed { exit::ERROR } else { exit::OK })
+}
+
+fn version_of(bin: &str) -> Option<String> {
+    let out = std::process::Command::new(bin)
+        .arg("--version")
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.lines().next().map(|l| l.trim().to_string())
+}
+
+/// VMM binaries, and what `/dev/kvm` is on this host.
+fn vmm_checks() -> Vec<Check> {
+    use crate::host::vmm::which;
+    let mut out = Vec::new();
+    let kvm = std::path::Path::new("/dev/kvm");
+    let sys = |m: &str| std::path::Path::new("/sys/module").join(m).exists();
+    let kind = if !kvm.exists() {
+        None
+    } else if sys("kvm_intel") || sys("kvm_amd") {
+        Some("hardware virtualisation")
+    } else if sys("kvm_pvm") {
+        Some("nested PVM (kvm_pvm), which cannot run ordinary guests")
+    } else {
+        Some("of unknown kind")
+    };
+    let access = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(kvm)
+        .is_ok();
+    out.push(match (kind, access) {
+        (None, _) => check(
+            "kvm",
+            Level::Warn,
+            "/dev/kvm does not exist: Firecracker cannot run; QEMU VMs run under TCG (slow)",
+            Some(
+                "enable virtualisation in the firmware/hypervisor and load kvm_intel or kvm_amd"
+                    .into(),
+            ),
+        ),
+        (Some(k), true) if k.starts_with("hardware") => {
+            check("kvm", Level::Ok, format!("/dev/kvm: {k}, read-write"), None)
+        }
+        (Some(k), true) => check(
+            "kvm",
+            Level::Warn,
+            format!("/dev/kvm: {k}: Firecracker cannot boot guests here; QEMU VMs use TCG"),
+            Some("use vmm = \"qemu\" on this host".into()),
+        ),
+        (Some(k), false) => check(
+            "kvm",
+            Level::Fail,
+            format!("/dev/kvm ({k}) cannot be opened read-write"),
+            Some("run fort as root or add its user to the kvm group".into()),
+        ),
+    });
+    for (bin, name, fix) in [
+        ("firecracker", "firecracker", "declare a [firecracker.NAME] asset, or install firecracker into PATH (needed for vmm = \"firecracker\")"),
+        ("qemu-system-x86_64", "qemu", "apt-get install qemu-system-x86 (needed for vmm = \"qemu\")"),
+        ("vhost-device-vsock", "vhost-device-vsock", "cargo install vhost-device-vsock --locked (QEMU's vsock for fort)"),
+    ] {
+        out.push(match which(bin) {
+            Some(p) => check(name, Level::Ok, format!("{} ({})", version_of(bin).unwrap_or_else(|| "version unknown".into()), p.display()), None),
+            None => check(name, Level::Warn, format!("{bin} is not in PATH"), Some(fix.into())),
+        });
+    }
+    out
+}
+
+/// The manifest's totals against what the host has free.
+fn capacity_checks(m: &crate::manifest::Manifest, state_dir: &std::path::Path) -> Vec<Check> {
+    use crate::manifest::Spec;
+    let mut out = Vec::new();
+    let mem: u64 = m
+        .resources
+        .values()
+        .filter_map(|r| match &r.spec {
+            Spec::Vm(v) => Some(v.memory),
+            _ => None,
+        })
+        .sum();
+    let disk: u64 = m
+        .resources
+        .values()
+        .filter_map(|r| match &r.spec {
+            Spec::Drive(d) => Some(d.size),
+            Spec::Template(t) => Some(t.size),
+            _ => None,
+        })
+        .sum();
+    let avail = std::fs::read_to_string("/proc/meminfo").ok().and_then(|t| {
+        let l = t.lines().find(|l| l.starts_with("MemAvailable:"))?;
+        l.split_whitespace()
+            .nth(1)?
+            .parse::<u64>()
+            .ok()
+            .map(|k| k * 1024)
+    });
+    if let Some(a) = avail {
+        out.push(if mem <= a {
+            check(
+                "memory",
+                Level::Ok,
+                format!(
+                    "the manifest's VMs need {} MiB; {} MiB available",
+                    mem >> 20,
+                    a >> 20
+                ),
+                None,
+            )
+        } else {
+            check(
+                "memory",
+                Level::Warn,
+                format!(
+                    "the manifest's VMs need {} MiB but only {} MiB are available",
+                    mem >> 20,
+                    a >> 20
+                ),
+                Some("lower `memory` or `count`, or free memory on the host".into()),
+            )
+        });
+    }
+    let mut dir = Some(state_dir);
+    while let Some(d) = dir {
+        if let Ok(st) = rustix::fs::statvfs(d) {
+            let free = st.f_bavail * st.f_frsize;
+            out.push(if disk <= free {
+                check("disk", Level::Ok, format!("drives and images at full size: {} MiB; {} MiB free at {}", disk >> 20, free >> 20, d.display()), None)
+            } else {
+                check("disk", Level::Warn, format!("drives and images at full size need {} MiB but {} has {} MiB free (sparse files and clones usually need far less)", disk >> 20, d.display(), free >> 20), Some("free space, or move the state dir to a bigger filesystem".into()))
+            });
+            break;
+        }
+        dir = d.parent();
+    }
+    out
 }
