@@ -128,6 +128,10 @@ fn edits_are_applied_broken_saves_ignored_and_destroys_refused() {
     w.wait_for("change of fort.toml: no changes", 1);
     ws.run(&["apply", "--yes", "--lock-timeout", "2s"]).ok();
 
+    // SIGHUP: a pass now.
+    w.signal(libc::SIGHUP);
+    w.wait_for("SIGHUP: no changes", 1);
+
     // SIGTERM: exit 0, and the host is left converged.
     w.signal(libc::SIGTERM);
     let mut w = w;
@@ -241,6 +245,19 @@ fn a_crashed_vm_is_restarted_with_backoff_and_sigterm_leaves_it_running() {
         let log = w.wait_for("stays down for", 1);
         assert!(log.contains("(backoff after 3 crashes)"), "{log}");
         w.wait_for("interval: applied 1 change(s): 1 done", 3);
+
+        // Changing the VM in the manifest: the watch restarts it with the new memory.
+        let m = std::fs::read_to_string(ws.manifest()).unwrap();
+        std::fs::write(
+            ws.manifest(),
+            m.replace("memory = \"192MiB\"", "memory = \"224MiB\""),
+        )
+        .unwrap();
+        let log = w.wait_for("change of fort.toml: applied 1 change(s): 1 done", 1);
+        assert!(
+            log.contains("change of fort.toml: ~restart vm.a (memory changed)"),
+            "{log}"
+        );
 
         // SIGTERM: exit 0, the VM keeps running and nothing is left to do.
         w.signal(libc::SIGTERM);
