@@ -17,16 +17,9 @@ use crate::state::{SqliteStore, StateStore};
 const CHUNK: usize = 4 << 20;
 
 /// Where the agent of `target` (vm.NAME) is, or `--connect`.
-fn endpoint(cli: &Cli, target: Option<&str>, a: &AgentArgs) -> Result<Endpoint, CliError> {
-    if let Some(c) = &a.connect {
-        return Ok(c.parse()?);
-    }
-    let Some(t) = target.filter(|t| !t.is_empty()) else {
-        return Err(CliError::Usage(
-            "name a VM (vm.NAME) or give --connect ENDPOINT".into(),
-        ));
-    };
-    let addr: Address = t
+/// `target` as a VM address, and one string output of its record (if recorded).
+fn vm_output(cli: &Cli, target: &str, key: &str) -> Result<(Address, Option<String>), CliError> {
+    let addr: Address = target
         .parse()
         .map_err(|e: crate::address::AddressError| CliError::Usage(e.to_string()))?;
     if addr.kind != Kind::Vm {
@@ -36,12 +29,25 @@ fn endpoint(cli: &Cli, target: Option<&str>, a: &AgentArgs) -> Result<Endpoint, 
     }
     let manifest = session::load_manifest(cli).ok();
     let store = SqliteStore::open_readonly(&session::state_dir(cli, manifest.as_ref()))?;
-    let socket = store.get(&addr)?.and_then(|r| {
+    let value = store.get(&addr)?.and_then(|r| {
         r.outputs
-            .get("vsock_uds")
+            .get(key)
             .and_then(Value::as_str)
             .map(str::to_string)
     });
+    Ok((addr, value))
+}
+
+fn endpoint(cli: &Cli, target: Option<&str>, a: &AgentArgs) -> Result<Endpoint, CliError> {
+    if let Some(c) = &a.connect {
+        return Ok(c.parse()?);
+    }
+    let Some(t) = target.filter(|t| !t.is_empty()) else {
+        return Err(CliError::Usage(
+            "name a VM (vm.NAME) or give --connect ENDPOINT".into(),
+        ));
+    };
+    let (addr, socket) = vm_output(cli, t, "vsock_uds")?;
     match socket {
         Some(s) => Ok(Endpoint::VsockUds(s.into())),
         None => Err(CliError::Usage(format!(
@@ -241,30 +247,12 @@ pub async fn mcp(cli: &Cli, a: &McpArgs) -> Result<u8, CliError> {
 
 /// `fort console vm.NAME`: the VM's serial console log, the same file for every VMM.
 pub async fn console(cli: &Cli, a: &super::args::ConsoleArgs) -> Result<u8, CliError> {
-    let addr: Address = a
-        .target
-        .parse()
-        .map_err(|e: crate::address::AddressError| CliError::Usage(e.to_string()))?;
-    if addr.kind != Kind::Vm {
-        return Err(CliError::Usage(format!(
-            "{addr} is not a VM: expected vm.NAME"
-        )));
-    }
-    let manifest = session::load_manifest(cli).ok();
-    let store = SqliteStore::open_readonly(&session::state_dir(cli, manifest.as_ref()))?;
-    let path = store
-        .get(&addr)?
-        .and_then(|r| {
-            r.outputs
-                .get("console_log")
-                .and_then(Value::as_str)
-                .map(std::path::PathBuf::from)
-        })
-        .ok_or_else(|| {
-            CliError::Usage(format!(
-                "{addr} has no recorded console log: is it applied?"
-            ))
-        })?;
+    let (addr, path) = vm_output(cli, &a.target, "console_log")?;
+    let path = path.map(std::path::PathBuf::from).ok_or_else(|| {
+        CliError::Usage(format!(
+            "{addr} has no recorded console log: is it applied?"
+        ))
+    })?;
     let mut f = tokio::fs::File::open(&path)
         .await
         .map_err(|e| CliError::Usage(format!("cannot open {}: {e}", path.display())))?;

@@ -201,20 +201,7 @@ async fn run_in(
     )
     .await?;
     watcher.abort();
-    let result = if report.interrupted {
-        "interrupted"
-    } else if report.succeeded() {
-        "ok"
-    } else {
-        "failed"
-    };
-    ctx.with_store(|s| s.finish_run(run_id, result))?;
-    // Only after a complete, untargeted apply is "not recorded" the same as "not wanted".
-    if report.succeeded() && plan.options.targets.is_empty() {
-        for p in crate::resources::template::collect_garbage(&ctx)? {
-            tracing::info!("removed unused image {}", p.display());
-        }
-    }
+    finish_run(&ctx, run_id, &report, plan.options.targets.is_empty())?;
     drop(lock);
 
     if cli.json {
@@ -233,6 +220,30 @@ async fn run_in(
     } else {
         exit::ERROR
     })
+}
+
+/// Record how a run ended and, after a complete untargeted one, remove images nothing uses
+/// (only then is "not recorded" the same as "not wanted").
+pub(super) fn finish_run(
+    ctx: &crate::resources::Ctx,
+    run_id: crate::state::RunId,
+    report: &Report,
+    untargeted: bool,
+) -> Result<(), CliError> {
+    let result = if report.interrupted {
+        "interrupted"
+    } else if report.succeeded() {
+        "ok"
+    } else {
+        "failed"
+    };
+    ctx.with_store(|s| s.finish_run(run_id, result))?;
+    if report.succeeded() && untargeted {
+        for p in crate::resources::template::collect_garbage(ctx)? {
+            tracing::info!("removed unused image {}", p.display());
+        }
+    }
+    Ok(())
 }
 
 async fn lock(state_dir: &Path, run_args: &RunArgs, command: &str) -> Result<StateLock, CliError> {

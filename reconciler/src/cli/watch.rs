@@ -255,19 +255,7 @@ impl Watch<'_> {
             progress,
         )
         .await?;
-        let result = if report.interrupted {
-            "interrupted"
-        } else if report.succeeded() {
-            "ok"
-        } else {
-            "failed"
-        };
-        ctx.with_store(|s| s.finish_run(run_id, result))?;
-        if report.succeeded() {
-            for p in crate::resources::template::collect_garbage(&ctx)? {
-                tracing::info!("removed unused image {}", p.display());
-            }
-        }
+        super::apply::finish_run(&ctx, run_id, &report, true)?;
         for addr in restarting {
             let ok = report
                 .actions
