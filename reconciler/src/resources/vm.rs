@@ -17,7 +17,7 @@ use crate::host::agent::{Client, Endpoint};
 use crate::host::net::link::Netlink;
 use crate::host::vmm::firecracker::Firecracker;
 use crate::host::vmm::qemu::Qemu;
-use crate::host::vmm::{hardware_kvm, NetConfig, RunDir, Started, VmConfig};
+use crate::host::vmm::{NetConfig, RunDir, Started, VmConfig};
 use crate::manifest::{Resource, Spec, VmSpec, VmState, Vmm};
 use crate::plan::{Effect, Observation};
 use crate::state::leases::PoolSlot;
@@ -179,7 +179,7 @@ impl ResourceKind for Vm {
         }))
     }
 
-    async fn observe(&self, _ctx: &Ctx, record: &Record) -> Result<Observation, ResourceError> {
+    async fn observe(&self, ctx: &Ctx, record: &Record) -> Result<Observation, ResourceError> {
         let out: VmOutputs = super::asset::outputs(&record.address, &record.outputs)?;
         let stopped = record.spec.get("state").and_then(|s| s.as_str()) == Some("stopped");
         let alive = out.started.is_some_and(|s| s.alive());
@@ -212,7 +212,7 @@ impl ResourceKind for Vm {
         if let Some(a) = &out.network {
             let net = Address::new(Kind::Network, &a.network);
             let bridge = format!("fort-{}", a.network);
-            let isolated = _ctx
+            let isolated = ctx
                 .record(&net)?
                 .and_then(|r| r.outputs.get("isolated").and_then(|v| v.as_bool()))
                 .unwrap_or(false);
@@ -322,11 +322,8 @@ async fn boot(
         .record(&k)?
         .ok_or_else(|| ResourceError::Check(format!("{k} is not applied")))?;
     let kernel: KernelOutputs = super::asset::outputs(&k, &krec.outputs)?;
-    let kspec = match ctx.record(&k)?.map(|r| r.spec) {
-        Some(s) => s,
-        None => serde_json::Value::Null,
-    };
-    let base_cmdline = kspec
+    let base_cmdline = krec
+        .spec
         .get("cmdline")
         .and_then(|c| c.as_str())
         .unwrap_or(crate::manifest::DEFAULT_CMDLINE)
@@ -391,13 +388,13 @@ async fn boot(
     let slow = vmm.slow();
     let t0 = Instant::now();
     let cfg2 = cfg.clone();
-    let started = {
-        let vmm = backend(ctx, spec)?;
-        tokio::task::spawn_blocking(move || vmm.start(&cfg2))
-            .await
-            .map_err(|e| ResourceError::Check(format!("VMM start task failed: {e}")))?
-            .map_err(|e| ResourceError::Check(super::error_chain(&e)))?
-    };
+    let (vmm, started) = tokio::task::spawn_blocking(move || {
+        let started = vmm.start(&cfg2);
+        (vmm, started)
+    })
+    .await
+    .map_err(|e| ResourceError::Check(format!("VMM start task failed: {e}")))?;
+    let started = started.map_err(|e| ResourceError::Check(super::error_chain(&e)))?;
     let run = RunDir(&run_dir);
     let out = VmOutputs {
         vmm: vmm.name().to_string(),
@@ -460,11 +457,6 @@ async fn boot(
         boot_ms: Some(t0.elapsed().as_millis() as u64),
         ..out
     })
-}
-
-/// Whether this host runs VMs with hardware acceleration (for docs and `fort doctor`).
-pub fn accelerated() -> bool {
-    hardware_kvm()
 }
 
 /// MemTotal from /proc/meminfo, in bytes.
