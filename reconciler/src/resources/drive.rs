@@ -110,9 +110,7 @@ impl ResourceKind for Drive {
         let image = match &spec.template {
             Some(t) => {
                 let a = Address::new(Kind::Template, t);
-                let rec = ctx
-                    .record(&a)?
-                    .ok_or_else(|| ResourceError::Check(format!("{a} is not applied")))?;
+                let rec = ctx.applied(&a)?;
                 let out: TemplateOutputs = asset::outputs(&a, &rec.outputs)?;
                 Some(out.image)
             }

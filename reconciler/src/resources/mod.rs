@@ -82,6 +82,12 @@ impl Ctx {
     pub fn record(&self, address: &Address) -> Result<Option<Record>, ResourceError> {
         self.with_store(|s| s.get(address))
     }
+
+    /// The recorded row of a dependency, which must have been applied already.
+    pub fn applied(&self, address: &Address) -> Result<Record, ResourceError> {
+        self.record(address)?
+            .ok_or_else(|| ResourceError::Check(format!("{address} is not applied")))
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -338,9 +338,7 @@ pub async fn attach(
     req: &AttachRequest<'_>,
 ) -> Result<Attachment, ResourceError> {
     let net_addr = Address::new(Kind::Network, req.network);
-    let rec = ctx
-        .record(&net_addr)?
-        .ok_or_else(|| ResourceError::Check(format!("{net_addr} is not applied")))?;
+    let rec = ctx.applied(&net_addr)?;
     let net: NetworkOutputs = super::asset::outputs(&net_addr, &rec.outputs)?;
     let lease = ctx.with_store(|s| {
         s.lease(

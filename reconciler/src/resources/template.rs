@@ -55,9 +55,7 @@ impl ResourceKind for Template {
             )));
         };
         let rootfs_addr = Address::new(Kind::Rootfs, &spec.rootfs);
-        let rootfs = ctx
-            .record(&rootfs_addr)?
-            .ok_or_else(|| ResourceError::Check(format!("{rootfs_addr} is not applied")))?;
+        let rootfs = ctx.applied(&rootfs_addr)?;
         let rootfs: CachedFile = asset::outputs(&rootfs_addr, &rootfs.outputs)?;
         let agent = if spec.guest_agent {
             Some(find_agent()?)

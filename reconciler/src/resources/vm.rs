@@ -57,9 +57,7 @@ fn backend(ctx: &Ctx, spec: &VmSpec) -> Result<Box<dyn crate::host::vmm::Vmm>, R
             let binary = match &spec.firecracker {
                 Some(name) => {
                     let a = Address::new(Kind::Firecracker, name);
-                    let rec = ctx
-                        .record(&a)?
-                        .ok_or_else(|| ResourceError::Check(format!("{a} is not applied")))?;
+                    let rec = ctx.applied(&a)?;
                     let path = rec
                         .outputs
                         .get("path")
@@ -302,9 +300,7 @@ impl ResourceKind for Vm {
 
 fn drive_path(ctx: &Ctx, name: &str) -> Result<PathBuf, ResourceError> {
     let a = Address::new(Kind::Drive, name);
-    let rec = ctx
-        .record(&a)?
-        .ok_or_else(|| ResourceError::Check(format!("{a} is not applied")))?;
+    let rec = ctx.applied(&a)?;
     let out: DriveOutputs = super::asset::outputs(&a, &rec.outputs)?;
     Ok(out.path)
 }
@@ -318,9 +314,7 @@ async fn boot(
     cid: u32,
 ) -> Result<VmOutputs, ResourceError> {
     let k = Address::new(Kind::Kernel, &spec.kernel);
-    let krec = ctx
-        .record(&k)?
-        .ok_or_else(|| ResourceError::Check(format!("{k} is not applied")))?;
+    let krec = ctx.applied(&k)?;
     let kernel: KernelOutputs = super::asset::outputs(&k, &krec.outputs)?;
     let base_cmdline = krec
         .spec
