@@ -55,7 +55,16 @@ fn record_all(dir: &Path, m: &fort::manifest::Manifest) {
     }
 }
 
+fn minor_faults() -> i64 {
+    // SAFETY: rusage is plain integers, for which all-zero is valid.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: getrusage only writes the struct it is given.
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) };
+    u.ru_minflt
+}
+
 fn plan_once(file: &Path, state: &Path) -> (usize, Duration) {
+    let faults = minor_faults();
     let t = Instant::now();
     let m = fort::manifest::load(file).unwrap();
     let t_load = t.elapsed();
@@ -74,10 +83,11 @@ fn plan_once(file: &Path, state: &Path) -> (usize, Duration) {
     let elapsed = t.elapsed();
     if std::env::var_os("PLAN_BENCH_PHASES").is_some() {
         eprintln!(
-            "  load+validate {:.1} ms, state {:.1} ms, graph+diff {:.1} ms",
+            "  load+validate {:.1} ms, state {:.1} ms, graph+diff {:.1} ms, {} page faults",
             t_load.as_secs_f64() * 1e3,
             (t_state - t_load).as_secs_f64() * 1e3,
-            (elapsed - t_state).as_secs_f64() * 1e3
+            (elapsed - t_state).as_secs_f64() * 1e3,
+            minor_faults() - faults
         );
     }
     assert!(
@@ -88,15 +98,20 @@ fn plan_once(file: &Path, state: &Path) -> (usize, Duration) {
     (m.resources.len(), elapsed)
 }
 
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
+fn median<T: PartialOrd + Copy>(mut v: Vec<T>) -> T {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     v[v.len() / 2]
 }
 
 fn main() {
-    let runs = 7;
-    let mut results = Vec::new();
-    for n in [1_000usize, 10_000, 20_000] {
+    let runs = std::env::var("PLAN_BENCH_RUNS").map_or(15, |v| v.parse().unwrap());
+    // PLAN_BENCH_SIZES=10000 runs one size (for profiling); the ratios need all three.
+    let sizes: Vec<usize> = match std::env::var("PLAN_BENCH_SIZES") {
+        Ok(v) => v.split(',').map(|n| n.trim().parse().unwrap()).collect(),
+        Err(_) => vec![1_000, 10_000, 20_000],
+    };
+    let mut cases = Vec::new();
+    for &n in &sizes {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("fort.toml");
         std::fs::write(&file, manifest(n)).unwrap();
@@ -113,27 +128,50 @@ fn main() {
                 drop(v);
             }
             eprintln!(
-                "  toml::from_str alone: {:.1} ms",
+                "  {n}: toml::from_str alone: {:.1} ms",
                 median(t).as_secs_f64() * 1e3
             );
         }
-        let mut times = Vec::new();
-        let mut count = 0;
-        for _ in 0..runs {
-            let (c, d) = plan_once(&file, &state);
-            count = c;
-            times.push(d);
-        }
-        let med = median(times);
-        println!(
-            "plan {count:>6} resources: median {:>8.1} ms over {runs} runs",
-            med.as_secs_f64() * 1e3
-        );
-        results.push(med);
+        cases.push((dir, file, state));
     }
+    // Rounds run every size once, in turn, so a noisy neighbour slows all sizes alike; the
+    // ratios are the medians of the per-round ratios.
+    let mut times: Vec<Vec<Duration>> = vec![Vec::new(); sizes.len()];
+    let mut counts = vec![0; sizes.len()];
+    for _ in 0..runs {
+        for (i, (_, file, state)) in cases.iter().enumerate() {
+            let (c, d) = plan_once(file, state);
+            counts[i] = c;
+            times[i].push(d);
+        }
+    }
+    for (i, t) in times.iter().enumerate() {
+        let sorted = {
+            let mut t = t.clone();
+            t.sort();
+            t
+        };
+        println!(
+            "plan {:>6} resources: median {:>8.1} ms over {runs} runs (min {:.1}, max {:.1})",
+            counts[i],
+            median(t.clone()).as_secs_f64() * 1e3,
+            sorted[0].as_secs_f64() * 1e3,
+            sorted[sorted.len() - 1].as_secs_f64() * 1e3
+        );
+    }
+    if sizes != [1_000, 10_000, 20_000] {
+        return;
+    }
+    let ratio = |a: usize, b: usize| {
+        median(
+            (0..runs)
+                .map(|r| times[a][r].as_secs_f64() / times[b][r].as_secs_f64())
+                .collect(),
+        )
+    };
     println!(
-        "ratio 10k/1k: {:.2} (linear = 10); ratio 20k/10k: {:.2} (linear = 2)",
-        results[1].as_secs_f64() / results[0].as_secs_f64(),
-        results[2].as_secs_f64() / results[1].as_secs_f64()
+        "ratio 10k/1k: {:.2} (linear = 10); ratio 20k/10k: {:.2} (linear = 2); medians of per-round ratios",
+        ratio(1, 0),
+        ratio(2, 1)
     );
 }

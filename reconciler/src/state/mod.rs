@@ -3,6 +3,7 @@
 //! The store is SQLite in WAL mode (`state_dir/state.db`, see `sqlite.rs`); every action's
 //! result is committed as soon as the action finishes, so a killed apply loses nothing.
 
+pub mod lazy_json;
 pub mod leases;
 pub mod lock;
 pub mod migrations;
@@ -14,6 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::address::{Address, Kind};
 
+pub use lazy_json::LazyJson;
 pub use lock::{LockError, StateLock};
 pub use sqlite::SqliteStore;
 
@@ -43,8 +45,8 @@ pub struct Record {
     pub kind: Kind,
     /// sha256 of `spec` as serialized by `Spec::to_json().to_string()`.
     pub spec_hash: String,
-    /// The canonical spec the resource was last applied with.
-    pub spec: serde_json::Value,
+    /// The canonical spec the resource was last applied with (parsed on first use).
+    pub spec: LazyJson,
     /// What the resource produced: paths, hashes, IP/MAC, PID… (an object).
     pub outputs: serde_json::Value,
     /// The addresses it referenced when applied (so destroy order works without the manifest).
@@ -69,7 +71,7 @@ impl Record {
             address: resource.address.clone(),
             kind: resource.address.kind,
             spec_hash: resource.spec_hash(),
-            spec: resource.spec_json(),
+            spec: resource.spec_json().into(),
             outputs,
             deps: resource.deps.clone(),
             status: Status::Ready,

@@ -8,7 +8,7 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row};
 use sha2::{Digest, Sha256};
 
 use super::migrations::{self, SCHEMA_VERSION};
-use super::{now_ms, HistoryEntry, Record, Run, RunId, StateError, StateStore, Status};
+use super::{now_ms, HistoryEntry, LazyJson, Record, Run, RunId, StateError, StateStore, Status};
 use crate::address::Address;
 
 pub struct SqliteStore {
@@ -197,7 +197,8 @@ impl RawRecord {
         let json = |s: &str, col: &str| -> Result<serde_json::Value, StateError> {
             serde_json::from_str(s).map_err(|e| corrupt(format!("{col} is not JSON: {e}")))
         };
-        let spec = json(&self.spec, "spec")?;
+        let spec =
+            LazyJson::parse(self.spec).map_err(|e| corrupt(format!("spec is not JSON: {e}")))?;
         let outputs = json(&self.outputs, "outputs")?;
         let deps: Vec<Address> =
             serde_json::from_str(&self.deps).map_err(|e| corrupt(format!("deps: {e}")))?;
@@ -296,7 +297,7 @@ impl StateStore for SqliteStore {
                 rec.address.to_string(),
                 rec.kind.as_str(),
                 rec.spec_hash,
-                rec.spec.to_string(),
+                rec.spec.to_json_string(),
                 rec.outputs.to_string(),
                 serde_json::to_string(&rec.deps).unwrap_or_else(|_| "[]".to_string()),
                 rec.status.as_str(),

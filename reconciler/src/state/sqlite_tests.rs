@@ -11,7 +11,7 @@ fn rec(addr: &str, status: Status, t: i64) -> Record {
         kind: address.kind,
         address,
         spec_hash: format!("hash-{t}"),
-        spec: serde_json::json!({"url": "file:///k"}),
+        spec: serde_json::json!({"url": "file:///k"}).into(),
         outputs: serde_json::json!({"path": "/c/k"}),
         deps: vec!["rootfs.r".parse().unwrap()],
         status,
