@@ -400,14 +400,17 @@ fn directories_merge_their_toml_files_and_resolve_paths_per_file() {
         s => panic!("{s:?}"),
     }
     // Editing an overlay source changes the template's spec hash.
-    let before = m.resources[&Address::new(Kind::Template, "t")].spec_hash();
+    let before = m.resources[&Address::new(Kind::Template, "t")]
+        .spec_hash()
+        .to_string();
     std::fs::write(
         dir.path().join("sub/files/tool.sh"),
         "#!/bin/sh\necho changed\n",
     )
     .unwrap();
     let after = manifest::load(dir.path()).unwrap().resources[&Address::new(Kind::Template, "t")]
-        .spec_hash();
+        .spec_hash()
+        .to_string();
     assert_ne!(before, after);
 
     let empty = tempfile::tempdir().unwrap();

@@ -32,7 +32,12 @@ impl Graph {
         I: IntoIterator<Item = (&'a Address, &'a [Address])>,
     {
         let nodes: Vec<(&Address, &[Address])> = nodes.into_iter().collect();
-        let mut graph = Graph::default();
+        // Sized up front: growing a 10,000-entry map rehashes it over and over.
+        let edges = nodes.iter().map(|(_, d)| d.len()).sum();
+        let mut graph = Graph {
+            g: DiGraph::with_capacity(nodes.len(), edges),
+            index: HashMap::with_capacity(nodes.len()),
+        };
         for (addr, _) in &nodes {
             graph.add_node(addr);
         }

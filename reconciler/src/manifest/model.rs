@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
+use std::sync::OnceLock;
 
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
@@ -62,16 +63,29 @@ pub struct Resource {
     pub spec: Spec,
     /// What this resource references (edges of the graph), sorted, without duplicates.
     pub deps: Vec<Address>,
+    /// `spec.hash()`, taken once: a plan compares it with the recorded hash of every
+    /// resource, and some kinds look at it again. A loaded spec is never changed.
+    hash: OnceLock<String>,
 }
 
 impl Resource {
+    pub fn new(address: Address, origin: Origin, spec: Spec, deps: Vec<Address>) -> Resource {
+        Resource {
+            address,
+            origin,
+            spec,
+            deps,
+            hash: OnceLock::new(),
+        }
+    }
+
     /// The canonical JSON of the spec (an object), as recorded in state.
     pub fn spec_json(&self) -> serde_json::Value {
         self.spec.to_json()
     }
 
-    pub fn spec_hash(&self) -> String {
-        self.spec.hash()
+    pub fn spec_hash(&self) -> &str {
+        self.hash.get_or_init(|| self.spec.hash())
     }
 }
 

@@ -164,15 +164,8 @@ impl<'c, 'a, 'r> Resolver<'c, 'a, 'r> {
         deps.sort();
         deps.dedup();
         let address = Address::new(kind, name);
-        self.resources.insert(
-            address.clone(),
-            Resource {
-                address,
-                origin,
-                spec,
-                deps,
-            },
-        );
+        self.resources
+            .insert(address.clone(), Resource::new(address, origin, spec, deps));
     }
 
     fn run(mut self, path: &Path) -> Manifest {
@@ -265,7 +258,13 @@ impl<'c, 'a, 'r> Resolver<'c, 'a, 'r> {
                 .collect(),
             nets,
         };
-        super::validate_vm::vms(self.cx, &mut self.resources, &vms, &refs);
+        let mut vm_resources = Vec::new();
+        super::validate_vm::vms(self.cx, &mut vm_resources, &vms, &refs);
+        // Built in bulk (one sort, then a linear fill) rather than by a tree insert per VM.
+        self.resources = std::mem::take(&mut self.resources)
+            .into_iter()
+            .chain(vm_resources)
+            .collect();
         self.check_cycles();
         let files = self.cx.sources.iter().map(|s| s.path.clone()).collect();
         Manifest {

@@ -16,7 +16,7 @@ type VmEntries<'a> = BTreeMap<String, super::validate::EntryRef<'a, RawVm>>;
 
 pub(super) fn vms(
     cx: &mut Ctx<'_>,
-    resources: &mut BTreeMap<Address, Resource>,
+    resources: &mut Vec<(Address, Resource)>,
     vms: &VmEntries<'_>,
     refs: &Refs,
 ) {
@@ -331,20 +331,20 @@ pub(super) fn vms(
                 Some((template, size)) => {
                     let drive = format!("{inst}-root");
                     let daddr = Address::new(Kind::Drive, &drive);
-                    resources.insert(
+                    resources.push((
                         daddr.clone(),
-                        Resource {
-                            address: daddr,
-                            origin: origin.clone(),
-                            spec: Spec::Drive(DriveSpec {
+                        Resource::new(
+                            daddr,
+                            origin.clone(),
+                            Spec::Drive(DriveSpec {
                                 template: Some(template.clone()),
                                 size: *size,
                                 protect: false,
                                 pool: count.map(|_| name.clone()),
                             }),
-                            deps: vec![Address::new(Kind::Template, template)],
-                        },
-                    );
+                            vec![Address::new(Kind::Template, template)],
+                        ),
+                    ));
                     drive
                 }
                 None => match raw.root.get_ref() {
@@ -389,15 +389,10 @@ pub(super) fn vms(
                 pool,
             });
             let address = Address::new(Kind::Vm, &inst);
-            resources.insert(
+            resources.push((
                 address.clone(),
-                Resource {
-                    address,
-                    origin: origin.clone(),
-                    spec,
-                    deps,
-                },
-            );
+                Resource::new(address, origin.clone(), spec, deps),
+            ));
         }
     }
 

@@ -59,8 +59,13 @@ impl ResourceKind for Drive {
                 ..
             }),
             Some(r),
-        ) = (desired, recorded)
-        {
+        ) = (
+            desired,
+            recorded.filter(|r| {
+                // Equal hashes mean an equal size; unchanged drives skip decoding the record.
+                desired.is_some_and(|d| d.spec_hash() != r.spec_hash)
+            }),
+        ) {
             let before = r
                 .spec
                 .get("size")

@@ -70,7 +70,7 @@ impl Record {
         Record {
             address: resource.address.clone(),
             kind: resource.address.kind,
-            spec_hash: resource.spec_hash(),
+            spec_hash: resource.spec_hash().to_string(),
             spec: resource.spec_json().into(),
             outputs,
             deps: resource.deps.clone(),
