@@ -136,14 +136,25 @@ fn main() {
     }
     // Rounds run every size once, in turn, so a noisy neighbour slows all sizes alike; the
     // ratios are the medians of the per-round ratios.
+    // PLAN_BENCH_SEQUENTIAL=1 instead runs all rounds of one size before the next, so the small
+    // case finds its data in the CPU caches (the method of the first measurements).
+    let sequential = std::env::var_os("PLAN_BENCH_SEQUENTIAL").is_some();
     let mut times: Vec<Vec<Duration>> = vec![Vec::new(); sizes.len()];
     let mut counts = vec![0; sizes.len()];
-    for _ in 0..runs {
-        for (i, (_, file, state)) in cases.iter().enumerate() {
-            let (c, d) = plan_once(file, state);
-            counts[i] = c;
-            times[i].push(d);
-        }
+    let order: Vec<(usize, usize)> = if sequential {
+        (0..cases.len())
+            .flat_map(|i| (0..runs).map(move |r| (r, i)))
+            .collect()
+    } else {
+        (0..runs)
+            .flat_map(|r| (0..cases.len()).map(move |i| (r, i)))
+            .collect()
+    };
+    for (_, i) in order {
+        let (_, file, state) = &cases[i];
+        let (c, d) = plan_once(file, state);
+        counts[i] = c;
+        times[i].push(d);
     }
     for (i, t) in times.iter().enumerate() {
         let sorted = {

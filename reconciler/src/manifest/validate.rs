@@ -258,7 +258,8 @@ impl<'c, 'a, 'r> Resolver<'c, 'a, 'r> {
                 .collect(),
             nets,
         };
-        let mut vm_resources = Vec::new();
+        // A VM and its inline root drive each; pools grow it further.
+        let mut vm_resources = Vec::with_capacity(2 * vms.len());
         super::validate_vm::vms(self.cx, &mut vm_resources, &vms, &refs);
         // Built in bulk (one sort, then a linear fill) rather than by a tree insert per VM.
         self.resources = std::mem::take(&mut self.resources)
