@@ -211,6 +211,28 @@ fn corrupt_rows_name_the_address() {
 }
 
 #[test]
+fn a_corrupt_spec_fails_when_state_is_read_not_later() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = SqliteStore::open(dir.path()).unwrap();
+    s.put(&rec("kernel.k", Status::Ready, 1), None, "create", "x")
+        .unwrap();
+    s.conn
+        .execute(
+            "UPDATE resources SET spec = '{\"url\": ' WHERE address = 'kernel.k'",
+            [],
+        )
+        .unwrap();
+    assert_eq!(
+        s.resources().unwrap_err().to_string(),
+        "corrupt row for kernel.k in state database: spec is not JSON: EOF while parsing a value at line 1 column 8"
+    );
+    assert_eq!(
+        s.get(&"kernel.k".parse().unwrap()).unwrap_err().to_string(),
+        "corrupt row for kernel.k in state database: spec is not JSON: EOF while parsing a value at line 1 column 8"
+    );
+}
+
+#[test]
 fn a_version_1_database_is_migrated_in_place() {
     let dir = tempfile::tempdir().unwrap();
     {
