@@ -158,6 +158,10 @@ fn two_real_vms_from_manifest_to_destroy() {
             exec(&ws, "vm.a", &["true"]).code != 0,
             "a stopped VM does not answer"
         );
+        assert!(
+            !ws.state_dir().join("run/a/pid").exists(),
+            "a stopped VM keeps no pid file"
+        );
         manifest(&ws, &srv, "256MiB", "running");
         ws.run(&["apply", "--yes"]).ok();
         assert_eq!(
@@ -199,6 +203,11 @@ fn two_real_vms_from_manifest_to_destroy() {
         let s: serde_json::Value =
             serde_json::from_str(&ws.run(&["state", "show", "vm.b", "--json"]).stdout).unwrap();
         let pid = s["outputs"]["started"]["vmm"]["pid"].as_u64().unwrap();
+        let pid_file = ws.state_dir().join("run/b/pid");
+        assert_eq!(
+            std::fs::read_to_string(&pid_file).unwrap(),
+            format!("{pid}\n")
+        );
         Command::new("kill")
             .args(["-9", &pid.to_string()])
             .status()
@@ -216,6 +225,14 @@ fn two_real_vms_from_manifest_to_destroy() {
         ws.run(&["apply", "--yes"]).ok();
         exec(&ws, "vm.b", &["true"]).ok();
         ws.run(&["plan", "--detailed-exitcode"]).ok();
+        let s: serde_json::Value =
+            serde_json::from_str(&ws.run(&["state", "show", "vm.b", "--json"]).stdout).unwrap();
+        let new_pid = s["outputs"]["started"]["vmm"]["pid"].as_u64().unwrap();
+        assert_ne!(new_pid, pid);
+        assert_eq!(
+            std::fs::read_to_string(&pid_file).unwrap(),
+            format!("{new_pid}\n")
+        );
 
         // Destroy leaves nothing: no VMM or helper, no fort interface or table, no rows.
         ws.run(&["destroy", "--yes"]).ok();

@@ -1,11 +1,12 @@
 //! What `fort watch` watches (pure): the manifest's files and every local file it references
 //! (overlay sources, `file://` assets), and which directories to subscribe to so editors'
-//! rename-into-place saves are seen.
+//! rename-into-place saves are seen; what a pass counts against `--max-destroy`.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use crate::manifest::{AssetSource, Manifest, OverlayContent, Spec};
+use crate::plan::{Change, Op};
 
 /// Files whose change should trigger a pass.
 pub fn watched_files(m: &Manifest) -> BTreeSet<PathBuf> {
@@ -140,6 +141,22 @@ impl Crashes {
     }
 }
 
+/// The changes a watch pass counts against `--max-destroy`, as they are named in its log:
+/// every destroy, and every replace that loses data (`-/+ !`, a drive started over). A
+/// replaced asset or image is rebuilt from its source and is not counted.
+pub fn destroys(changes: &[Change]) -> Vec<String> {
+    changes
+        .iter()
+        .filter_map(|c| match c.op {
+            Op::Destroy => Some(c.address.to_string()),
+            Op::Replace if c.data_loss => {
+                Some(format!("{} (replaced: its data is lost)", c.address))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
 /// What the `restart` policy says about a VM found dead. `clean` = the guest powered itself
 /// off (its console log ends with the kernel's power-down message).
 pub fn policy_allows(restart: crate::manifest::RestartPolicy, clean: bool) -> bool {
@@ -177,5 +194,56 @@ mod backoff_tests {
         assert!(policy_allows(RestartPolicy::OnFailure, false));
         assert!(!policy_allows(RestartPolicy::OnFailure, true));
         assert!(policy_allows(RestartPolicy::Always, true));
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod destroy_tests {
+    use super::*;
+
+    fn change(addr: &str, op: Op, data_loss: bool) -> Change {
+        Change {
+            address: addr.parse().unwrap(),
+            op,
+            reasons: vec![],
+            data_loss,
+            fields: vec![],
+        }
+    }
+
+    #[test]
+    fn what_counts_as_a_destroy() {
+        type Case<'a> = (&'a [(&'a str, Op, bool)], &'a [&'a str]);
+        let cases: &[Case] = &[
+            (&[], &[]),
+            (&[("kernel.k", Op::Create, false)], &[]),
+            (&[("kernel.k", Op::Update, false)], &[]),
+            (&[("vm.a", Op::Restart, false)], &[]),
+            (&[("kernel.k", Op::Replace, false)], &[]),
+            (&[("template.t", Op::Replace, false)], &[]),
+            (&[("rootfs.r", Op::Destroy, false)], &["rootfs.r"]),
+            (&[("drive.d", Op::Destroy, true)], &["drive.d"]),
+            (
+                &[("drive.d", Op::Replace, true)],
+                &["drive.d (replaced: its data is lost)"],
+            ),
+            (
+                &[
+                    ("kernel.k", Op::Replace, false),
+                    ("drive.d", Op::Replace, true),
+                    ("vm.a", Op::Destroy, false),
+                    ("vm.b", Op::Create, false),
+                ],
+                &["drive.d (replaced: its data is lost)", "vm.a"],
+            ),
+        ];
+        for (changes, want) in cases {
+            let changes: Vec<Change> = changes
+                .iter()
+                .map(|(a, op, loss)| change(a, *op, *loss))
+                .collect();
+            assert_eq!(destroys(&changes), *want, "{changes:?}");
+        }
     }
 }

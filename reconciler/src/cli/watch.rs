@@ -208,12 +208,7 @@ impl Watch<'_> {
             tracing::info!("{why}: no changes ({} ms)", started.elapsed().as_millis());
             return Ok(Pass::NoChanges);
         }
-        let destroys: Vec<String> = plan
-            .changes
-            .iter()
-            .filter(|c| c.op == Op::Destroy)
-            .map(|c| c.address.to_string())
-            .collect();
+        let destroys = crate::watch::destroys(&plan.changes);
         if destroys.len() > self.args.max_destroy {
             tracing::warn!(
                 "{why}: refused: the plan would destroy {} resource(s) ({}), more than --max-destroy {}; nothing was applied (run `fort apply` to do it, or raise --max-destroy)",

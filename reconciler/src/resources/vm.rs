@@ -145,6 +145,11 @@ async fn stop(out: &VmOutputs) {
             let _ = wait(10).await;
         }
     }
+    stop_started(started).await;
+    let _ = std::fs::remove_file(RunDir(&out.run_dir).pid());
+}
+
+async fn stop_started(started: Started) {
     let _ = tokio::task::spawn_blocking(move || started.kill(Duration::from_secs(5))).await;
 }
 
@@ -390,6 +395,10 @@ async fn boot(
     .map_err(|e| ResourceError::Check(format!("VMM start task failed: {e}")))?;
     let started = started.map_err(|e| ResourceError::Check(super::error_chain(&e)))?;
     let run = RunDir(&run_dir);
+    if let Err(e) = std::fs::write(run.pid(), format!("{}\n", started.vmm.pid)) {
+        stop_started(started).await;
+        return Err(ResourceError::io("cannot write", &run.pid(), e));
+    }
     let out = VmOutputs {
         vmm: vmm.name().to_string(),
         run_dir: run_dir.clone(),

@@ -93,6 +93,11 @@ impl RunDir<'_> {
     pub fn qmp(&self) -> PathBuf {
         self.0.join("qmp.sock")
     }
+    /// The VMM's PID, for people and scripts (`kill $(cat …/pid)`); fort itself trusts the
+    /// PID and start time in state, which survive PID reuse.
+    pub fn pid(&self) -> PathBuf {
+        self.0.join("pid")
+    }
 
     /// Create the directory and remove sockets a previous run left (VMMs bind them and fail
     /// when they exist).
