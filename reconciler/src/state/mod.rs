@@ -43,7 +43,7 @@ impl Status {
 pub struct Record {
     pub address: Address,
     pub kind: Kind,
-    /// sha256 of `spec` as serialized by `Spec::to_json().to_string()`.
+    /// `Spec::hash` of the spec it was applied with (compared before the specs themselves).
     pub spec_hash: String,
     /// The canonical spec the resource was last applied with (parsed on first use).
     pub spec: LazyJson,

@@ -191,18 +191,24 @@ fn not_a_database_is_refused() {
     assert_eq!(cause, "file is not a database");
 }
 
-#[test]
-fn corrupt_rows_name_the_address() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = SqliteStore::open(dir.path()).unwrap();
+/// A store holding `kernel.k` with `column` overwritten by `value` behind fort's back.
+fn store_with_corrupt(dir: &std::path::Path, column: &str, value: &str) -> SqliteStore {
+    let s = SqliteStore::open(dir).unwrap();
     s.put(&rec("kernel.k", Status::Ready, 1), None, "create", "x")
         .unwrap();
     s.conn
         .execute(
-            "UPDATE resources SET outputs = 'not json' WHERE address = 'kernel.k'",
-            [],
+            &format!("UPDATE resources SET {column} = ?1 WHERE address = 'kernel.k'"),
+            [value],
         )
         .unwrap();
+    s
+}
+
+#[test]
+fn corrupt_rows_name_the_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = store_with_corrupt(dir.path(), "outputs", "not json");
     let err = s.resources().unwrap_err().to_string();
     assert!(
         err.starts_with("corrupt row for kernel.k in state database: outputs is not JSON"),
@@ -213,22 +219,12 @@ fn corrupt_rows_name_the_address() {
 #[test]
 fn a_corrupt_spec_fails_when_state_is_read_not_later() {
     let dir = tempfile::tempdir().unwrap();
-    let s = SqliteStore::open(dir.path()).unwrap();
-    s.put(&rec("kernel.k", Status::Ready, 1), None, "create", "x")
-        .unwrap();
-    s.conn
-        .execute(
-            "UPDATE resources SET spec = '{\"url\": ' WHERE address = 'kernel.k'",
-            [],
-        )
-        .unwrap();
-    assert_eq!(
-        s.resources().unwrap_err().to_string(),
-        "corrupt row for kernel.k in state database: spec is not JSON: EOF while parsing a value at line 1 column 8"
-    );
+    let s = store_with_corrupt(dir.path(), "spec", "{\"url\": ");
+    let want = "corrupt row for kernel.k in state database: spec is not JSON: EOF while parsing a value at line 1 column 8";
+    assert_eq!(s.resources().unwrap_err().to_string(), want);
     assert_eq!(
         s.get(&"kernel.k".parse().unwrap()).unwrap_err().to_string(),
-        "corrupt row for kernel.k in state database: spec is not JSON: EOF while parsing a value at line 1 column 8"
+        want
     );
 }
 
