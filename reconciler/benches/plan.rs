@@ -13,19 +13,8 @@ use std::time::{Duration, Instant};
 use fort::plan::{self, PlanInput, PlanOptions};
 use fort::state::{Record, SqliteStore, StateStore};
 
-// The same allocator as the `fort` binary, with the same option, so the figures are the
-// binary's (see reconciler/src/main.rs).
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-extern "C" fn lean_allocator() {
-    // SAFETY: mi_option_set only stores an option value.
-    unsafe { libmimalloc_sys::mi_option_set(4, 0) };
-}
-
-#[used]
-#[unsafe(link_section = ".init_array")]
-static LEAN_ALLOCATOR: extern "C" fn() = lean_allocator;
+// The binary's allocator and options, so the figures are the binary's.
+fort::lean_mimalloc!();
 
 /// A manifest with `n` resources: shared assets, a template and a network, then VMs with
 /// inline root drives (two resources each).

@@ -4,6 +4,7 @@
 //! that does, and `resources/` binds each kind's observe/plan/apply/destroy to it.
 
 pub mod address;
+pub mod allocator;
 pub mod apply;
 pub mod cli;
 pub mod graph;
