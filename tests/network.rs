@@ -78,7 +78,13 @@ fn a_network_is_created_observed_repaired_and_destroyed_over_netlink() {
         let br = link("fort-lan").expect("the bridge exists");
         assert_eq!(br.kind.as_deref(), Some("bridge"));
         assert!(br.up);
-        assert_eq!(br.alias.as_deref(), Some("fort:network.lan"));
+        assert_eq!(
+            br.alias,
+            Some(format!(
+                "fort:network.lan@{}",
+                fort::resources::state_id(&ws.state_dir())
+            ))
+        );
         assert_eq!(addresses("fort-lan"), ["10.77.0.1/24"]);
         assert_eq!(
             rules("fort-lan"),

@@ -11,10 +11,11 @@ use serde::Serialize;
 use tokio::task::JoinSet;
 
 use crate::address::Address;
+use crate::crash;
 use crate::manifest::Resource;
 use crate::plan::{Change, Op, Plan};
 use crate::resources::{self, error_chain, Ctx, ResourceError};
-use crate::state::{now_ms, Record, RunId, StateStore};
+use crate::state::{now_ms, Record, RunId, StateStore, Status};
 
 #[derive(Debug, Clone)]
 pub struct ExecOptions {
@@ -67,8 +68,20 @@ pub struct ActionReport {
     pub outcome: Outcome,
 }
 
+/// How removing one leftover ended.
+#[derive(Debug, Clone, Serialize)]
+pub struct LeftoverReport {
+    #[serde(flatten)]
+    pub orphan: crate::orphans::Orphan,
+    /// `None` when it is gone.
+    pub error: Option<String>,
+}
+
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Report {
+    /// Leftovers of interrupted runs, removed before the actions.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub leftovers: Vec<LeftoverReport>,
     pub actions: Vec<ActionReport>,
     pub interrupted: bool,
 }
@@ -76,6 +89,7 @@ pub struct Report {
 impl Report {
     pub fn succeeded(&self) -> bool {
         !self.interrupted
+            && self.leftovers.iter().all(|l| l.error.is_none())
             && self
                 .actions
                 .iter()
@@ -92,6 +106,8 @@ pub trait Progress: Send + Sync {
     fn started(&self, change: &Change);
     fn retrying(&self, change: &Change, attempt: u32, error: &str, delay: Duration);
     fn finished(&self, change: &Change, outcome: &Outcome);
+    /// A leftover of an interrupted run was removed (`error` is `None`) or could not be.
+    fn leftover(&self, _orphan: &crate::orphans::Orphan, _error: Option<&str>) {}
 }
 
 /// A `Progress` that says nothing.
@@ -130,6 +146,13 @@ pub async fn execute(
     opts: &ExecOptions,
     progress: Arc<dyn Progress>,
 ) -> Result<Report, ResourceError> {
+    // Leftovers first: a stray VMM holds the TAP and the drives the actions need.
+    let mut leftovers = Vec::new();
+    for (orphan, r) in crate::orphans::clean(&ctx, &plan.orphans).await {
+        let error = r.err();
+        progress.leftover(&orphan, error.as_deref());
+        leftovers.push(LeftoverReport { orphan, error });
+    }
     let nodes = schedule(plan, desired, recorded);
     let mut slots = vec![Slot::Waiting; nodes.len()];
     let mut outcomes: Vec<Option<Outcome>> = vec![None; nodes.len()];
@@ -195,13 +218,14 @@ pub async fn execute(
         let node = &nodes[i];
         let outcome = match result {
             Ok((outputs, attempts)) => {
+                crash::hit(crash::Point::ActionDone);
                 record_success(&ctx, run, &node.change, desired, recorded, outputs)?;
                 slots[i] = Slot::Ok;
                 Outcome::Done { seconds, attempts }
             }
             Err(f) => {
                 let error = error_chain(&f.error);
-                record_failure(&ctx, run, &node.change, f.destroyed, &error)?;
+                record_failure(&ctx, run, &node.change, &error)?;
                 slots[i] = Slot::Bad;
                 Outcome::Failed {
                     error,
@@ -226,6 +250,7 @@ pub async fn execute(
         })
         .collect();
     Ok(Report {
+        leftovers,
         actions,
         interrupted,
     })
@@ -301,8 +326,6 @@ type Finished = (
 struct Failure {
     error: ResourceError,
     attempts: u32,
-    /// A replace whose destroy half ran: the resource is gone from the host.
-    destroyed: bool,
 }
 
 struct Job {
@@ -315,12 +338,15 @@ struct Job {
 }
 
 impl Job {
-    /// Run with retries; returns the outputs (None for a destroy) and the number of attempts.
+    /// Record the intent, then run with retries; returns the outputs (None for a destroy) and
+    /// the number of attempts.
     async fn run(&self) -> Result<(Option<serde_json::Value>, u32), Failure> {
-        let destroyed = AtomicBool::new(false);
+        let fail = |error, attempts| Failure { error, attempts };
+        self.intend().map_err(|e| fail(e, 1))?;
+        crash::hit(crash::Point::ActionIntent);
         let mut attempt = 1;
         loop {
-            match self.once(&destroyed).await {
+            match self.once().await {
                 Ok(v) => return Ok((v, attempt)),
                 Err(e)
                     if e.is_transient()
@@ -333,46 +359,56 @@ impl Job {
                     tokio::time::sleep(delay).await;
                     attempt += 1;
                 }
-                Err(error) => {
-                    return Err(Failure {
-                        error,
-                        attempts: attempt,
-                        destroyed: destroyed.load(Ordering::SeqCst),
-                    })
-                }
+                Err(error) => return Err(fail(error, attempt)),
             }
         }
     }
 
-    async fn once(
-        &self,
-        destroyed: &AtomicBool,
-    ) -> Result<Option<serde_json::Value>, ResourceError> {
-        let kind = resources::kind(self.change.address.kind);
-        let missing =
-            || ResourceError::Check(format!("{} is not in the manifest", self.change.address));
+    /// Before anything touches the host: the row says an action is under way (a new resource
+    /// gets a row without a spec), so a crash from here on leaves a record to act on.
+    fn intend(&self) -> Result<(), ResourceError> {
+        let intent = match (&self.recorded, &self.desired) {
+            (Some(r), _) => r.clone(),
+            (None, Some(d)) => Record::intent(d, now_ms()),
+            (None, None) => return Ok(()),
+        };
+        self.ctx.with_store(|s| s.intend(&intent))
+    }
+
+    /// One attempt. Kinds see the row as it is now (an earlier attempt, or an interrupted
+    /// run, may have recorded steps), not as it was when the plan was made.
+    async fn once(&self) -> Result<Option<serde_json::Value>, ResourceError> {
+        let addr = &self.change.address;
+        let kind = resources::kind(addr.kind);
+        let missing = || ResourceError::Check(format!("{addr} is not in the manifest"));
+        let current = self.ctx.record(addr)?;
         match self.change.op {
             Op::Destroy => {
-                if let Some(r) = &self.recorded {
+                if let Some(r) = current.as_ref().filter(|r| r.made_anything()) {
                     kind.destroy(&self.ctx, r).await?;
                 }
                 Ok(None)
             }
             Op::Replace => {
-                if let Some(r) = &self.recorded {
-                    if !destroyed.load(Ordering::SeqCst) {
-                        kind.destroy(&self.ctx, r).await?;
-                        destroyed.store(true, Ordering::SeqCst);
-                    }
-                }
                 let d = self.desired.as_ref().ok_or_else(missing)?;
-                Ok(Some(kind.apply(&self.ctx, d, None).await?))
+                let current = match current {
+                    Some(r) if r.applied_once() => {
+                        kind.destroy(&self.ctx, &r).await?;
+                        crash::hit(crash::Point::ReplaceDestroyed);
+                        // Gone from the host: from here on it is a create.
+                        let intent = Record::intent(d, now_ms());
+                        self.ctx.with_store(|s| {
+                            s.put(&intent, None, "replace", "destroyed, creating again")
+                        })?;
+                        Some(intent)
+                    }
+                    other => other,
+                };
+                Ok(Some(kind.apply(&self.ctx, d, current.as_ref()).await?))
             }
             Op::Create | Op::Update | Op::Restart => {
                 let d = self.desired.as_ref().ok_or_else(missing)?;
-                Ok(Some(
-                    kind.apply(&self.ctx, d, self.recorded.as_ref()).await?,
-                ))
+                Ok(Some(kind.apply(&self.ctx, d, current.as_ref()).await?))
             }
         }
     }
@@ -402,20 +438,27 @@ fn record_success(
     })
 }
 
-/// A failed action leaves the record as it was, because every action leaves the host as it
-/// was when it fails — except a replace whose destroy half already ran: that resource is gone.
+/// A failed action leaves its row with status `failed` and the error; the outputs are what
+/// its last recorded step said (kinds undo what a failed action made, and record that), so the
+/// next plan redoes it — or, when it left the manifest, removes what is left.
 fn record_failure(
     ctx: &Ctx,
     run: RunId,
     change: &Change,
-    destroyed: bool,
     error: &str,
 ) -> Result<(), ResourceError> {
     let addr = &change.address;
     let detail = format!("{} failed: {error}", change.op.as_str());
     ctx.with_store(|s| {
-        if destroyed {
-            s.remove(addr, Some(run), "fail", &detail)
+        if s.get(addr)?.is_some() {
+            s.set_status(
+                addr,
+                Status::Failed,
+                Some(error),
+                Some(run),
+                "fail",
+                &detail,
+            )
         } else {
             s.note(addr, Some(run), "fail", &detail)
         }

@@ -4,6 +4,7 @@
 //! handed in; the per-kind rules (which field change needs a restart or a replacement, which
 //! kinds hold data) come from each kind's [`ResourceKind`] implementation.
 
+pub mod capacity;
 pub mod render;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -131,11 +132,14 @@ pub struct Summary {
     pub restart: usize,
     pub replace: usize,
     pub destroy: usize,
+    /// Leftovers of interrupted runs that apply stops or removes.
+    #[serde(default)]
+    pub leftovers: usize,
 }
 
 impl Summary {
     pub fn total(&self) -> usize {
-        self.create + self.update + self.restart + self.replace + self.destroy
+        self.create + self.update + self.restart + self.replace + self.destroy + self.leftovers
     }
 }
 
@@ -154,12 +158,16 @@ pub struct Plan {
     pub changes: Vec<Change>,
     /// Remarks that are not actions (e.g. data kept on purpose).
     pub notes: Vec<String>,
+    /// Leftovers of interrupted runs no record owns (apply removes those it can).
+    #[serde(default)]
+    pub orphans: Vec<crate::orphans::Orphan>,
     pub summary: Summary,
 }
 
 impl Plan {
+    /// Nothing to do: no changes and no leftover to remove.
     pub fn is_empty(&self) -> bool {
-        self.changes.is_empty()
+        self.changes.is_empty() && !self.orphans.iter().any(crate::orphans::Orphan::removed)
     }
 }
 
@@ -334,16 +342,21 @@ pub fn standard<K: ResourceKind + ?Sized>(
             vec!["not yet created".to_string()],
             vec![],
         ),
-        (None, Some(r)) => (
-            &r.address,
-            Op::Destroy,
-            vec![if opts.destroy {
+        (None, Some(r)) => {
+            let mut reasons = vec![if opts.destroy {
                 "destroy requested".to_string()
             } else {
                 "no longer in the manifest".to_string()
-            }],
-            vec![],
-        ),
+            }];
+            reasons.extend(unfinished(r));
+            (&r.address, Op::Destroy, reasons, vec![])
+        }
+        (Some(d), Some(r)) if !r.applied_once() => {
+            // Its first action never finished: whatever it left is in the row's outputs.
+            let mut reasons = vec!["not yet created".to_string()];
+            reasons.extend(unfinished(r));
+            (&d.address, Op::Create, reasons, vec![])
+        }
         (Some(d), Some(r)) => {
             // Equal hashes mean equal specs; only a differing (or older-format) hash pays for
             // building and walking the JSON trees.
@@ -352,47 +365,32 @@ pub fn standard<K: ResourceKind + ?Sized>(
             } else {
                 field_diffs(kind, &r.spec, &d.spec_json())
             };
+            let mut reasons: Vec<String> = unfinished(r).into_iter().collect();
+            let drift = match observed {
+                None | Some(Observation::Ok) => None,
+                Some(Observation::Missing { what }) => Some((Op::Create, what)),
+                Some(Observation::Drifted { what }) => Some((Op::Update, what)),
+            };
             if opts.replace.contains(&d.address) {
-                (
-                    &d.address,
-                    Op::Replace,
-                    vec!["replacement requested (--replace)".to_string()],
-                    fields,
-                )
-            } else if r.status == Status::Failed {
-                let why = r.error.as_deref().unwrap_or("unknown error");
-                (
-                    &d.address,
-                    Op::Update,
-                    vec![format!("the last apply failed: {why}")],
-                    fields,
-                )
+                reasons.insert(0, "replacement requested (--replace)".to_string());
+                (&d.address, Op::Replace, reasons, fields)
             } else if let Some(max) = fields.iter().map(|f| f.effect).max() {
-                let reasons = fields
-                    .iter()
-                    .map(|f| format!("{} changed", f.field))
-                    .collect();
+                reasons.extend(fields.iter().map(|f| format!("{} changed", f.field)));
                 (&d.address, max.op(), reasons, fields)
+            } else if let Some((op, what)) = drift {
+                reasons.push(format!("drift: {what}"));
+                (&d.address, op, reasons, fields)
+            } else if r.unfinished() {
+                (&d.address, Op::Update, reasons, fields)
             } else {
-                match observed {
-                    None | Some(Observation::Ok) => return Ok(None),
-                    Some(Observation::Missing { what }) => (
-                        &d.address,
-                        Op::Create,
-                        vec![format!("drift: {what}")],
-                        fields,
-                    ),
-                    Some(Observation::Drifted { what }) => (
-                        &d.address,
-                        Op::Update,
-                        vec![format!("drift: {what}")],
-                        fields,
-                    ),
-                }
+                return Ok(None);
             }
         }
     };
-    let data_loss = kind.holds_data() && matches!(op, Op::Destroy | Op::Replace);
+    // A resource that was never applied holds nothing yet.
+    let data_loss = kind.holds_data()
+        && matches!(op, Op::Destroy | Op::Replace)
+        && recorded.is_some_and(Record::applied_once);
     if data_loss && !opts.allow_data_loss && is_protected(desired, recorded) {
         return Err(PlanError::Protected {
             address: addr.clone(),
@@ -410,6 +408,21 @@ pub fn standard<K: ResourceKind + ?Sized>(
         data_loss,
         fields,
     }))
+}
+
+/// Why a recorded row needs its action redone: the last one was interrupted or failed.
+pub fn unfinished(r: &Record) -> Option<String> {
+    match r.status {
+        Status::Ready => None,
+        Status::Failed => Some(format!(
+            "the last apply failed: {}",
+            r.error.as_deref().unwrap_or("unknown error")
+        )),
+        Status::Pending => Some(match &r.step {
+            Some(step) => format!("an interrupted apply left it unfinished (after step {step})"),
+            None => "an interrupted apply left it unfinished (before its first step)".to_string(),
+        }),
+    }
 }
 
 fn is_protected(desired: Option<&Resource>, recorded: Option<&Record>) -> bool {
@@ -481,9 +494,12 @@ fn field_diff<K: ResourceKind + ?Sized>(
     }
 }
 
-/// Count the changes by op.
-pub fn summarize(changes: &[Change]) -> Summary {
-    let mut s = Summary::default();
+/// Count the changes by op, and the leftovers apply removes.
+pub fn summarize(changes: &[Change], orphans: &[crate::orphans::Orphan]) -> Summary {
+    let mut s = Summary {
+        leftovers: orphans.iter().filter(|o| o.removed()).count(),
+        ..Summary::default()
+    };
     for c in changes {
         match c.op {
             Op::Create => s.create += 1,

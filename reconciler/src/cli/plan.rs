@@ -8,7 +8,8 @@ use super::session::{self, absolute};
 use super::{exit, term, Cli, CliError};
 use crate::address::Address;
 use crate::manifest::{Manifest, Resource};
-use crate::plan::{self, render, Plan, PlanInput, PlanOptions};
+use crate::orphans;
+use crate::plan::{self, capacity, render, Plan, PlanInput, PlanOptions};
 use crate::resources::{self, Ctx};
 use crate::state::{Record, StateStore};
 
@@ -72,7 +73,27 @@ pub async fn make_plan(
     };
     let (changes, mut notes) = plan::diff(&input, &resources::kind)?;
     preflight(ctx, desired, &changes).await?;
+    if !options.destroy {
+        let host = capacity::Host {
+            memory_total: crate::host::meminfo().0,
+            memory_available: crate::host::meminfo().1,
+            disk_free: crate::host::disk_free(&ctx.state_dir),
+            running: resources::vm::running_memory(recorded),
+        };
+        capacity::check(&changes, desired, recorded, &host)?;
+    }
     notes.extend(clone_note(&ctx.state_dir, desired, &changes));
+    // Leftovers are looked for in destroy plans too: destroy leaves nothing behind.
+    let orphans = match orphans::scan(ctx, recorded).await {
+        Ok(o) => o,
+        Err(e) => {
+            notes.push(format!(
+                "leftovers of interrupted runs were not looked for: {}",
+                resources::error_chain(&e)
+            ));
+            Vec::new()
+        }
+    };
     Ok(Plan {
         format_version: plan::FORMAT_VERSION,
         fort_version: crate::VERSION.to_string(),
@@ -80,10 +101,11 @@ pub async fn make_plan(
         manifest_digest: manifest.map_or_else(String::new, Manifest::digest),
         state_dir: ctx.state_dir.clone(),
         state_digest,
-        summary: plan::summarize(&changes),
+        summary: plan::summarize(&changes, &orphans),
         options,
         changes,
         notes,
+        orphans,
     })
 }
 
@@ -94,7 +116,10 @@ async fn preflight(
     changes: &[plan::Change],
 ) -> Result<(), CliError> {
     for c in changes {
-        if !matches!(c.op, plan::Op::Create | plan::Op::Replace) {
+        if !matches!(
+            c.op,
+            plan::Op::Create | plan::Op::Replace | plan::Op::Restart
+        ) {
             continue;
         }
         let Some(d) = desired.get(&c.address) else {

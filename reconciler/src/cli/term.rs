@@ -96,4 +96,20 @@ impl Progress for Lines {
         };
         self.say(line);
     }
+
+    fn leftover(&self, orphan: &crate::orphans::Orphan, error: Option<&str>) {
+        let s = &self.style;
+        self.say(match error {
+            None => s.green(&format!(
+                "leftover {}: {}",
+                orphan.describe(),
+                orphan.action()
+            )),
+            Some(e) => s.red(&format!(
+                "leftover {}: not {}: {e}",
+                orphan.describe(),
+                orphan.action()
+            )),
+        });
+    }
 }

@@ -203,7 +203,7 @@ impl Watch<'_> {
             keep.push(c);
         }
         plan.changes = keep;
-        plan.summary = crate::plan::summarize(&plan.changes);
+        plan.summary = crate::plan::summarize(&plan.changes, &plan.orphans);
         if plan.is_empty() {
             tracing::info!("{why}: no changes ({} ms)", started.elapsed().as_millis());
             return Ok(Pass::NoChanges);

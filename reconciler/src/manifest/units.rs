@@ -43,6 +43,25 @@ pub fn format_size(bytes: u64) -> String {
     format!("{bytes}B")
 }
 
+/// A size for people: exact when it is a whole number of a binary unit (`256MiB`), else to
+/// one decimal in the largest unit it reaches (`22.9GiB`).
+pub fn human_size(bytes: u64) -> String {
+    for (unit, m) in [
+        ("TiB", 1u64 << 40),
+        ("GiB", 1 << 30),
+        ("MiB", 1 << 20),
+        ("KiB", 1 << 10),
+    ] {
+        if bytes >= m {
+            if bytes % m == 0 {
+                return format!("{}{unit}", bytes / m);
+            }
+            return format!("{:.1}{unit}", bytes as f64 / m as f64);
+        }
+    }
+    format!("{bytes}B")
+}
+
 /// Names are `[a-z0-9][a-z0-9-]{0,30}`.
 pub fn check_name(name: &str) -> Result<(), String> {
     let ok = !name.is_empty()

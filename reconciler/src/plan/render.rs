@@ -52,18 +52,34 @@ impl Style {
 /// The whole plan as text.
 pub fn render(plan: &Plan, style: Style) -> String {
     let mut out = String::new();
-    if plan.changes.is_empty() {
+    if plan.is_empty() {
         out.push_str(&style.green("No changes. The host matches the manifest."));
         out.push('\n');
+        render_kept(&mut out, plan);
         for n in &plan.notes {
             let _ = writeln!(out, "note: {n}");
         }
         return out;
     }
     let _ = writeln!(out, "fort will perform the following actions:\n");
+    for o in plan.orphans.iter().filter(|o| o.removed()) {
+        let _ = writeln!(
+            out,
+            "  {} {}",
+            style.red("-"),
+            style.bold(&format!("leftover: {}", o.describe()))
+        );
+        let _ = writeln!(
+            out,
+            "      reason: {}: it will be {}\n",
+            o.reason,
+            o.action()
+        );
+    }
     for c in &plan.changes {
         render_change(&mut out, c, style);
     }
+    render_kept(&mut out, plan);
     for n in &plan.notes {
         let _ = writeln!(out, "note: {n}");
     }
@@ -75,13 +91,30 @@ pub fn render(plan: &Plan, style: Style) -> String {
     out
 }
 
-/// `Plan: 1 to create, 0 to update, 0 to restart, 0 to replace, 2 to destroy.`
+/// Leftovers fort reports but keeps (drive files: they may hold data).
+fn render_kept(out: &mut String, plan: &Plan) {
+    for o in plan.orphans.iter().filter(|o| !o.removed()) {
+        let _ = writeln!(out, "note: {}: {}", o.describe(), o.reason);
+    }
+}
+
+/// `Plan: 1 to create, 0 to update, 0 to restart, 0 to replace, 2 to destroy.` (and the
+/// leftovers to remove, when there are any).
 pub fn summary_line(plan: &Plan) -> String {
     let s = &plan.summary;
-    format!(
-        "Plan: {} to create, {} to update, {} to restart, {} to replace, {} to destroy.",
+    let mut line = format!(
+        "Plan: {} to create, {} to update, {} to restart, {} to replace, {} to destroy",
         s.create, s.update, s.restart, s.replace, s.destroy
-    )
+    );
+    if s.leftovers > 0 {
+        line.push_str(&format!(
+            ", {} leftover{} to remove",
+            s.leftovers,
+            if s.leftovers == 1 { "" } else { "s" }
+        ));
+    }
+    line.push('.');
+    line
 }
 
 fn render_change(out: &mut String, c: &Change, style: Style) {

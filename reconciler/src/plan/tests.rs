@@ -78,6 +78,24 @@ fn table() {
         k.error = Some("boom".into());
         r
     };
+    // An apply killed while vm.a was booting, and while drive.tmp was being created for the
+    // first time; and a first create of drive.data that failed before the drive left the
+    // manifest.
+    let interrupted = {
+        let mut r = current.clone();
+        let vm = r.get_mut(&a("vm.a")).unwrap();
+        vm.status = Status::Pending;
+        vm.step = Some("vm.spawned".into());
+        let tmp = r.get_mut(&a("drive.tmp")).unwrap();
+        *tmp = Record::intent(&desired(BASE)[&a("drive.tmp")], 2);
+        tmp.step = Some("drive.intent".into());
+        tmp.outputs = serde_json::json!({"path": "/s/drives/tmp.ext4"});
+        let data = r.get_mut(&a("drive.data")).unwrap();
+        *data = Record::intent(&desired(BASE)[&a("drive.data")], 2);
+        data.status = Status::Failed;
+        data.error = Some("mke2fs failed".into());
+        r
+    };
     let drifted = |what: &str| Observation::Drifted { what: what.into() };
     let missing = |what: &str| Observation::Missing { what: what.into() };
     let unprotected = recorded(&desired(&BASE.replace("protect = true\n", "")));
@@ -122,6 +140,30 @@ fn table() {
             vec![],
             opts(),
             Ok(vec!["~ kernel.k (source.url changed)"]),
+        ),
+        (
+            "an interrupted apply is redone; a never-created drive is no data loss",
+            BASE.replace("[drive.data]\nsize = \"1GiB\"\nprotect = true\n", "").replace("drives = [\"data\"]\n", ""),
+            &interrupted,
+            vec![],
+            opts(),
+            Ok(vec![
+                "- drive.data (no longer in the manifest; the last apply failed: mke2fs failed)",
+                "+ drive.tmp (not yet created; an interrupted apply left it unfinished (after step drive.intent))",
+                "~restart vm.a (an interrupted apply left it unfinished (after step vm.spawned); drives changed)",
+            ]),
+        ),
+        (
+            "an interrupted apply with nothing changed is redone in place",
+            BASE.into(),
+            &interrupted,
+            vec![],
+            opts(),
+            Ok(vec![
+                "+ drive.data (not yet created; the last apply failed: mke2fs failed)",
+                "+ drive.tmp (not yet created; an interrupted apply left it unfinished (after step drive.intent))",
+                "~ vm.a (an interrupted apply left it unfinished (after step vm.spawned))",
+            ]),
         ),
         (
             "a cmdline change is in place",

@@ -11,7 +11,9 @@ use super::asset;
 use super::template::TemplateOutputs;
 use super::{Ctx, ResourceError, ResourceKind};
 use crate::address::{Address, Kind};
+use crate::crash::{self, Point};
 use crate::host::image::clone::{self, Method};
+use crate::host::procs;
 use crate::manifest::units::format_size;
 use crate::manifest::{Resource, Spec};
 use crate::plan::{self, Change, Effect, Observation, PlanError, PlanOptions};
@@ -107,11 +109,18 @@ impl ResourceKind for Drive {
                 desired.address
             )));
         };
+        let addr = &desired.address;
         let dir = ctx.state_dir.join("drives");
         std::fs::create_dir_all(&dir).map_err(|e| ResourceError::io("cannot create", &dir, e))?;
-        let path = dir.join(format!("{}.ext4", desired.address.name));
+        let path = dir.join(format!("{}.ext4", addr.name));
         let previous: Option<DriveOutputs> =
             recorded.and_then(|r| asset::outputs(&r.address, &r.outputs).ok());
+        if recorded.and_then(|r| recorded_path(&r.outputs)).is_none() {
+            ctx.step(addr, Point::DriveIntent, &DrivePath { path: path.clone() })?;
+        }
+        if path.exists() {
+            refuse_if_in_use(addr, &path, "grow")?;
+        }
         let image = match &spec.template {
             Some(t) => {
                 let a = Address::new(Kind::Template, t);
@@ -121,11 +130,15 @@ impl ResourceKind for Drive {
             }
             None => None,
         };
-        let size = spec.size;
+        // The record, not the file, says how far a grow got: a file already longer than the
+        // recorded size may hold a filesystem a killed resize never grew.
+        let grown_to = previous.as_ref().map_or(0, |p| p.size);
         let (path2, image2) = (path.clone(), image.clone());
-        let method = tokio::task::spawn_blocking(move || make(&path2, image2.as_deref(), size))
-            .await
-            .map_err(|e| ResourceError::Check(format!("drive task failed: {e}")))??;
+        let size = spec.size;
+        let (method, len) =
+            tokio::task::spawn_blocking(move || make(&path2, image2.as_deref(), size, grown_to))
+                .await
+                .map_err(|e| ResourceError::Check(format!("drive task failed: {e}")))??;
         // An existing drive keeps how it was made and what it came from.
         let (method, image) = match (method, previous) {
             (None, Some(p)) => (p.method, p.image),
@@ -133,7 +146,7 @@ impl ResourceKind for Drive {
         };
         serde_json::to_value(DriveOutputs {
             path,
-            size,
+            size: len,
             method,
             image,
         })
@@ -141,31 +154,81 @@ impl ResourceKind for Drive {
     }
 
     async fn destroy(&self, _ctx: &Ctx, recorded: &Record) -> Result<(), ResourceError> {
-        let out: DriveOutputs = asset::outputs(&recorded.address, &recorded.outputs)?;
-        match std::fs::remove_file(&out.path) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                Err(ResourceError::io("cannot remove", &out.path, e))
+        // Also for a drive whose first apply was interrupted: its intent names the path.
+        let Some(path) = recorded_path(&recorded.outputs) else {
+            return Ok(());
+        };
+        refuse_if_in_use(&recorded.address, &path, "delete")?;
+        for p in [part_of(&path), path] {
+            match std::fs::remove_file(&p) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(ResourceError::io("cannot remove", &p, e))
+                }
+                _ => {}
             }
-            _ => Ok(()),
         }
+        Ok(())
     }
 }
 
+/// The intent of a drive, recorded before its file exists.
+#[derive(Serialize)]
+struct DrivePath {
+    path: PathBuf,
+}
+
+fn recorded_path(outputs: &serde_json::Value) -> Option<PathBuf> {
+    outputs
+        .get("path")
+        .and_then(|p| p.as_str())
+        .map(PathBuf::from)
+}
+
+fn part_of(path: &Path) -> PathBuf {
+    path.with_extension("ext4.part")
+}
+
+/// Nothing is grown or deleted under a live process: a guest believes what it wrote is
+/// there. Stray VMMs of fort's are stopped before (leftovers of interrupted runs), so any
+/// holder here is a VM that still uses the drive, or someone else's process.
+fn refuse_if_in_use(addr: &Address, path: &Path, verb: &str) -> Result<(), ResourceError> {
+    let held = procs::holders(path);
+    if held.is_empty() {
+        return Ok(());
+    }
+    let who: Vec<String> = held
+        .iter()
+        .map(|h| format!("{} (PID {})", h.name, h.proc.pid))
+        .collect();
+    Err(ResourceError::Check(format!(
+        "{addr}: {} is open by {}: fort does not {verb} a drive a running process uses; stop the VM using it (state = \"stopped\") or that process first — nothing was changed",
+        path.display(),
+        who.join(", ")
+    )))
+}
+
 /// Measure, then act: an existing drive is only grown; a missing one is cloned (or made
-/// empty) into a temp file, grown, and renamed into place. Returns how it was made, or None
-/// when it already existed.
-fn make(path: &Path, image: Option<&Path>, size: u64) -> Result<Option<Method>, ResourceError> {
+/// empty) into a temp file, grown, and renamed into place. Returns how it was made (None when
+/// it already existed) and its length.
+fn make(
+    path: &Path,
+    image: Option<&Path>,
+    size: u64,
+    grown_to: u64,
+) -> Result<(Option<Method>, u64), ResourceError> {
     let err = |e: clone::CloneError| ResourceError::Check(crate::resources::error_chain(&e));
     if path.exists() {
-        clone::grow(path, size).map_err(err)?;
-        return Ok(None);
+        let len =
+            clone::grow(path, size, grown_to, || crash::hit(Point::DriveResizing)).map_err(err)?;
+        return Ok((None, len));
     }
-    let tmp = path.with_extension("ext4.part");
+    let tmp = part_of(path);
     let _ = std::fs::remove_file(&tmp);
     let result = (|| {
         let method = match image {
             Some(img) => {
                 let m = clone::clone_file(img, &tmp).map_err(err)?;
+                crash::hit(Point::DriveCloned);
                 let len = std::fs::metadata(&tmp)
                     .map_err(|e| ResourceError::io("cannot stat", &tmp, e))?
                     .len();
@@ -176,11 +239,12 @@ fn make(path: &Path, image: Option<&Path>, size: u64) -> Result<Option<Method>, 
                         format_size(len)
                     )));
                 }
-                clone::grow(&tmp, size).map_err(err)?;
+                clone::grow(&tmp, size, len, || {}).map_err(err)?;
                 m
             }
             None => {
                 clone::mkfs(&tmp, size).map_err(err)?;
+                crash::hit(Point::DriveFormatted);
                 Method::Mkfs
             }
         };
@@ -190,5 +254,6 @@ fn make(path: &Path, image: Option<&Path>, size: u64) -> Result<Option<Method>, 
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }
-    result
+    let len = std::fs::metadata(path).map_or(size, |m| m.len());
+    Ok((result?, len))
 }

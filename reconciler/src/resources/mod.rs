@@ -26,6 +26,13 @@ use crate::manifest::Resource;
 use crate::plan::{self, Change, Effect, Observation, PlanError, PlanOptions};
 use crate::state::{Record, SqliteStore, StateError, StateStore};
 
+/// A short, stable name for a state dir: the first 8 hex digits of the sha256 of its path.
+pub fn state_id(state_dir: &Path) -> String {
+    use sha2::Digest;
+    let h = sha2::Sha256::digest(state_dir.as_os_str().as_encoded_bytes());
+    hex::encode(&h[..4])
+}
+
 /// What the kinds share while observing and applying.
 pub struct Ctx {
     pub state_dir: PathBuf,
@@ -47,6 +54,12 @@ impl Ctx {
             fetcher: OnceLock::new(),
             fetcher_init: Mutex::new(()),
         }
+    }
+
+    /// A short, stable name for this state dir (a hash of its path), put in the marks fort
+    /// leaves on the host (interface aliases) so leftovers are told apart per state dir.
+    pub fn state_id(&self) -> String {
+        state_id(&self.state_dir)
     }
 
     pub fn cache_dir(&self) -> PathBuf {
@@ -81,6 +94,21 @@ impl Ctx {
     /// The recorded row of another resource (e.g. a dependency's outputs).
     pub fn record(&self, address: &Address) -> Result<Option<Record>, ResourceError> {
         self.with_store(|s| s.get(address))
+    }
+
+    /// Step `point` of the action under way on `address` is done: record the outputs that now
+    /// describe the host (what exists, and what the next step is about to create), so a crash
+    /// after this leaves a row the next run can act on. The crash point fires first: between
+    /// the act and its record is the worst place to die.
+    pub fn step<T: serde::Serialize>(
+        &self,
+        address: &Address,
+        point: crate::crash::Point,
+        outputs: &T,
+    ) -> Result<(), ResourceError> {
+        crate::crash::hit(point);
+        let v = serde_json::to_value(outputs).map_err(|e| ResourceError::Check(e.to_string()))?;
+        self.with_store(|s| s.progress(address, &v, point.name()))
     }
 
     /// The recorded row of a dependency, which must have been applied already.
@@ -211,6 +239,8 @@ pub async fn observe_all(
     let futures = recorded
         .values()
         .filter(|r| desired.contains_key(&r.address))
+        // A first action that recorded nothing has nothing on the host to look at.
+        .filter(|r| r.made_anything())
         .map(|r| async move {
             let o = match kind(r.kind).observe(ctx, r).await {
                 Ok(o) => o,

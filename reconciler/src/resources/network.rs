@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{Ctx, ResourceError, ResourceKind};
 use crate::address::{Address, Kind};
+use crate::crash::Point;
 use crate::host::net::link::Netlink;
 use crate::host::net::nft::{self, TableSpec};
 use crate::host::net::{self, dns, tap, NetError};
@@ -51,8 +52,10 @@ fn spec_of(r: &Resource) -> Result<&NetworkSpec, ResourceError> {
     }
 }
 
-fn alias(addr: &Address) -> String {
-    format!("fort:{addr}")
+/// The alias fort marks its interfaces with: `fort:<address>@<state id>`, so the orphan scan
+/// can tell this state dir's leftovers from another fort's (and from anyone else's).
+pub fn alias(ctx: &Ctx, addr: &Address) -> String {
+    format!("fort:{addr}@{}", ctx.state_id())
 }
 
 fn table_spec(o: &NetworkOutputs) -> TableSpec {
@@ -203,25 +206,9 @@ impl ResourceKind for Network {
         recorded: Option<&Record>,
     ) -> Result<serde_json::Value, ResourceError> {
         let spec = spec_of(desired)?;
+        let addr = &desired.address;
         let previous: Option<NetworkOutputs> =
             recorded.and_then(|r| super::asset::outputs(&r.address, &r.outputs).ok());
-        let nl = Netlink::connect()?;
-        let mut created = false;
-        let br = match nl.link(&spec.bridge).await? {
-            Some(l) if l.made_by_fort() && l.kind.as_deref() == Some("bridge") => l,
-            Some(l) => {
-                return Err(ResourceError::Check(foreign(
-                    &l.name,
-                    l.kind.as_deref(),
-                    &desired.address,
-                )))
-            }
-            None => {
-                created = true;
-                nl.create_bridge(&spec.bridge, &alias(&desired.address))
-                    .await?
-            }
-        };
         let out = NetworkOutputs {
             bridge: spec.bridge.clone(),
             table: spec.bridge.clone(),
@@ -235,7 +222,31 @@ impl ResourceKind for Network {
             },
             enabled_ip_forward: previous.as_ref().is_some_and(|p| p.enabled_ip_forward),
         };
-        let result = finish(ctx, &nl, &br, out).await;
+        if previous.is_none() {
+            // The names go in the row before the bridge or table exist.
+            ctx.step(addr, Point::NetworkIntent, &out)?;
+        }
+        let nl = Netlink::connect()?;
+        let mut created = false;
+        let br = match nl.link(&spec.bridge).await? {
+            Some(l) if l.made_by_fort() && l.kind.as_deref() == Some("bridge") => l,
+            Some(l) => {
+                return Err(ResourceError::Check(foreign(
+                    &l.name,
+                    l.kind.as_deref(),
+                    &desired.address,
+                )))
+            }
+            None => {
+                created = true;
+                let l = nl
+                    .create_bridge(&spec.bridge, &alias(ctx, &desired.address))
+                    .await?;
+                ctx.step(addr, Point::NetworkBridge, &out)?;
+                l
+            }
+        };
+        let result = finish(ctx, addr, &nl, &br, out).await;
         if result.is_err() && created {
             // Leave nothing half-made: what this apply created goes again.
             let _ = nl.delete(br.index).await;
@@ -250,6 +261,7 @@ impl ResourceKind for Network {
         let out: NetworkOutputs = super::asset::outputs(&recorded.address, &recorded.outputs)?;
         let table = out.table.clone();
         blocking(move || nft::delete(&table)).await?;
+        crate::crash::hit(Point::NetworkUnfiltered);
         let nl = Netlink::connect()?;
         if let Some(br) = nl.link(&out.bridge).await? {
             // Only what fort made: a foreign interface that took the name stays.
@@ -273,7 +285,8 @@ impl ResourceKind for Network {
 /// Bridge up with its gateway address, the nft table, forwarding on, port isolation as
 /// declared on the TAPs already attached.
 async fn finish(
-    _ctx: &Ctx,
+    ctx: &Ctx,
+    addr: &Address,
     nl: &Netlink,
     br: &net::link::Link,
     mut out: NetworkOutputs,
@@ -289,9 +302,14 @@ async fn finish(
     }
     let t = table_spec(&out);
     blocking(move || nft::ensure(&t)).await?;
-    if !net::ip_forward()? {
-        net::set_ip_forward(true)?;
+    if net::ip_forward()? {
+        ctx.step(addr, Point::NetworkNft, &out)?;
+    } else {
+        // Recorded before it is done, so whoever destroys the last network switches it back.
         out.enabled_ip_forward = true;
+        ctx.step(addr, Point::NetworkNft, &out)?;
+        net::set_ip_forward(true)?;
+        crate::crash::hit(Point::NetworkForward);
     }
     for port in nl
         .links()
@@ -364,7 +382,7 @@ pub async fn attach(
         None => {
             let name = req.tap.to_string();
             blocking(move || tap::create_persistent(&name)).await?;
-            nl.finish_new(req.tap, &alias(req.owner)).await?
+            nl.finish_new(req.tap, &alias(ctx, req.owner)).await?
         }
     };
     if tap_link.controller != Some(bridge.index)

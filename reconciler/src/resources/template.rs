@@ -153,6 +153,7 @@ fn build_image(
     let result = (|| {
         unpack::unpack(rootfs, &root)
             .map_err(|e| ResourceError::Check(crate::resources::error_chain(&e)))?;
+        crate::crash::hit(crate::crash::Point::TemplateUnpacked);
         for (path, overlay) in &spec.files {
             let dst = root.join(path.trim_start_matches('/'));
             let bytes = match &overlay.content {
@@ -177,8 +178,10 @@ fn build_image(
         }
         let part = images.join("tmp").join(format!("{key}.ext4.part"));
         let _ = std::fs::remove_file(&part);
-        build::mke2fs(&root, &part, spec.size)
-            .map_err(|e| ResourceError::Check(crate::resources::error_chain(&e)))?;
+        build::mke2fs(&root, &part, spec.size, || {
+            crate::crash::hit(crate::crash::Point::TemplateMke2fs)
+        })
+        .map_err(|e| ResourceError::Check(crate::resources::error_chain(&e)))?;
         std::fs::rename(&part, image).map_err(io("cannot install", image))
     })();
     let _ = std::fs::remove_dir_all(&work);

@@ -131,21 +131,35 @@ impl SqliteStore {
     }
 
     pub fn leases(&self, network: &str) -> Result<Vec<Lease>, StateError> {
-        let mut q = self
-            .conn
-            .prepare("SELECT owner, ip, mac FROM leases WHERE network = ?1 ORDER BY owner")?;
-        let rows = q.query_map([network], |r| {
+        self.leases_where("WHERE network = ?1", [network])
+    }
+
+    /// Every lease of every network (the orphan scan looks for owners nobody records).
+    pub fn all_leases(&self) -> Result<Vec<Lease>, StateError> {
+        self.leases_where("", rusqlite::params![])
+    }
+
+    fn leases_where<P: rusqlite::Params>(
+        &self,
+        filter: &str,
+        params: P,
+    ) -> Result<Vec<Lease>, StateError> {
+        let mut q = self.conn.prepare(&format!(
+            "SELECT network, owner, ip, mac FROM leases {filter} ORDER BY network, owner"
+        ))?;
+        let rows = q.query_map(params, |r| {
             Ok((
                 r.get::<_, String>(0)?,
                 r.get::<_, String>(1)?,
                 r.get::<_, String>(2)?,
+                r.get::<_, String>(3)?,
             ))
         })?;
         let mut out = Vec::new();
         for row in rows {
-            let (owner, ip, mac) = row?;
+            let (network, owner, ip, mac) = row?;
             out.push(Lease {
-                network: network.into(),
+                network,
                 ip: ip.parse().map_err(|_| StateError::Corrupt {
                     address: format!("lease of {owner}"),
                     what: format!("`{ip}` is not an IPv4 address"),

@@ -7,7 +7,7 @@
 use rusqlite::{Connection, OptionalExtension};
 
 /// The schema version this fort writes.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 /// Migration `i` takes the schema from version `i` to `i + 1`.
 const MIGRATIONS: &[&str] = &[
@@ -59,6 +59,9 @@ const MIGRATIONS: &[&str] = &[
          PRIMARY KEY (network, owner),
          UNIQUE (network, ip)
      );",
+    // 2 → 3: the last step an unfinished action completed (status `pending`), so the next run
+    // knows where an interrupted apply stopped.
+    "ALTER TABLE resources ADD COLUMN step TEXT;",
 ];
 
 /// The version recorded in `meta`, or 0 for a database without fort's tables. Reads only.

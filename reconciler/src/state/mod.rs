@@ -25,8 +25,13 @@ pub use sqlite::SqliteStore;
 pub enum Status {
     /// The last action on it succeeded; its outputs describe the host.
     Ready,
-    /// The last action on it failed; the next plan redoes it.
+    /// The last action on it failed; the next plan redoes it. Its outputs describe what the
+    /// failed action left on the host (usually nothing new: actions clean up after themselves).
     Failed,
+    /// An action on it started and has not finished: recorded before the action touches the
+    /// host, so a fort killed mid-action leaves a row saying what it was doing (`step`) and what
+    /// it had made so far (`outputs`). Seen by a later run, it means "interrupted".
+    Pending,
 }
 
 impl Status {
@@ -34,6 +39,7 @@ impl Status {
         match self {
             Status::Ready => "ready",
             Status::Failed => "failed",
+            Status::Pending => "pending",
         }
     }
 }
@@ -43,9 +49,11 @@ impl Status {
 pub struct Record {
     pub address: Address,
     pub kind: Kind,
-    /// `Spec::hash` of the spec it was applied with (compared before the specs themselves).
+    /// `Spec::hash` of the spec it was applied with (compared before the specs themselves);
+    /// empty for a resource that was never applied successfully (see [`Record::applied_once`]).
     pub spec_hash: String,
-    /// The canonical spec the resource was last applied with (parsed on first use).
+    /// The canonical spec the resource was last applied with (parsed on first use); JSON
+    /// `null` for a resource whose first action has not succeeded yet.
     pub spec: LazyJson,
     /// What the resource produced: paths, hashes, IP/MAC, PID… (an object).
     pub outputs: serde_json::Value,
@@ -54,6 +62,8 @@ pub struct Record {
     pub status: Status,
     /// The error of the last failed action, if `status` is `Failed`.
     pub error: Option<String>,
+    /// The last step an unfinished or failed action completed (`vm.spawned`, …), if any.
+    pub step: Option<String>,
     /// Unix milliseconds.
     pub created_at: i64,
     pub updated_at: i64,
@@ -76,9 +86,45 @@ impl Record {
             deps: resource.deps.clone(),
             status: Status::Ready,
             error: None,
+            step: None,
             created_at,
             updated_at,
         }
+    }
+
+    /// The row written before the first action on `resource` touches the host: no spec yet
+    /// (nothing was applied), empty outputs, status `pending`.
+    pub fn intent(resource: &crate::manifest::Resource, now: i64) -> Record {
+        Record {
+            address: resource.address.clone(),
+            kind: resource.address.kind,
+            spec_hash: String::new(),
+            spec: serde_json::Value::Null.into(),
+            outputs: serde_json::json!({}),
+            deps: resource.deps.clone(),
+            status: Status::Pending,
+            error: None,
+            step: None,
+            created_at: now,
+            updated_at: now,
+        }
+    }
+
+    /// Has an action on it ever succeeded? (A row without a spec was written as the intent of
+    /// a create that has not finished, or that failed.)
+    pub fn applied_once(&self) -> bool {
+        !self.spec_hash.is_empty()
+    }
+
+    /// Whether the row can stand for anything on the host: a resource applied once, or one
+    /// whose unfinished first action recorded a step.
+    pub fn made_anything(&self) -> bool {
+        self.applied_once() || self.outputs.as_object().is_some_and(|o| !o.is_empty())
+    }
+
+    /// Recorded before the action finished: `pending` (interrupted) or `failed`.
+    pub fn unfinished(&self) -> bool {
+        self.status != Status::Ready
     }
 }
 
@@ -186,8 +232,30 @@ pub trait StateStore {
         action: &str,
         detail: &str,
     ) -> Result<(), StateError>;
-    /// Append a history entry without changing the resource row (e.g. a failed action, which
-    /// leaves the host and the record as they were).
+    /// Record that an action on `intent.address` is starting, before it touches the host: an
+    /// existing row becomes `pending` (spec and outputs stay: they still describe the host);
+    /// a new one is inserted as `intent` is. No history entry (the action's result adds one).
+    fn intend(&self, intent: &Record) -> Result<(), StateError>;
+    /// Replace the outputs of a row whose action is under way and name the step it completed
+    /// (no history entry: steps are many and the row says where the action is).
+    fn progress(
+        &self,
+        address: &Address,
+        outputs: &serde_json::Value,
+        step: &str,
+    ) -> Result<(), StateError>;
+    /// Set a row's status (with the error for `Failed`; `None` clears it) and append a history
+    /// entry, in one transaction. Spec and outputs stay.
+    fn set_status(
+        &self,
+        address: &Address,
+        status: Status,
+        error: Option<&str>,
+        run: Option<RunId>,
+        action: &str,
+        detail: &str,
+    ) -> Result<(), StateError>;
+    /// Append a history entry without changing the resource row.
     fn note(
         &self,
         address: &Address,

@@ -128,6 +128,7 @@ impl SqliteStore {
             error: row.get(7)?,
             created_at: row.get(8)?,
             updated_at: row.get(9)?,
+            step: row.get(10)?,
         })
     }
 
@@ -171,7 +172,7 @@ impl SqliteStore {
 }
 
 const COLUMNS: &str =
-    "address, kind, spec_hash, spec, outputs, deps, status, error, created_at, updated_at";
+    "address, kind, spec_hash, spec, outputs, deps, status, error, created_at, updated_at, step";
 
 struct RawRecord {
     address: String,
@@ -184,6 +185,7 @@ struct RawRecord {
     error: Option<String>,
     created_at: i64,
     updated_at: i64,
+    step: Option<String>,
 }
 
 impl RawRecord {
@@ -211,6 +213,7 @@ impl RawRecord {
             outputs,
             deps,
             error: self.error,
+            step: self.step,
             created_at: self.created_at,
             updated_at: self.updated_at,
         })
@@ -221,6 +224,7 @@ fn parse_status(address: &str, s: &str) -> Result<Status, StateError> {
     match s {
         "ready" => Ok(Status::Ready),
         "failed" => Ok(Status::Failed),
+        "pending" => Ok(Status::Pending),
         other => Err(StateError::Corrupt {
             address: address.to_string(),
             what: format!("unknown status `{other}`"),
@@ -288,12 +292,12 @@ impl StateStore for SqliteStore {
         let tx = self.conn.unchecked_transaction()?;
         let before = self.status_of(&rec.address)?;
         self.conn.execute(
-            "INSERT INTO resources(address, kind, spec_hash, spec, outputs, deps, status, error, created_at, updated_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+            "INSERT INTO resources(address, kind, spec_hash, spec, outputs, deps, status, error, created_at, updated_at, step)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
              ON CONFLICT(address) DO UPDATE SET
                  kind = excluded.kind, spec_hash = excluded.spec_hash, spec = excluded.spec,
                  outputs = excluded.outputs, deps = excluded.deps, status = excluded.status,
-                 error = excluded.error, updated_at = excluded.updated_at",
+                 error = excluded.error, updated_at = excluded.updated_at, step = excluded.step",
             params![
                 rec.address.to_string(),
                 rec.kind.as_str(),
@@ -304,7 +308,8 @@ impl StateStore for SqliteStore {
                 rec.status.as_str(),
                 rec.error,
                 rec.created_at,
-                rec.updated_at
+                rec.updated_at,
+                rec.step
             ],
         )?;
         self.history_entry(&rec.address, run, action, before, Some(rec.status), detail)?;
@@ -326,6 +331,67 @@ impl StateStore for SqliteStore {
             [address.to_string()],
         )?;
         self.history_entry(address, run, action, before, None, detail)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn intend(&self, intent: &Record) -> Result<(), StateError> {
+        let tx = self.conn.unchecked_transaction()?;
+        let n = self.conn.execute(
+            "UPDATE resources SET status = 'pending', step = NULL, updated_at = ?1 WHERE address = ?2",
+            params![now_ms(), intent.address.to_string()],
+        )?;
+        if n == 0 {
+            self.conn.execute(
+                &format!("INSERT INTO resources({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"),
+                params![
+                    intent.address.to_string(),
+                    intent.kind.as_str(),
+                    intent.spec_hash,
+                    intent.spec.to_json_string(),
+                    intent.outputs.to_string(),
+                    serde_json::to_string(&intent.deps).unwrap_or_else(|_| "[]".to_string()),
+                    Status::Pending.as_str(),
+                    intent.error,
+                    intent.created_at,
+                    intent.updated_at,
+                    intent.step
+                ],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn progress(
+        &self,
+        address: &Address,
+        outputs: &serde_json::Value,
+        step: &str,
+    ) -> Result<(), StateError> {
+        self.conn.execute(
+            "UPDATE resources SET outputs = ?1, step = ?2, updated_at = ?3 WHERE address = ?4",
+            params![outputs.to_string(), step, now_ms(), address.to_string()],
+        )?;
+        Ok(())
+    }
+
+    fn set_status(
+        &self,
+        address: &Address,
+        status: Status,
+        error: Option<&str>,
+        run: Option<RunId>,
+        action: &str,
+        detail: &str,
+    ) -> Result<(), StateError> {
+        let tx = self.conn.unchecked_transaction()?;
+        let before = self.status_of(address)?;
+        self.conn.execute(
+            "UPDATE resources SET status = ?1, error = ?2, updated_at = ?3 WHERE address = ?4",
+            params![status.as_str(), error, now_ms(), address.to_string()],
+        )?;
+        self.history_entry(address, run, action, before, Some(status), detail)?;
         tx.commit()?;
         Ok(())
     }

@@ -16,6 +16,7 @@ fn rec(addr: &str, status: Status, t: i64) -> Record {
         deps: vec!["rootfs.r".parse().unwrap()],
         status,
         error: None,
+        step: None,
         created_at: t,
         updated_at: t,
     }
@@ -163,7 +164,7 @@ fn newer_schema_is_refused_untouched() {
         assert_eq!(
             result.unwrap_err().to_string(),
             format!(
-                "state database {} has schema version 99, newer than this fort supports (2); upgrade fort, the database was left untouched",
+                "state database {} has schema version 99, newer than this fort supports (3); upgrade fort, the database was left untouched",
                 path.display()
             )
         );
@@ -238,7 +239,8 @@ fn a_version_1_database_is_migrated_in_place() {
         // Back to what fort 0.1 with schema 1 wrote.
         s.conn
             .execute_batch(
-                "DROP TABLE leases; UPDATE meta SET value = '1' WHERE key = 'schema_version';",
+                "DROP TABLE leases; ALTER TABLE resources DROP COLUMN step;
+                 UPDATE meta SET value = '1' WHERE key = 'schema_version';",
             )
             .unwrap();
     }
@@ -252,4 +254,46 @@ fn a_version_1_database_is_migrated_in_place() {
         .lease("lan", "10.0.0.0/24".parse().unwrap(), "vm.a", None, None)
         .unwrap();
     assert_eq!(lease.ip, "10.0.0.2".parse::<std::net::Ipv4Addr>().unwrap());
+}
+
+#[test]
+fn intent_progress_and_failure_of_an_unfinished_action() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = SqliteStore::open(dir.path()).unwrap();
+    let mut r = rec("vm.a", Status::Pending, 5);
+    r.spec_hash = String::new();
+    r.spec = serde_json::Value::Null.into();
+    r.outputs = serde_json::json!({});
+    s.put(&r, None, "create", "intent").unwrap();
+    let got = s.get(&r.address).unwrap().unwrap();
+    assert_eq!(got.status, Status::Pending);
+    assert!(!got.applied_once());
+    assert_eq!(got.step, None);
+
+    s.progress(&r.address, &serde_json::json!({"pid": 7}), "vm.spawned")
+        .unwrap();
+    let got = s.get(&r.address).unwrap().unwrap();
+    assert_eq!(got.outputs, serde_json::json!({"pid": 7}));
+    assert_eq!(got.step.as_deref(), Some("vm.spawned"));
+    assert_eq!(got.status, Status::Pending);
+
+    s.set_status(
+        &r.address,
+        Status::Failed,
+        Some("the guest agent did not answer"),
+        None,
+        "fail",
+        "create failed",
+    )
+    .unwrap();
+    let got = s.get(&r.address).unwrap().unwrap();
+    assert_eq!(got.status, Status::Failed);
+    assert_eq!(got.error.as_deref(), Some("the guest agent did not answer"));
+    assert_eq!(got.outputs, serde_json::json!({"pid": 7}), "outputs stay");
+    let h = s.history(&r.address).unwrap();
+    let last = h.last().unwrap();
+    assert_eq!(
+        (last.action.as_str(), last.from_status, last.to_status),
+        ("fail", Some(Status::Pending), Some(Status::Failed))
+    );
 }

@@ -248,6 +248,7 @@ impl Fetcher {
         let mut hasher = Sha256::new();
         let mut body = body;
         let mut stream_error = None;
+        let mut first = true;
         loop {
             let chunk = match body.next_chunk().await {
                 Ok(Some(c)) => c,
@@ -267,6 +268,10 @@ impl Fetcher {
             if tx.send(chunk).await.is_err() {
                 // The worker stopped early (corrupt data); its error says why.
                 break;
+            }
+            if first {
+                first = false;
+                crate::crash::hit(crate::crash::Point::FetchPartial);
             }
         }
         drop(tx);

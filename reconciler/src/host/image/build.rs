@@ -2,7 +2,7 @@
 //! root needed), sized as declared, refusing sizes that cannot hold the files.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::Stdio;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
@@ -65,7 +65,13 @@ fn human(b: u64) -> String {
 }
 
 /// `mke2fs -t ext4 -d root image size`. `image` must not exist (write to a temp path and rename).
-pub fn mke2fs(root: &Path, image: &Path, size: u64) -> Result<(), BuildError> {
+/// `running` is called while mke2fs runs.
+pub fn mke2fs(
+    root: &Path,
+    image: &Path,
+    size: u64,
+    running: impl FnOnce(),
+) -> Result<(), BuildError> {
     let (data, files) = usage(root)?;
     let needed = needed_size(data, files);
     if needed > size {
@@ -74,14 +80,18 @@ pub fn mke2fs(root: &Path, image: &Path, size: u64) -> Result<(), BuildError> {
             size: human(size),
         });
     }
-    let out = Command::new("mke2fs")
+    let child = crate::host::tool("mke2fs")
         .args(["-q", "-F", "-t", "ext4", "-E", "root_owner=0:0", "-d"])
         .arg(root)
         .arg(image)
         .arg(format!("{}k", size / 1024))
         .env("MKE2FS_SYNC", "0")
-        .output()
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
         .map_err(BuildError::Spawn)?;
+    running();
+    let out = child.wait_with_output().map_err(BuildError::Spawn)?;
     if !out.status.success() {
         let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
         if stderr.contains("Could not allocate block") || stderr.contains("No space left") {

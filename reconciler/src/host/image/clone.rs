@@ -6,7 +6,6 @@ use std::fs::{File, OpenOptions};
 use std::io::{Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CloneError {
@@ -93,7 +92,7 @@ fn sparse_copy(from: &File, to: &File, src: &Path, dst: &Path) -> Result<(), Clo
 }
 
 fn run(tool: &'static str, args: &[&str], path: &Path, ok_codes: &[i32]) -> Result<(), CloneError> {
-    let out = Command::new(tool)
+    let out = crate::host::tool(tool)
         .args(args)
         .arg(path)
         .output()
@@ -108,26 +107,40 @@ fn run(tool: &'static str, args: &[&str], path: &Path, ok_codes: &[i32]) -> Resu
     Ok(())
 }
 
-/// Grow an ext4 image file to `size` bytes (no-op when it is that size already).
-pub fn grow(path: &Path, size: u64) -> Result<(), CloneError> {
+/// Grow an ext4 image file to (at least) `size` bytes and its filesystem with it; returns the
+/// file's length. `grown_to` is the length whose filesystem is known to fill the file (what
+/// was recorded): a file longer than that was extended by a grow that may not have finished,
+/// so its filesystem is grown again (resize2fs of a filesystem that fills its file is a
+/// no-op). `extended` runs between lengthening the file and growing the filesystem.
+pub fn grow(
+    path: &Path,
+    size: u64,
+    grown_to: u64,
+    extended: impl FnOnce(),
+) -> Result<u64, CloneError> {
     let f = OpenOptions::new()
         .write(true)
         .open(path)
         .map_err(io("cannot open", path))?;
-    let len = f.metadata().map_err(io("cannot stat", path))?.len();
-    if len >= size {
-        return Ok(());
+    let mut len = f.metadata().map_err(io("cannot stat", path))?.len();
+    if len < size {
+        f.set_len(size).map_err(io("cannot grow", path))?;
+        len = size;
     }
-    f.set_len(size).map_err(io("cannot grow", path))?;
     drop(f);
+    if len <= grown_to {
+        return Ok(len);
+    }
+    extended();
     // e2fsck exits 1 when it fixed something (e.g. the new size), which is fine.
     run("e2fsck", &["-f", "-y"], path, &[0, 1])?;
-    run("resize2fs", &["-f"], path, &[0])
+    run("resize2fs", &["-f"], path, &[0])?;
+    Ok(len)
 }
 
 /// A new empty ext4 filesystem of `size` bytes at `path` (which must not exist).
 pub fn mkfs(path: &Path, size: u64) -> Result<(), CloneError> {
-    let out = Command::new("mke2fs")
+    let out = crate::host::tool("mke2fs")
         .args(["-q", "-F", "-t", "ext4", "-E", "root_owner=0:0"])
         .arg(path)
         .arg(format!("{}k", size / 1024))

@@ -9,8 +9,8 @@ use std::process::Command;
 
 use serde_json::{json, Value};
 
-use super::process::spawn_detached;
-use super::{RunDir, Started, VmConfig, Vmm, VmmError};
+use super::process::{spawn_detached, Proc};
+use super::{RunDir, VmConfig, Vmm, VmmError};
 
 pub struct Firecracker {
     /// The binary: a `[firecracker.*]` asset, or `firecracker` from PATH when `None`.
@@ -113,10 +113,9 @@ impl Vmm for Firecracker {
         Ok(())
     }
 
-    fn start(&self, cfg: &VmConfig) -> Result<Started, VmmError> {
+    fn start_vmm(&self, cfg: &VmConfig) -> Result<Proc, VmmError> {
         self.check(cfg)?;
         let run = RunDir(&cfg.run_dir);
-        run.prepare()?;
         let doc = serde_json::to_string_pretty(&config(cfg)).unwrap_or_default();
         std::fs::write(run.config(), doc)
             .map_err(|e| VmmError::io("cannot write", &run.config(), e))?;
@@ -131,8 +130,7 @@ impl Vmm for Firecracker {
             .arg("--log-path")
             .arg(run.vmm_log());
         // The serial console is Firecracker's stdout.
-        let vmm = spawn_detached(c, &run.console(), "firecracker")?;
-        Ok(Started { vmm, helper: None })
+        spawn_detached(c, &run.console(), "firecracker")
     }
 
     fn fatal_log(&self, _run_dir: &Path) -> Option<String> {

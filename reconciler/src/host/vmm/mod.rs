@@ -99,8 +99,9 @@ impl RunDir<'_> {
         self.0.join("pid")
     }
 
-    /// Create the directory and remove sockets a previous run left (VMMs bind them and fail
-    /// when they exist).
+    /// Ready the directory for a new boot: create it, remove sockets a previous run left
+    /// (VMMs bind them and fail when they exist), and rotate the previous boot's logs to
+    /// `*.1`, so every boot's logs — and the failure scan over them — hold only that boot.
     pub fn prepare(&self) -> Result<(), VmmError> {
         std::fs::create_dir_all(self.0).map_err(|e| VmmError::io("cannot create", self.0, e))?;
         for s in [self.vsock(), self.api(), self.vhost(), self.qmp()] {
@@ -111,7 +112,16 @@ impl RunDir<'_> {
                 _ => {}
             }
         }
-        let _ = std::fs::remove_file(self.console());
+        for log in [self.console(), self.vmm_log(), self.helper_log()] {
+            let mut old = log.clone().into_os_string();
+            old.push(".1");
+            match std::fs::rename(&log, &old) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(VmmError::io("cannot rotate", &log, e))
+                }
+                _ => {}
+            }
+        }
         Ok(())
     }
 }
@@ -138,13 +148,22 @@ impl Started {
     }
 }
 
+/// A VMM backend. Starting a VM is split into the processes it runs, in order, so the caller
+/// records each one the moment it exists (a crash in between leaves nothing unrecorded).
 pub trait Vmm: Send + Sync {
     fn name(&self) -> &'static str;
     /// Check the host and the inputs before starting (missing binary, /dev/kvm, kernel format).
     fn check(&self, cfg: &VmConfig) -> Result<(), VmmError>;
-    /// Start the VM detached; returns once the processes run (not once the guest is ready).
-    fn start(&self, cfg: &VmConfig) -> Result<Started, VmmError>;
-    /// Problems the VMM reported that leave the VM useless though it keeps running.
+    /// Start what the VMM needs running first (QEMU: vhost-device-vsock, once its socket is
+    /// there). Call after [`RunDir::prepare`].
+    fn start_helper(&self, _cfg: &VmConfig) -> Result<Option<Proc>, VmmError> {
+        Ok(None)
+    }
+    /// Write the VMM's config and start it detached; returns once the process runs (not once
+    /// the guest is ready).
+    fn start_vmm(&self, cfg: &VmConfig) -> Result<Proc, VmmError>;
+    /// Problems the VMM reported in this boot's log that leave the VM useless though it keeps
+    /// running.
     fn fatal_log(&self, run_dir: &Path) -> Option<String>;
     /// Does this backend need more time to boot (software emulation)?
     fn slow(&self) -> bool {

@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 use super::VmmError;
 
 /// A process as fort knows it: PID plus its start time in clock ticks since boot.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub struct Proc {
     pub pid: u32,
     pub start_time: u64,

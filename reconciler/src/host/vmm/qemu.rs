@@ -7,8 +7,8 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use super::process::spawn_detached;
-use super::{hardware_kvm, which, RunDir, Started, VmConfig, Vmm, VmmError};
+use super::process::{spawn_detached, Proc};
+use super::{hardware_kvm, which, RunDir, VmConfig, Vmm, VmmError};
 
 pub struct Qemu;
 
@@ -97,10 +97,9 @@ impl Vmm for Qemu {
         Ok(())
     }
 
-    fn start(&self, cfg: &VmConfig) -> Result<Started, VmmError> {
+    fn start_helper(&self, cfg: &VmConfig) -> Result<Option<Proc>, VmmError> {
         self.check(cfg)?;
         let run = RunDir(&cfg.run_dir);
-        run.prepare()?;
         let mut vhost = Command::new(VHOST);
         vhost
             .arg("--guest-cid")
@@ -124,25 +123,21 @@ impl Vmm for Qemu {
             }
             std::thread::sleep(Duration::from_millis(10));
         }
-        let mut qemu = Command::new(QEMU);
-        qemu.args(args(cfg, hardware_kvm()));
+        Ok(Some(helper))
+    }
+
+    fn start_vmm(&self, cfg: &VmConfig) -> Result<Proc, VmmError> {
+        self.check(cfg)?;
+        let run = RunDir(&cfg.run_dir);
+        let args = args(cfg, hardware_kvm());
         std::fs::write(
             run.config(),
-            serde_json::to_string_pretty(&serde_json::json!({ "qemu": args(cfg, hardware_kvm()) }))
-                .unwrap_or_default(),
+            serde_json::to_string_pretty(&serde_json::json!({ "qemu": args })).unwrap_or_default(),
         )
         .map_err(|e| VmmError::io("cannot write", &run.config(), e))?;
-        let vmm = match spawn_detached(qemu, &run.vmm_log(), QEMU) {
-            Ok(p) => p,
-            Err(e) => {
-                helper.terminate(Duration::from_secs(1));
-                return Err(e);
-            }
-        };
-        Ok(Started {
-            vmm,
-            helper: Some(helper),
-        })
+        let mut qemu = Command::new(QEMU);
+        qemu.args(&args);
+        spawn_detached(qemu, &run.vmm_log(), QEMU)
     }
 
     fn fatal_log(&self, run_dir: &Path) -> Option<String> {

@@ -1,0 +1,284 @@
+//! `vm.*`: a microVM run by its VMM (Firecracker or QEMU) from its kernel, root and data
+//! drives, attached to its network, ready when the guest agent answers. Running VMs are
+//! adopted across fort runs (PID + start time); a dead one is drift that apply restarts.
+//!
+//! Applying is a sequence of named steps (`steps.rs`), each recorded in the VM's row the
+//! moment it completes — the intent (run dir, CID, TAP name) before anything exists, every
+//! process the moment it is spawned — so a fort killed at any instant leaves a row that says
+//! what runs, and the next apply adopts it (its agent answers) or stops it.
+
+mod steps;
+mod stop;
+
+use std::path::PathBuf;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use super::network::{observe_attachment, Attachment};
+use super::{Ctx, ResourceError, ResourceKind};
+use crate::address::{Address, Kind};
+use crate::crash::Point;
+use crate::host::net::link::Netlink;
+use crate::host::vmm::process::Proc;
+use crate::host::vmm::{RunDir, Started};
+use crate::manifest::{Resource, Spec, VmSpec, VmState};
+use crate::plan::{Effect, Observation};
+use crate::state::{Record, Status};
+
+pub use steps::restart_relevant;
+
+pub struct Vm;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VmOutputs {
+    pub vmm: String,
+    pub run_dir: PathBuf,
+    /// The hybrid-vsock socket the guest agent is reached through (`fort exec` reads it).
+    pub vsock_uds: PathBuf,
+    pub console_log: PathBuf,
+    pub cid: u32,
+    /// The TAP this VM makes on its network: recorded before the TAP exists, so a crash
+    /// between creating it and recording the attachment still says whose it is.
+    #[serde(default)]
+    pub tap: Option<TapIntent>,
+    /// The running processes; `None` while stopped.
+    pub started: Option<Started>,
+    /// A helper (vhost-device-vsock) started for a boot whose VMM is not running yet.
+    #[serde(default)]
+    pub helper: Option<Proc>,
+    pub network: Option<Attachment>,
+    /// Milliseconds from starting the VMM to the agent's first answer.
+    pub boot_ms: Option<u64>,
+    /// The spec (without `state` and `restart`) the running processes were started with:
+    /// what an adopted VM is compared with.
+    #[serde(default)]
+    pub booted: Option<serde_json::Value>,
+}
+
+/// A TAP a VM makes (or made) on a network.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TapIntent {
+    pub network: String,
+    pub tap: String,
+}
+
+impl VmOutputs {
+    /// Is anything of this VM running (the VMM, or a helper started for it)?
+    fn has_processes(&self) -> bool {
+        self.started
+            .is_some_and(|s| s.vmm.alive() || s.helper.is_some_and(|h| h.alive()))
+            || self.helper.is_some_and(|h| h.alive())
+    }
+}
+
+fn spec_of(r: &Resource) -> Result<&VmSpec, ResourceError> {
+    match &r.spec {
+        Spec::Vm(v) => Ok(v),
+        _ => Err(ResourceError::Check(format!(
+            "{} has no vm spec",
+            r.address
+        ))),
+    }
+}
+
+fn to_json(o: &VmOutputs) -> Result<serde_json::Value, ResourceError> {
+    serde_json::to_value(o).map_err(|e| ResourceError::Check(e.to_string()))
+}
+
+#[async_trait]
+impl ResourceKind for Vm {
+    fn kind(&self) -> Kind {
+        Kind::Vm
+    }
+
+    fn field_effect(&self, field: &str) -> Effect {
+        match field {
+            "state" | "restart" => Effect::Update,
+            _ => Effect::Restart,
+        }
+    }
+
+    async fn observe(&self, ctx: &Ctx, record: &Record) -> Result<Observation, ResourceError> {
+        let out: VmOutputs = super::asset::outputs(&record.address, &record.outputs)?;
+        if record.status == Status::Pending {
+            // An interrupted apply: say what it left, the plan already redoes the VM.
+            return Ok(Observation::Drifted {
+                what: left_behind(&out),
+            });
+        }
+        let stopped = record.spec.get("state").and_then(|s| s.as_str()) == Some("stopped");
+        let alive = out.started.is_some_and(|s| s.alive());
+        if stopped {
+            return Ok(if alive {
+                Observation::Drifted {
+                    what: "it is running but should be stopped".into(),
+                }
+            } else {
+                Observation::Ok
+            });
+        }
+        match out.started {
+            None => {
+                return Ok(Observation::Missing {
+                    what: "it is not running".into(),
+                })
+            }
+            Some(s) if !s.alive() => {
+                return Ok(Observation::Missing {
+                    what: format!(
+                        "its VMM process {} is gone (console log: {})",
+                        s.vmm.pid,
+                        out.console_log.display()
+                    ),
+                })
+            }
+            _ => {}
+        }
+        if let Some(a) = &out.network {
+            let net = Address::new(Kind::Network, &a.network);
+            let bridge = format!("fort-{}", a.network);
+            let isolated = ctx
+                .record(&net)?
+                .and_then(|r| r.outputs.get("isolated").and_then(|v| v.as_bool()))
+                .unwrap_or(false);
+            let nl = Netlink::connect()?;
+            if let Some(what) = observe_attachment(&nl, a, &bridge, isolated).await? {
+                return Ok(Observation::Drifted { what });
+            }
+        }
+        Ok(Observation::Ok)
+    }
+
+    async fn apply(
+        &self,
+        ctx: &Ctx,
+        desired: &Resource,
+        recorded: Option<&Record>,
+    ) -> Result<serde_json::Value, ResourceError> {
+        let spec = spec_of(desired)?;
+        let addr = &desired.address;
+        let fresh = !recorded.is_some_and(Record::applied_once);
+        let mut out = match recorded.and_then(|r| super::asset::outputs(addr, &r.outputs).ok()) {
+            Some(o) => o,
+            None => steps::intent(ctx, desired, spec)?,
+        };
+        if spec.state == VmState::Stopped {
+            steps::stop(ctx, addr, &mut out).await?;
+            return to_json(&out);
+        }
+        let want = restart_relevant(&desired.spec_json());
+        // What runs was started with an older fort that did not record `booted`: its row's
+        // spec is what it runs.
+        let booted = out.booted.clone().or_else(|| {
+            recorded
+                .filter(|r| r.applied_once())
+                .map(|r| restart_relevant(&r.spec))
+        });
+        if out.started.is_some_and(|s| s.alive()) && booted.as_ref() == Some(&want) {
+            // Adopt what runs: keep its attachment intact, and unless its last apply finished,
+            // wait for its agent as a boot would.
+            steps::attach(ctx, desired, spec, &mut out).await?;
+            let finished = recorded.is_some_and(|r| r.status == Status::Ready);
+            if finished || steps::wait_ready(spec, &out).await.is_ok() {
+                out.booted = Some(want);
+                return to_json(&out);
+            }
+            tracing::warn!(
+                "{addr}: the VM an interrupted apply started does not answer: restarting it"
+            );
+        }
+        // Restarting, or starting after a crash: whatever is left of the previous run (e.g.
+        // the vsock helper of a VMM that was killed) goes first.
+        steps::stop(ctx, addr, &mut out).await?;
+        match steps::boot(ctx, desired, spec, &mut out, want).await {
+            Ok(()) => to_json(&out),
+            Err(e) => {
+                // A VM that never came up leaves nothing behind but its logs; a restarted one
+                // keeps its TAP and lease for the next try.
+                steps::stop(ctx, addr, &mut out).await?;
+                if fresh {
+                    steps::detach(ctx, addr, &mut out).await?;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn destroy(&self, ctx: &Ctx, recorded: &Record) -> Result<(), ResourceError> {
+        let mut out: VmOutputs = super::asset::outputs(&recorded.address, &recorded.outputs)?;
+        stop::stop(&out).await;
+        crate::crash::hit(Point::VmDestroyStopped);
+        steps::detach_quietly(ctx, &recorded.address, &mut out).await?;
+        crate::crash::hit(Point::VmDetached);
+        match std::fs::remove_dir_all(&out.run_dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(ResourceError::io("cannot remove", &out.run_dir, e))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// What an interrupted apply left of a VM, in words, for the plan.
+fn left_behind(out: &VmOutputs) -> String {
+    let proc = |what: &str, p: &Proc| {
+        if p.alive() {
+            format!("{what} (PID {}) is running", p.pid)
+        } else {
+            format!("{what} (PID {}) is gone", p.pid)
+        }
+    };
+    let mut parts = Vec::new();
+    if let Some(s) = &out.started {
+        parts.push(proc(&out.vmm, &s.vmm));
+        if let Some(h) = &s.helper {
+            parts.push(proc("its vsock helper", h));
+        }
+    }
+    if let Some(h) = &out.helper {
+        parts.push(proc("its vsock helper", h));
+    }
+    if let Some(a) = &out.network {
+        parts.push(format!("TAP {} holds {}", a.tap, a.ip));
+    }
+    let what = if parts.is_empty() {
+        "nothing of it runs".to_string()
+    } else {
+        parts.join(", ")
+    };
+    let next = if out.has_processes() {
+        "adopted if its agent answers, else stopped and booted again"
+    } else {
+        "booted again"
+    };
+    format!("{what}: it will be {next}")
+}
+
+/// The recorded VMs whose VMM runs now, with its resident memory (for capacity checks).
+pub fn running_memory(
+    recorded: &std::collections::BTreeMap<Address, Record>,
+) -> std::collections::BTreeMap<Address, u64> {
+    recorded
+        .values()
+        .filter(|r| r.kind == Kind::Vm)
+        .filter_map(|r| {
+            let o: VmOutputs = serde_json::from_value(r.outputs.clone()).ok()?;
+            let s = o.started.filter(|s| s.vmm.alive())?;
+            Some((
+                r.address.clone(),
+                crate::host::procs::rss(s.vmm.pid).unwrap_or(0),
+            ))
+        })
+        .collect()
+}
+
+/// The PID file people and scripts read (`kill $(cat …/pid)`).
+fn write_pid_file(out: &VmOutputs) -> Result<(), ResourceError> {
+    let Some(s) = &out.started else {
+        return Ok(());
+    };
+    let run = RunDir(&out.run_dir);
+    std::fs::write(run.pid(), format!("{}\n", s.vmm.pid))
+        .map_err(|e| ResourceError::io("cannot write", &run.pid(), e))
+}
