@@ -137,8 +137,19 @@ fn checksum_mismatch_leaves_cache_and_state_as_they_were() {
     );
     let history = ws.run(&["history", "kernel.k"]).ok().stdout.clone();
     assert!(
-        history.contains("fail     - → -  create failed: checksum mismatch"),
+        history.contains("fail     pending → -  create failed: checksum mismatch"),
         "{history}"
+    );
+    // The next plan says why it is still to be created.
+    let plan = ws.run(&["plan"]);
+    plan.ok();
+    assert!(
+        plan.stdout.contains(&format!(
+            "  + kernel.k\n      reason: not yet created\n      reason: the last apply failed: checksum mismatch for kernel.k: expected {}",
+            "0".repeat(64)
+        )),
+        "{}",
+        plan.stdout
     );
 }
 
@@ -269,7 +280,7 @@ fn newer_state_database_is_refused_and_left_alone() {
     for args in [&["plan"][..], &["apply", "--yes"][..]] {
         let r = ws.run(args);
         r.code(1);
-        assert!(r.stderr.contains(&format!("error: state database {} has schema version 7, newer than this fort supports (2); upgrade fort, the database was left untouched", db.display())), "{}", r.stderr);
+        assert!(r.stderr.contains(&format!("error: state database {} has schema version 7, newer than this fort supports (3); upgrade fort, the database was left untouched", db.display())), "{}", r.stderr);
     }
     assert_eq!(std::fs::read(&db).unwrap(), before);
 }

@@ -77,14 +77,27 @@ fn sigkill_during_download_then_reapply_converges() {
         "{:?}",
         ws.cache_files()
     );
-    assert_eq!(
-        ws.run(&["state", "list"]).ok().stdout,
-        "No resources recorded.\n"
+    // What is recorded is the intent: an unfinished create, redone by the next apply.
+    let list = ws.run(&["state", "list"]).ok().stdout.clone();
+    assert!(list.contains("kernel.k  pending"), "{list}");
+    let plan = ws.run(&["plan"]);
+    plan.ok();
+    assert!(
+        plan.stdout.contains(
+            "  + kernel.k\n      reason: not yet created\n      reason: an interrupted apply left it unfinished (before its first step)\n"
+        ),
+        "{}",
+        plan.stdout
     );
 
     srv.route("/big", Reply::ok(data));
     ws.run(&["apply", "--yes"]).ok();
     ws.run(&["plan", "--detailed-exitcode"]).ok();
+    assert!(
+        ws.cache_files().iter().all(|f| !f.starts_with("tmp/.")),
+        "{:?}",
+        ws.cache_files()
+    );
 }
 
 #[test]

@@ -439,8 +439,9 @@ fn record_success(
 }
 
 /// A failed action leaves its row with status `failed` and the error; the outputs are what
-/// its last recorded step said (kinds undo what a failed action made, and record that), so the
-/// next plan redoes it — or, when it left the manifest, removes what is left.
+/// its last recorded step said, so the next plan redoes it — or, when it left the manifest,
+/// removes what is left. A first create that failed leaves no row (state is as it was): kinds
+/// undo what a failed create made, and what an undo misses is a leftover the next plan finds.
 fn record_failure(
     ctx: &Ctx,
     run: RunId,
@@ -449,18 +450,16 @@ fn record_failure(
 ) -> Result<(), ResourceError> {
     let addr = &change.address;
     let detail = format!("{} failed: {error}", change.op.as_str());
-    ctx.with_store(|s| {
-        if s.get(addr)?.is_some() {
-            s.set_status(
-                addr,
-                Status::Failed,
-                Some(error),
-                Some(run),
-                "fail",
-                &detail,
-            )
-        } else {
-            s.note(addr, Some(run), "fail", &detail)
-        }
+    ctx.with_store(|s| match s.get(addr)? {
+        Some(r) if r.applied_once() => s.set_status(
+            addr,
+            Status::Failed,
+            Some(error),
+            Some(run),
+            "fail",
+            &detail,
+        ),
+        Some(_) => s.remove(addr, Some(run), "fail", &detail),
+        None => s.note(addr, Some(run), "fail", &detail),
     })
 }

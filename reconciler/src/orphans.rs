@@ -50,7 +50,12 @@ pub enum Leftover {
         vm: Option<String>,
     },
     /// A bridge or TAP with this state dir's mark that no record owns.
-    Interface { name: String, kind: Option<String> },
+    Interface {
+        name: String,
+        kind: Option<String>,
+        /// The address its mark names (`vm.a`).
+        owner: Option<String>,
+    },
     /// fort's nftables table of a leftover bridge.
     NftTable { name: String },
     /// An address leased to a resource nobody records.
@@ -82,7 +87,7 @@ impl Orphan {
                 Some(vm) => format!("{program} (PID {pid}) of vm.{vm}"),
                 None => format!("{program} (PID {pid})"),
             },
-            Leftover::Interface { name, kind } => {
+            Leftover::Interface { name, kind, .. } => {
                 format!("{} {name}", kind.as_deref().unwrap_or("interface"))
             }
             Leftover::NftTable { name } => format!("nftables table ip {name}"),
@@ -92,6 +97,23 @@ impl Orphan {
             Leftover::RunDir { path } => format!("run dir {}", path.display()),
             Leftover::TempFile { path } => format!("temp file {}", path.display()),
             Leftover::DriveFile { path } => format!("drive file {}", path.display()),
+        }
+    }
+
+    /// The resource it was made for, where that is known (a targeted plan keeps only the
+    /// leftovers of the resources it selects).
+    pub fn owner(&self) -> Option<Address> {
+        match &self.leftover {
+            Leftover::Process { vm, .. } => vm.as_ref().map(|v| Address::new(Kind::Vm, v)),
+            Leftover::Interface { owner, .. } => owner.as_ref().and_then(|o| o.parse().ok()),
+            Leftover::NftTable { name } => name
+                .strip_prefix("fort-")
+                .map(|n| Address::new(Kind::Network, n)),
+            Leftover::Lease { owner, .. } => owner.parse().ok(),
+            Leftover::RunDir { path } => path
+                .file_name()
+                .map(|n| Address::new(Kind::Vm, n.to_string_lossy().as_ref())),
+            Leftover::TempFile { .. } | Leftover::DriveFile { .. } => None,
         }
     }
 
@@ -243,6 +265,7 @@ pub fn classify(
             leftover: Leftover::Interface {
                 name: l.name.clone(),
                 kind: l.kind.clone(),
+                owner: Some(owner.clone()),
             },
             reason: format!("it carries this state dir's mark for {owner}, which no record owns"),
         });

@@ -71,20 +71,26 @@ pub async fn make_plan(
         observed: &observed,
         options: &options,
     };
-    let (changes, mut notes) = plan::diff(&input, &resources::kind)?;
+    let (mut changes, mut notes) = plan::diff(&input, &resources::kind)?;
+    last_failures(ctx, recorded, &mut changes)?;
     preflight(ctx, desired, &changes).await?;
-    if !options.destroy {
-        let host = capacity::Host {
-            memory_total: crate::host::meminfo().0,
-            memory_available: crate::host::meminfo().1,
-            disk_free: crate::host::disk_free(&ctx.state_dir),
-            running: resources::vm::running_memory(recorded),
-        };
-        capacity::check(&changes, desired, recorded, &host)?;
+    if !options.destroy && !changes.is_empty() {
+        capacity::check(&changes, desired, &host_capacity(ctx, desired, recorded))?;
     }
     notes.extend(clone_note(&ctx.state_dir, desired, &changes));
     // Leftovers are looked for in destroy plans too: destroy leaves nothing behind.
     let orphans = match orphans::scan(ctx, recorded).await {
+        Ok(mut o) if !options.targets.is_empty() => {
+            // A targeted plan touches only what it selects, leftovers included.
+            let graph = plan::graph_of(desired, recorded)?;
+            let selected = if options.destroy {
+                graph.with_dependents(&options.targets)?
+            } else {
+                graph.with_dependencies(&options.targets)?
+            };
+            o.retain(|x| x.owner().is_some_and(|a| selected.contains(&a)));
+            o
+        }
         Ok(o) => o,
         Err(e) => {
             notes.push(format!(
@@ -107,6 +113,66 @@ pub async fn make_plan(
         notes,
         orphans,
     })
+}
+
+/// What the capacity checks need to know of the host.
+fn host_capacity(
+    ctx: &Ctx,
+    desired: &BTreeMap<Address, Resource>,
+    recorded: &BTreeMap<Address, Record>,
+) -> capacity::Host {
+    use crate::host::image::clone::{clone_method, Method};
+    use crate::manifest::Spec;
+    use std::os::unix::fs::MetadataExt;
+    let (memory_total, memory_available) = crate::host::meminfo();
+    let output = |kind, name: &str, field: &str| {
+        recorded
+            .get(&Address::new(kind, name))
+            .and_then(|r| r.outputs.get(field).cloned())
+    };
+    let image_bytes = desired
+        .iter()
+        .filter_map(|(a, r)| match &r.spec {
+            Spec::Template(t) => {
+                let image = output(crate::Kind::Template, &a.name, "image")
+                    .and_then(|p| p.as_str().map(std::path::PathBuf::from))
+                    .and_then(|p| std::fs::metadata(p).ok())
+                    .map(|m| m.blocks() * 512);
+                let rootfs =
+                    || output(crate::Kind::Rootfs, &t.rootfs, "size").and_then(|s| s.as_u64());
+                Some((a.name.clone(), image.or_else(rootfs)?))
+            }
+            _ => None,
+        })
+        .collect();
+    capacity::Host {
+        memory_total,
+        memory_available,
+        disk_free: crate::host::disk_free(&ctx.state_dir),
+        reflink: clone_method(&ctx.state_dir.join("drives")).1 == Method::Reflink,
+        image_bytes,
+        running: resources::vm::running_memory(recorded),
+    }
+}
+
+/// A create whose last try failed says so (a failed first create leaves no row, only
+/// history). Only looked up when the plan creates something unrecorded.
+fn last_failures(
+    ctx: &Ctx,
+    recorded: &BTreeMap<Address, Record>,
+    changes: &mut [plan::Change],
+) -> Result<(), CliError> {
+    let fresh = |c: &plan::Change| c.op == plan::Op::Create && !recorded.contains_key(&c.address);
+    if !changes.iter().any(fresh) {
+        return Ok(());
+    }
+    let failures = ctx.with_store(|s| s.last_failures())?;
+    for c in changes.iter_mut().filter(|c| fresh(c)) {
+        if let Some(e) = failures.get(&c.address) {
+            c.reasons.push(format!("the last apply failed: {e}"));
+        }
+    }
+    Ok(())
 }
 
 /// Host checks for what the plan creates: a refusal names the resource and why.

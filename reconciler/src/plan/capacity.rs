@@ -1,19 +1,16 @@
 //! Capacity checks (pure): does the host hold what the plan starts and grows? They run for
 //! every change alike — creates, replaces, restarts, a stopped VM started again — and against
 //! the whole manifest: the memory of every VM it wants running must fit in the host, what this
-//! plan starts must fit in what is available (plus what the VMs it stops give back), and the
-//! drives and images it creates or grows must fit on the state dir's filesystem.
+//! plan starts must fit in what is available (plus what the VMs it stops give back), and what
+//! it writes (images, drive copies) must fit on the state dir's filesystem.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
-
-use serde_json::Value;
 
 use super::{Change, Op, PlanError};
 use crate::address::{Address, Kind};
 use crate::manifest::units::human_size as format_size;
 use crate::manifest::{Resource, Spec, VmState};
-use crate::state::Record;
 
 /// What the host has, measured by the caller.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -24,6 +21,11 @@ pub struct Host {
     pub memory_available: Option<u64>,
     /// Free bytes on the state dir's filesystem (for unprivileged users), and where.
     pub disk_free: Option<(PathBuf, u64)>,
+    /// Drives are cloned there by reflink (they share the image's blocks).
+    pub reflink: bool,
+    /// What an image of each template takes on disk: its recorded image's allocated bytes,
+    /// else its rootfs's unpacked size (the recorded cache entry), by template name.
+    pub image_bytes: BTreeMap<String, u64>,
     /// VMs whose VMM runs now, with its resident memory in bytes.
     pub running: BTreeMap<Address, u64>,
 }
@@ -54,11 +56,10 @@ fn list(items: &[(&Address, u64)]) -> String {
 pub fn check(
     changes: &[Change],
     desired: &BTreeMap<Address, Resource>,
-    recorded: &BTreeMap<Address, Record>,
     host: &Host,
 ) -> Result<(), PlanError> {
     memory(changes, desired, host)?;
-    disk(changes, desired, recorded, host)
+    disk(changes, desired, host)
 }
 
 fn memory(
@@ -134,41 +135,35 @@ fn memory(
     Ok(())
 }
 
-fn recorded_size(r: Option<&Record>) -> u64 {
-    r.filter(|r| r.applied_once())
-        .and_then(|r| r.outputs.get("size").and_then(Value::as_u64))
-        .unwrap_or(0)
-}
-
+/// What the apply writes to the state dir's filesystem (not what the drives could grow to:
+/// drives are sparse, and reflink clones share their image's blocks): a new template image
+/// takes about what its rootfs holds; a drive cloned by copy, what its image takes; a drive
+/// cloned by reflink, an empty drive, or a grown one, next to nothing.
 fn disk(
     changes: &[Change],
     desired: &BTreeMap<Address, Resource>,
-    recorded: &BTreeMap<Address, Record>,
     host: &Host,
 ) -> Result<(), PlanError> {
     let Some((dir, free)) = &host.disk_free else {
         return Ok(());
     };
-    // Template images of one key are shared: count each size once per template.
-    let mut counted: BTreeSet<&Address> = BTreeSet::new();
     let mut adds: Vec<(&Address, u64)> = Vec::new();
     for c in changes.iter().filter(|c| c.op != Op::Destroy) {
         let Some(d) = desired.get(&c.address) else {
             continue;
         };
-        let size = match &d.spec {
-            Spec::Drive(s) => s.size,
-            // A changed template builds a new image beside the old one.
-            Spec::Template(t) if c.op != Op::Update || !c.fields.is_empty() => t.size,
-            _ => continue,
+        let bytes = match &d.spec {
+            Spec::Template(_) if c.op != Op::Update || !c.fields.is_empty() => {
+                host.image_bytes.get(&c.address.name).copied()
+            }
+            Spec::Drive(dr) if matches!(c.op, Op::Create | Op::Replace) && !host.reflink => dr
+                .template
+                .as_ref()
+                .and_then(|t| host.image_bytes.get(t).copied()),
+            _ => None,
         };
-        // A drive grows by the difference; an image is built whole (beside the old one).
-        let before = match (&d.spec, c.op) {
-            (Spec::Drive(_), Op::Replace) | (Spec::Template(_), _) => 0,
-            _ => recorded_size(recorded.get(&c.address)),
-        };
-        if size > before && counted.insert(&c.address) {
-            adds.push((&c.address, size - before));
+        if let Some(b) = bytes.filter(|b| *b > 0) {
+            adds.push((&c.address, b));
         }
     }
     let need: u64 = adds.iter().map(|x| x.1).sum();
@@ -176,7 +171,7 @@ fn disk(
         return Err(PlanError::Refused {
             address: adds[0].0.clone(),
             why: format!(
-                "this plan adds {} of drives and images ({}), more than the {} free on {}",
+                "this plan writes about {} of images and drive copies ({}), more than the {} free on {}",
                 format_size(need),
                 list(&adds),
                 format_size(*free),

@@ -263,6 +263,9 @@ pub trait StateStore {
         action: &str,
         detail: &str,
     ) -> Result<(), StateError>;
+    /// The resources whose last history entry is a failure, with the error: what a plan says
+    /// of a create that failed and left no row.
+    fn last_failures(&self) -> Result<BTreeMap<Address, String>, StateError>;
     /// The history of one resource, oldest first (also after it was destroyed).
     fn history(&self, address: &Address) -> Result<Vec<HistoryEntry>, StateError>;
     fn begin_run(&self, command: &str, plan: &serde_json::Value) -> Result<RunId, StateError>;

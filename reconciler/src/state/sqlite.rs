@@ -407,6 +407,28 @@ impl StateStore for SqliteStore {
         self.history_entry(address, run, action, status, status, detail)
     }
 
+    fn last_failures(&self) -> Result<BTreeMap<Address, String>, StateError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT h.address, h.detail FROM history h
+             JOIN (SELECT address, MAX(id) AS id FROM history GROUP BY address) m ON h.id = m.id
+             WHERE h.action = 'fail'",
+        )?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+        let mut out = BTreeMap::new();
+        for row in rows {
+            let (a, detail) = row?;
+            let Ok(address) = a.parse::<Address>() else {
+                continue;
+            };
+            // `create failed: ERROR`
+            let error = detail
+                .split_once(" failed: ")
+                .map_or(detail.as_str(), |x| x.1);
+            out.insert(address, error.to_string());
+        }
+        Ok(out)
+    }
+
     fn history(&self, address: &Address) -> Result<Vec<HistoryEntry>, StateError> {
         let mut stmt = self.conn.prepare_cached(
             "SELECT id, address, run_id, at, action, from_status, to_status, detail
