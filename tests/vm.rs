@@ -258,7 +258,8 @@ fn two_real_vms_from_manifest_to_destroy() {
     });
 }
 
-fn host_mib() -> u64 {
+/// MemTotal, as fort's messages print it.
+fn host_memory() -> String {
     let t = std::fs::read_to_string("/proc/meminfo").unwrap();
     let kib: u64 = t
         .lines()
@@ -269,7 +270,7 @@ fn host_mib() -> u64 {
         .unwrap()
         .parse()
         .unwrap();
-    kib / 1024
+    fort::manifest::units::human_size(kib * 1024)
 }
 
 #[test]
@@ -298,8 +299,8 @@ fn vm_errors_are_exact_and_leave_nothing_running() {
         assert_eq!(r.code, 1, "{}", r.stdout);
         assert!(
             r.stderr.contains(&format!(
-                "error: vm.a: memory 4TiB is more than this host has ({}MiB in total)",
-                host_mib()
+                "error: vm.a: the manifest wants 4TiB of VM memory running on this host (vm.a 4TiB), more than the {} it has in total",
+                host_memory()
             )),
             "{}",
             r.stderr

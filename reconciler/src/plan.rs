@@ -352,9 +352,13 @@ pub fn standard<K: ResourceKind + ?Sized>(
             (&r.address, Op::Destroy, reasons, vec![])
         }
         (Some(d), Some(r)) if !r.applied_once() => {
-            // Its first action never finished: whatever it left is in the row's outputs.
+            // Its first action never finished: whatever it left is in the row's outputs, and
+            // observing says what became of it.
             let mut reasons = vec!["not yet created".to_string()];
             reasons.extend(unfinished(r));
+            if let Some(Observation::Missing { what } | Observation::Drifted { what }) = observed {
+                reasons.push(what.clone());
+            }
             (&d.address, Op::Create, reasons, vec![])
         }
         (Some(d), Some(r)) => {

@@ -118,9 +118,7 @@ impl ResourceKind for Drive {
         if recorded.and_then(|r| recorded_path(&r.outputs)).is_none() {
             ctx.step(addr, Point::DriveIntent, &DrivePath { path: path.clone() })?;
         }
-        if path.exists() {
-            refuse_if_in_use(addr, &path, "grow")?;
-        }
+
         let image = match &spec.template {
             Some(t) => {
                 let a = Address::new(Kind::Template, t);
@@ -133,6 +131,11 @@ impl ResourceKind for Drive {
         // The record, not the file, says how far a grow got: a file already longer than the
         // recorded size may hold a filesystem a killed resize never grew.
         let grown_to = previous.as_ref().map_or(0, |p| p.size);
+        if let Ok(m) = std::fs::metadata(&path) {
+            if m.len() < spec.size || m.len() > grown_to {
+                refuse_if_in_use(addr, &path, "grow")?;
+            }
+        }
         let (path2, image2) = (path.clone(), image.clone());
         let size = spec.size;
         let (method, len) =

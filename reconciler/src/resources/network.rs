@@ -52,6 +52,9 @@ fn spec_of(r: &Resource) -> Result<&NetworkSpec, ResourceError> {
     }
 }
 
+/// The `meta` flag saying fort switched `net.ipv4.ip_forward` on in this state dir.
+const IP_FORWARD_FLAG: &str = "enabled_ip_forward";
+
 /// The alias fort marks its interfaces with: `fort:<address>@<state id>`, so the orphan scan
 /// can tell this state dir's leftovers from another fort's (and from anyone else's).
 pub fn alias(ctx: &Ctx, addr: &Address) -> String {
@@ -269,14 +272,15 @@ impl ResourceKind for Network {
                 nl.delete(br.index).await?;
             }
         }
-        if out.enabled_ip_forward {
-            let others = ctx.with_store(|s| s.resources())?;
-            let last = !others
-                .values()
-                .any(|r| r.kind == Kind::Network && r.address != recorded.address);
-            if last {
-                net::set_ip_forward(false)?;
-            }
+        let others = ctx.with_store(|s| s.resources())?;
+        let last = !others
+            .values()
+            .any(|r| r.kind == Kind::Network && r.address != recorded.address);
+        // Rows of older forts carry the flag themselves.
+        let enabled = out.enabled_ip_forward || ctx.with_store(|s| s.flag(IP_FORWARD_FLAG))?;
+        if last && enabled {
+            net::set_ip_forward(false)?;
+            ctx.with_store(|s| s.set_flag(IP_FORWARD_FLAG, false))?;
         }
         Ok(())
     }
@@ -305,8 +309,10 @@ async fn finish(
     if net::ip_forward()? {
         ctx.step(addr, Point::NetworkNft, &out)?;
     } else {
-        // Recorded before it is done, so whoever destroys the last network switches it back.
+        // Recorded before it is done — for the state dir, not this network: whichever
+        // network is destroyed last switches it back.
         out.enabled_ip_forward = true;
+        ctx.with_store(|s| s.set_flag(IP_FORWARD_FLAG, true))?;
         ctx.step(addr, Point::NetworkNft, &out)?;
         net::set_ip_forward(true)?;
         crate::crash::hit(Point::NetworkForward);

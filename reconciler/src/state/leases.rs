@@ -121,6 +121,29 @@ impl SqliteStore {
         })
     }
 
+    /// A flag of this state dir (the `meta` table), e.g. that fort switched a sysctl on.
+    pub fn flag(&self, key: &str) -> Result<bool, StateError> {
+        let v: Option<String> = self
+            .conn
+            .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+            .optional()?;
+        Ok(v.as_deref() == Some("1"))
+    }
+
+    pub fn set_flag(&self, key: &str, on: bool) -> Result<(), StateError> {
+        if on {
+            self.conn.execute(
+                "INSERT INTO meta(key, value) VALUES(?1, '1')
+                 ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                [key],
+            )?;
+        } else {
+            self.conn
+                .execute("DELETE FROM meta WHERE key = ?1", [key])?;
+        }
+        Ok(())
+    }
+
     /// Give the address back; releasing twice is fine.
     pub fn release_lease(&self, network: &str, owner: &str) -> Result<(), StateError> {
         self.conn.execute(
