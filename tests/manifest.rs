@@ -71,6 +71,9 @@ fn errors() {
         // Sizes.
         ("[rootfs.r]\nurl = \"/r\"\n[template.t]\nrootfs = \"r\"\nsize = \"4GB\"\n".into(),
          "fort.toml:7:8: template.t: size: invalid size `4GB`: expected a number with a binary unit (B, KiB, MiB, GiB, TiB), e.g. \"512MiB\", or a number of bytes"),
+        // A drive's size is required (docs/manifest.md says so, with this message).
+        ("[drive.d]\nprotect = true\n".into(),
+         "fort.toml:3:1: missing field `size`"),
         ("[drive.d]\nsize = 0\n".into(),
          "fort.toml:4:8: drive.d: size: size must be greater than 0"),
         ("[drive.d]\nsize = \"-1GiB\"\n".into(),
