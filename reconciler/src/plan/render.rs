@@ -6,6 +6,8 @@ use std::fmt::Write;
 use serde_json::Value;
 
 use super::{Change, Op, Plan};
+use crate::address::Kind;
+use crate::manifest::{is_size_field, units::format_size};
 
 /// ANSI colours, or none.
 #[derive(Debug, Clone, Copy)]
@@ -148,8 +150,8 @@ fn render_change(out: &mut String, c: &Change, style: Style) {
                 out,
                 "      ~ {}: {} → {}{}",
                 f.field,
-                value(f.before.as_ref()),
-                value(f.after.as_ref()),
+                value(c.address.kind, &f.field, f.before.as_ref()),
+                value(c.address.kind, &f.field, f.after.as_ref()),
                 tag
             );
         }
@@ -160,7 +162,14 @@ fn render_change(out: &mut String, c: &Change, style: Style) {
     out.push('\n');
 }
 
-fn value(v: Option<&Value>) -> String {
+/// A field's value as printed: sizes (bytes in the spec and the JSON) with binary units, like
+/// the manifest writes them.
+fn value(kind: Kind, field: &str, v: Option<&Value>) -> String {
+    if let Some(bytes) = v.and_then(Value::as_u64) {
+        if is_size_field(kind, field) {
+            return format_size(bytes);
+        }
+    }
     match v {
         None | Some(Value::Null) => "(none)".to_string(),
         Some(v) => {
@@ -171,6 +180,133 @@ fn value(v: Option<&Value>) -> String {
             } else {
                 s
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use serde_json::json;
+
+    use super::*;
+    use crate::plan::{summarize, Effect, FieldDiff, PlanOptions, FORMAT_VERSION};
+
+    fn change(addr: &str, op: Op, fields: &[(&str, Value, Value, Effect)]) -> Change {
+        let data_loss = addr.starts_with("drive.") && matches!(op, Op::Destroy | Op::Replace);
+        Change {
+            address: addr.parse().unwrap(),
+            op,
+            reasons: fields.iter().map(|f| format!("{} changed", f.0)).collect(),
+            data_loss,
+            fields: fields
+                .iter()
+                .map(|(field, before, after, effect)| FieldDiff {
+                    field: field.to_string(),
+                    before: Some(before.clone()).filter(|v| !v.is_null()),
+                    after: Some(after.clone()).filter(|v| !v.is_null()),
+                    effect: *effect,
+                })
+                .collect(),
+        }
+    }
+
+    fn plan(changes: Vec<Change>, options: PlanOptions) -> Plan {
+        Plan {
+            format_version: FORMAT_VERSION,
+            fort_version: "test".into(),
+            manifest: None,
+            manifest_digest: String::new(),
+            state_dir: "/s".into(),
+            state_digest: String::new(),
+            options,
+            summary: summarize(&changes, &[]),
+            changes,
+            notes: vec![],
+            orphans: vec![],
+        }
+    }
+
+    /// The lines of one change's block (without the header and summary around it).
+    fn block(c: Change, options: PlanOptions) -> Vec<String> {
+        let text = render(&plan(vec![c], options), Style { color: false });
+        let body = text
+            .strip_prefix("fort will perform the following actions:\n\n")
+            .unwrap();
+        body.lines()
+            .take_while(|l| !l.is_empty())
+            .map(String::from)
+            .collect()
+    }
+
+    #[test]
+    fn sizes_are_printed_with_binary_units() {
+        let (u, r) = (Effect::Update, Effect::Restart);
+        let cases: Vec<(Change, Vec<&str>)> = vec![
+            (
+                change(
+                    "vm.a",
+                    Op::Restart,
+                    &[("memory", json!(268435456u64), json!(106300440576u64), r)],
+                ),
+                vec![
+                    "  ~restart vm.a",
+                    "      ~ memory: 256MiB → 99GiB  (needs restart)",
+                ],
+            ),
+            (
+                change(
+                    "drive.d",
+                    Op::Update,
+                    &[("size", json!(1u64 << 30), json!(3u64 << 29), u)],
+                ),
+                vec!["  ~ drive.d", "      ~ size: 1GiB → 1536MiB"],
+            ),
+            (
+                // A VM's inline root: its size is the drive's.
+                change(
+                    "drive.a-root",
+                    Op::Update,
+                    &[("size", json!(2u64 << 30), json!(1u64 << 40), u)],
+                ),
+                vec!["  ~ drive.a-root", "      ~ size: 2GiB → 1TiB"],
+            ),
+            (
+                change(
+                    "template.t",
+                    Op::Update,
+                    &[("size", json!(1500), json!(1u64 << 20), u)],
+                ),
+                vec!["  ~ template.t", "      ~ size: 1500B → 1MiB"],
+            ),
+            (
+                // Not sizes: numbers stay numbers, other kinds' `size` too.
+                change(
+                    "vm.a",
+                    Op::Restart,
+                    &[
+                        ("vcpus", json!(1), json!(2), r),
+                        ("memory", Value::Null, json!(1u64 << 30), r),
+                    ],
+                ),
+                vec![
+                    "  ~restart vm.a",
+                    "      ~ vcpus: 1 → 2  (needs restart)",
+                    "      ~ memory: (none) → 1GiB  (needs restart)",
+                ],
+            ),
+            (
+                change(
+                    "kernel.k",
+                    Op::Update,
+                    &[("size", json!(1024), json!(2048), u)],
+                ),
+                vec!["  ~ kernel.k", "      ~ size: 1024 → 2048"],
+            ),
+        ];
+        for (c, want) in cases {
+            assert_eq!(block(c, PlanOptions::default()), want);
         }
     }
 }
