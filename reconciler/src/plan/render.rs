@@ -5,7 +5,7 @@ use std::fmt::Write;
 
 use serde_json::Value;
 
-use super::{Change, Op, Plan};
+use super::{Change, Op, Plan, PlanOptions};
 use crate::address::Kind;
 use crate::manifest::{is_size_field, units::format_size};
 
@@ -79,7 +79,7 @@ pub fn render(plan: &Plan, style: Style) -> String {
         );
     }
     for c in &plan.changes {
-        render_change(&mut out, c, style);
+        render_change(&mut out, c, &plan.options, style);
     }
     render_kept(&mut out, plan);
     for n in &plan.notes {
@@ -119,7 +119,7 @@ pub fn summary_line(plan: &Plan) -> String {
     line
 }
 
-fn render_change(out: &mut String, c: &Change, style: Style) {
+fn render_change(out: &mut String, c: &Change, opts: &PlanOptions, style: Style) {
     let bang = if c.data_loss {
         format!(" {}", style.red("!"))
     } else {
@@ -159,7 +159,25 @@ fn render_change(out: &mut String, c: &Change, style: Style) {
     if c.data_loss {
         let _ = writeln!(out, "      {}", style.red("! the data on it will be lost"));
     }
+    if let Some(note) = protection_note(c, opts) {
+        let _ = writeln!(out, "      {}", style.yellow(&format!("note: {note}")));
+    }
     out.push('\n');
+}
+
+/// Under a change that loses a protected drive's data: whether executing the plan will be
+/// refused, so a reviewer of `fort plan` learns it before `fort apply` does.
+fn protection_note(c: &Change, opts: &PlanOptions) -> Option<String> {
+    if !c.protected {
+        return None;
+    }
+    let address = &c.address;
+    Some(if opts.allow_data_loss {
+        format!("{address} is protected (protect = true): allowed by --allow-data-loss")
+    } else {
+        let command = if opts.destroy { "destroy" } else { "apply" };
+        format!("{address} is protected (protect = true): fort {command} refuses this without --allow-data-loss")
+    })
 }
 
 /// A field's value as printed: sizes (bytes in the spec and the JSON) with binary units, like
@@ -200,6 +218,7 @@ mod tests {
             op,
             reasons: fields.iter().map(|f| format!("{} changed", f.0)).collect(),
             data_loss,
+            protected: false,
             fields: fields
                 .iter()
                 .map(|(field, before, after, effect)| FieldDiff {
@@ -308,5 +327,75 @@ mod tests {
         for (c, want) in cases {
             assert_eq!(block(c, PlanOptions::default()), want);
         }
+    }
+
+    #[test]
+    fn protected_changes_say_whether_executing_them_is_refused() {
+        let protected = |op| Change {
+            protected: true,
+            reasons: vec!["no longer in the manifest".into()],
+            ..change("drive.data", op, &[])
+        };
+        let opts = |allow_data_loss, destroy| PlanOptions {
+            allow_data_loss,
+            destroy,
+            ..PlanOptions::default()
+        };
+        let cases = [
+            (
+                protected(Op::Destroy),
+                opts(false, false),
+                vec![
+                    "  - drive.data !",
+                    "      reason: no longer in the manifest",
+                    "      ! the data on it will be lost",
+                    "      note: drive.data is protected (protect = true): fort apply refuses this without --allow-data-loss",
+                ],
+            ),
+            (
+                protected(Op::Replace),
+                opts(false, false),
+                vec![
+                    "  -/+ drive.data !",
+                    "      reason: no longer in the manifest",
+                    "      ! the data on it will be lost",
+                    "      note: drive.data is protected (protect = true): fort apply refuses this without --allow-data-loss",
+                ],
+            ),
+            (
+                protected(Op::Destroy),
+                opts(false, true),
+                vec![
+                    "  - drive.data !",
+                    "      reason: no longer in the manifest",
+                    "      ! the data on it will be lost",
+                    "      note: drive.data is protected (protect = true): fort destroy refuses this without --allow-data-loss",
+                ],
+            ),
+            (
+                protected(Op::Destroy),
+                opts(true, false),
+                vec![
+                    "  - drive.data !",
+                    "      reason: no longer in the manifest",
+                    "      ! the data on it will be lost",
+                    "      note: drive.data is protected (protect = true): allowed by --allow-data-loss",
+                ],
+            ),
+        ];
+        for (c, o, want) in cases {
+            assert_eq!(block(c, o), want);
+        }
+        // Counted like any change.
+        let text = render(
+            &plan(vec![protected(Op::Destroy)], opts(false, false)),
+            Style { color: false },
+        );
+        assert!(
+            text.ends_with(
+                "Plan: 0 to create, 0 to update, 0 to restart, 0 to replace, 1 to destroy.\n"
+            ),
+            "{text}"
+        );
     }
 }
