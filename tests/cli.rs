@@ -461,3 +461,141 @@ fn changing_an_asset_fetches_the_new_one_and_drops_the_old_entry() {
         .collect();
     assert_eq!(actions, ["create", "update"], "{h}");
 }
+
+/// The fingerprint of a state dir and a drive file: `state list`, every resource's history,
+/// the runs recorded and the drive's bytes. Equal before and after = nothing was changed.
+fn untouched(ws: &Workspace, drive: &str) -> (String, String, String) {
+    let list = ws.run(&["state", "list", "--json"]).ok().stdout.clone();
+    let history = ws.run(&["history", "drive.data"]).ok().stdout.clone();
+    (list, history, sha256_hex(&std::fs::read(drive).unwrap()))
+}
+
+#[test]
+fn protected_drives_are_planned_and_only_lost_with_allow_data_loss() {
+    let ws = Workspace::new();
+    let with_drive = "[drive.data]\nsize = \"16MiB\"\nprotect = true\n";
+    ws.write_manifest(with_drive);
+    ws.run(&["apply", "--yes"]).ok();
+    let rec: serde_json::Value =
+        serde_json::from_str(&ws.run(&["state", "show", "drive.data", "--json"]).stdout).unwrap();
+    let drive = rec["outputs"]["path"].as_str().unwrap().to_string();
+    let before = untouched(&ws, &drive);
+    let refused = |action: &str| {
+        format!("error: drive.data is protected (protect = true) and this plan would {action} it, losing its data; re-run with --allow-data-loss if that is what you want\n")
+    };
+
+    // Removed from the manifest: a plain plan shows the destroy, the refusal and counts it.
+    ws.write_manifest("");
+    let plan = ws.run(&["plan", "--detailed-exitcode"]);
+    plan.code(2);
+    assert_eq!(
+        plan.stdout,
+        "fort will perform the following actions:\n\n\
+         \x20 - drive.data !\n\
+         \x20     reason: no longer in the manifest\n\
+         \x20     ! the data on it will be lost\n\
+         \x20     note: drive.data is protected (protect = true): fort apply refuses this without --allow-data-loss\n\
+         \n\
+         Plan: 0 to create, 0 to update, 0 to restart, 0 to replace, 1 to destroy.\n"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&ws.run(&["plan", "--json"]).ok().stdout).unwrap();
+    assert_eq!(json["format_version"], 1);
+    assert_eq!(json["changes"][0]["address"], "drive.data");
+    assert_eq!(json["changes"][0]["protected"], true);
+    assert_eq!(json["options"]["allow_data_loss"], false);
+
+    // apply and destroy refuse it with the same words, before anything is shown or changed.
+    for args in [&["apply", "--yes"][..], &["destroy", "--yes"][..]] {
+        let r = ws.run(args);
+        r.code(1);
+        assert_eq!(r.stderr, refused("destroy"), "{args:?}");
+        assert_eq!(r.stdout, "", "{args:?}");
+        assert_eq!(untouched(&ws, &drive), before, "{args:?}");
+    }
+    // So does a saved plan made without --allow-data-loss.
+    let saved = ws.path().join("p.json");
+    let pf = saved.to_str().unwrap();
+    ws.run(&["plan", "-out", pf]).ok();
+    let r = ws.run(&["apply", pf]);
+    r.code(1);
+    assert_eq!(r.stderr, refused("destroy"));
+    assert_eq!(untouched(&ws, &drive), before);
+
+    // --replace: planned as `-/+ !` with the note, refused by apply.
+    ws.write_manifest(with_drive);
+    let plan = ws.run(&["plan", "--detailed-exitcode", "--replace", "drive.data"]);
+    plan.code(2);
+    assert!(
+        plan.stdout.contains(
+            "  -/+ drive.data !\n      reason: replacement requested (--replace)\n      ! the data on it will be lost\n      note: drive.data is protected (protect = true): fort apply refuses this without --allow-data-loss\n\nPlan: 0 to create, 0 to update, 0 to restart, 1 to replace, 0 to destroy.\n"
+        ),
+        "{}",
+        plan.stdout
+    );
+    let r = ws.run(&["apply", "--yes", "--replace", "drive.data"]);
+    r.code(1);
+    assert_eq!(r.stderr, refused("replace"));
+    assert_eq!(untouched(&ws, &drive), before);
+
+    // With --allow-data-loss it goes: a saved plan made with it, then apply given it.
+    ws.run(&[
+        "plan",
+        "--replace",
+        "drive.data",
+        "--allow-data-loss",
+        "-out",
+        pf,
+    ])
+    .ok();
+    let r = ws.run(&["apply", pf]);
+    r.ok();
+    assert!(
+        r.stdout.contains(
+            "      note: drive.data is protected (protect = true): allowed by --allow-data-loss\n"
+        ),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        r.stdout.contains(
+            "Apply complete: 0 created, 0 updated, 0 restarted, 1 replaced, 0 destroyed."
+        ),
+        "{}",
+        r.stdout
+    );
+    ws.write_manifest("");
+    let r = ws.run(&["apply", "--yes", "--allow-data-loss"]);
+    r.ok();
+    assert!(r.stdout.contains("  - drive.data !\n"), "{}", r.stdout);
+    assert!(!std::path::Path::new(&drive).exists());
+    assert_eq!(
+        ws.run(&["state", "list"]).ok().stdout,
+        "No resources recorded.\n"
+    );
+}
+
+#[test]
+fn a_saved_plan_losing_a_protected_drive_runs_when_apply_is_given_allow_data_loss() {
+    let ws = Workspace::new();
+    ws.write_manifest("[drive.data]\nsize = \"16MiB\"\nprotect = true\n");
+    ws.run(&["apply", "--yes"]).ok();
+    ws.write_manifest("");
+    let saved = ws.path().join("p.json");
+    let pf = saved.to_str().unwrap();
+    ws.run(&["plan", "-out", pf]).ok();
+    ws.run(&["apply", pf]).code(1);
+    let r = ws.run(&["apply", pf, "--allow-data-loss"]);
+    r.ok();
+    assert!(
+        r.stdout.contains(
+            "      note: drive.data is protected (protect = true): allowed by --allow-data-loss\n"
+        ),
+        "{}",
+        r.stdout
+    );
+    assert_eq!(
+        ws.run(&["state", "list"]).ok().stdout,
+        "No resources recorded.\n"
+    );
+}

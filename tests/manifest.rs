@@ -71,6 +71,9 @@ fn errors() {
         // Sizes.
         ("[rootfs.r]\nurl = \"/r\"\n[template.t]\nrootfs = \"r\"\nsize = \"4GB\"\n".into(),
          "fort.toml:7:8: template.t: size: invalid size `4GB`: expected a number with a binary unit (B, KiB, MiB, GiB, TiB), e.g. \"512MiB\", or a number of bytes"),
+        // A drive's size is required (docs/manifest.md says so, with this message).
+        ("[drive.d]\nprotect = true\n".into(),
+         "fort.toml:3:1: missing field `size`"),
         ("[drive.d]\nsize = 0\n".into(),
          "fort.toml:4:8: drive.d: size: size must be greater than 0"),
         ("[drive.d]\nsize = \"-1GiB\"\n".into(),
@@ -136,8 +139,16 @@ fn errors() {
          "fort.toml:17:8: vm.w: a pool (count) needs a root drive per instance: use root = { template = \"…\", size = \"…\" }"),
         (base("[vm.w]\ncount = 2\nkernel = \"k\"\nroot = { template = \"t\", size = \"2GiB\" }\nip = \"10.77.0.9\"\nnetwork = \"lan\"\n"),
          "fort.toml:16:6: vm.w: `ip` cannot be set on a pool (count): addresses are allocated per instance"),
-        (base("[vm.agentpool]\ncount = 11\nkernel = \"k\"\nroot = { template = \"t\", size = \"2GiB\" }\nnetwork = \"lan\"\n"),
-         "fort.toml:13:9: vm.agentpool-10: its TAP would be named `fort-agentpool-10` (17 bytes) but Linux interface names have at most 15: use a VM name of at most 10 characters (including a pool's -N suffix)"),
+        // Every instance whose TAP name is too long, in instance order (not only the longest).
+        (base("[vm.agentsvm]\ncount = 12\nkernel = \"k\"\nroot = { template = \"t\", size = \"2GiB\" }\nnetwork = \"lan\"\n"),
+         "fort.toml:13:9: vm.agentsvm-10: its TAP would be named `fort-agentsvm-10` (16 bytes) but Linux interface names have at most 15: use a VM name of at most 10 characters (including a pool's -N suffix)\n\
+          fort.toml:13:9: vm.agentsvm-11: its TAP would be named `fort-agentsvm-11` (16 bytes) but Linux interface names have at most 15: use a VM name of at most 10 characters (including a pool's -N suffix)"),
+        (base("[vm.agentpool]\ncount = 3\nkernel = \"k\"\nroot = { template = \"t\", size = \"2GiB\" }\nnetwork = \"lan\"\n"),
+         "fort.toml:13:9: vm.agentpool-0: its TAP would be named `fort-agentpool-0` (16 bytes) but Linux interface names have at most 15: use a VM name of at most 10 characters (including a pool's -N suffix)\n\
+          fort.toml:13:9: vm.agentpool-1: its TAP would be named `fort-agentpool-1` (16 bytes) but Linux interface names have at most 15: use a VM name of at most 10 characters (including a pool's -N suffix)\n\
+          fort.toml:13:9: vm.agentpool-2: its TAP would be named `fort-agentpool-2` (16 bytes) but Linux interface names have at most 15: use a VM name of at most 10 characters (including a pool's -N suffix)"),
+        (base("[vm.agents-solo]\nkernel = \"k\"\nroot = { template = \"t\", size = \"2GiB\" }\nnetwork = \"lan\"\n"),
+         "fort.toml:12:5: vm.agents-solo: its TAP would be named `fort-agents-solo` (16 bytes) but Linux interface names have at most 15: use a VM name of at most 10 characters (including a pool's -N suffix)"),
         (base("[vm.w]\ncount = 2\nkernel = \"k\"\nroot = { template = \"t\", size = \"2GiB\" }\n[drive.w-1-root]\nsize = \"1GiB\"\n"),
          "fort.toml:15:8: vm.w-1: its inline root drive.w-1-root is also defined at fort.toml:16:1"),
         (base("[vm.w]\ncount = 2\nkernel = \"k\"\nroot = { template = \"t\", size = \"2GiB\" }\n[vm.w-0]\nkernel = \"k\"\nroot = { template = \"t\", size = \"1GiB\" }\n"),

@@ -1,6 +1,6 @@
 //! `fort watch` as a real child process on a temp state dir: edits applied, broken saves
-//! ignored, destroys above --max-destroy refused, drift healed on the interval, bursts
-//! coalesced, the lock free between passes, SIGTERM → exit 0.
+//! ignored, destroys above --max-destroy refused, protected drives never destroyed, drift
+//! healed on the interval, bursts coalesced, the lock free between passes, SIGTERM → exit 0.
 
 #![allow(clippy::unwrap_used)]
 
@@ -139,6 +139,34 @@ fn edits_are_applied_broken_saves_ignored_and_destroys_refused() {
     assert_eq!(status.code(), Some(0), "{}", w.log());
     assert!(w.log().contains("fort watch stopped"));
     ws.run(&["plan", "--detailed-exitcode"]).ok();
+}
+
+#[test]
+fn a_protected_drive_is_never_destroyed_whatever_max_destroy_allows() {
+    let ws = workspace();
+    let drive = "[drive.data]\nsize = \"16MiB\"\nprotect = true\n";
+    ws.write_manifest(&format!("{KERNEL}{drive}"));
+    let w = WatchProcess::start(&ws, &["--interval", "60s", "--max-destroy", "5"]);
+    w.wait_for("start: applied 2 change(s): 2 done", 1);
+
+    ws.write_manifest(KERNEL);
+    // The watch subscribes to the manifest's directory only after its first pass has logged,
+    // so this write may come too early to be seen: SIGHUP makes sure a pass runs.
+    w.signal(libc::SIGHUP);
+    let log = w.wait_for(": refused: the plan would destroy drive.data, which is protected (protect = true), losing its data; fort watch never does that: run `fort apply --allow-data-loss` to do it; nothing was applied", 1);
+    assert!(!log.contains("- drive.data"), "{log}");
+    assert!(recorded(&ws).contains("drive.data "));
+
+    // A deliberate apply does it.
+    ws.run(&[
+        "apply",
+        "--yes",
+        "--allow-data-loss",
+        "--lock-timeout",
+        "5s",
+    ])
+    .ok();
+    assert!(!recorded(&ws).contains("drive.data "));
 }
 
 #[test]

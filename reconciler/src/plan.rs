@@ -109,7 +109,23 @@ pub struct Change {
     pub reasons: Vec<String>,
     /// Destroys or replaces data a user may care about (marked `!`).
     pub data_loss: bool,
+    /// Loses the data of a drive with `protect = true`: `fort apply` refuses the plan unless
+    /// it was made with (or apply is given) `--allow-data-loss`. Absent in plans of older
+    /// forts, which refused such plans outright, hence the default.
+    #[serde(default)]
+    pub protected: bool,
     pub fields: Vec<FieldDiff>,
+}
+
+impl Change {
+    /// The action in words, for the refusal (`destroy`, `replace`).
+    fn verb(&self) -> &'static str {
+        if self.op == Op::Destroy {
+            "destroy"
+        } else {
+            "replace"
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -327,6 +343,8 @@ fn older_image_notes(input: &PlanInput<'_>, changes: &[Change]) -> Vec<String> {
 /// The rules every kind starts from (a kind may wrap or replace them):
 /// not recorded → create; not desired → destroy; `--replace` → replace; changed fields → the
 /// strongest effect among them; otherwise drift → create (missing) or update (drifted).
+/// Losing a protected drive's data is planned like any change, marked `protected`: refusing
+/// it is up to whoever executes the plan ([`refuse_protected`]), so `fort plan` can show it.
 pub fn standard<K: ResourceKind + ?Sized>(
     kind: &K,
     desired: Option<&Resource>,
@@ -395,21 +413,12 @@ pub fn standard<K: ResourceKind + ?Sized>(
     let data_loss = kind.holds_data()
         && matches!(op, Op::Destroy | Op::Replace)
         && recorded.is_some_and(Record::applied_once);
-    if data_loss && !opts.allow_data_loss && is_protected(desired, recorded) {
-        return Err(PlanError::Protected {
-            address: addr.clone(),
-            action: if op == Op::Destroy {
-                "destroy"
-            } else {
-                "replace"
-            },
-        });
-    }
     Ok(Some(Change {
         address: addr.clone(),
         op,
         reasons,
         data_loss,
+        protected: data_loss && is_protected(desired, recorded),
         fields,
     }))
 }
@@ -426,6 +435,22 @@ pub fn unfinished(r: &Record) -> Option<String> {
             Some(step) => format!("an interrupted apply left it unfinished (after step {step})"),
             None => "an interrupted apply left it unfinished (before its first step)".to_string(),
         }),
+    }
+}
+
+/// What apply, destroy and watch check before executing a plan: without `--allow-data-loss`,
+/// a change losing a protected drive's data refuses the whole plan (the first such change,
+/// in address order, is named).
+pub fn refuse_protected(changes: &[Change], allow_data_loss: bool) -> Result<(), PlanError> {
+    if allow_data_loss {
+        return Ok(());
+    }
+    match changes.iter().find(|c| c.protected) {
+        Some(c) => Err(PlanError::Protected {
+            address: c.address.clone(),
+            action: c.verb(),
+        }),
+        None => Ok(()),
     }
 }
 

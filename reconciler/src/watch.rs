@@ -208,6 +208,7 @@ mod destroy_tests {
             op,
             reasons: vec![],
             data_loss,
+            protected: false,
             fields: vec![],
         }
     }

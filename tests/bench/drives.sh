@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 N=${1:-100}
 cargo build --release --locked -p fort >/dev/null 2>&1 || cargo build --release --locked -p fort
-FORT="$PWD/target/release/fort"
+FORT="$(scripts/cargo-target-dir)/release/fort"   # where cargo put it (CARGO_TARGET_DIR respected)
 
 W=$(mktemp -d /var/tmp/fort-bench-drives.XXXXXX)
 cleanup() { umount "$W/mnt" 2>/dev/null || true; rm -rf "$W"; }

@@ -13,7 +13,7 @@ for p in curl xz-utils python3 time bc; do
   dpkg -s "$p" >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq "$p"; }
 done
 cargo build --release --locked -p fort >/dev/null 2>&1 || cargo build --release --locked -p fort
-FORT="$PWD/target/release/fort"
+FORT="$(scripts/cargo-target-dir)/release/fort"   # where cargo put it (CARGO_TARGET_DIR respected)
 
 W=$(mktemp -d /tmp/fort-bench-fetch.XXXXXX)
 SRV=

@@ -9,7 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 RUNS=${1:-5}
 cargo build --release --locked -p fort >/dev/null 2>&1 || cargo build --release --locked -p fort
-FORT="$PWD/target/release/fort"
+FORT="$(scripts/cargo-target-dir)/release/fort"   # where cargo put it (CARGO_TARGET_DIR respected)
 
 W=$(mktemp -d /tmp/fort-bench-image.XXXXXX)
 trap 'rm -rf "$W"' EXIT

@@ -13,8 +13,10 @@ if [ -z "${FORT_BENCH_IN_NETNS:-}" ]; then
 fi
 ip link set lo up
 cargo build --release --locked -p fort >/dev/null 2>&1 || cargo build --release --locked -p fort
-FORT="$PWD/target/release/fort"
-export FORT_GUEST_AGENT=$(scripts/build-agent 2>/dev/null)
+FORT="$(scripts/cargo-target-dir)/release/fort"   # where cargo put it (CARGO_TARGET_DIR respected)
+# Assigned apart from the export: `export X=$(…)` would hide a failed build.
+FORT_GUEST_AGENT=$(scripts/build-agent 2>/dev/null)
+export FORT_GUEST_AGENT
 A=/var/cache/fort-assets
 scripts/build-vm-assets "$A" 2>/dev/null
 

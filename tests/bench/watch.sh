@@ -7,7 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 cargo build --release --locked -p fort >/dev/null 2>&1 || cargo build --release --locked -p fort
-FORT="$PWD/target/release/fort"
+FORT="$(scripts/cargo-target-dir)/release/fort"   # where cargo put it (CARGO_TARGET_DIR respected)
 W=$(mktemp -d /tmp/fort-bench-watch.XXXXXX)
 PID=
 trap '[ -n "$PID" ] && kill $PID 2>/dev/null; rm -rf "$W"' EXIT

@@ -116,7 +116,7 @@ async fn run_in(
 
     // A saved plan was reviewed when it was made (as in Terraform): no second question.
     let from_file = saved.is_some();
-    let plan = match saved {
+    let mut plan = match saved {
         Some((file, saved)) => {
             if saved.state_digest != digest {
                 return Err(CliError::StalePlan {
@@ -128,6 +128,11 @@ async fn run_in(
         }
         None => make_plan(&ctx, manifest, &recorded, digest, options).await?,
     };
+    // Losing a protected drive's data needs --allow-data-loss, given when the plan was made or
+    // now (a saved plan made without it is then run with it, and recorded so). Checked before
+    // anything is shown, asked or changed.
+    plan.options.allow_data_loss |= run_args.allow_data_loss;
+    plan::refuse_protected(&plan.changes, plan.options.allow_data_loss)?;
     let style = term::stdout_style();
     if plan.is_empty() {
         if cli.json {

@@ -188,7 +188,8 @@ pub struct PlanArgs {
     #[arg(long = "replace", value_name = "ADDR")]
     pub replace: Vec<Address>,
 
-    /// Allow destroying or replacing protected drives.
+    /// Consent to destroying or replacing protected drives (without it, the plan shows them
+    /// and apply refuses; a plan saved with it is applied as is).
     #[arg(long)]
     pub allow_data_loss: bool,
 

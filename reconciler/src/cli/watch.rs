@@ -19,7 +19,7 @@ use super::{exit, session, term, Cli, CliError};
 use crate::address::{Address, Kind};
 use crate::apply::{self, ExecOptions, Outcome};
 use crate::manifest::{Spec, VmSpec};
-use crate::plan::{render, Op, PlanOptions};
+use crate::plan::{render, Op, PlanError, PlanOptions};
 use crate::state::{SqliteStore, StateLock, StateStore};
 use crate::watch::{policy_allows, Crashes};
 
@@ -207,6 +207,18 @@ impl Watch<'_> {
         if plan.is_empty() {
             tracing::info!("{why}: no changes ({} ms)", started.elapsed().as_millis());
             return Ok(Pass::NoChanges);
+        }
+        // Watch never passes --allow-data-loss: a protected drive's data is only lost by a
+        // deliberate `fort apply`, whatever --max-destroy allows.
+        match crate::plan::refuse_protected(&plan.changes, false) {
+            Ok(()) => {}
+            Err(PlanError::Protected { address, action }) => {
+                tracing::warn!(
+                    "{why}: refused: the plan would {action} {address}, which is protected (protect = true), losing its data; fort watch never does that: run `fort apply --allow-data-loss` to do it; nothing was applied"
+                );
+                return Ok(Pass::Refused);
+            }
+            Err(e) => return Err(e.into()),
         }
         let destroys = crate::watch::destroys(&plan.changes);
         if destroys.len() > self.args.max_destroy {

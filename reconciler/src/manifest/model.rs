@@ -132,6 +132,17 @@ impl Spec {
     }
 }
 
+/// Whether the spec field `field` of a `kind` holds a size in bytes (declared as a size in the
+/// manifest: a template's and a drive's `size` — which is also where a VM's inline
+/// `root = { size }` ends up — and a VM's `memory`). Plans print these with binary units.
+/// A new size field of a spec belongs here too.
+pub fn is_size_field(kind: Kind, field: &str) -> bool {
+    matches!(
+        (kind, field),
+        (Kind::Template, "size") | (Kind::Drive, "size") | (Kind::Vm, "memory")
+    )
+}
+
 /// Where an asset comes from and how to check it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AssetSource {

@@ -282,9 +282,9 @@ pub(super) fn vms(
             data.push(d.get_ref().clone());
         }
 
-        // The longest instance name decides whether every TAP name fits.
+        // Every instance whose TAP name does not fit, so one edit fixes them all.
         if net.is_some() {
-            if let Some((inst, _)) = instances.iter().max_by_key(|(n, _)| n.len()) {
+            for (inst, _) in &instances {
                 let tap = format!("fort-{inst}");
                 if tap.len() > 15 {
                     cx.err(file, &where_span, format!("vm.{inst}: its TAP would be named `{tap}` ({} bytes) but Linux interface names have at most 15: use a VM name of at most 10 characters (including a pool's -N suffix)", tap.len()));

@@ -37,6 +37,7 @@ fn change(addr: &str, op: Op) -> Change {
         op,
         reasons: vec![],
         data_loss: false,
+        protected: false,
         fields: vec![],
     }
 }

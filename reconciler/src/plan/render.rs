@@ -5,7 +5,9 @@ use std::fmt::Write;
 
 use serde_json::Value;
 
-use super::{Change, Op, Plan};
+use super::{Change, Op, Plan, PlanOptions};
+use crate::address::Kind;
+use crate::manifest::{is_size_field, units::format_size};
 
 /// ANSI colours, or none.
 #[derive(Debug, Clone, Copy)]
@@ -77,7 +79,7 @@ pub fn render(plan: &Plan, style: Style) -> String {
         );
     }
     for c in &plan.changes {
-        render_change(&mut out, c, style);
+        render_change(&mut out, c, &plan.options, style);
     }
     render_kept(&mut out, plan);
     for n in &plan.notes {
@@ -117,7 +119,7 @@ pub fn summary_line(plan: &Plan) -> String {
     line
 }
 
-fn render_change(out: &mut String, c: &Change, style: Style) {
+fn render_change(out: &mut String, c: &Change, opts: &PlanOptions, style: Style) {
     let bang = if c.data_loss {
         format!(" {}", style.red("!"))
     } else {
@@ -148,8 +150,8 @@ fn render_change(out: &mut String, c: &Change, style: Style) {
                 out,
                 "      ~ {}: {} → {}{}",
                 f.field,
-                value(f.before.as_ref()),
-                value(f.after.as_ref()),
+                value(c.address.kind, &f.field, f.before.as_ref()),
+                value(c.address.kind, &f.field, f.after.as_ref()),
                 tag
             );
         }
@@ -157,10 +159,35 @@ fn render_change(out: &mut String, c: &Change, style: Style) {
     if c.data_loss {
         let _ = writeln!(out, "      {}", style.red("! the data on it will be lost"));
     }
+    if let Some(note) = protection_note(c, opts) {
+        let _ = writeln!(out, "      {}", style.yellow(&format!("note: {note}")));
+    }
     out.push('\n');
 }
 
-fn value(v: Option<&Value>) -> String {
+/// Under a change that loses a protected drive's data: whether executing the plan will be
+/// refused, so a reviewer of `fort plan` learns it before `fort apply` does.
+fn protection_note(c: &Change, opts: &PlanOptions) -> Option<String> {
+    if !c.protected {
+        return None;
+    }
+    let address = &c.address;
+    Some(if opts.allow_data_loss {
+        format!("{address} is protected (protect = true): allowed by --allow-data-loss")
+    } else {
+        let command = if opts.destroy { "destroy" } else { "apply" };
+        format!("{address} is protected (protect = true): fort {command} refuses this without --allow-data-loss")
+    })
+}
+
+/// A field's value as printed: sizes (bytes in the spec and the JSON) with binary units, like
+/// the manifest writes them.
+fn value(kind: Kind, field: &str, v: Option<&Value>) -> String {
+    if let Some(bytes) = v.and_then(Value::as_u64) {
+        if is_size_field(kind, field) {
+            return format_size(bytes);
+        }
+    }
     match v {
         None | Some(Value::Null) => "(none)".to_string(),
         Some(v) => {
@@ -172,5 +199,203 @@ fn value(v: Option<&Value>) -> String {
                 s
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use serde_json::json;
+
+    use super::*;
+    use crate::plan::{summarize, Effect, FieldDiff, PlanOptions, FORMAT_VERSION};
+
+    fn change(addr: &str, op: Op, fields: &[(&str, Value, Value, Effect)]) -> Change {
+        let data_loss = addr.starts_with("drive.") && matches!(op, Op::Destroy | Op::Replace);
+        Change {
+            address: addr.parse().unwrap(),
+            op,
+            reasons: fields.iter().map(|f| format!("{} changed", f.0)).collect(),
+            data_loss,
+            protected: false,
+            fields: fields
+                .iter()
+                .map(|(field, before, after, effect)| FieldDiff {
+                    field: field.to_string(),
+                    before: Some(before.clone()).filter(|v| !v.is_null()),
+                    after: Some(after.clone()).filter(|v| !v.is_null()),
+                    effect: *effect,
+                })
+                .collect(),
+        }
+    }
+
+    fn plan(changes: Vec<Change>, options: PlanOptions) -> Plan {
+        Plan {
+            format_version: FORMAT_VERSION,
+            fort_version: "test".into(),
+            manifest: None,
+            manifest_digest: String::new(),
+            state_dir: "/s".into(),
+            state_digest: String::new(),
+            options,
+            summary: summarize(&changes, &[]),
+            changes,
+            notes: vec![],
+            orphans: vec![],
+        }
+    }
+
+    /// The lines of one change's block (without the header and summary around it).
+    fn block(c: Change, options: PlanOptions) -> Vec<String> {
+        let text = render(&plan(vec![c], options), Style { color: false });
+        let body = text
+            .strip_prefix("fort will perform the following actions:\n\n")
+            .unwrap();
+        body.lines()
+            .take_while(|l| !l.is_empty())
+            .map(String::from)
+            .collect()
+    }
+
+    #[test]
+    fn sizes_are_printed_with_binary_units() {
+        let (u, r) = (Effect::Update, Effect::Restart);
+        let cases: Vec<(Change, Vec<&str>)> = vec![
+            (
+                change(
+                    "vm.a",
+                    Op::Restart,
+                    &[("memory", json!(268435456u64), json!(106300440576u64), r)],
+                ),
+                vec![
+                    "  ~restart vm.a",
+                    "      ~ memory: 256MiB → 99GiB  (needs restart)",
+                ],
+            ),
+            (
+                change(
+                    "drive.d",
+                    Op::Update,
+                    &[("size", json!(1u64 << 30), json!(3u64 << 29), u)],
+                ),
+                vec!["  ~ drive.d", "      ~ size: 1GiB → 1536MiB"],
+            ),
+            (
+                // A VM's inline root: its size is the drive's.
+                change(
+                    "drive.a-root",
+                    Op::Update,
+                    &[("size", json!(2u64 << 30), json!(1u64 << 40), u)],
+                ),
+                vec!["  ~ drive.a-root", "      ~ size: 2GiB → 1TiB"],
+            ),
+            (
+                change(
+                    "template.t",
+                    Op::Update,
+                    &[("size", json!(1500), json!(1u64 << 20), u)],
+                ),
+                vec!["  ~ template.t", "      ~ size: 1500B → 1MiB"],
+            ),
+            (
+                // Not sizes: numbers stay numbers, other kinds' `size` too.
+                change(
+                    "vm.a",
+                    Op::Restart,
+                    &[
+                        ("vcpus", json!(1), json!(2), r),
+                        ("memory", Value::Null, json!(1u64 << 30), r),
+                    ],
+                ),
+                vec![
+                    "  ~restart vm.a",
+                    "      ~ vcpus: 1 → 2  (needs restart)",
+                    "      ~ memory: (none) → 1GiB  (needs restart)",
+                ],
+            ),
+            (
+                change(
+                    "kernel.k",
+                    Op::Update,
+                    &[("size", json!(1024), json!(2048), u)],
+                ),
+                vec!["  ~ kernel.k", "      ~ size: 1024 → 2048"],
+            ),
+        ];
+        for (c, want) in cases {
+            assert_eq!(block(c, PlanOptions::default()), want);
+        }
+    }
+
+    #[test]
+    fn protected_changes_say_whether_executing_them_is_refused() {
+        let protected = |op| Change {
+            protected: true,
+            reasons: vec!["no longer in the manifest".into()],
+            ..change("drive.data", op, &[])
+        };
+        let opts = |allow_data_loss, destroy| PlanOptions {
+            allow_data_loss,
+            destroy,
+            ..PlanOptions::default()
+        };
+        let cases = [
+            (
+                protected(Op::Destroy),
+                opts(false, false),
+                vec![
+                    "  - drive.data !",
+                    "      reason: no longer in the manifest",
+                    "      ! the data on it will be lost",
+                    "      note: drive.data is protected (protect = true): fort apply refuses this without --allow-data-loss",
+                ],
+            ),
+            (
+                protected(Op::Replace),
+                opts(false, false),
+                vec![
+                    "  -/+ drive.data !",
+                    "      reason: no longer in the manifest",
+                    "      ! the data on it will be lost",
+                    "      note: drive.data is protected (protect = true): fort apply refuses this without --allow-data-loss",
+                ],
+            ),
+            (
+                protected(Op::Destroy),
+                opts(false, true),
+                vec![
+                    "  - drive.data !",
+                    "      reason: no longer in the manifest",
+                    "      ! the data on it will be lost",
+                    "      note: drive.data is protected (protect = true): fort destroy refuses this without --allow-data-loss",
+                ],
+            ),
+            (
+                protected(Op::Destroy),
+                opts(true, false),
+                vec![
+                    "  - drive.data !",
+                    "      reason: no longer in the manifest",
+                    "      ! the data on it will be lost",
+                    "      note: drive.data is protected (protect = true): allowed by --allow-data-loss",
+                ],
+            ),
+        ];
+        for (c, o, want) in cases {
+            assert_eq!(block(c, o), want);
+        }
+        // Counted like any change.
+        let text = render(
+            &plan(vec![protected(Op::Destroy)], opts(false, false)),
+            Style { color: false },
+        );
+        assert!(
+            text.ends_with(
+                "Plan: 0 to create, 0 to update, 0 to restart, 0 to replace, 1 to destroy.\n"
+            ),
+            "{text}"
+        );
     }
 }

@@ -36,7 +36,8 @@ fn a(s: &str) -> Address {
     s.parse().unwrap()
 }
 
-/// One line per change: `SYMBOL ADDRESS[ !] (reason; reason)`.
+/// One line per change: `SYMBOL ADDRESS[ !][ protected] (reason; reason)`, and last, when
+/// executing the plan would be refused, `refused: WHY`.
 fn run(
     text: &str,
     rec: &BTreeMap<Address, Record>,
@@ -53,18 +54,23 @@ fn run(
         options: &opts,
     };
     let (changes, _) = diff(&input, &crate::resources::kind).map_err(|e| e.to_string())?;
-    Ok(changes
+    let mut lines: Vec<String> = changes
         .iter()
         .map(|c| {
             format!(
-                "{} {}{} ({})",
+                "{} {}{}{} ({})",
                 c.op.symbol(),
                 c.address,
                 if c.data_loss { " !" } else { "" },
+                if c.protected { " protected" } else { "" },
                 c.reasons.join("; ")
             )
         })
-        .collect())
+        .collect();
+    if let Err(e) = refuse_protected(&changes, opts.allow_data_loss) {
+        lines.push(format!("refused: {e}"));
+    }
+    Ok(lines)
 }
 
 #[test]
@@ -222,12 +228,16 @@ fn table() {
             Ok(vec!["- drive.tmp ! (no longer in the manifest)"]),
         ),
         (
-            "a protected drive is not destroyed",
+            "a protected drive's destroy is planned, and executing it refused",
             BASE.replace("[drive.data]\nsize = \"1GiB\"\nprotect = true\n", "").replace("drives = [\"data\"]\n", ""),
             &current,
             vec![],
             opts(),
-            Err("drive.data is protected (protect = true) and this plan would destroy it, losing its data; re-run with --allow-data-loss if that is what you want"),
+            Ok(vec![
+                "- drive.data ! protected (no longer in the manifest)",
+                "~restart vm.a (drives changed)",
+                "refused: drive.data is protected (protect = true) and this plan would destroy it, losing its data; re-run with --allow-data-loss if that is what you want",
+            ]),
         ),
         (
             "unless data loss is allowed",
@@ -235,7 +245,18 @@ fn table() {
             &current,
             vec![],
             with(|o| o.allow_data_loss = true),
-            Ok(vec!["- drive.data ! (no longer in the manifest)", "~restart vm.a (drives changed)"]),
+            Ok(vec!["- drive.data ! protected (no longer in the manifest)", "~restart vm.a (drives changed)"]),
+        ),
+        (
+            "protect = false in the same plan does not lift it: the record still has it",
+            BASE.replace("protect = true\n", "protect = false\n"),
+            &current,
+            vec![],
+            with(|o| o.replace = vec!["drive.data".parse().unwrap()]),
+            Ok(vec![
+                "-/+ drive.data ! protected (replacement requested (--replace))",
+                "refused: drive.data is protected (protect = true) and this plan would replace it, losing its data; re-run with --allow-data-loss if that is what you want",
+            ]),
         ),
         (
             "--replace an unprotected drive",
@@ -246,12 +267,15 @@ fn table() {
             Ok(vec!["-/+ drive.tmp ! (replacement requested (--replace))"]),
         ),
         (
-            "--replace a protected drive is refused",
+            "--replace a protected drive: planned, and executing it refused",
             BASE.into(),
             &current,
             vec![],
             with(|o| o.replace = vec!["drive.data".parse().unwrap()]),
-            Err("drive.data is protected (protect = true) and this plan would replace it, losing its data; re-run with --allow-data-loss if that is what you want"),
+            Ok(vec![
+                "-/+ drive.data ! protected (replacement requested (--replace))",
+                "refused: drive.data is protected (protect = true) and this plan would replace it, losing its data; re-run with --allow-data-loss if that is what you want",
+            ]),
         ),
         (
             "--replace something unknown",
@@ -331,7 +355,32 @@ fn table() {
             &current,
             vec![],
             with(|o| o.destroy = true),
-            Err("drive.data is protected (protect = true) and this plan would destroy it, losing its data; re-run with --allow-data-loss if that is what you want"),
+            Ok(vec![
+                "- kernel.k (destroy requested)",
+                "- rootfs.r (destroy requested)",
+                "- template.t (destroy requested)",
+                "- network.lan (destroy requested)",
+                "- drive.a-root ! (destroy requested)",
+                "- drive.data ! protected (destroy requested)",
+                "- drive.tmp ! (destroy requested)",
+                "- vm.a (destroy requested)",
+                "refused: drive.data is protected (protect = true) and this plan would destroy it, losing its data; re-run with --allow-data-loss if that is what you want",
+            ]),
+        ),
+        (
+            "destroy --allow-data-loss",
+            BASE.into(),
+            &current,
+            vec![],
+            with(|o| {
+                o.destroy = true;
+                o.allow_data_loss = true;
+                o.targets = vec!["drive.data".parse().unwrap()];
+            }),
+            Ok(vec![
+                "- drive.data ! protected (destroy requested)",
+                "- vm.a (destroy requested)",
+            ]),
         ),
     ];
     let mut failures = Vec::new();
