@@ -1,6 +1,7 @@
 //! Planning benchmark: load + validate a manifest of N resources (validation builds the
 //! dependency graph and checks it for cycles), load the matching recorded state from SQLite,
-//! and diff — what `fort plan` does except observing the host. Run:
+//! diff, and look for leftovers of interrupted runs (one scan per state dir) — what
+//! `fort plan` does except observing each recorded resource on the host. Run:
 //! `cargo bench -p fort --bench plan`.
 
 #![allow(clippy::unwrap_used)]
@@ -36,10 +37,66 @@ fn manifest(n: usize) -> String {
     s
 }
 
+/// Outputs shaped like a real apply's for the kinds the orphan scan reads (VMs with their
+/// processes and TAP, drives with their path), so the scan does its real per-record work.
+fn outputs(dir: &Path, r: &fort::manifest::Resource, i: u32) -> serde_json::Value {
+    let name = &r.address.name;
+    match r.address.kind {
+        fort::Kind::Vm => {
+            let run = dir.join("run").join(name);
+            serde_json::json!({
+                "vmm": "qemu",
+                "run_dir": run,
+                "vsock_uds": run.join("vsock.sock"),
+                "console_log": run.join("console.log"),
+                "cid": 3 + i,
+                "tap": {"network": "lan", "tap": format!("fort-{name}")},
+                "started": {
+                    "vmm": {"pid": 4_000_000 + 2 * i, "start_time": 1},
+                    "helper": {"pid": 4_000_001 + 2 * i, "start_time": 1},
+                },
+                "helper": null,
+                "network": {"network": "lan", "tap": format!("fort-{name}"), "ip": "10.0.0.2",
+                            "mac": "02:fc:0a:00:00:02", "gateway": "10.0.0.1", "prefix": 16, "dns": []},
+                "boot_ms": 3000,
+                "booted": null,
+            })
+        }
+        fort::Kind::Drive => serde_json::json!({
+            "path": dir.join("drives").join(format!("{name}.ext4")),
+            "size": 2u64 << 30,
+            "method": "reflink",
+            "image": dir.join("images/0.ext4"),
+        }),
+        _ => serde_json::json!({}),
+    }
+}
+
 fn record_all(dir: &Path, m: &fort::manifest::Manifest) {
     let store = SqliteStore::open(dir).unwrap();
-    for r in m.resources.values() {
-        let rec = Record::applied(r, serde_json::json!({}), 1, 1);
+    // PLAN_BENCH_OUTPUTS=empty records `{}` (the benchmark before the leftover scan).
+    let empty = std::env::var("PLAN_BENCH_OUTPUTS").is_ok_and(|v| v == "empty");
+    for (i, r) in m.resources.values().enumerate() {
+        let out = if empty {
+            serde_json::json!({})
+        } else {
+            outputs(dir, r, i as u32)
+        };
+        if !empty && r.address.kind == fort::Kind::Vm {
+            // What a real fleet has beside its rows: a run dir and a lease per VM (the scan
+            // lists run/ and checks every lease's owner).
+            std::fs::create_dir_all(dir.join("run").join(&r.address.name)).unwrap();
+            store
+                .lease(
+                    "lan",
+                    "10.0.0.0/16".parse().unwrap(),
+                    &r.address.to_string(),
+                    None,
+                    None,
+                )
+                .unwrap();
+        }
+        let rec = Record::applied(r, out, 1, 1);
         store.put(&rec, None, "create", "bench").unwrap();
     }
 }
@@ -69,13 +126,24 @@ fn plan_once(file: &Path, state: &Path) -> (usize, Duration) {
         options: &opts,
     };
     let (changes, _) = plan::diff(&input, &fort::resources::kind).unwrap();
+    let t_diff = t.elapsed();
+    // The leftover scan `fort plan` runs once per state dir: /proc, links, directories.
+    let ctx = fort::resources::Ctx::new(
+        state.to_path_buf(),
+        std::sync::Arc::new(std::sync::Mutex::new(store)),
+        false,
+    );
+    let orphans = runtime()
+        .block_on(fort::orphans::scan(&ctx, &recorded))
+        .unwrap();
     let elapsed = t.elapsed();
     if std::env::var_os("PLAN_BENCH_PHASES").is_some() {
         eprintln!(
-            "  load+validate {:.1} ms, state {:.1} ms, graph+diff {:.1} ms, {} page faults",
+            "  load+validate {:.1} ms, state {:.1} ms, graph+diff {:.1} ms, leftover scan {:.1} ms, {} page faults",
             t_load.as_secs_f64() * 1e3,
             (t_state - t_load).as_secs_f64() * 1e3,
-            (elapsed - t_state).as_secs_f64() * 1e3,
+            (t_diff - t_state).as_secs_f64() * 1e3,
+            (elapsed - t_diff).as_secs_f64() * 1e3,
             minor_faults() - faults
         );
     }
@@ -84,7 +152,16 @@ fn plan_once(file: &Path, state: &Path) -> (usize, Duration) {
         "recorded state should match: {:?}",
         changes.first()
     );
+    // Nothing runs and no interface exists, but the records name them: no leftovers.
+    assert!(orphans.is_empty(), "{orphans:?}");
     (m.resources.len(), elapsed)
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
 }
 
 fn median<T: PartialOrd + Copy>(mut v: Vec<T>) -> T {

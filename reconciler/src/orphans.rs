@@ -17,7 +17,6 @@ use crate::host::net::link::Netlink;
 use crate::host::net::nft;
 use crate::host::procs::{self, ProcInfo};
 use crate::host::vmm::process::Proc;
-use crate::resources::vm::VmOutputs;
 use crate::resources::{error_chain, Ctx, ResourceError};
 use crate::state::leases::Lease;
 use crate::state::Record;
@@ -152,52 +151,62 @@ pub struct Seen {
     pub files: Vec<PathBuf>,
 }
 
-/// What the records own, indexed once.
-struct Owned {
-    addresses: BTreeSet<String>,
-    procs: BTreeSet<Proc>,
-    interfaces: BTreeSet<String>,
-    vm_names: BTreeSet<String>,
-    paths: BTreeSet<PathBuf>,
+/// Lookups into the records, one per thing seen: the scan costs what it sees (a handful of
+/// processes and interfaces, one entry per VM in `run/`), not a pass over every record.
+struct Records<'a>(&'a BTreeMap<Address, Record>);
+
+impl Records<'_> {
+    fn get(&self, kind: Kind, name: &str) -> Option<&Record> {
+        self.0.get(&Address::new(kind, name))
+    }
+
+    fn has(&self, address: &str) -> bool {
+        address.parse::<Address>().is_ok_and(|a| self.0.contains_key(&a))
+    }
+
+    /// Does `vm.NAME`'s record hold this process (as its VMM, its helper, or a helper started
+    /// for a boot whose VMM is not recorded)?
+    fn owns_process(&self, vm: &str, p: &Proc) -> bool {
+        self.get(Kind::Vm, vm).is_some_and(|r| {
+            ["/started/vmm", "/started/helper", "/helper"]
+                .iter()
+                .any(|at| r.outputs.pointer(at).and_then(proc_of).as_ref() == Some(p))
+        })
+    }
+
+    /// Does the resource an interface's mark names record that interface?
+    fn owns_interface(&self, owner: &str, name: &str) -> bool {
+        let Ok(a) = owner.parse::<Address>() else {
+            return false;
+        };
+        let Some(r) = self.0.get(&a) else {
+            return false;
+        };
+        let at: &[&str] = match a.kind {
+            Kind::Vm => &["/network/tap", "/tap/tap"],
+            Kind::Network => &["/bridge"],
+            _ => &[],
+        };
+        at.iter()
+            .any(|p| r.outputs.pointer(p).and_then(|v| v.as_str()) == Some(name))
+    }
+
+    /// Is `path` (drives/NAME.ext4) the recorded file of drive.NAME?
+    fn owns_drive_file(&self, path: &Path) -> bool {
+        let Some(name) = path.file_stem().and_then(|n| n.to_str()) else {
+            return false;
+        };
+        self.get(Kind::Drive, name).is_some_and(|r| {
+            r.outputs.get("path").and_then(|p| p.as_str()) == path.to_str()
+        })
+    }
 }
 
-fn owned(recorded: &BTreeMap<Address, Record>) -> Owned {
-    let mut o = Owned {
-        addresses: BTreeSet::new(),
-        procs: BTreeSet::new(),
-        interfaces: BTreeSet::new(),
-        vm_names: BTreeSet::new(),
-        paths: BTreeSet::new(),
-    };
-    for (a, r) in recorded {
-        o.addresses.insert(a.to_string());
-        match a.kind {
-            Kind::Vm => {
-                o.vm_names.insert(a.name.clone());
-                if let Ok(out) = serde_json::from_value::<VmOutputs>(r.outputs.clone()) {
-                    if let Some(s) = out.started {
-                        o.procs.insert(s.vmm);
-                        o.procs.extend(s.helper);
-                    }
-                    o.procs.extend(out.helper);
-                    o.interfaces.extend(out.network.map(|n| n.tap));
-                    o.interfaces.extend(out.tap.map(|t| t.tap));
-                }
-            }
-            Kind::Network => {
-                if let Some(b) = r.outputs.get("bridge").and_then(|b| b.as_str()) {
-                    o.interfaces.insert(b.to_string());
-                }
-            }
-            Kind::Drive => {
-                if let Some(p) = r.outputs.get("path").and_then(|p| p.as_str()) {
-                    o.paths.insert(PathBuf::from(p));
-                }
-            }
-            _ => {}
-        }
-    }
-    o
+fn proc_of(v: &serde_json::Value) -> Option<Proc> {
+    Some(Proc {
+        pid: u32::try_from(v.get("pid")?.as_u64()?).ok()?,
+        start_time: v.get("start_time")?.as_u64()?,
+    })
 }
 
 /// The VM a path under `run/` belongs to: the component after `run_prefix`.
@@ -217,17 +226,20 @@ pub fn classify(
     seen: &Seen,
     recorded: &BTreeMap<Address, Record>,
 ) -> Vec<Orphan> {
-    let own = owned(recorded);
+    let own = Records(recorded);
     let run_prefix = procs::dir_needle(&state_dir.join("run"));
     let mark = format!("@{state_id}");
     let mut out = Vec::new();
     for p in &seen.processes {
-        if !VMM_PROGRAMS.contains(&p.name.as_str()) || own.procs.contains(&p.proc) {
+        if !VMM_PROGRAMS.contains(&p.name.as_str()) {
             continue;
         }
         let vm = vm_of(&p.cmdline, &run_prefix);
+        if vm.as_deref().is_some_and(|v| own.owns_process(v, &p.proc)) {
+            continue;
+        }
         let why = match &vm {
-            Some(v) if own.vm_names.contains(v) => format!(
+            Some(v) if own.get(Kind::Vm, v).is_some() => format!(
                 "it runs from run/{v}/ but vm.{v}'s record does not own it (started by an interrupted apply)"
             ),
             Some(v) => format!("it runs from run/{v}/ but vm.{v} is not recorded"),
@@ -248,16 +260,16 @@ pub fn classify(
         let Some(alias) = l.alias.as_deref() else {
             continue;
         };
-        if !alias.starts_with("fort:")
-            || !alias.ends_with(&mark)
-            || own.interfaces.contains(&l.name)
-        {
+        if !alias.starts_with("fort:") || !alias.ends_with(&mark) {
             continue;
         }
         let owner = alias
             .trim_start_matches("fort:")
             .trim_end_matches(&mark)
             .to_string();
+        if own.owns_interface(&owner, &l.name) {
+            continue;
+        }
         if l.kind.as_deref() == Some("bridge") {
             orphan_bridges.insert(l.name.clone());
         }
@@ -279,7 +291,7 @@ pub fn classify(
         }
     }
     for l in &seen.leases {
-        if !own.addresses.contains(&l.owner) {
+        if !own.has(&l.owner) {
             out.push(Orphan {
                 leftover: Leftover::Lease {
                     network: l.network.clone(),
@@ -292,7 +304,7 @@ pub fn classify(
     }
     for d in &seen.run_dirs {
         let name = d.file_name().map(|n| n.to_string_lossy().into_owned());
-        if name.is_some_and(|n| !own.vm_names.contains(&n)) {
+        if name.is_some_and(|n| own.get(Kind::Vm, &n).is_none()) {
             out.push(Orphan {
                 leftover: Leftover::RunDir { path: d.clone() },
                 reason: "no VM of that name is recorded".to_string(),
@@ -304,7 +316,7 @@ pub fn classify(
         let in_drives = f.parent() == Some(drives.as_path());
         let ext = f.extension().and_then(|e| e.to_str());
         if in_drives && ext == Some("ext4") {
-            if !own.paths.contains(f) {
+            if !own.owns_drive_file(f) {
                 out.push(Orphan {
                     leftover: Leftover::DriveFile { path: f.clone() },
                     reason: "no drive is recorded with it; it may hold data, so fort keeps it (declare the drive again to adopt it, or delete the file)".to_string(),
@@ -348,7 +360,7 @@ pub async fn scan(
     let mut seen = Seen {
         processes: procs::mentioning(&procs::dir_needle(&run)),
         run_dirs: entries(&run),
-        leases: ctx.with_store(|s| s.all_leases())?,
+        leases: ctx.with_store(|s| s.unowned_leases())?,
         ..Seen::default()
     };
     for d in ["cache/tmp", "images/tmp", "drives"] {

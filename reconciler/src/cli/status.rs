@@ -59,7 +59,13 @@ pub fn status(cli: &Cli) -> Result<u8, CliError> {
                         let up = uptime_secs(&p);
                         row["uptime_secs"] = json!(up);
                         row["pid"] = json!(p.pid);
-                        format!("running (up {})", up.map_or_else(|| "?".into(), human_secs))
+                        // Started by an apply that has not seen its agent answer (yet).
+                        let what = if rec.status == crate::state::Status::Ready {
+                            "running"
+                        } else {
+                            "starting"
+                        };
+                        format!("{what} (up {})", up.map_or_else(|| "?".into(), human_secs))
                     }
                     Some(_) => {
                         let last = history.iter().rev().find(|h| h.action == "crash");

@@ -157,9 +157,13 @@ impl SqliteStore {
         self.leases_where("WHERE network = ?1", [network])
     }
 
-    /// Every lease of every network (the orphan scan looks for owners nobody records).
-    pub fn all_leases(&self) -> Result<Vec<Lease>, StateError> {
-        self.leases_where("", rusqlite::params![])
+    /// The leases whose owner has no resource row (what the orphan scan reports), found by
+    /// SQLite rather than by a lookup per lease.
+    pub fn unowned_leases(&self) -> Result<Vec<Lease>, StateError> {
+        self.leases_where(
+            "WHERE owner NOT IN (SELECT address FROM resources)",
+            rusqlite::params![],
+        )
     }
 
     fn leases_where<P: rusqlite::Params>(
