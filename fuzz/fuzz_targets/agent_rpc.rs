@@ -28,7 +28,10 @@ fn now<F: Future>(f: F) -> F::Output {
 fn check_reply(v: &Value, request_id: Option<&Value>) {
     assert_eq!(v["jsonrpc"], "2.0", "{v}");
     let id = &v["id"];
-    assert!(id.is_null() || id.is_string() || id.is_i64() || id.is_u64(), "{v}");
+    assert!(
+        id.is_null() || id.is_string() || id.is_i64() || id.is_u64(),
+        "{v}"
+    );
     if let (Some(want), false) = (request_id, id.is_null()) {
         assert_eq!(id, want, "{v}");
     }

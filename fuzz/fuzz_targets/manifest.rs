@@ -36,8 +36,12 @@ fuzz_target!(|data: &[u8]| {
                 let _ = r.spec_hash();
             }
             let _ = m.digest();
-            fort::graph::Graph::new(m.resources.values().map(|r| (&r.address, r.deps.as_slice())))
-                .unwrap();
+            fort::graph::Graph::new(
+                m.resources
+                    .values()
+                    .map(|r| (&r.address, r.deps.as_slice())),
+            )
+            .unwrap();
         }
         Err(ManifestError::Invalid(diags)) => {
             assert!(!diags.is_empty(), "invalid without a diagnostic");
