@@ -99,7 +99,9 @@ pub fn prepare(a: Args) -> Result<Command, ToolError> {
             "`timeout_secs` must be a non-negative number".into(),
         ));
     }
-    let deadline = Duration::from_secs_f64(timeout);
+    // Finite and non-negative, so only too large for a Duration (about 584 billion years),
+    // which the schema allows: that is no deadline at all, not a panic.
+    let deadline = Duration::try_from_secs_f64(timeout).unwrap_or(Duration::MAX);
     Ok(Command {
         program,
         rest,
@@ -235,4 +237,27 @@ pub async fn run(a: Command, notify: Option<Notifier>) -> Result<Output, ToolErr
             "duration_ms": start.elapsed().as_millis() as u64,
         }),
     })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    /// Found while writing the agent_rpc fuzz target (and reproduced with it, not found by
+    /// its 10-minute run): a `timeout_secs` too large for a Duration panicked after the
+    /// program was spawned, so the call never got an answer.
+    #[tokio::test]
+    async fn fuzz_huge_timeout_means_no_deadline() {
+        let args = serde_json::json!({"argv": ["true"], "timeout_secs": 1e20});
+        let Ok(c) = prepare(serde_json::from_value(args.clone()).unwrap()) else {
+            panic!("1e20 refused");
+        };
+        assert_eq!(c.deadline, Duration::MAX);
+        let Ok(out) = super::super::call("run_command", args, None).await else {
+            panic!("run_command [\"true\"] failed");
+        };
+        assert_eq!(out.structured["exit_code"], 0);
+        assert_eq!(out.structured["timed_out"], false);
+    }
 }
