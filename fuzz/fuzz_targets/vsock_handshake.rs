@@ -16,7 +16,7 @@ fuzz_target!(|data: &[u8]| {
         }
         Some((verdict, used)) => {
             // Never reads past the reply's end, and the reply is bounded.
-            assert!(used >= 1 && used <= HANDSHAKE_MAX + 2, "used {used}");
+            assert!((1..=HANDSHAKE_MAX + 2).contains(&used), "used {used}");
             let answer = &data[..used - 1];
             assert!(!answer.contains(&b'\n'));
             assert!(data[used - 1] == b'\n' || answer.len() == HANDSHAKE_MAX + 1);
