@@ -160,6 +160,10 @@ fn errors() {
          "fort.toml:9:1: template.t: overlay path `etc/motd` must be an absolute path inside the image without `..`, e.g. \"/etc/motd\""),
         ("[rootfs.r]\nurl = \"/r\"\n[template.t]\nrootfs = \"r\"\nsize = \"1GiB\"\n[template.t.files]\n\"/x\" = { source = \"no/such/file.sh\" }\n".into(),
          "fort.toml:9:19: template.t: overlay source `no/such/file.sh` cannot be read (CWD/no/such/file.sh): No such file or directory (os error 2)"),
+        // Found while writing the manifest fuzz target (reproduced with it: out of memory):
+        // a device was read to its end, which /dev/zero does not have.
+        ("[rootfs.r]\nurl = \"/r\"\n[template.t]\nrootfs = \"r\"\nsize = \"1GiB\"\n[template.t.files]\n\"/x\" = { source = \"/dev/zero\" }\n".into(),
+         "fort.toml:9:19: template.t: overlay source `/dev/zero` cannot be read (/dev/zero): not a regular file"),
         ("[rootfs.r]\nurl = \"/r\"\n[template.t]\nrootfs = \"r\"\nsize = \"1GiB\"\n[template.t.files]\n\"/x\" = { mode = \"0755\" }\n".into(),
          "fort.toml:9:8: template.t: overlay `/x` needs exactly one of `source` or `content`"),
         ("[rootfs.r]\nurl = \"/r\"\n[template.t]\nrootfs = \"r\"\nsize = \"1GiB\"\n[template.t.files]\n\"/x\" = { content = \"a\", mode = \"rwx\" }\n".into(),

@@ -5,13 +5,10 @@
 //! outside a VM (tests, development). Inside fort VMs it runs as PID 1 and listens on vsock
 //! port 52 (see docs/guest-agent.md for what is implemented so far).
 
-mod init;
-mod rpc;
-mod server;
-mod tools;
-
 use std::net::SocketAddr;
 use std::path::PathBuf;
+
+use fort_guest_agent::{init, server, tools};
 
 enum Listen {
     Unix(PathBuf),

@@ -43,6 +43,11 @@ pub enum Parsed {
     },
 }
 
+/// JSON-RPC ids this agent answers with: strings and integers (null is only for errors).
+fn valid_id(id: &Value) -> bool {
+    id.is_string() || id.is_i64() || id.is_u64()
+}
+
 /// Parse and, for the cheap methods, answer one request line.
 pub fn parse(session: &mut Session, line: &[u8]) -> Parsed {
     let msg: Value = match serde_json::from_slice(line) {
@@ -59,9 +64,12 @@ pub fn parse(session: &mut Session, line: &[u8]) -> Parsed {
         ));
     };
     let id = obj.get("id").cloned();
+    // An error about the request itself echoes its id only if that is a valid one: JSON-RPC
+    // answers an id it cannot use (an object, a float, …) with null.
+    let error_id = || id.clone().filter(valid_id).unwrap_or(Value::Null);
     if obj.get("jsonrpc").and_then(Value::as_str) != Some("2.0") {
         return Parsed::Reply(error(
-            id.unwrap_or(Value::Null),
+            error_id(),
             INVALID_REQUEST,
             "invalid request: \"jsonrpc\" must be \"2.0\"",
         ));
@@ -72,7 +80,7 @@ pub fn parse(session: &mut Session, line: &[u8]) -> Parsed {
             return Parsed::Nothing;
         }
         return Parsed::Reply(error(
-            id.unwrap_or(Value::Null),
+            error_id(),
             INVALID_REQUEST,
             "invalid request: missing \"method\"",
         ));
@@ -82,7 +90,7 @@ pub fn parse(session: &mut Session, line: &[u8]) -> Parsed {
         // Notifications: `notifications/initialized`, `notifications/cancelled`, … need no answer.
         return Parsed::Nothing;
     };
-    if !(id.is_string() || id.is_i64() || id.is_u64()) {
+    if !valid_id(&id) {
         return Parsed::Reply(error(
             Value::Null,
             INVALID_REQUEST,
@@ -175,5 +183,35 @@ pub fn call_result(id: Value, outcome: Result<tools::Output, tools::ToolError>) 
                 "isError": true,
             }),
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reply(line: &str) -> Value {
+        match parse(&mut Session::default(), line.as_bytes()) {
+            Parsed::Reply(v) => v,
+            Parsed::Nothing => panic!("no reply to {line}"),
+            Parsed::Call { .. } => panic!("a call from {line}"),
+        }
+    }
+
+    /// Found by the agent_rpc fuzz target: an invalid request echoed an id that JSON-RPC
+    /// does not allow (here an object) instead of null.
+    #[test]
+    fn fuzz_invalid_request_with_object_id_answers_null_id() {
+        assert_eq!(
+            reply(r#"{"jsonrpc":"2.0","id":{"protocolVersion":"2025-06-18"}}"#),
+            json!({"jsonrpc": "2.0", "id": null, "error": {"code": INVALID_REQUEST, "message": "invalid request: missing \"method\""}})
+        );
+        assert_eq!(
+            reply(r#"{"jsonrpc":"1.0","id":[1],"method":"ping"}"#),
+            json!({"jsonrpc": "2.0", "id": null, "error": {"code": INVALID_REQUEST, "message": "invalid request: \"jsonrpc\" must be \"2.0\""}})
+        );
+        // Valid ids are still echoed.
+        assert_eq!(reply(r#"{"jsonrpc":"2.0","id":7}"#)["id"], json!(7));
+        assert_eq!(reply(r#"{"id":"a"}"#)["id"], json!("a"));
     }
 }

@@ -52,10 +52,7 @@ where
             }
             Ok(Line::Eof) | Err(_) => break,
         };
-        if line.iter().all(u8::is_ascii_whitespace) {
-            continue;
-        }
-        match rpc::parse(&mut session, &line) {
+        match request(&mut session, &line) {
             Parsed::Nothing => {}
             Parsed::Reply(v) => {
                 if tx.send(v).await.is_err() {
@@ -84,14 +81,24 @@ where
     let _ = writer.await;
 }
 
-enum Line {
+/// What one request line asks for; a blank line asks for nothing.
+pub fn request(session: &mut Session, line: &[u8]) -> Parsed {
+    if line.iter().all(u8::is_ascii_whitespace) {
+        return Parsed::Nothing;
+    }
+    rpc::parse(session, line)
+}
+
+/// One read of [`read_line`].
+#[derive(Debug, PartialEq, Eq)]
+pub enum Line {
     Data(Vec<u8>),
     TooLong,
     Eof,
 }
 
 /// One line without its newline; a line longer than [`MAX_LINE`] is skipped to its end.
-async fn read_line<R: AsyncRead + Unpin>(r: &mut BufReader<R>) -> std::io::Result<Line> {
+pub async fn read_line<R: AsyncRead + Unpin>(r: &mut BufReader<R>) -> std::io::Result<Line> {
     let mut line = Vec::new();
     let mut too_long = false;
     loop {

@@ -69,7 +69,21 @@ fn kill_group(pgid: u32) {
     }
 }
 
-pub async fn run(a: Args, notify: Option<Notifier>) -> Result<Output, ToolError> {
+/// A `run_command` with its arguments checked: what to run and for how long.
+pub struct Command {
+    program: String,
+    rest: Vec<String>,
+    cwd: Option<String>,
+    env: Option<BTreeMap<String, String>>,
+    stdin: Option<String>,
+    /// As given, for the "timed out after" message.
+    timeout: f64,
+    deadline: Duration,
+    cap: usize,
+    stream: bool,
+}
+
+pub fn prepare(a: Args) -> Result<Command, ToolError> {
     let (program, rest): (String, Vec<String>) = match (a.argv, a.command) {
         (Some(v), None) if !v.is_empty() => (v[0].clone(), v[1..].to_vec()),
         (None, Some(c)) => ("/bin/sh".into(), vec!["-c".into(), c]),
@@ -85,12 +99,39 @@ pub async fn run(a: Args, notify: Option<Notifier>) -> Result<Output, ToolError>
             "`timeout_secs` must be a non-negative number".into(),
         ));
     }
-    let cap = a.max_output_bytes.unwrap_or(DEFAULT_CAP);
+    // Finite and non-negative, so only too large for a Duration (about 584 billion years),
+    // which the schema allows: that is no deadline at all, not a panic.
+    let deadline = Duration::try_from_secs_f64(timeout).unwrap_or(Duration::MAX);
+    Ok(Command {
+        program,
+        rest,
+        cwd: a.cwd,
+        env: a.env,
+        stdin: a.stdin,
+        timeout,
+        deadline,
+        cap: a.max_output_bytes.unwrap_or(DEFAULT_CAP),
+        stream: a.stream,
+    })
+}
+
+pub async fn run(a: Command, notify: Option<Notifier>) -> Result<Output, ToolError> {
+    let Command {
+        program,
+        rest,
+        cwd,
+        env,
+        stdin,
+        timeout,
+        deadline,
+        cap,
+        stream: streaming,
+    } = a;
     let mut cmd = tokio::process::Command::new(&program);
     cmd.args(&rest)
-        .current_dir(a.cwd.as_deref().unwrap_or("/"))
-        .envs(a.env.unwrap_or_default())
-        .stdin(if a.stdin.is_some() {
+        .current_dir(cwd.as_deref().unwrap_or("/"))
+        .envs(env.unwrap_or_default())
+        .stdin(if stdin.is_some() {
             Stdio::piped()
         } else {
             Stdio::null()
@@ -113,12 +154,12 @@ pub async fn run(a: Args, notify: Option<Notifier>) -> Result<Output, ToolError>
         child
     };
     let pgid = child.id().unwrap_or(0);
-    if let (Some(text), Some(mut pipe)) = (a.stdin, child.stdin.take()) {
+    if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
         tokio::spawn(async move {
             let _ = pipe.write_all(text.as_bytes()).await;
         });
     }
-    let live = |stream| notify.clone().filter(|_| a.stream).map(|n| (n, stream));
+    let live = |stream| notify.clone().filter(|_| streaming).map(|n| (n, stream));
     let out = child
         .stdout
         .take()
@@ -127,7 +168,6 @@ pub async fn run(a: Args, notify: Option<Notifier>) -> Result<Output, ToolError>
         .stderr
         .take()
         .map(|s| tokio::spawn(capped(s, cap, live("stderr"))));
-    let deadline = Duration::from_secs_f64(timeout);
     let (status, timed_out) = match tokio::time::timeout(deadline, child.wait()).await {
         Ok(s) => (s.ok(), false),
         Err(_) => {
@@ -197,4 +237,27 @@ pub async fn run(a: Args, notify: Option<Notifier>) -> Result<Output, ToolError>
             "duration_ms": start.elapsed().as_millis() as u64,
         }),
     })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    /// Found while writing the agent_rpc fuzz target (and reproduced with it, not found by
+    /// its 10-minute run): a `timeout_secs` too large for a Duration panicked after the
+    /// program was spawned, so the call never got an answer.
+    #[tokio::test]
+    async fn fuzz_huge_timeout_means_no_deadline() {
+        let args = serde_json::json!({"argv": ["true"], "timeout_secs": 1e20});
+        let Ok(c) = prepare(serde_json::from_value(args.clone()).unwrap()) else {
+            panic!("1e20 refused");
+        };
+        assert_eq!(c.deadline, Duration::MAX);
+        let Ok(out) = super::super::call("run_command", args, None).await else {
+            panic!("run_command [\"true\"] failed");
+        };
+        assert_eq!(out.structured["exit_code"], 0);
+        assert_eq!(out.structured["timed_out"], false);
+    }
 }

@@ -127,7 +127,17 @@ pub struct WriteArgs {
     atomic: Option<bool>,
 }
 
-pub async fn write(a: WriteArgs) -> Result<Output, ToolError> {
+/// A `file_write` with its content decoded and its mode parsed.
+pub struct WriteFile {
+    path: PathBuf,
+    data: Vec<u8>,
+    mode: Option<u32>,
+    create_parents: bool,
+    append: bool,
+    atomic: Option<bool>,
+}
+
+pub fn prepare_write(a: WriteArgs) -> Result<WriteFile, ToolError> {
     let path = abs(&a.path);
     let data = match a.encoding {
         Encoding::Utf8 => a.content.into_bytes(),
@@ -146,9 +156,28 @@ pub async fn write(a: WriteArgs) -> Result<Output, ToolError> {
         ),
         None => None,
     };
+    Ok(WriteFile {
+        path,
+        data,
+        mode,
+        create_parents: a.create_parents,
+        append: a.append,
+        atomic: a.atomic,
+    })
+}
+
+pub async fn write(a: WriteFile) -> Result<Output, ToolError> {
+    let WriteFile {
+        path,
+        data,
+        mode,
+        create_parents,
+        append,
+        atomic,
+    } = a;
     blocking(move || {
         let parent = path.parent().unwrap_or(Path::new("/")).to_path_buf();
-        if a.create_parents {
+        if create_parents {
             fs::create_dir_all(&parent)
                 .map_err(|e| io_err("cannot create directory", &parent, e))?;
         } else if !parent.is_dir() {
@@ -165,7 +194,7 @@ pub async fn write(a: WriteArgs) -> Result<Output, ToolError> {
             )));
         }
         let perm = mode.unwrap_or(0o644);
-        if a.append {
+        if append {
             let mut f = fs::OpenOptions::new()
                 .append(true)
                 .create(true)
@@ -174,7 +203,7 @@ pub async fn write(a: WriteArgs) -> Result<Output, ToolError> {
                 .map_err(|e| io_err("cannot write", &path, e))?;
             f.write_all(&data)
                 .map_err(|e| io_err("cannot write", &path, e))?;
-        } else if a.atomic.unwrap_or(true) {
+        } else if atomic.unwrap_or(true) {
             // Keep the mode of a file being replaced unless a new one was asked for.
             let keep = fs::metadata(&path)
                 .ok()
@@ -213,7 +242,7 @@ pub async fn write(a: WriteArgs) -> Result<Output, ToolError> {
             f.write_all(&data)
                 .map_err(|e| io_err("cannot write", &path, e))?;
         }
-        if let (Some(m), true) = (mode, a.append || a.atomic == Some(false)) {
+        if let (Some(m), true) = (mode, append || atomic == Some(false)) {
             fs::set_permissions(&path, fs::Permissions::from_mode(m))
                 .map_err(|e| io_err("cannot chmod", &path, e))?;
         }

@@ -58,24 +58,56 @@ pub fn exists(name: &str) -> bool {
     NAMES.contains(&name)
 }
 
-pub async fn call(name: &str, a: Value, notify: Option<Notifier>) -> Result<Output, ToolError> {
-    match name {
-        "run_command" => command::run(args(a)?, notify).await,
-        "file_read" => files::read(args(a)?).await,
-        "file_write" => files::write(args(a)?).await,
-        "file_delete" => files::delete(args(a)?).await,
-        "list_dir" => files::list_dir(args(a)?).await,
-        "stat" => files::stat(args(a)?).await,
+/// A `tools/call` whose arguments were decoded and checked, not yet run.
+pub enum Request {
+    RunCommand(command::Command),
+    FileRead(files::ReadArgs),
+    FileWrite(files::WriteFile),
+    FileDelete(files::DeleteArgs),
+    ListDir(files::PathArgs),
+    Stat(files::PathArgs),
+    Shutdown,
+}
+
+/// Decode and check a tool's arguments without running anything: every
+/// [`ToolError::Params`] a call can give comes from here (so it can be fuzzed safely).
+pub fn prepare(name: &str, a: Value) -> Result<Request, ToolError> {
+    Ok(match name {
+        "run_command" => Request::RunCommand(command::prepare(args(a)?)?),
+        "file_read" => Request::FileRead(args(a)?),
+        "file_write" => Request::FileWrite(files::prepare_write(args(a)?)?),
+        "file_delete" => Request::FileDelete(args(a)?),
+        "list_dir" => Request::ListDir(args(a)?),
+        "stat" => Request::Stat(args(a)?),
         "shutdown" => {
             let _: Empty = args(a)?;
+            Request::Shutdown
+        }
+        other => return Err(ToolError::Params(format!("unknown tool \"{other}\""))),
+    })
+}
+
+/// Run a prepared call.
+pub async fn run(req: Request, notify: Option<Notifier>) -> Result<Output, ToolError> {
+    match req {
+        Request::RunCommand(c) => command::run(c, notify).await,
+        Request::FileRead(a) => files::read(a).await,
+        Request::FileWrite(w) => files::write(w).await,
+        Request::FileDelete(a) => files::delete(a).await,
+        Request::ListDir(a) => files::list_dir(a).await,
+        Request::Stat(a) => files::stat(a).await,
+        Request::Shutdown => {
             SHUTDOWN.notify_one();
             Ok(Output {
                 text: "shutting down".into(),
                 structured: json!({"shutting_down": true}),
             })
         }
-        other => Err(ToolError::Params(format!("unknown tool \"{other}\""))),
     }
+}
+
+pub async fn call(name: &str, a: Value, notify: Option<Notifier>) -> Result<Output, ToolError> {
+    run(prepare(name, a)?, notify).await
 }
 
 #[derive(serde::Deserialize)]
@@ -180,4 +212,64 @@ pub fn list() -> Value {
             "inputSchema": {"type": "object", "properties": {}, "additionalProperties": false}
         }
     ])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params_error(name: &str, args: Value) -> String {
+        match prepare(name, args) {
+            Err(ToolError::Params(m)) => m,
+            Err(ToolError::Failed(m)) => panic!("{name}: failed instead of a params error: {m}"),
+            Ok(_) => panic!("{name}: accepted"),
+        }
+    }
+
+    #[test]
+    fn prepare_checks_arguments_without_running() {
+        assert!(matches!(
+            prepare("run_command", json!({"argv": ["/nonexistent"]})),
+            Ok(Request::RunCommand(_))
+        ));
+        assert!(matches!(
+            prepare(
+                "file_write",
+                json!({"path": "/nonexistent/x", "content": "aGk=", "encoding": "base64"})
+            ),
+            Ok(Request::FileWrite(_))
+        ));
+        assert!(matches!(
+            prepare("shutdown", json!({})),
+            Ok(Request::Shutdown)
+        ));
+        assert_eq!(
+            params_error("run_command", json!({})),
+            "give exactly one of `argv` (non-empty) or `command`"
+        );
+        assert_eq!(
+            params_error(
+                "run_command",
+                json!({"command": "true", "timeout_secs": -1})
+            ),
+            "`timeout_secs` must be a non-negative number"
+        );
+        assert_eq!(
+            params_error(
+                "file_write",
+                json!({"path": "/x", "content": "", "mode": "9"})
+            ),
+            "`mode` must be octal like \"0644\", got \"9\""
+        );
+        assert!(params_error(
+            "file_write",
+            json!({"path": "/x", "content": "!", "encoding": "base64"})
+        )
+        .starts_with("`content` is not valid base64"));
+        assert_eq!(
+            params_error("shutdown", json!({"now": true})),
+            "unknown field `now`, there are no fields"
+        );
+        assert_eq!(params_error("nope", json!({})), "unknown tool \"nope\"");
+    }
 }

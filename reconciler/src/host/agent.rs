@@ -115,8 +115,8 @@ async fn connect_once(endpoint: &Endpoint) -> Result<Box<dyn Io>, AgentError> {
             s.write_all(format!("CONNECT {AGENT_PORT}\n").as_bytes())
                 .await?;
             // Byte by byte: whatever follows the newline is the agent's, not ours to buffer.
-            let mut answer = Vec::new();
-            loop {
+            let mut reply = HandshakeReply::default();
+            let verdict = loop {
                 let mut b = [0u8; 1];
                 if s.read(&mut b).await? == 0 {
                     return Err(AgentError::Io(std::io::Error::new(
@@ -124,13 +124,11 @@ async fn connect_once(endpoint: &Endpoint) -> Result<Box<dyn Io>, AgentError> {
                         "closed during the vsock handshake (the guest is not listening yet)",
                     )));
                 }
-                if b[0] == b'\n' || answer.len() > 128 {
-                    break;
+                if let Some(v) = reply.push(b[0]) {
+                    break v;
                 }
-                answer.push(b[0]);
-            }
-            let answer = String::from_utf8_lossy(&answer).into_owned();
-            if !answer.starts_with("OK ") {
+            };
+            if let Err(answer) = verdict {
                 return Err(AgentError::Handshake {
                     endpoint: endpoint.to_string(),
                     port: AGENT_PORT,
@@ -140,6 +138,45 @@ async fn connect_once(endpoint: &Endpoint) -> Result<Box<dyn Io>, AgentError> {
             Ok(Box::new(s))
         }
     }
+}
+
+/// How much of a hybrid-vsock handshake reply is kept while waiting for its newline: a peer
+/// that never sends one is judged on what it sent (one byte more, the next, ends the wait).
+pub const HANDSHAKE_MAX: usize = 128;
+
+/// The reply to `CONNECT <port>\n` (`OK <host port>\n` when accepted), fed one byte at a time
+/// so that nothing after its newline is consumed.
+#[derive(Debug, Default)]
+pub struct HandshakeReply {
+    answer: Vec<u8>,
+}
+
+impl HandshakeReply {
+    /// Take the next byte; once the reply is complete (its newline, or a byte arriving after
+    /// more than [`HANDSHAKE_MAX`] were kept), `Ok` if it accepted the connection, else the
+    /// answer as text.
+    pub fn push(&mut self, b: u8) -> Option<Result<(), String>> {
+        if b != b'\n' && self.answer.len() <= HANDSHAKE_MAX {
+            self.answer.push(b);
+            return None;
+        }
+        let answer = String::from_utf8_lossy(&self.answer).into_owned();
+        Some(if answer.starts_with("OK ") {
+            Ok(())
+        } else {
+            Err(answer)
+        })
+    }
+}
+
+/// A whole handshake reply from `bytes`: the verdict and how many bytes it took, or `None` when
+/// `bytes` end first (the connection closed mid-reply).
+pub fn handshake_reply(bytes: &[u8]) -> Option<(Result<(), String>, usize)> {
+    let mut reply = HandshakeReply::default();
+    bytes
+        .iter()
+        .enumerate()
+        .find_map(|(i, &b)| reply.push(b).map(|v| (v, i + 1)))
 }
 
 /// An initialized MCP session with the agent (one request at a time).
@@ -250,4 +287,31 @@ pub struct ToolResult {
     pub is_error: bool,
     pub text: String,
     pub structured: Value,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn handshake_replies() {
+        assert_eq!(handshake_reply(b"OK 1073741824\n"), Some((Ok(()), 14)));
+        // What follows the newline is the agent's and is not consumed.
+        assert_eq!(handshake_reply(b"OK 5\n{\"jsonrpc\"}\n"), Some((Ok(()), 5)));
+        assert_eq!(
+            handshake_reply(b"ERR no listener\nOK 1\n"),
+            Some((Err("ERR no listener".to_string()), 16))
+        );
+        assert_eq!(handshake_reply(b"\n"), Some((Err(String::new()), 1)));
+        // Closed before the newline: no verdict yet.
+        assert_eq!(handshake_reply(b"OK 1"), None);
+        assert_eq!(handshake_reply(b""), None);
+        // No newline: judged after HANDSHAKE_MAX + 1 bytes, on the next one.
+        let long = [b'x'; HANDSHAKE_MAX + 10];
+        assert_eq!(
+            handshake_reply(&long),
+            Some((Err("x".repeat(HANDSHAKE_MAX + 1)), HANDSHAKE_MAX + 2))
+        );
+        assert_eq!(handshake_reply(&long[..HANDSHAKE_MAX + 1]), None);
+    }
 }

@@ -420,7 +420,16 @@ impl<'c, 'a, 'r> Resolver<'c, 'a, 'r> {
                 let content = match (&t.source, &t.content) {
                     (Some(src), None) => {
                         let abs = self.cx.dir(file).join(src.get_ref());
-                        match std::fs::read(&abs) {
+                        // Only a regular file (symlinks followed) is read: a device such as
+                        // /dev/zero would be read until memory ran out, a FIFO would block.
+                        let bytes = std::fs::metadata(&abs).and_then(|m| {
+                            if m.is_file() {
+                                std::fs::read(&abs)
+                            } else {
+                                Err(std::io::Error::other("not a regular file"))
+                            }
+                        });
+                        match bytes {
                             Ok(bytes) => OverlayContent::Source {
                                 sha256: hex::encode(Sha256::digest(&bytes)),
                                 path: abs,

@@ -121,7 +121,9 @@ pub fn unpack(archive: &Path, dest: &Path) -> Result<Stats, UnpackError> {
         }
         stats.entries += 1;
         if kind.is_file() {
-            stats.bytes += entry.header().size().unwrap_or(0);
+            // The size the entry's data was read with: a PAX `size` record overrides the
+            // header's field, which may then be anything (up to u64::MAX) and must not count.
+            stats.bytes += entry.size();
         }
     }
     Ok(stats)

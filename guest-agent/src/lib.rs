@@ -1,0 +1,9 @@
+//! fort's guest agent as a library: protocol (`rpc`), connections (`server`), tools and init.
+//!
+//! The binary (`main.rs`) is the command line around it; the library exists so that fuzz
+//! targets and tests can drive request handling directly, without a socket or a VM.
+
+pub mod init;
+pub mod rpc;
+pub mod server;
+pub mod tools;
