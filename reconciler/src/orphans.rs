@@ -161,7 +161,9 @@ impl Records<'_> {
     }
 
     fn has(&self, address: &str) -> bool {
-        address.parse::<Address>().is_ok_and(|a| self.0.contains_key(&a))
+        address
+            .parse::<Address>()
+            .is_ok_and(|a| self.0.contains_key(&a))
     }
 
     /// Does `vm.NAME`'s record hold this process (as its VMM, its helper, or a helper started
@@ -196,9 +198,8 @@ impl Records<'_> {
         let Some(name) = path.file_stem().and_then(|n| n.to_str()) else {
             return false;
         };
-        self.get(Kind::Drive, name).is_some_and(|r| {
-            r.outputs.get("path").and_then(|p| p.as_str()) == path.to_str()
-        })
+        self.get(Kind::Drive, name)
+            .is_some_and(|r| r.outputs.get("path").and_then(|p| p.as_str()) == path.to_str())
     }
 }
 
