@@ -79,7 +79,7 @@ fn sigkill_during_download_then_reapply_converges() {
     );
     // What is recorded is the intent: an unfinished create, redone by the next apply.
     let list = ws.run(&["state", "list"]).ok().stdout.clone();
-    assert!(list.contains("kernel.k  pending"), "{list}");
+    assert!(list.contains("\nkernel.k  pending  "), "{list}");
     let plan = ws.run(&["plan"]);
     plan.ok();
     assert!(

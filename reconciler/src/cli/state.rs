@@ -34,10 +34,16 @@ pub fn state(cli: &Cli, cmd: &StateCommand) -> Result<u8, CliError> {
                     .max()
                     .unwrap_or(7)
                     .max(7);
-                println!("{:w$}  {:6}  UPDATED", "ADDRESS", "STATUS");
+                let sw = all
+                    .values()
+                    .map(|r| r.status.as_str().len())
+                    .max()
+                    .unwrap_or(6)
+                    .max(6);
+                println!("{:w$}  {:sw$}  UPDATED", "ADDRESS", "STATUS");
                 for r in all.values() {
                     println!(
-                        "{:w$}  {:6}  {}",
+                        "{:w$}  {:sw$}  {}",
                         r.address.to_string(),
                         r.status.as_str(),
                         time(r.updated_at)
