@@ -85,8 +85,17 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 /// `timeout`: while a VM boots its socket may be missing, refuse, or reset the CONNECT.
 pub async fn connect(endpoint: &Endpoint, timeout: Duration) -> Result<Box<dyn Io>, AgentError> {
     let start = Instant::now();
+    // Each try is bounded, and the bound doubles (1 s, 2 s, 4 s…, never past the deadline):
+    // a guest that is not listening yet answers at once (reset, empty read) and is retried
+    // quickly, while a slow one — TCG on a loaded host — still gets the time its handshake
+    // takes instead of failing every 1 s try forever.
+    let mut bound = Duration::from_secs(1);
     loop {
-        let attempt = tokio::time::timeout(Duration::from_secs(1), connect_once(endpoint)).await;
+        let left = timeout
+            .saturating_sub(start.elapsed())
+            .max(Duration::from_millis(100));
+        let attempt = tokio::time::timeout(bound.min(left), connect_once(endpoint)).await;
+        bound = (bound * 2).min(Duration::from_secs(16));
         let err = match attempt {
             Ok(Ok(s)) => return Ok(s),
             Ok(Err(AgentError::Io(e))) => e,

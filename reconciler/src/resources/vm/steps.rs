@@ -343,7 +343,9 @@ pub(super) async fn wait_ready(spec: &VmSpec, out: &VmOutputs) -> Result<(), Res
     let timeout = boot_timeout(vmm.slow());
     let deadline = Instant::now() + timeout;
     let ep = Endpoint::VsockUds(out.vsock_uds.clone());
+    let mut attempt = 0u64;
     loop {
+        attempt += 1;
         if let Some(fatal) = vmm.fatal_log(&out.run_dir) {
             return Err(ResourceError::Check(format!(
                 "{fatal} (console log: {})",
@@ -369,12 +371,15 @@ pub(super) async fn wait_ready(spec: &VmSpec, out: &VmOutputs) -> Result<(), Res
             )));
         }
         // Each attempt is bounded: a connection the guest accepted but never answers (it was
-        // still starting up) must not hold the readiness wait forever.
-        let attempt = async {
-            let mut c = Client::connect(&ep, Duration::from_secs(2)).await.ok()?;
+        // still starting up) must not hold the readiness wait forever. The bound grows (2 s,
+        // 4 s, … 16 s): a guest slowed down by a loaded host (TCG) may need longer than the
+        // first attempts allow for the vsock handshake, and must not fail every one of them.
+        let connect = Duration::from_secs((2 * attempt).min(16));
+        let once = async {
+            let mut c = Client::connect(&ep, connect).await.ok()?;
             c.request("ping", serde_json::json!({})).await.ok()
         };
-        if let Ok(Some(_)) = tokio::time::timeout(Duration::from_secs(5), attempt).await {
+        if let Ok(Some(_)) = tokio::time::timeout(connect + Duration::from_secs(3), once).await {
             return Ok(());
         }
         if Instant::now() > deadline {
