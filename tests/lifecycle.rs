@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use common::fort::Workspace;
 use common::netns::in_netns;
 use common::rootfs::static_agent;
-use common::vms::{assets, processes_mentioning, ConsoleOnFailure, ONE_AT_A_TIME};
+use common::vms::{assets, host_memory, processes_mentioning, ConsoleOnFailure, ONE_AT_A_TIME};
 
 fn pool(dir: &Path, count: u32, memory: &str) -> String {
     format!(
@@ -33,20 +33,6 @@ fn vm_pid(ws: &Workspace, vm: &str) -> u64 {
     let s: serde_json::Value =
         serde_json::from_str(&ws.run(&["state", "show", vm, "--json"]).ok().stdout).unwrap();
     s["outputs"]["started"]["vmm"]["pid"].as_u64().unwrap()
-}
-
-fn mem_total() -> String {
-    let t = std::fs::read_to_string("/proc/meminfo").unwrap();
-    let kib: u64 = t
-        .lines()
-        .next()
-        .unwrap()
-        .split_whitespace()
-        .nth(1)
-        .unwrap()
-        .parse()
-        .unwrap();
-    fort::manifest::units::human_size(kib * 1024)
 }
 
 #[test]
@@ -149,7 +135,7 @@ fn killed_while_a_pool_grows_poisoned_logs_memory_and_drives_in_use() {
             r.code(1);
             let want = format!(
                 "error: vm.pool-0: the manifest wants 297GiB of VM memory running on this host (vm.pool-0 99GiB, vm.pool-1 99GiB, vm.pool-2 99GiB), more than the {} it has in total",
-                mem_total()
+                host_memory()
             );
             assert!(r.stderr.contains(&want), "{}", r.stderr);
         }

@@ -14,7 +14,7 @@ use common::netns::in_netns;
 use common::rootfs::static_agent;
 use common::server::{Reply, Server};
 use common::vms::{
-    assets, kernel_file, processes_mentioning, vmm, ConsoleOnFailure, ONE_AT_A_TIME,
+    assets, host_memory, kernel_file, processes_mentioning, vmm, ConsoleOnFailure, ONE_AT_A_TIME,
 };
 
 fn manifest(ws: &Workspace, srv: &Server, memory_a: &str, a_state: &str) {
@@ -256,21 +256,6 @@ fn two_real_vms_from_manifest_to_destroy() {
         );
         assert!(!ws.state_dir().join("run/a").exists());
     });
-}
-
-/// MemTotal, as fort's messages print it.
-fn host_memory() -> String {
-    let t = std::fs::read_to_string("/proc/meminfo").unwrap();
-    let kib: u64 = t
-        .lines()
-        .next()
-        .unwrap()
-        .split_whitespace()
-        .nth(1)
-        .unwrap()
-        .parse()
-        .unwrap();
-    fort::manifest::units::human_size(kib * 1024)
 }
 
 #[test]

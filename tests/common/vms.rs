@@ -42,6 +42,21 @@ pub fn vmm() -> String {
 /// VM tests boot under TCG on few cores: one at a time keeps their timing sane.
 pub static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
+/// MemTotal, as fort's messages print it.
+pub fn host_memory() -> String {
+    let t = std::fs::read_to_string("/proc/meminfo").unwrap();
+    let kib: u64 = t
+        .lines()
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    fort::manifest::units::human_size(kib * 1024)
+}
+
 /// Processes (not zombies) whose command line mentions `needle`.
 pub fn processes_mentioning(needle: &str) -> Vec<String> {
     let mut out = Vec::new();
