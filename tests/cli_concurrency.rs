@@ -261,3 +261,49 @@ fn on_a_terminal_apply_asks_and_only_yes_proceeds() {
     assert!(out.contains("Apply complete: 3 created"), "{out}");
     ws.run(&["plan", "--detailed-exitcode"]).ok();
 }
+
+#[test]
+fn a_download_killed_before_it_was_recorded_leaves_no_cache_entry_once_the_asset_is_gone() {
+    let ws = Workspace::new();
+    let dir = tempfile::tempdir().unwrap();
+    let (k, j) = (dir.path().join("k"), dir.path().join("j"));
+    std::fs::write(&k, b"kernel k").unwrap();
+    std::fs::write(&j, b"kernel j").unwrap();
+    ws.write_manifest(&format!("[kernel.k]\nurl = \"file://{}\"\n", k.display()));
+    // Fetched and installed in the cache, then killed before the result is recorded.
+    let out = ws
+        .command(&["apply", "--yes"])
+        .env("FORT_CRASH_AT", "action.done")
+        .output()
+        .unwrap();
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(out.status.signal(), Some(libc::SIGKILL), "{out:?}");
+    let entries = |ws: &Workspace| -> Vec<String> {
+        ws.cache_files()
+            .into_iter()
+            .filter(|f| !f.starts_with("tmp/"))
+            .collect()
+    };
+    assert!(!entries(&ws).is_empty(), "the entry was installed");
+    // kernel.k leaves the manifest before it was ever recorded as applied.
+    ws.write_manifest(&format!("[kernel.j]\nurl = \"file://{}\"\n", j.display()));
+    let plan = ws.run(&["plan"]);
+    assert!(
+        plan.stdout.contains("  - kernel.k\n      reason: no longer in the manifest\n      reason: an interrupted apply left it unfinished (before its first step)\n"),
+        "{}",
+        plan.stdout
+    );
+    ws.run(&["apply", "--yes"]).ok();
+    ws.run(&["plan", "--detailed-exitcode"]).ok();
+    let j_entry = ws
+        .run(&["state", "show", "kernel.j", "--json"])
+        .ok()
+        .stdout
+        .clone();
+    let left = entries(&ws);
+    assert!(
+        left.iter()
+            .all(|f| j_entry.contains(f.trim_end_matches(".sha256").trim_end_matches(".verified"))),
+        "an entry of kernel.k is left: {left:?}"
+    );
+}

@@ -384,6 +384,11 @@ fn assert_converged(m: &Matrix, case: &str) {
             "{case}: images/{img} is not referenced"
         );
     }
+    // So is every cache entry (its sidecar and stamp included).
+    for f in names(&state.join("cache")).iter().filter(|n| *n != "tmp") {
+        let entry = f.trim_end_matches(".sha256").trim_end_matches(".verified");
+        assert!(text.contains(entry), "{case}: cache/{f} is not referenced");
+    }
     let data = sha256_hex(&std::fs::read(state.join("drives/data.ext4")).unwrap());
     assert_eq!(
         Some(&data),

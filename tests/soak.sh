@@ -87,7 +87,9 @@ EOF
 fort() { "$FORT" -f "$W/fort.toml" --state-dir "$S" "$@"; }
 watch_pid=
 start_watch() {
-  fort watch --interval 3s --max-destroy 100 >>"$LOG" 2>&1 &
+  # The binary itself (not the `fort` function, whose `&` would fork a subshell): $! must be
+  # the watch's PID, the one the driver kills.
+  "$FORT" -f "$W/fort.toml" --state-dir "$S" watch --interval 3s --max-destroy 100 >>"$LOG" 2>&1 &
   watch_pid=$!
 }
 rss_kib() { awk '/VmRSS/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
@@ -132,6 +134,8 @@ while [ $(( $(date +%s) - t0 )) -lt 600 ]; do
   sleep 5
 done
 kill -TERM "$watch_pid"; wait "$watch_pid" || true
+# Exactly one watch ran at a time: none is left once the last one is stopped.
+if pgrep -f -- "--state-dir $S watch" >/dev/null; then say "a fort watch is still running"; exit 1; fi
 [ -n "$converged" ] || { say "did not converge in 10 min"; fort plan || true; exit 1; }
 
 # Nothing leaks: the VMM processes, TAPs and leases are exactly the recorded VMs'.

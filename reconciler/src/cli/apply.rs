@@ -247,6 +247,9 @@ pub(super) fn finish_run(
         for p in crate::resources::template::collect_garbage(ctx)? {
             tracing::info!("removed unused image {}", p.display());
         }
+        for p in crate::resources::collect_cache_garbage(ctx)? {
+            tracing::info!("removed unused cache entry {}", p.display());
+        }
     }
     Ok(())
 }

@@ -170,6 +170,37 @@ pub(super) fn mentions_path(v: &serde_json::Value, path: &Path) -> bool {
     }
 }
 
+/// Remove cache entries (with their `.sha256` sidecar and `.verified` stamp) that no recorded
+/// resource names — e.g. a download whose apply was killed before it was recorded, of an asset
+/// since removed from the manifest. Only after a complete, untargeted apply: then everything
+/// desired is recorded.
+pub fn collect_garbage(ctx: &Ctx) -> Result<Vec<PathBuf>, ResourceError> {
+    let dir = ctx.cache_dir();
+    let Ok(rd) = std::fs::read_dir(&dir) else {
+        return Ok(vec![]);
+    };
+    let records = ctx.with_store(|s| s.resources())?;
+    let mut removed = Vec::new();
+    for e in rd.flatten() {
+        let p = e.path();
+        if !p.is_file() {
+            continue; // tmp/
+        }
+        let name = p.to_string_lossy();
+        let entry = PathBuf::from(
+            name.strip_suffix(".sha256")
+                .or_else(|| name.strip_suffix(".verified"))
+                .unwrap_or(&name),
+        );
+        if records.values().any(|r| mentions_path(&r.outputs, &entry)) {
+            continue;
+        }
+        remove_if_present(&p)?;
+        removed.push(p);
+    }
+    Ok(removed)
+}
+
 /// Decode recorded outputs of an asset kind.
 pub fn outputs<T: serde::de::DeserializeOwned>(
     address: &Address,

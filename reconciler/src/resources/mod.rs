@@ -6,6 +6,7 @@
 //! what is missing, so a retried or resumed apply converges.
 
 mod asset;
+pub use asset::collect_garbage as collect_cache_garbage;
 pub mod drive;
 pub mod firecracker;
 pub mod kernel;
