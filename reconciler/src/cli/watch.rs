@@ -328,6 +328,16 @@ pub async fn watch(cli: &Cli, args: &WatchArgs) -> Result<u8, CliError> {
     })
     .map_err(|e| CliError::Usage(format!("cannot watch files: {e}")))?;
     let mut subscribed: BTreeSet<PathBuf> = BTreeSet::new();
+    // Subscribed before the first pass: a save while it runs (a boot can take a minute) is
+    // seen when it ends, not lost.
+    let first = BTreeSet::from([manifest_path.clone()]);
+    for d in crate::watch::watched_dirs(&manifest_path, &first) {
+        if subscribed.insert(d.clone()) {
+            if let Err(e) = watcher.watch(&d, notify::RecursiveMode::NonRecursive) {
+                tracing::warn!("cannot watch {}: {e}", d.display());
+            }
+        }
+    }
 
     let mut w = Watch {
         cli,
