@@ -89,9 +89,26 @@ fn a_network_is_created_observed_repaired_and_destroyed_over_netlink() {
         assert_eq!(
             rules("fort-lan"),
             Some(vec![
-                "fort:established".to_string(),
+                // NAT, so egress = "internet": public addresses, the resolver, nothing else;
+                // and the host is closed but for ICMP and replies.
+                "fort:dns 192.0.2.53".to_string(),
+                "fort:dns 192.0.2.53".into(),
+                "fort:established".into(),
                 "fort:from-bridge".into(),
-                "fort:masquerade".into()
+                "fort:host-deny".into(),
+                "fort:host-established".into(),
+                "fort:host-icmp".into(),
+                "fort:masquerade".into(),
+                "fort:no-fort-networks".into(),
+                "fort:not-internet 0.0.0.0/8".into(),
+                "fort:not-internet 10.0.0.0/8".into(),
+                "fort:not-internet 100.64.0.0/10".into(),
+                "fort:not-internet 127.0.0.0/8".into(),
+                "fort:not-internet 169.254.0.0/16".into(),
+                "fort:not-internet 172.16.0.0/12".into(),
+                "fort:not-internet 192.168.0.0/16".into(),
+                "fort:not-internet 224.0.0.0/4".into(),
+                "fort:not-internet 240.0.0.0/4".into(),
             ])
         );
         let hooks = nft::forward_chains().unwrap();
@@ -135,7 +152,11 @@ fn a_network_is_created_observed_repaired_and_destroyed_over_netlink() {
         };
         nft::delete("fort-lan").unwrap();
         drift("nftables table fort-lan is missing");
-        assert_eq!(rules("fort-lan").unwrap().len(), 3);
+        assert_eq!(rules("fort-lan").unwrap().len(), 18);
+        assert_eq!(net::ipv6_disabled("fort-lan"), Some(true));
+        std::fs::write("/proc/sys/net/ipv6/conf/fort-lan/disable_ipv6", "0").unwrap();
+        drift("IPv6 is on on fort-lan (guests could reach the host over it)");
+        assert_eq!(net::ipv6_disabled("fort-lan"), Some(true));
         net::set_ip_forward(false).unwrap();
         drift("net.ipv4.ip_forward is 0 (NAT and forwarding need it)");
         assert!(net::ip_forward().unwrap());
@@ -417,7 +438,7 @@ fn a_network_that_fails_half_way_leaves_nothing_behind() {
         drop(owner);
         ws.run(&["apply", "--yes"]).ok();
         ws.run(&["plan", "--detailed-exitcode"]).ok();
-        assert_eq!(rules("fort-lan").unwrap().len(), 3);
+        assert_eq!(rules("fort-lan").unwrap().len(), 18);
     });
 }
 

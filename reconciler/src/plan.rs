@@ -115,6 +115,10 @@ pub struct Change {
     #[serde(default)]
     pub protected: bool,
     pub fields: Vec<FieldDiff>,
+    /// What the resource will be, where the kind says more than its fields (a network's
+    /// fence: what its guests may reach).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub details: Vec<String>,
 }
 
 impl Change {
@@ -414,6 +418,7 @@ pub fn standard<K: ResourceKind + ?Sized>(
         && matches!(op, Op::Destroy | Op::Replace)
         && recorded.is_some_and(Record::applied_once);
     Ok(Some(Change {
+        details: Vec::new(),
         address: addr.clone(),
         op,
         reasons,

@@ -209,6 +209,7 @@ mod destroy_tests {
             reasons: vec![],
             data_loss,
             protected: false,
+            details: vec![],
             fields: vec![],
         }
     }

@@ -5,6 +5,7 @@
 //! line and column, and all of them are reported at once.
 
 pub mod model;
+pub mod policy;
 mod raw;
 mod schema;
 pub mod units;

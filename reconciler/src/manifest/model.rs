@@ -239,6 +239,17 @@ pub struct NetworkSpec {
     pub dns: Dns,
     /// The bridge interface name (`fort-<name>`, at most 15 bytes).
     pub bridge: String,
+    /// What guests may reach beyond `allow`/`deny` (docs/security.md).
+    pub egress: super::policy::Egress,
+    /// `CIDR[:PORTS]` entries guests may reach, in normal form; evaluated before `egress`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub allow: Vec<String>,
+    /// `CIDR[:PORTS]` entries guests may not reach; they win over `allow`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub deny: Vec<String>,
+    /// `PORTS` of the host (any of its addresses) guests may open connections to.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub host_ports: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

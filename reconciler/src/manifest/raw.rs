@@ -170,6 +170,19 @@ pub struct RawNetwork {
     /// "from-host" (default) or a list of server addresses.
     #[schemars(with = "Option<DnsSchema>")]
     pub dns: Option<Spanned<RawDns>>,
+    /// What guests may reach: "internet" (public addresses only; the default with NAT),
+    /// "none" (nothing; the default without NAT) or "all".
+    #[schemars(with = "Option<String>")]
+    pub egress: Option<Spanned<String>>,
+    /// Destinations guests may reach anyway: "CIDR[:PORT[-PORT]][/tcp|/udp]".
+    #[schemars(with = "Option<Vec<String>>")]
+    pub allow: Option<Vec<Spanned<String>>>,
+    /// Destinations guests may never reach (wins over allow), same syntax.
+    #[schemars(with = "Option<Vec<String>>")]
+    pub deny: Option<Vec<Spanned<String>>>,
+    /// Host ports guests may connect to: "PORT[-PORT][/tcp|/udp]" (e.g. "53/udp").
+    #[schemars(with = "Option<Vec<String>>")]
+    pub host_ports: Option<Vec<Spanned<String>>>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]

@@ -26,13 +26,6 @@ pub(super) struct Entry<'a, T> {
 
 pub(super) type EntryRef<'a, T> = Entry<'a, T>;
 
-struct _Unused<'a, T> {
-    file: usize,
-    name_span: Range<usize>,
-    span: Range<usize>,
-    raw: &'a T,
-}
-
 pub(super) type Entries<'a, T> = BTreeMap<String, Entry<'a, T>>;
 
 pub(super) struct Ctx<'a> {

@@ -7,8 +7,9 @@ use std::ops::Range;
 use ipnet::Ipv4Net;
 
 use super::model::*;
+use super::policy::{self, Egress};
 use super::raw::*;
-use super::validate::{Entries, Resolver};
+use super::validate::{Entries, Entry, Resolver};
 use crate::address::Kind;
 
 pub(super) struct NetInfo {
@@ -19,7 +20,61 @@ pub(super) struct NetInfo {
     pub cidr_span: Range<usize>,
 }
 
+/// A network's policy: egress, and allow/deny/host_ports in normal form.
+type Policy = (Egress, Vec<String>, Vec<String>, Vec<String>);
+
 impl Resolver<'_, '_, '_> {
+    /// Check a network's egress policy; every malformed entry is reported.
+    fn policy(&mut self, addr: &str, e: &Entry<'_, RawNetwork>, nat: bool) -> Option<Policy> {
+        let mut ok = true;
+        let egress = match &e.raw.egress {
+            None if nat => Egress::Internet,
+            None => Egress::None,
+            Some(s) => match Egress::parse(s.get_ref()) {
+                Ok(g) => g,
+                Err(why) => {
+                    self.cx.err(e.file, &s.span(), format!("{addr}: {why}"));
+                    ok = false;
+                    Egress::None
+                }
+            },
+        };
+        let mut list = |field: &str,
+                        entries: &Option<Vec<toml::Spanned<String>>>,
+                        parse: &dyn Fn(&str) -> Result<String, String>|
+         -> Vec<String> {
+            let mut out = Vec::new();
+            for s in entries.iter().flatten() {
+                match parse(s.get_ref()) {
+                    Ok(n) if out.contains(&n) => {
+                        self.cx.err(
+                            e.file,
+                            &s.span(),
+                            format!("{addr}: {field} lists `{n}` twice"),
+                        );
+                        ok = false;
+                    }
+                    Ok(n) => out.push(n),
+                    Err(why) => {
+                        self.cx.err(
+                            e.file,
+                            &s.span(),
+                            format!("{addr}: {field} entry `{}`: {why}", s.get_ref()),
+                        );
+                        ok = false;
+                    }
+                }
+            }
+            out
+        };
+        let rule = |s: &str| policy::parse_rule(s).map(|r| r.to_string());
+        let ports = |s: &str| policy::parse_ports(s).map(|p| p.to_string());
+        let allow = list("allow", &e.raw.allow, &rule);
+        let deny = list("deny", &e.raw.deny, &rule);
+        let host_ports = list("host_ports", &e.raw.host_ports, &ports);
+        ok.then_some((egress, allow, deny, host_ports))
+    }
+
     pub(super) fn networks(
         &mut self,
         networks: &Entries<'_, RawNetwork>,
@@ -97,14 +152,22 @@ impl Resolver<'_, '_, '_> {
                 },
             };
             let Some(dns) = dns else { continue };
+            let nat = e.raw.nat.unwrap_or(false);
+            let Some((egress, allow, deny, host_ports)) = self.policy(&addr, e, nat) else {
+                continue;
+            };
             let gateway = Ipv4Addr::from(u32::from(net.network()) + 1);
             let spec = Spec::Network(NetworkSpec {
                 cidr: net,
                 gateway,
-                nat: e.raw.nat.unwrap_or(false),
+                nat,
                 isolated: e.raw.isolated.unwrap_or(false),
                 dns,
                 bridge: bridge.clone(),
+                egress,
+                allow,
+                deny,
+                host_ports,
             });
             let o = self.cx.origin(e.file, &e.span);
             self.add(Kind::Network, name, o, spec, vec![]);

@@ -38,6 +38,7 @@ fn change(addr: &str, op: Op) -> Change {
         reasons: vec![],
         data_loss: false,
         protected: false,
+        details: vec![],
         fields: vec![],
     }
 }

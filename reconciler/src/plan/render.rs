@@ -156,6 +156,9 @@ fn render_change(out: &mut String, c: &Change, opts: &PlanOptions, style: Style)
             );
         }
     }
+    for d in &c.details {
+        let _ = writeln!(out, "      {d}");
+    }
     if c.data_loss {
         let _ = writeln!(out, "      {}", style.red("! the data on it will be lost"));
     }
@@ -219,6 +222,7 @@ mod tests {
             reasons: fields.iter().map(|f| format!("{} changed", f.0)).collect(),
             data_loss,
             protected: false,
+            details: vec![],
             fields: fields
                 .iter()
                 .map(|(field, before, after, effect)| FieldDiff {

@@ -12,10 +12,11 @@ use super::{Ctx, ResourceError, ResourceKind};
 use crate::address::{Address, Kind};
 use crate::crash::Point;
 use crate::host::net::link::Netlink;
-use crate::host::net::nft::{self, TableSpec};
+use crate::host::net::nft::{self, Fence, TableSpec};
 use crate::host::net::{self, dns, tap, NetError};
+use crate::manifest::policy::{self, Egress};
 use crate::manifest::{Dns, NetworkSpec, Resource, Spec};
-use crate::plan::{Effect, Observation};
+use crate::plan::{self, Change, Effect, Observation, PlanError, PlanOptions};
 use crate::state::leases::PoolSlot;
 use crate::state::{Record, StateStore};
 
@@ -34,6 +35,15 @@ pub struct NetworkOutputs {
     /// fort switched `net.ipv4.ip_forward` on (it was off): the last network destroyed
     /// switches it back off.
     pub enabled_ip_forward: bool,
+    /// The fence applied (`None`: a table made by a fort without egress policies).
+    #[serde(default)]
+    pub egress: Option<Egress>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deny: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub host_ports: Vec<String>,
 }
 
 impl From<NetError> for ResourceError {
@@ -62,11 +72,36 @@ pub fn alias(ctx: &Ctx, addr: &Address) -> String {
 }
 
 fn table_spec(o: &NetworkOutputs) -> TableSpec {
+    // Entries were validated when the manifest was read; one that no longer parses (a
+    // record from another fort) is left out rather than failing the whole table.
+    let rules = |v: &[String]| {
+        v.iter()
+            .filter_map(|r| policy::parse_rule(r).ok())
+            .collect()
+    };
     TableSpec {
         name: o.table.clone(),
         cidr: o.cidr,
         bridge: o.bridge.clone(),
         nat: o.nat,
+        policy: o.egress.map(|egress| Fence {
+            egress,
+            allow: rules(&o.allow),
+            deny: rules(&o.deny),
+            host_ports: o
+                .host_ports
+                .iter()
+                .filter_map(|p| policy::parse_ports(p).ok())
+                .collect(),
+            dns: o
+                .dns
+                .iter()
+                .filter_map(|d| match d {
+                    IpAddr::V4(v4) => Some(*v4),
+                    IpAddr::V6(_) => None,
+                })
+                .collect(),
+        }),
     }
 }
 
@@ -95,9 +130,31 @@ impl ResourceKind for Network {
 
     fn field_effect(&self, field: &str) -> Effect {
         match field {
-            "nat" | "isolated" | "dns" => Effect::Update,
+            "nat" | "isolated" | "dns" | "egress" | "allow" | "deny" | "host_ports" => {
+                Effect::Update
+            }
             _ => Effect::Replace,
         }
+    }
+
+    fn plan(
+        &self,
+        desired: Option<&Resource>,
+        recorded: Option<&Record>,
+        observed: Option<&Observation>,
+        opts: &PlanOptions,
+        _notes: &mut Vec<String>,
+    ) -> Result<Option<Change>, PlanError> {
+        let mut change = plan::standard(self, desired, recorded, observed, opts)?;
+        if let (Some(c), Some(d)) = (change.as_mut(), desired) {
+            if c.op != plan::Op::Destroy {
+                c.details = fence_details(spec_of(d).map_err(|e| PlanError::Refused {
+                    address: d.address.clone(),
+                    why: e.to_string(),
+                })?);
+            }
+        }
+        Ok(change)
     }
 
     async fn preflight(
@@ -163,11 +220,7 @@ impl ResourceKind for Network {
         }
         let table = out.table.clone();
         let rules = blocking(move || nft::rule_comments(&table)).await?;
-        let want: Vec<String> = table_spec(&out)
-            .expected_rules()
-            .into_iter()
-            .map(String::from)
-            .collect();
+        let want: Vec<String> = table_spec(&out).expected_rules();
         match rules {
             None => {
                 return Ok(Observation::Drifted {
@@ -193,6 +246,14 @@ impl ResourceKind for Network {
                     });
                 }
             }
+        }
+        if out.egress.is_some() && net::ipv6_disabled(&out.bridge) == Some(false) {
+            return Ok(Observation::Drifted {
+                what: format!(
+                    "IPv6 is on on {} (guests could reach the host over it)",
+                    out.bridge
+                ),
+            });
         }
         if !net::ip_forward()? {
             return Ok(Observation::Drifted {
@@ -224,6 +285,10 @@ impl ResourceKind for Network {
                 Dns::Servers(v) => v.clone(),
             },
             enabled_ip_forward: previous.as_ref().is_some_and(|p| p.enabled_ip_forward),
+            egress: Some(spec.egress),
+            allow: spec.allow.clone(),
+            deny: spec.deny.clone(),
+            host_ports: spec.host_ports.clone(),
         };
         if previous.is_none() {
             // The names go in the row before the bridge or table exist.
@@ -286,6 +351,41 @@ impl ResourceKind for Network {
     }
 }
 
+/// What a network's guests may reach, for the plan.
+fn fence_details(n: &NetworkSpec) -> Vec<String> {
+    let mut v = vec![match n.egress {
+        Egress::Internet => "egress: internet (public addresses only; private ranges, 100.64.0.0/10, 169.254.0.0/16 (cloud metadata), loopback, multicast and other fort networks are denied)".to_string(),
+        Egress::None => "egress: none (nothing leaves the network)".to_string(),
+        Egress::All => "egress: all (everything the host can route to)".to_string(),
+    }];
+    if n.egress == Egress::Internet {
+        v.push(match &n.dns {
+            Dns::Servers(s) => {
+                let s: Vec<String> = s.iter().map(ToString::to_string).collect();
+                format!("resolvers reachable on port 53: {}", s.join(", "))
+            }
+            Dns::FromHost => {
+                "resolvers reachable on port 53: the host's (from its resolv.conf)".to_string()
+            }
+        });
+    }
+    if !n.allow.is_empty() {
+        v.push(format!("allow: {}", n.allow.join(", ")));
+    }
+    if !n.deny.is_empty() {
+        v.push(format!("deny: {} (wins over allow)", n.deny.join(", ")));
+    }
+    v.push(if n.host_ports.is_empty() {
+        "host: closed to guests (ICMP and replies pass)".to_string()
+    } else {
+        format!(
+            "host: closed to guests except {} (ICMP and replies pass)",
+            n.host_ports.join(", ")
+        )
+    });
+    v
+}
+
 /// Bridge up with its gateway address, the nft table, forwarding on, port isolation as
 /// declared on the TAPs already attached.
 async fn finish(
@@ -295,6 +395,10 @@ async fn finish(
     br: &net::link::Link,
     mut out: NetworkOutputs,
 ) -> Result<NetworkOutputs, ResourceError> {
+    if out.egress.is_some() {
+        // Guests must not reach the host over IPv6 link-local: fort's rules are IPv4.
+        net::disable_ipv6(&out.bridge)?;
+    }
     if !br.up {
         nl.set_up(br.index).await?;
     }

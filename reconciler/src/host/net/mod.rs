@@ -68,3 +68,26 @@ pub fn set_ip_forward(on: bool) -> Result<(), NetError> {
     std::fs::write(p, if on { "1\n" } else { "0\n" })
         .map_err(|e| NetError::io("cannot write", p, e))
 }
+
+fn disable_ipv6_path(ifname: &str) -> std::path::PathBuf {
+    Path::new("/proc/sys/net/ipv6/conf")
+        .join(ifname)
+        .join("disable_ipv6")
+}
+
+/// Whether IPv6 is off on `ifname` (`None` when the host has no IPv6 at all). A bridge with
+/// IPv6 on has a link-local address guests could reach the host through, past fort's IPv4
+/// rules.
+pub fn ipv6_disabled(ifname: &str) -> Option<bool> {
+    let v = std::fs::read_to_string(disable_ipv6_path(ifname)).ok()?;
+    Some(v.trim() == "1")
+}
+
+/// Switch IPv6 off on `ifname` (nothing to do on a host without IPv6).
+pub fn disable_ipv6(ifname: &str) -> Result<(), NetError> {
+    let p = disable_ipv6_path(ifname);
+    if !p.exists() {
+        return Ok(());
+    }
+    std::fs::write(&p, "1\n").map_err(|e| NetError::io("cannot write", &p, e))
+}

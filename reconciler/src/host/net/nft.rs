@@ -12,6 +12,7 @@ use nftnl::{nft_expr, Batch, Chain, ChainType, Hook, MsgType, Policy, ProtoFamil
 
 use super::nl::{is_ack, is_done, NfSocket};
 use super::NetError;
+use crate::manifest::policy::{Egress, Ports, Proto, Rule as PolicyRule, NOT_INTERNET};
 
 /// The comments fort puts on its rules; observing a table compares them.
 pub const MASQUERADE: &str = "fort:masquerade";
@@ -25,15 +26,173 @@ pub struct TableSpec {
     pub cidr: Ipv4Net,
     pub bridge: String,
     pub nat: bool,
+    /// The guests' fence; `None` for a table an older fort made (everything from the bridge
+    /// is forwarded, the host is open), kept as it is until the network is applied again.
+    pub policy: Option<Fence>,
+}
+
+/// A network's egress policy and host ports, parsed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fence {
+    pub egress: Egress,
+    pub allow: Vec<PolicyRule>,
+    pub deny: Vec<PolicyRule>,
+    pub host_ports: Vec<Ports>,
+    /// The guests' resolvers: reachable on port 53 under `egress = "internet"` even when
+    /// they are private addresses (a home router, a corporate resolver).
+    pub dns: Vec<Ipv4Addr>,
+}
+
+/// A chain's rules: each rule's comment and what it matches.
+type ChainRules = Vec<(String, Match)>;
+
+/// One rule to build: its comment, and what it matches and does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Match {
+    Masquerade,
+    Established,
+    /// Traffic from the bridge to `net` (and ports), accepted or dropped.
+    To {
+        net: Option<Ipv4Net>,
+        ports: Option<(Proto, u16, u16)>,
+        accept: bool,
+    },
+    /// Traffic from the bridge out through another fort bridge.
+    ToFortBridge,
+    /// Guests → host: established, ICMP, a port, or the rest.
+    HostEstablished,
+    HostIcmp,
+    HostPort(Proto, u16, u16),
+    HostDeny,
 }
 
 impl TableSpec {
-    pub fn expected_rules(&self) -> Vec<&'static str> {
-        let mut v = vec![ESTABLISHED, FROM_BRIDGE];
+    /// Every rule, in order, per chain: postrouting, forward, input.
+    fn rules(&self) -> (ChainRules, ChainRules, ChainRules) {
+        let mut post = Vec::new();
         if self.nat {
-            v.insert(0, MASQUERADE);
+            post.push((MASQUERADE.to_string(), Match::Masquerade));
         }
-        v
+        let mut fwd = vec![(ESTABLISHED.to_string(), Match::Established)];
+        let mut input = Vec::new();
+        let Some(p) = &self.policy else {
+            fwd.push((
+                FROM_BRIDGE.to_string(),
+                Match::To {
+                    net: None,
+                    ports: None,
+                    accept: true,
+                },
+            ));
+            return (post, fwd, input);
+        };
+        let to = |list: &[PolicyRule], accept: bool, verb: &str| -> Vec<(String, Match)> {
+            let mut v = Vec::new();
+            for r in list {
+                let comment = format!("fort:{verb} {r}");
+                match &r.ports {
+                    None => v.push((
+                        comment,
+                        Match::To {
+                            net: Some(r.cidr),
+                            ports: None,
+                            accept,
+                        },
+                    )),
+                    Some(ports) => {
+                        for proto in ports.protos() {
+                            v.push((
+                                comment.clone(),
+                                Match::To {
+                                    net: Some(r.cidr),
+                                    ports: Some((proto, ports.first, ports.last)),
+                                    accept,
+                                },
+                            ));
+                        }
+                    }
+                }
+            }
+            v
+        };
+        // Deny wins: it comes first.
+        fwd.extend(to(&p.deny, false, "deny"));
+        fwd.extend(to(&p.allow, true, "allow"));
+        match p.egress {
+            Egress::All => fwd.push((
+                FROM_BRIDGE.to_string(),
+                Match::To {
+                    net: None,
+                    ports: None,
+                    accept: true,
+                },
+            )),
+            Egress::None => fwd.push((
+                "fort:egress-none".to_string(),
+                Match::To {
+                    net: None,
+                    ports: None,
+                    accept: false,
+                },
+            )),
+            Egress::Internet => {
+                for d in &p.dns {
+                    for proto in [Proto::Udp, Proto::Tcp] {
+                        fwd.push((
+                            format!("fort:dns {d}"),
+                            Match::To {
+                                net: Some(Ipv4Net::from(*d)),
+                                ports: Some((proto, 53, 53)),
+                                accept: true,
+                            },
+                        ));
+                    }
+                }
+                fwd.push(("fort:no-fort-networks".to_string(), Match::ToFortBridge));
+                for n in NOT_INTERNET {
+                    if let Ok(net) = n.parse::<Ipv4Net>() {
+                        fwd.push((
+                            format!("fort:not-internet {net}"),
+                            Match::To {
+                                net: Some(net),
+                                ports: None,
+                                accept: false,
+                            },
+                        ));
+                    }
+                }
+                fwd.push((
+                    FROM_BRIDGE.to_string(),
+                    Match::To {
+                        net: None,
+                        ports: None,
+                        accept: true,
+                    },
+                ));
+            }
+        }
+        input.push(("fort:host-established".to_string(), Match::HostEstablished));
+        input.push(("fort:host-icmp".to_string(), Match::HostIcmp));
+        for ports in &p.host_ports {
+            for proto in ports.protos() {
+                input.push((
+                    format!("fort:host-port {ports}"),
+                    Match::HostPort(proto, ports.first, ports.last),
+                ));
+            }
+        }
+        input.push(("fort:host-deny".to_string(), Match::HostDeny));
+        (post, fwd, input)
+    }
+
+    /// The rule comments the table should hold (observing compares them).
+    pub fn expected_rules(&self) -> Vec<String> {
+        let (post, fwd, input) = self.rules();
+        post.into_iter()
+            .chain(fwd)
+            .chain(input)
+            .map(|(c, _)| c)
+            .collect()
     }
 }
 
@@ -57,7 +216,8 @@ fn commit(batch: Batch, messages: usize) -> Result<(), NetError> {
     })
 }
 
-/// Create (or re-create, atomically) the table with its chains and rules.
+/// Create (or re-create, atomically) the table with its chains and rules: one batch, so a
+/// refused rule leaves the previous table as it was.
 pub fn ensure(spec: &TableSpec) -> Result<(), NetError> {
     let name = cstring(&spec.name)?;
     let table = Table::new(&name, ProtoFamily::Ipv4);
@@ -69,6 +229,7 @@ pub fn ensure(spec: &TableSpec) -> Result<(), NetError> {
     batch.add(&table, MsgType::Add);
     n += 3;
 
+    let (post_rules, fwd_rules, input_rules) = spec.rules();
     let post_name = cstring("postrouting")?;
     let mut post = Chain::new(&post_name, &table);
     post.set_type(ChainType::Nat);
@@ -85,43 +246,129 @@ pub fn ensure(spec: &TableSpec) -> Result<(), NetError> {
     batch.add(&fwd, MsgType::Add);
     n += 1;
 
-    let net = spec.cidr.network();
-    let mask = spec.cidr.netmask();
-    if spec.nat {
-        let mut r = Rule::new(&post);
-        r.add_expr(&nft_expr!(payload ipv4 saddr));
-        r.add_expr(&nft_expr!(bitwise mask mask, xor Ipv4Addr::UNSPECIFIED));
-        r.add_expr(&nft_expr!(cmp == net));
-        r.add_expr(&nft_expr!(payload ipv4 daddr));
-        r.add_expr(&nft_expr!(bitwise mask mask, xor Ipv4Addr::UNSPECIFIED));
-        r.add_expr(&nft_expr!(cmp != net));
-        r.add_expr(&nft_expr!(masquerade));
-        set_comment(&mut r, MASQUERADE)?;
-        batch.add(&r, MsgType::Add);
+    let input_name = cstring("input")?;
+    let mut input = Chain::new(&input_name, &table);
+    if !input_rules.is_empty() {
+        input.set_type(ChainType::Filter);
+        input.set_hook(Hook::In, 0);
+        input.set_policy(Policy::Accept);
+        batch.add(&input, MsgType::Add);
         n += 1;
     }
-    let mut r = Rule::new(&fwd);
+
+    let bridge = cstring(&spec.bridge)?;
+    for (chain, rules) in [
+        (&post, post_rules),
+        (&fwd, fwd_rules),
+        (&input, input_rules),
+    ] {
+        for (comment, m) in rules {
+            let mut r = Rule::new(chain);
+            build(&mut r, &m, spec, &bridge)?;
+            set_comment(&mut r, &comment)?;
+            batch.add(&r, MsgType::Add);
+            n += 1;
+        }
+    }
+    commit(batch, n)
+}
+
+fn from_bridge(r: &mut Rule<'_>, bridge: &CStr) {
+    r.add_expr(&nft_expr!(meta iifname));
+    r.add_expr(&nft_expr!(cmp == InterfaceName::Exact(bridge.to_owned())));
+}
+
+fn daddr_in(r: &mut Rule<'_>, net: Ipv4Net) {
+    r.add_expr(&nft_expr!(payload ipv4 daddr));
+    r.add_expr(&nft_expr!(bitwise mask net.netmask(), xor Ipv4Addr::UNSPECIFIED));
+    r.add_expr(&nft_expr!(cmp == net.network()));
+}
+
+/// Protocol and destination port range (ports compared in network byte order).
+fn dport(r: &mut Rule<'_>, proto: Proto, first: u16, last: u16) {
+    r.add_expr(&nft_expr!(meta l4proto));
+    r.add_expr(&nft_expr!(cmp == proto.number()));
+    match proto {
+        Proto::Tcp => r.add_expr(&nft_expr!(payload tcp dport)),
+        Proto::Udp => r.add_expr(&nft_expr!(payload udp dport)),
+    }
+    if first == last {
+        r.add_expr(&nft_expr!(cmp == first.to_be()));
+    } else {
+        r.add_expr(&nft_expr!(cmp >= first.to_be()));
+        r.add_expr(&nft_expr!(cmp <= last.to_be()));
+    }
+}
+
+fn established(r: &mut Rule<'_>) {
     r.add_expr(&nft_expr!(ct state));
     let states =
         nftnl::expr::ct::States::ESTABLISHED.bits() | nftnl::expr::ct::States::RELATED.bits();
     r.add_expr(&nft_expr!(bitwise mask states, xor 0u32));
     r.add_expr(&nft_expr!(cmp != 0u32));
-    r.add_expr(&nft_expr!(verdict accept));
-    set_comment(&mut r, ESTABLISHED)?;
-    batch.add(&r, MsgType::Add);
-    n += 1;
+}
 
-    let mut r = Rule::new(&fwd);
-    r.add_expr(&nft_expr!(meta iifname));
-    r.add_expr(&nft_expr!(
-        cmp == InterfaceName::Exact(cstring(&spec.bridge)?)
-    ));
-    r.add_expr(&nft_expr!(verdict accept));
-    set_comment(&mut r, FROM_BRIDGE)?;
-    batch.add(&r, MsgType::Add);
-    n += 1;
-
-    commit(batch, n)
+fn build(r: &mut Rule<'_>, m: &Match, spec: &TableSpec, bridge: &CStr) -> Result<(), NetError> {
+    match m {
+        Match::Masquerade => {
+            let net = spec.cidr.network();
+            let mask = spec.cidr.netmask();
+            r.add_expr(&nft_expr!(payload ipv4 saddr));
+            r.add_expr(&nft_expr!(bitwise mask mask, xor Ipv4Addr::UNSPECIFIED));
+            r.add_expr(&nft_expr!(cmp == net));
+            r.add_expr(&nft_expr!(payload ipv4 daddr));
+            r.add_expr(&nft_expr!(bitwise mask mask, xor Ipv4Addr::UNSPECIFIED));
+            r.add_expr(&nft_expr!(cmp != net));
+            r.add_expr(&nft_expr!(masquerade));
+        }
+        Match::Established => {
+            established(r);
+            r.add_expr(&nft_expr!(verdict accept));
+        }
+        Match::To { net, ports, accept } => {
+            from_bridge(r, bridge);
+            if let Some(net) = net {
+                daddr_in(r, *net);
+            }
+            if let Some((proto, first, last)) = ports {
+                dport(r, *proto, *first, *last);
+            }
+            if *accept {
+                r.add_expr(&nft_expr!(verdict accept));
+            } else {
+                r.add_expr(&nft_expr!(verdict drop));
+            }
+        }
+        Match::ToFortBridge => {
+            from_bridge(r, bridge);
+            r.add_expr(&nft_expr!(meta oifname));
+            r.add_expr(&nft_expr!(
+                cmp == InterfaceName::StartingWith(cstring("fort-")?)
+            ));
+            r.add_expr(&nft_expr!(verdict drop));
+        }
+        Match::HostEstablished => {
+            from_bridge(r, bridge);
+            established(r);
+            r.add_expr(&nft_expr!(verdict accept));
+        }
+        Match::HostIcmp => {
+            from_bridge(r, bridge);
+            r.add_expr(&nft_expr!(meta l4proto));
+            r.add_expr(&nft_expr!(cmp == 1u8));
+            r.add_expr(&nft_expr!(verdict accept));
+        }
+        Match::HostPort(proto, first, last) => {
+            from_bridge(r, bridge);
+            dport(r, *proto, *first, *last);
+            r.add_expr(&nft_expr!(verdict accept));
+        }
+        Match::HostDeny => {
+            from_bridge(r, bridge);
+            r.add_expr(&nft_expr!(verdict drop));
+        }
+    }
+    Ok(())
 }
 
 fn set_comment(r: &mut Rule<'_>, c: &str) -> Result<(), NetError> {
@@ -341,5 +588,75 @@ fn parse_chain(msg: &[u8]) -> Option<ForwardChain> {
         }
         sys::nftnl_chain_free(chain);
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::manifest::policy::{parse_ports, parse_rule};
+
+    fn spec(egress: Egress, allow: &[&str], deny: &[&str], host: &[&str]) -> TableSpec {
+        TableSpec {
+            name: "fort-lan".into(),
+            cidr: "10.77.0.0/24".parse().unwrap(),
+            bridge: "fort-lan".into(),
+            nat: true,
+            policy: Some(Fence {
+                egress,
+                allow: allow.iter().map(|r| parse_rule(r).unwrap()).collect(),
+                deny: deny.iter().map(|r| parse_rule(r).unwrap()).collect(),
+                host_ports: host.iter().map(|p| parse_ports(p).unwrap()).collect(),
+                dns: vec!["192.0.2.53".parse().unwrap()],
+            }),
+        }
+    }
+
+    #[test]
+    fn rules_come_in_the_order_that_makes_deny_win_and_the_host_closed() {
+        assert_eq!(
+            spec(
+                Egress::None,
+                &["10.0.5.0/24:5432/tcp"],
+                &["10.0.5.7/32"],
+                &["53"]
+            )
+            .expected_rules(),
+            [
+                "fort:masquerade",
+                "fort:established",
+                "fort:deny 10.0.5.7/32",
+                "fort:allow 10.0.5.0/24:5432/tcp",
+                "fort:egress-none",
+                "fort:host-established",
+                "fort:host-icmp",
+                "fort:host-port 53",
+                "fort:host-port 53",
+                "fort:host-deny",
+            ]
+        );
+        let internet = spec(Egress::Internet, &[], &[], &[]).expected_rules();
+        assert_eq!(
+            internet[..5],
+            [
+                "fort:masquerade",
+                "fort:established",
+                "fort:dns 192.0.2.53",
+                "fort:dns 192.0.2.53",
+                "fort:no-fort-networks",
+            ]
+        );
+        assert_eq!(internet.len(), 5 + NOT_INTERNET.len() + 1 + 3);
+        assert_eq!(internet[5 + NOT_INTERNET.len()], FROM_BRIDGE);
+        // A table an older fort made: forwarded from the bridge, no input chain.
+        let legacy = TableSpec {
+            policy: None,
+            ..spec(Egress::All, &[], &[], &[])
+        };
+        assert_eq!(
+            legacy.expected_rules(),
+            [MASQUERADE, ESTABLISHED, FROM_BRIDGE]
+        );
     }
 }
