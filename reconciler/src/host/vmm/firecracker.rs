@@ -160,6 +160,7 @@ mod tests {
                 mac: "02:fc:0a:4d:00:02".into(),
             }),
             cid: 7,
+            confine: None,
         }
     }
 

@@ -57,6 +57,37 @@ pub struct VmConfig {
     pub net: Option<NetConfig>,
     /// The guest's vsock CID (≥ 3).
     pub cid: u32,
+    /// Who the VM's processes run as and the cgroup they run in; `None` runs them as fort's
+    /// own user, unconfined (a record made before confinement existed).
+    pub confine: Option<Confine>,
+}
+
+/// How a VM's processes are confined: a uid/gid of their own (allocated per VM, stable, in
+/// state), the extra groups that open devices (the group of `/dev/kvm`), and the VM's cgroup
+/// with its limits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Confine {
+    pub uid: u32,
+    pub gid: u32,
+    /// Supplementary groups, e.g. the owner group of `/dev/kvm`.
+    pub groups: Vec<u32>,
+    /// The cgroup, relative to each hierarchy's root, e.g. `fort/<state id>/vm-NAME`.
+    pub cgroup: String,
+    /// Which cgroup hierarchy the host gives: 1 (per-controller v1 mounts) or 2 (unified).
+    pub cgroup_version: u8,
+    pub limits: Limits,
+}
+
+/// A VM's cgroup limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// CPU time per `cpu_period_us`: `vcpus × period` (a guest spinning every vCPU gets at
+    /// most its vCPUs' worth of host CPUs).
+    pub cpu_quota_us: u64,
+    pub cpu_period_us: u64,
+    /// The guest's memory plus the VMM's documented overhead.
+    pub memory_bytes: u64,
+    pub pids: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -175,6 +175,7 @@ mod tests {
                 mac: "02:fc:0a:4d:00:02".into(),
             }),
             cid: 9,
+            confine: None,
         };
         assert_eq!(
             args(&cfg, false).join(" "),

@@ -267,6 +267,7 @@ fn config(
             mac: spec.mac.clone().unwrap_or_else(|| a.mac.clone()),
         }),
         cid: out.cid,
+        confine: None,
     })
 }
 
