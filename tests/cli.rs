@@ -60,6 +60,12 @@ fn apply_converges_and_is_idempotent() {
     let show = ws.run(&["state", "show", "firecracker.fc", "--json"]);
     let rec: serde_json::Value = serde_json::from_str(&show.ok().stdout).unwrap();
     assert_eq!(rec["outputs"]["version"], "Firecracker v1.12.0");
+    // The jailer from the same archive, extracted executable and checked to answer.
+    let jailer = rec["outputs"]["jailer"]["path"].as_str().unwrap();
+    assert_eq!(
+        std::fs::read(jailer).unwrap(),
+        b"#!/bin/sh\necho 'Jailer v1.12.0'\n"
+    );
     let kernel: serde_json::Value =
         serde_json::from_str(&ws.run(&["state", "show", "kernel.k", "--json"]).stdout).unwrap();
     let path = kernel["outputs"]["path"].as_str().unwrap();

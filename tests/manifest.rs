@@ -122,6 +122,8 @@ fn errors() {
         // Firecracker choice.
         (base("[firecracker.a]\nurl = \"/fc\"\n[firecracker.b]\nurl = \"/fc2\"\n[vm.x]\nkernel = \"k\"\nroot = { template = \"t\", size = \"2GiB\" }\n"),
          "fort.toml:16:5: vm.x: several [firecracker.*] assets are declared (a, b): choose one with `firecracker = \"…\"`"),
+        ("[firecracker.fc]\nurl = \"https://example.org/firecracker\"\nsha256 = \"0000000000000000000000000000000000000000000000000000000000000000\"\njailer_member = \"release/jailer\"\n".into(),
+         "fort.toml:6:17: firecracker.fc: jailer_member needs `member`: the jailer comes from the same release archive as the firecracker binary"),
         (base("[vm.x]\nfirecracker = \"v1\"\nkernel = \"k\"\nroot = { template = \"t\", size = \"2GiB\" }\n"),
          "fort.toml:13:15: vm.x: firecracker `v1` is not defined (no firecracker is defined)"),
         // VM values.

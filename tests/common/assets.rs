@@ -41,7 +41,7 @@ pub fn publish_assets(srv: &Server) -> String {
         (&format!("{FC_MEMBER}.debug"), b"debug symbols", 0o644),
         (
             "release-v1.12.0-x86_64/jailer-v1.12.0-x86_64",
-            b"#!/bin/sh\necho jailer\n",
+            b"#!/bin/sh\necho 'Jailer v1.12.0'\n",
             0o755,
         ),
         (FC_MEMBER, b"#!/bin/sh\necho 'Firecracker v1.12.0'\n", 0o755),
@@ -61,6 +61,7 @@ sha256_url = "{sums}"
 url = "{f}"
 sha256 = "{fs}"
 member = "{FC_MEMBER}"
+jailer_member = "release-v1.12.0-x86_64/jailer-v1.12.0-x86_64"
 "#,
         k = srv.url("/vmlinux.xz"),
         ks = sha256_hex(&kernel_xz),

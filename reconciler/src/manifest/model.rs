@@ -185,6 +185,9 @@ pub struct FirecrackerSpec {
     /// The file to extract from a release archive (`.tgz`/`.tar.gz`/`.tar`); `None` when the URL
     /// is the binary itself.
     pub member: Option<String>,
+    /// The jailer in the same archive, when VMs should start through it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jailer_member: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

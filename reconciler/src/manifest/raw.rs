@@ -138,6 +138,10 @@ pub struct RawFirecracker {
     pub decompress: Option<Spanned<RawDecompress>>,
     /// The binary's path inside a release archive.
     pub member: Option<String>,
+    /// The jailer's path inside the same release archive: VMs of this asset start through it
+    /// (chroot, uid/gid, cgroup).
+    #[schemars(with = "Option<String>")]
+    pub jailer_member: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]

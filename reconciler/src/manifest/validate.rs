@@ -204,10 +204,19 @@ impl<'c, 'a, 'r> Resolver<'c, 'a, 'r> {
             } else {
                 Infer::Extension
             };
+            if let (Some(j), None) = (&e.raw.jailer_member, &e.raw.member) {
+                self.cx.err(
+                    e.file,
+                    &j.span(),
+                    format!("{addr}: jailer_member needs `member`: the jailer comes from the same release archive as the firecracker binary"),
+                );
+                continue;
+            }
             if let Some(source) = self.asset(e.file, &addr, &f, infer) {
                 let spec = Spec::Firecracker(FirecrackerSpec {
                     source,
                     member: e.raw.member.clone(),
+                    jailer_member: e.raw.jailer_member.as_ref().map(|j| j.get_ref().clone()),
                 });
                 let o = self.cx.origin(e.file, &e.span);
                 self.add(Kind::Firecracker, name, o, spec, vec![]);

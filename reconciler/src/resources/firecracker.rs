@@ -23,6 +23,9 @@ pub struct FirecrackerOutputs {
     pub binary: CachedFile,
     /// The first line `--version` printed, e.g. `Firecracker v1.12.0`.
     pub version: String,
+    /// The jailer (`jailer_member`), checked to answer `--version` too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jailer: Option<CachedFile>,
 }
 
 #[async_trait]
@@ -38,7 +41,11 @@ impl ResourceKind for Firecracker {
     async fn observe(&self, _ctx: &Ctx, record: &Record) -> Result<Observation, ResourceError> {
         let out: FirecrackerOutputs = asset::outputs(&record.address, &record.outputs)?;
         let source: AssetSource = spec_field(record, "source")?;
-        asset::observe(&out.binary, &source).await
+        let binary = asset::observe(&out.binary, &source).await?;
+        match (&out.jailer, &binary) {
+            (Some(j), Observation::Ok) => asset::observe(j, &source).await,
+            _ => Ok(binary),
+        }
     }
 
     async fn apply(
@@ -62,18 +69,34 @@ impl ResourceKind for Firecracker {
         )
         .await?;
         let version = version_of(&binary.path).await?;
+        let jailer = match &spec.jailer_member {
+            Some(member) => {
+                let j =
+                    asset::fetch(ctx, &desired.address, &spec.source, Some(member), true).await?;
+                version_of(&j.path).await?;
+                Some(j)
+            }
+            None => None,
+        };
         if let Some(old) =
             recorded.and_then(|r| asset::outputs::<FirecrackerOutputs>(&r.address, &r.outputs).ok())
         {
-            asset::release_replaced(ctx, &desired.address, &[old.binary], &[&binary])?;
+            let now: Vec<&CachedFile> = std::iter::once(&binary).chain(&jailer).collect();
+            let before: Vec<CachedFile> = std::iter::once(old.binary).chain(old.jailer).collect();
+            asset::release_replaced(ctx, &desired.address, &before, &now)?;
         }
-        serde_json::to_value(FirecrackerOutputs { binary, version })
-            .map_err(|e| ResourceError::Check(e.to_string()))
+        serde_json::to_value(FirecrackerOutputs {
+            binary,
+            version,
+            jailer,
+        })
+        .map_err(|e| ResourceError::Check(e.to_string()))
     }
 
     async fn destroy(&self, ctx: &Ctx, recorded: &Record) -> Result<(), ResourceError> {
         let out: FirecrackerOutputs = asset::outputs(&recorded.address, &recorded.outputs)?;
-        asset::release(ctx, &recorded.address, &[out.binary])
+        let files: Vec<CachedFile> = std::iter::once(out.binary).chain(out.jailer).collect();
+        asset::release(ctx, &recorded.address, &files)
     }
 }
 

@@ -15,6 +15,8 @@ use super::{RunDir, VmConfig, Vmm, VmmError};
 pub struct Firecracker {
     /// The binary: a `[firecracker.*]` asset, or `firecracker` from PATH when `None`.
     pub binary: Option<PathBuf>,
+    /// The asset's jailer (`jailer_member`): a confined VM starts through it.
+    pub jailer: Option<PathBuf>,
 }
 
 /// The `--config-file` document for `cfg`.
@@ -93,6 +95,14 @@ impl Vmm for Firecracker {
 
     fn check(&self, cfg: &VmConfig) -> Result<(), VmmError> {
         self.binary()?;
+        if let Some(j) = &self.jailer {
+            if !j.is_file() {
+                return Err(VmmError::Unusable(format!(
+                    "the jailer {} is not there: apply its [firecracker.*] asset again",
+                    j.display()
+                )));
+            }
+        }
         let kvm = Path::new("/dev/kvm");
         if !kvm.exists() {
             return Err(VmmError::Unusable(
@@ -115,6 +125,15 @@ impl Vmm for Firecracker {
 
     fn start_vmm(&self, cfg: &VmConfig) -> Result<Proc, VmmError> {
         self.check(cfg)?;
+        if let (Some(jailer), Some(confine)) = (&self.jailer, &cfg.confine) {
+            let jail = super::jailer::prepare(cfg, confine, &self.binary()?)?;
+            let mut c = Command::new(jailer);
+            c.args(super::jailer::args(&jail, confine));
+            // The jailer runs as root (it makes the chroot, the cgroup and the device nodes,
+            // then drops to the VM's uid/gid and execs Firecracker in the same process, so the
+            // PID fort records is Firecracker's). The serial console is its stdout.
+            return spawn_detached(c, &RunDir(&cfg.run_dir).console(), "jailer");
+        }
         let run = RunDir(&cfg.run_dir);
         let doc = serde_json::to_string_pretty(&config(cfg)).unwrap_or_default();
         std::fs::write(run.config(), doc)
@@ -139,12 +158,12 @@ impl Vmm for Firecracker {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use crate::host::vmm::NetConfig;
 
-    fn cfg() -> VmConfig {
+    pub(crate) fn cfg() -> VmConfig {
         VmConfig {
             name: "a".into(),
             run_dir: "/var/lib/fort/run/a".into(),
@@ -217,6 +236,7 @@ mod tests {
         c.kernel = bz.clone();
         let fc = Firecracker {
             binary: Some("/bin/true".into()),
+            jailer: None,
         };
         let err = fc.check(&c).unwrap_err().to_string();
         if std::path::Path::new("/dev/kvm").exists() {
@@ -229,7 +249,10 @@ mod tests {
         assert!(is_elf(&elf).unwrap());
         assert!(!is_elf(&bz).unwrap());
         let old = std::env::var_os("PATH");
-        let none = Firecracker { binary: None };
+        let none = Firecracker {
+            binary: None,
+            jailer: None,
+        };
         c.kernel = elf;
         std::env::set_var("PATH", dir.path());
         let err = none.check(&c).unwrap_err().to_string();

@@ -4,6 +4,7 @@
 //! the agent client, `fort exec`, `fort mcp` and `fort console` work the same on both.
 
 pub mod firecracker;
+pub mod jailer;
 pub mod process;
 pub mod qemu;
 

@@ -195,7 +195,7 @@ fn backend(ctx: &Ctx, spec: &VmSpec) -> Result<Box<dyn crate::host::vmm::Vmm>, R
     Ok(match spec.vmm {
         Vmm::Qemu => Box::new(Qemu),
         Vmm::Firecracker => {
-            let binary = match &spec.firecracker {
+            let (binary, jailer) = match &spec.firecracker {
                 Some(name) => {
                     let a = Address::new(Kind::Firecracker, name);
                     let rec = ctx.applied(&a)?;
@@ -205,11 +205,16 @@ fn backend(ctx: &Ctx, spec: &VmSpec) -> Result<Box<dyn crate::host::vmm::Vmm>, R
                         .and_then(|p| p.as_str())
                         .map(PathBuf::from)
                         .ok_or_else(|| ResourceError::Check(format!("{a} has no recorded path")))?;
-                    Some(path)
+                    let jailer = rec
+                        .outputs
+                        .pointer("/jailer/path")
+                        .and_then(|p| p.as_str())
+                        .map(PathBuf::from);
+                    (Some(path), jailer)
                 }
-                None => None,
+                None => (None, None),
             };
-            Box::new(Firecracker { binary })
+            Box::new(Firecracker { binary, jailer })
         }
     })
 }
@@ -338,7 +343,10 @@ pub(super) async fn wait_ready(spec: &VmSpec, out: &VmOutputs) -> Result<(), Res
     // Only the backend's log reading is needed here, so no asset lookups.
     let vmm: Box<dyn crate::host::vmm::Vmm> = match spec.vmm {
         Vmm::Qemu => Box::new(Qemu),
-        Vmm::Firecracker => Box::new(Firecracker { binary: None }),
+        Vmm::Firecracker => Box::new(Firecracker {
+            binary: None,
+            jailer: None,
+        }),
     };
     let run = RunDir(&out.run_dir);
     let timeout = boot_timeout(vmm.slow());
