@@ -443,6 +443,53 @@ fn a_network_that_fails_half_way_leaves_nothing_behind() {
 }
 
 #[test]
+fn a_policy_change_the_kernel_refuses_leaves_the_old_rules_and_stays_pending() {
+    in_netns(|| {
+        let ws = Workspace::new();
+        ws.write_manifest(&format!("{LAN}allow = [\"198.51.100.0/24\"]\n"));
+        ws.run(&["apply", "--yes"]).ok();
+        let before = rules("fort-lan").unwrap();
+        assert!(before.contains(&"fort:allow 198.51.100.0/24".to_string()));
+
+        ws.write_manifest(&format!(
+            "{LAN}allow = [\"203.0.113.0/24:443/tcp\"]\nhost_ports = [\"53/udp\"]\n"
+        ));
+        let out = ws
+            .command(&["apply", "--yes"])
+            .env("FORT_NFT_REFUSE", "1")
+            .output()
+            .unwrap();
+        let r = common::fort::Run::from(out);
+        assert_eq!(r.code, 1, "{}", r.stdout);
+        assert!(
+            r.stdout
+                .contains("network.lan: updating failed: nftables refused the change"),
+            "{}",
+            r.stdout
+        );
+        // One transaction: not one rule of the new policy went in, none of the old went out.
+        assert_eq!(rules("fort-lan").unwrap(), before);
+        let plan = ws.run(&["plan", "--detailed-exitcode"]);
+        plan.code(2);
+        assert!(plan.stdout.contains("  ~ network.lan\n"), "{}", plan.stdout);
+        for line in [
+            "      reason: the last apply failed: nftables refused the change: No such file or directory (os error 2)\n",
+            "      ~ allow: [\"198.51.100.0/24\"] → [\"203.0.113.0/24:443/tcp\"]\n",
+            "      host: closed to guests except 53/udp (ICMP and replies pass)\n",
+        ] {
+            assert!(plan.stdout.contains(line), "{line}\n{}", plan.stdout);
+        }
+
+        ws.run(&["apply", "--yes"]).ok();
+        ws.run(&["plan", "--detailed-exitcode"]).ok();
+        let after = rules("fort-lan").unwrap();
+        assert!(after.contains(&"fort:allow 203.0.113.0/24:443/tcp".to_string()));
+        assert!(after.contains(&"fort:host-port 53/udp".to_string()));
+        assert!(!after.contains(&"fort:allow 198.51.100.0/24".to_string()));
+    });
+}
+
+#[test]
 fn doctor_names_a_foreign_forward_drop_policy_and_its_fix() {
     in_netns(|| {
         let ws = Workspace::new();

@@ -200,20 +200,18 @@ fn cstring(s: &str) -> Result<CString, NetError> {
     CString::new(s).map_err(|_| NetError::Name(s.to_string()))
 }
 
-/// Send a batch and wait for one ack per message in it.
+/// Send a batch as one transaction; every message must be acknowledged and none refused.
 fn commit(batch: Batch, messages: usize) -> Result<(), NetError> {
     let batch = batch.finalize();
-    let sock = NfSocket::open()?;
-    for chunk in &batch {
-        sock.send(chunk)?;
+    let parts: Vec<&[u8]> = batch.iter().collect();
+    let acks = NfSocket::open()?.transact(&parts)?;
+    if acks < messages {
+        return Err(NetError::Netfilter {
+            what: format!("netfilter acknowledged {acks} of {messages} changes"),
+            source: std::io::Error::other("missing acknowledgements"),
+        });
     }
-    let mut acks = 0;
-    sock.recv_until(|r| {
-        if is_ack(r) {
-            acks += 1;
-        }
-        acks >= messages
-    })
+    Ok(())
 }
 
 /// Create (or re-create, atomically) the table with its chains and rules: one batch, so a
@@ -270,7 +268,21 @@ pub fn ensure(spec: &TableSpec) -> Result<(), NetError> {
             n += 1;
         }
     }
+    if refuse_for_tests() {
+        // The kernel refuses a rule for a chain that does not exist, after every other
+        // message of the batch: the whole transaction must then be dropped.
+        let missing = cstring("fort-no-such-chain")?;
+        let chain = Chain::new(&missing, &table);
+        batch.add(&Rule::new(&chain), MsgType::Add);
+        n += 1;
+    }
     commit(batch, n)
+}
+
+/// `FORT_NFT_REFUSE=1` (debug builds, i.e. tests): end every table batch with a message the
+/// kernel refuses, to prove a refused batch leaves the previous rules in place.
+fn refuse_for_tests() -> bool {
+    cfg!(debug_assertions) && std::env::var_os("FORT_NFT_REFUSE").is_some_and(|v| v == "1")
 }
 
 fn from_bridge(r: &mut Rule<'_>, bridge: &CStr) {

@@ -68,6 +68,81 @@ impl NfSocket {
         Ok(())
     }
 
+    /// Send a whole batch in one `sendmsg` (one buffer is one transaction for nf_tables: split
+    /// over several sends, its parts would not commit together) and collect every reply. The
+    /// kernel runs a netlink batch inside the `sendmsg` call, so when it returns every ack and
+    /// error is already queued here: all are read, and any error fails the whole call — an
+    /// error can come after as many acks as there were messages (the batch's begin and end
+    /// are acknowledged too), so counting acks alone would miss it. Returns the acks read.
+    pub fn transact(&self, parts: &[&[u8]]) -> Result<usize, NetError> {
+        let mut iov: Vec<libc::iovec> = parts
+            .iter()
+            .map(|p| libc::iovec {
+                iov_base: p.as_ptr() as *mut libc::c_void,
+                iov_len: p.len(),
+            })
+            .collect();
+        // SAFETY: zeroed sockaddr_nl/msghdr are valid; the address is the kernel (pid 0).
+        let mut kernel: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+        kernel.nl_family = libc::AF_NETLINK as libc::sa_family_t;
+        // SAFETY: as above, every field is then set or left zero as sendmsg(2) allows.
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_name = (&mut kernel as *mut libc::sockaddr_nl).cast();
+        msg.msg_namelen = std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t;
+        msg.msg_iov = iov.as_mut_ptr();
+        msg.msg_iovlen = iov.len();
+        let total: usize = parts.iter().map(|p| p.len()).sum();
+        // SAFETY: `msg` points at `kernel` and `iov`, whose buffers (`parts`) outlive the call.
+        let n = unsafe { libc::sendmsg(self.fd.as_raw_fd(), &msg, 0) };
+        if n < 0 || n as usize != total {
+            return Err(NetError::Netfilter {
+                what: "cannot send to netfilter".into(),
+                source: std::io::Error::last_os_error(),
+            });
+        }
+        let mut buf = vec![0u8; 1 << 16];
+        let mut acks = 0;
+        loop {
+            // SAFETY: `buf` is a valid, writable buffer of the given length.
+            let n = unsafe {
+                libc::recv(
+                    self.fd.as_raw_fd(),
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                    libc::MSG_DONTWAIT,
+                )
+            };
+            if n < 0 {
+                let e = std::io::Error::last_os_error();
+                if e.kind() == std::io::ErrorKind::WouldBlock {
+                    return Ok(acks);
+                }
+                return Err(NetError::Netfilter {
+                    what: "no answer from netfilter".into(),
+                    source: e,
+                });
+            }
+            let mut data = &buf[..n as usize];
+            while data.len() >= HDR {
+                let len = u32::from_ne_bytes([data[0], data[1], data[2], data[3]]) as usize;
+                if len < HDR || len > data.len() {
+                    break;
+                }
+                let kind = u16::from_ne_bytes([data[4], data[5]]);
+                if kind == NLMSG_ERROR && len >= HDR + 4 {
+                    let code = i32::from_ne_bytes([data[16], data[17], data[18], data[19]]);
+                    if code != 0 {
+                        return Err(NetError::Refused {
+                            source: std::io::Error::from_raw_os_error(-code),
+                        });
+                    }
+                    acks += 1;
+                }
+                data = &data[len.next_multiple_of(4).min(data.len())..];
+            }
+        }
+    }
+
     /// Read replies until `done` says so; an error reply ends the wait with that error.
     pub fn recv_until(&self, mut on_message: impl FnMut(&Reply) -> bool) -> Result<(), NetError> {
         let mut buf = vec![0u8; 1 << 16];
