@@ -122,24 +122,12 @@ impl NfSocket {
                     source: e,
                 });
             }
-            let mut data = &buf[..n as usize];
-            while data.len() >= HDR {
-                let len = u32::from_ne_bytes([data[0], data[1], data[2], data[3]]) as usize;
-                if len < HDR || len > data.len() {
-                    break;
-                }
-                let kind = u16::from_ne_bytes([data[4], data[5]]);
-                if kind == NLMSG_ERROR && len >= HDR + 4 {
-                    let code = i32::from_ne_bytes([data[16], data[17], data[18], data[19]]);
-                    if code != 0 {
-                        return Err(NetError::Refused {
-                            source: std::io::Error::from_raw_os_error(-code),
-                        });
-                    }
+            each_reply(&buf[..n as usize], |r| {
+                if is_ack(r) {
                     acks += 1;
                 }
-                data = &data[len.next_multiple_of(4).min(data.len())..];
-            }
+                false
+            })?;
         }
     }
 
@@ -156,32 +144,42 @@ impl NfSocket {
                     source: std::io::Error::last_os_error(),
                 });
             }
-            let mut data = &buf[..n as usize];
-            while data.len() >= HDR {
-                let len = u32::from_ne_bytes([data[0], data[1], data[2], data[3]]) as usize;
-                if len < HDR || len > data.len() {
-                    break;
-                }
-                let kind = u16::from_ne_bytes([data[4], data[5]]);
-                let msg = Reply {
-                    kind,
-                    bytes: data[..len].to_vec(),
-                };
-                if kind == NLMSG_ERROR && len >= HDR + 4 {
-                    let code = i32::from_ne_bytes([data[16], data[17], data[18], data[19]]);
-                    if code != 0 {
-                        return Err(NetError::Refused {
-                            source: std::io::Error::from_raw_os_error(-code),
-                        });
-                    }
-                }
-                if on_message(&msg) || kind == NLMSG_DONE {
-                    return Ok(());
-                }
-                data = &data[len.next_multiple_of(4).min(data.len())..];
+            if each_reply(&buf[..n as usize], |r| {
+                on_message(r) || r.kind == NLMSG_DONE
+            })? {
+                return Ok(());
             }
         }
     }
+}
+
+/// Walk the netlink messages in one datagram until `stop` says so (→ `true`); an error
+/// reply fails with its code.
+fn each_reply(mut data: &[u8], mut stop: impl FnMut(&Reply) -> bool) -> Result<bool, NetError> {
+    while data.len() >= HDR {
+        let len = u32::from_ne_bytes([data[0], data[1], data[2], data[3]]) as usize;
+        if len < HDR || len > data.len() {
+            break;
+        }
+        let kind = u16::from_ne_bytes([data[4], data[5]]);
+        if kind == NLMSG_ERROR && len >= HDR + 4 {
+            let code = i32::from_ne_bytes([data[16], data[17], data[18], data[19]]);
+            if code != 0 {
+                return Err(NetError::Refused {
+                    source: std::io::Error::from_raw_os_error(-code),
+                });
+            }
+        }
+        let msg = Reply {
+            kind,
+            bytes: data[..len].to_vec(),
+        };
+        if stop(&msg) {
+            return Ok(true);
+        }
+        data = &data[len.next_multiple_of(4).min(data.len())..];
+    }
+    Ok(false)
 }
 
 /// An acknowledgement (error code 0) for a request.
