@@ -56,9 +56,11 @@ fn trigger(p: Point) -> Trigger {
         Point::DriveIntent | Point::DriveCloned => Trigger::Replace("drive.scratch"),
         Point::DriveFormatted => Trigger::Replace("drive.empty"),
         Point::DriveResizing => Trigger::GrowDrive,
-        Point::VmIntent | Point::VmAttached | Point::VmHelper | Point::VmSpawned => {
-            Trigger::Replace("vm.a")
-        }
+        Point::VmIntent
+        | Point::VmAttached
+        | Point::VmPorts
+        | Point::VmHelper
+        | Point::VmSpawned => Trigger::Replace("vm.a"),
         Point::VmStopped => Trigger::RestartVm,
         Point::ReplaceDestroyed => Trigger::Replace("firecracker.fc"),
         Point::ActionDone => Trigger::Replace("kernel.deb"),
@@ -138,6 +140,7 @@ root = {{ template = "t", size = "256MiB" }}
 drives = ["data"]
 memory = "{memory}MiB"
 network = "lan"
+ports = ["18080:80"]
 "#,
             url = self.srv.url("").trim_end_matches('/'),
             fc = sha256_hex(&fc_tgz()),
@@ -353,9 +356,20 @@ fn assert_converged(m: &Matrix, case: &str) {
         set(&["fort-a", "fort-lan", "fort-spare"]),
         "{case}: interfaces"
     );
+    // The networks' tables, and vm.a's published-ports table (named with the state id).
+    let tables: BTreeSet<String> = fort_tables()
+        .into_iter()
+        .map(|t| {
+            if t.starts_with("fort-ports-a-") {
+                "fort-ports-a".to_string()
+            } else {
+                t
+            }
+        })
+        .collect();
     assert_eq!(
-        fort_tables(),
-        set(&["fort-lan", "fort-spare"]),
+        tables,
+        set(&["fort-lan", "fort-ports-a", "fort-spare"]),
         "{case}: tables"
     );
     assert_eq!(leases(&state), ["vm.a"], "{case}: leases");

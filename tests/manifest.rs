@@ -139,6 +139,32 @@ fn errors() {
          "fort.toml:15:6: vm.x: `ip` needs `network`"),
         (base("[vm.x]\nkernel = \"k\"\nroot = { template = \"t\", size = \"2GiB\" }\nnetwork = \"lan\"\nip = \"10.77.0.9\"\n[vm.y]\nkernel = \"k\"\nroot = { template = \"t\", size = \"2GiB\" }\nnetwork = \"lan\"\nip = \"10.77.0.9\"\n"),
          "fort.toml:21:6: vm.y: ip 10.77.0.9 is already used by vm.x"),
+        // Published ports.
+        (base("[vm.x]\nkernel = \"k\"\nroot = { template = \"t\", size = \"2GiB\" }\nnetwork = \"lan\"\nports = [\"8080\"]\n"),
+         "fort.toml:16:10: vm.x: ports entry `8080`: expected [ADDRESS:]HOST_PORT:GUEST_PORT[/tcp|/udp], such as \"8080:80\""),
+        (base("[vm.x]\nkernel = \"k\"\nroot = { template = \"t\", size = \"2GiB\" }\nnetwork = \"lan\"\nports = [\"8080:0\", \"70000:80\"]\n"),
+         "fort.toml:16:10: vm.x: ports entry `8080:0`: the guest port 0 is outside 1-65535\n\
+          fort.toml:16:20: vm.x: ports entry `70000:80`: the host port 70000 is outside 1-65535"),
+        (base("[vm.x]\nkernel = \"k\"\nroot = { template = \"t\", size = \"2GiB\" }\nnetwork = \"lan\"\nports = [\"8080:80/icmp\"]\n"),
+         "fort.toml:16:10: vm.x: ports entry `8080:80/icmp`: protocol `icmp` is not tcp or udp"),
+        (base("[vm.x]\nkernel = \"k\"\nroot = { template = \"t\", size = \"2GiB\" }\nnetwork = \"lan\"\nports = [\"localhost:8080:80\"]\n"),
+         "fort.toml:16:10: vm.x: ports entry `localhost:8080:80`: `localhost` is not an IPv4 address such as 127.0.0.1"),
+        (base("[vm.x]\nkernel = \"k\"\nroot = { template = \"t\", size = \"2GiB\" }\nnetwork = \"lan\"\nports = [\"8000-8009:80\"]\n"),
+         "fort.toml:16:10: vm.x: ports entry `8000-8009:80`: 10 host ports but 1 guest port: give as many of each"),
+        (base("[vm.x]\nkernel = \"k\"\nroot = { template = \"t\", size = \"2GiB\" }\nnetwork = \"lan\"\nports = [\"8080:80\", \"127.0.0.1:8080:81\"]\n"),
+         "fort.toml:16:21: vm.x: ports entry `127.0.0.1:8080:81`: host port 8080/tcp on 127.0.0.1 is already published by vm.x (`8080:80/tcp`)"),
+        (base("[vm.x]\nkernel = \"k\"\nroot = { template = \"t\", size = \"2GiB\" }\nnetwork = \"lan\"\nports = [\"8080:80\", \"8080:80/udp\"]\n[vm.y]\nkernel = \"k\"\nroot = { template = \"t\", size = \"2GiB\" }\nnetwork = \"lan\"\nports = [\"7000-8080:7000-8080/udp\"]\n"),
+         "fort.toml:21:10: vm.y: ports entry `7000-8080:7000-8080/udp`: host port 7000-8080/udp is already published by vm.x (`8080:80/udp`)"),
+        (base("[vm.x]\nkernel = \"k\"\nroot = { template = \"t\", size = \"2GiB\" }\nports = [\"8080:80\"]\n"),
+         "fort.toml:15:10: vm.x: `ports` needs `network`"),
+        (base("[vm.w]\ncount = 3\nkernel = \"k\"\nroot = { template = \"t\", size = \"2GiB\" }\nnetwork = \"lan\"\nports = [\"8080:80\"]\n"),
+         "fort.toml:17:10: vm.w: ports entry `8080:80`: a pool (count = 3) cannot publish one fixed host port for all its instances: give a range with a port per instance, e.g. \"8080-8082:80\""),
+        (base("[vm.w]\ncount = 3\nkernel = \"k\"\nroot = { template = \"t\", size = \"2GiB\" }\nnetwork = \"lan\"\nports = [\"8000-8001:80\"]\n"),
+         "fort.toml:17:10: vm.w: ports entry `8000-8001:80`: the host range has 2 ports but the pool has 3 instances"),
+        (base("[vm.w]\ncount = 3\nkernel = \"k\"\nroot = { template = \"t\", size = \"2GiB\" }\nnetwork = \"lan\"\nports = [\"8000-8002:80-82\"]\n"),
+         "fort.toml:17:10: vm.w: ports entry `8000-8002:80-82`: a pool maps one host port per instance to one guest port: give a single guest port"),
+        (base("[vm.w]\ncount = 3\nkernel = \"k\"\nroot = { template = \"t\", size = \"2GiB\" }\nnetwork = \"lan\"\nports = [\"8000-8009:80\"]\n[vm.x]\nkernel = \"k\"\nroot = { template = \"t\", size = \"2GiB\" }\nnetwork = \"lan\"\nports = [\"8002:80\"]\n"),
+         "fort.toml:22:10: vm.x: ports entry `8002:80`: host port 8002/tcp is already published by vm.w-2 (`8002:80/tcp`)"),
         (base("[vm.x]\nkernel = \"k\"\nroot = { template = \"t\", size = \"2GiB\" }\nmac = \"02:00:00:00:00:01\"\n[vm.y]\nkernel = \"k\"\nroot = { template = \"t\", size = \"2GiB\" }\nmac = \"02:00:00:00:00:01\"\n"),
          "fort.toml:19:7: vm.y: mac 02:00:00:00:00:01 is already used by vm.x"),
         (base("[vm.x]\nkernel = \"k\"\nroot = { template = \"t\", size = \"2GiB\" }\nmac = \"01:00:5e:00:00:01\"\n"),
@@ -469,4 +495,31 @@ fn every_example_validates() {
         seen >= 2,
         "expected at least the assets-only and full examples"
     );
+}
+
+#[test]
+fn published_ports_resolve_to_one_normal_form_and_a_port_per_pool_instance() {
+    let m = load(&base(
+        "[vm.solo]\nkernel = \"k\"\nroot = { template = \"t\", size = \"2GiB\" }\nnetwork = \"lan\"\nports = [\"8080:80\", \"0.0.0.0:9000-9001:9000-9001/udp\", \"127.0.0.1:2222:22\"]\n\
+         [vm.w]\ncount = 2\nkernel = \"k\"\nroot = { template = \"t\", size = \"1GiB\" }\nnetwork = \"lan\"\nports = [\"8000-8009:80\"]\n\
+         [vm.none]\nkernel = \"k\"\nroot = { template = \"t\", size = \"1GiB\" }\n",
+    ))
+    .unwrap();
+    let ports = |a: &str| match &m.resources[&a.parse::<Address>().unwrap()].spec {
+        Spec::Vm(v) => v.ports.clone(),
+        s => panic!("{s:?}"),
+    };
+    assert_eq!(
+        ports("vm.solo"),
+        [
+            "8080:80/tcp",
+            "9000-9001:9000-9001/udp",
+            "127.0.0.1:2222:22/tcp"
+        ]
+    );
+    assert_eq!(ports("vm.w-0"), ["8000:80/tcp"]);
+    assert_eq!(ports("vm.w-1"), ["8001:80/tcp"]);
+    // No ports: the spec (and its hash) is what a fort without published ports recorded.
+    let none = m.resources[&"vm.none".parse::<Address>().unwrap()].spec_json();
+    assert!(none.get("ports").is_none(), "{none}");
 }

@@ -95,9 +95,13 @@ fn a_network_is_created_observed_repaired_and_destroyed_over_netlink() {
                 "fort:dns 192.0.2.53".into(),
                 "fort:established".into(),
                 "fort:from-bridge".into(),
+                // The guard of route_localnet (published ports on 127.0.0.1).
+                "fort:guest-loopback-destination".into(),
+                "fort:guest-loopback-source".into(),
                 "fort:host-deny".into(),
                 "fort:host-established".into(),
                 "fort:host-icmp".into(),
+                "fort:loopback-masquerade".into(),
                 "fort:masquerade".into(),
                 "fort:no-fort-networks".into(),
                 "fort:not-internet 0.0.0.0/8".into(),
@@ -152,11 +156,15 @@ fn a_network_is_created_observed_repaired_and_destroyed_over_netlink() {
         };
         nft::delete("fort-lan").unwrap();
         drift("nftables table fort-lan is missing");
-        assert_eq!(rules("fort-lan").unwrap().len(), 18);
+        assert_eq!(rules("fort-lan").unwrap().len(), 21);
         assert_eq!(net::ipv6_disabled("fort-lan"), Some(true));
         std::fs::write("/proc/sys/net/ipv6/conf/fort-lan/disable_ipv6", "0").unwrap();
         drift("IPv6 is on on fort-lan (guests could reach the host over it)");
         assert_eq!(net::ipv6_disabled("fort-lan"), Some(true));
+        assert_eq!(net::route_localnet("fort-lan"), Some(true));
+        std::fs::write("/proc/sys/net/ipv4/conf/fort-lan/route_localnet", "0").unwrap();
+        drift("route_localnet is off on fort-lan (published ports are not reachable on 127.0.0.1)");
+        assert_eq!(net::route_localnet("fort-lan"), Some(true));
         net::set_ip_forward(false).unwrap();
         drift("net.ipv4.ip_forward is 0 (NAT and forwarding need it)");
         assert!(net::ip_forward().unwrap());
@@ -438,7 +446,7 @@ fn a_network_that_fails_half_way_leaves_nothing_behind() {
         drop(owner);
         ws.run(&["apply", "--yes"]).ok();
         ws.run(&["plan", "--detailed-exitcode"]).ok();
-        assert_eq!(rules("fort-lan").unwrap().len(), 18);
+        assert_eq!(rules("fort-lan").unwrap().len(), 21);
     });
 }
 

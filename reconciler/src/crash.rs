@@ -66,6 +66,8 @@ crash_points! {
         "the VM's previous processes are stopped; not recorded",
     VmAttached = "vm.attached":
         "the lease is taken and the TAP is on the bridge; the attachment is not recorded",
+    VmPorts = "vm.ports":
+        "the VM's published-ports table is in place (or deleted); the ports it publishes are not recorded",
     VmHelper = "vm.helper":
         "vhost-device-vsock runs; its PID is not recorded",
     VmSpawned = "vm.spawned":

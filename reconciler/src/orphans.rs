@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::address::{Address, Kind};
 use crate::host::net::link::Netlink;
-use crate::host::net::nft;
+use crate::host::net::{nft, ports};
 use crate::host::procs::{self, ProcInfo};
 use crate::host::vmm::process::Proc;
 use crate::resources::{error_chain, Ctx, ResourceError};
@@ -55,7 +55,8 @@ pub enum Leftover {
         /// The address its mark names (`vm.a`).
         owner: Option<String>,
     },
-    /// fort's nftables table of a leftover bridge.
+    /// fort's nftables table of a leftover bridge, or a VM's published-ports table that no
+    /// record names.
     NftTable { name: String },
     /// An address leased to a resource nobody records.
     Lease {
@@ -105,9 +106,15 @@ impl Orphan {
         match &self.leftover {
             Leftover::Process { vm, .. } => vm.as_ref().map(|v| Address::new(Kind::Vm, v)),
             Leftover::Interface { owner, .. } => owner.as_ref().and_then(|o| o.parse().ok()),
-            Leftover::NftTable { name } => name
-                .strip_prefix("fort-")
-                .map(|n| Address::new(Kind::Network, n)),
+            Leftover::NftTable { name } => match name.strip_prefix(ports::TABLE_PREFIX) {
+                // fort-ports-VM-STATEID
+                Some(rest) => rest
+                    .rsplit_once('-')
+                    .map(|(vm, _)| Address::new(Kind::Vm, vm)),
+                None => name
+                    .strip_prefix("fort-")
+                    .map(|n| Address::new(Kind::Network, n)),
+            },
             Leftover::Lease { owner, .. } => owner.parse().ok(),
             Leftover::RunDir { path } => path
                 .file_name()
@@ -144,6 +151,8 @@ pub struct Seen {
     pub links: Vec<SeenLink>,
     /// fort tables that exist among the names of leftover bridges.
     pub tables: Vec<String>,
+    /// Published-ports tables named with this state dir's id.
+    pub port_tables: Vec<String>,
     pub leases: Vec<Lease>,
     /// Entries of `state_dir/run/`.
     pub run_dirs: Vec<PathBuf>,
@@ -191,6 +200,12 @@ impl Records<'_> {
         };
         at.iter()
             .any(|p| r.outputs.pointer(p).and_then(|v| v.as_str()) == Some(name))
+    }
+
+    /// Does vm.NAME's record name this published-ports table?
+    fn owns_port_table(&self, vm: &str, table: &str) -> bool {
+        self.get(Kind::Vm, vm)
+            .is_some_and(|r| r.outputs.get("ports_table").and_then(|t| t.as_str()) == Some(table))
     }
 
     /// Is `path` (drives/NAME.ext4) the recorded file of drive.NAME?
@@ -290,6 +305,18 @@ pub fn classify(
                 reason: format!("it belongs to the leftover bridge {t}"),
             });
         }
+    }
+    for t in &seen.port_tables {
+        let Some(vm) = ports::table_owner(t, state_id) else {
+            continue;
+        };
+        if own.owns_port_table(vm, t) {
+            continue;
+        }
+        out.push(Orphan {
+            leftover: Leftover::NftTable { name: t.clone() },
+            reason: format!("it publishes ports of vm.{vm}, whose record does not name it"),
+        });
     }
     for l in &seen.leases {
         if !own.has(&l.owner) {
@@ -396,6 +423,16 @@ pub async fn scan(
             seen.tables.push(b);
         }
     }
+    // Listing tables needs CAP_NET_ADMIN: without it there are none of fort's to find.
+    let tables = tokio::task::spawn_blocking(ports::ipv4_tables)
+        .await
+        .map_err(|e| ResourceError::Check(format!("netfilter task failed: {e}")))?
+        .unwrap_or_default();
+    let id = ctx.state_id();
+    seen.port_tables = tables
+        .into_iter()
+        .filter(|t| ports::table_owner(t, &id).is_some())
+        .collect();
     Ok(classify(dir, &ctx.state_id(), &seen, recorded))
 }
 

@@ -146,6 +146,7 @@ fn leftovers_are_what_no_record_owns_and_only_what_fort_made() {
             },
         ],
         tables: vec!["fort-old".into(), "fort-lan".into()],
+        port_tables: vec![],
         leases: vec![
             Lease {
                 network: "lan".into(),
@@ -190,6 +191,7 @@ fn leftovers_are_what_no_record_owns_and_only_what_fort_made() {
         processes: seen.processes[..2].to_vec(),
         links: seen.links[..2].to_vec(),
         tables: vec!["fort-lan".into()],
+        port_tables: vec![],
         leases: seen.leases[..1].to_vec(),
         run_dirs: seen.run_dirs[..1].to_vec(),
         files: vec![PathBuf::from("/s/drives/data.ext4")],
@@ -198,4 +200,35 @@ fn leftovers_are_what_no_record_owns_and_only_what_fort_made() {
         lines(&classify(dir, "abcd", &none, &recorded)),
         Vec::<String>::new()
     );
+}
+
+#[test]
+fn a_port_table_is_a_leftover_unless_its_vm_records_it_and_only_this_state_dirs() {
+    let mut a = vm_outputs(10, 11, "fort-a");
+    a["ports_table"] = "fort-ports-a-abcd".into();
+    let recorded: BTreeMap<Address, Record> =
+        [rec("vm.a", a), rec("vm.b", vm_outputs(12, 13, "fort-b"))]
+            .into_iter()
+            .collect();
+    let seen = Seen {
+        port_tables: vec![
+            "fort-ports-a-abcd".into(),
+            // vm.b's record does not name it (a crash before it did, or an older row).
+            "fort-ports-b-abcd".into(),
+            // A VM nobody records.
+            "fort-ports-gone-1-abcd".into(),
+            // Another state dir's: not ours to judge.
+            "fort-ports-a-ffff".into(),
+        ],
+        ..Seen::default()
+    };
+    let o = classify(Path::new("/s"), "abcd", &seen, &recorded);
+    assert_eq!(
+        lines(&o),
+        [
+            "nftables table ip fort-ports-b-abcd (deleted): it publishes ports of vm.b, whose record does not name it",
+            "nftables table ip fort-ports-gone-1-abcd (deleted): it publishes ports of vm.gone-1, whose record does not name it",
+        ]
+    );
+    assert_eq!(o[1].owner(), Some(Address::new(Kind::Vm, "gone-1")));
 }

@@ -182,10 +182,13 @@ async fn preflight(
     changes: &[plan::Change],
 ) -> Result<(), CliError> {
     for c in changes {
+        // A VM's ports change in place: the ports it newly publishes are checked too.
+        let update_checked = c.op == plan::Op::Update && c.address.kind == crate::Kind::Vm;
         if !matches!(
             c.op,
             plan::Op::Create | plan::Op::Replace | plan::Op::Restart
-        ) {
+        ) && !update_checked
+        {
             continue;
         }
         let Some(d) = desired.get(&c.address) else {

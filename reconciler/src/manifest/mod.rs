@@ -6,12 +6,14 @@
 
 pub mod model;
 pub mod policy;
+pub mod ports;
 mod raw;
 mod schema;
 pub mod units;
 mod validate;
 mod validate_asset;
 mod validate_network;
+mod validate_ports;
 mod validate_vm;
 
 use std::fmt;

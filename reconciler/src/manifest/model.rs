@@ -319,6 +319,11 @@ pub struct VmSpec {
     pub restart: RestartPolicy,
     /// The pool (`[vm.NAME]` with `count`) this instance belongs to, and its index.
     pub pool: Option<PoolMember>,
+    /// Published ports in normal form (`[ADDR:]HOST:GUEST/PROTO`), this instance's own (a
+    /// pool's host range is split, one port per instance). Left out when empty, so the specs
+    /// (and hashes) of VMs without ports are what older forts recorded.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

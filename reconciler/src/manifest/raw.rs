@@ -260,6 +260,11 @@ pub struct RawVm {
     /// Make a pool: NAME-0 … NAME-(count-1).
     #[schemars(with = "Option<u32>")]
     pub count: Option<Spanned<i64>>,
+    /// Published ports: "[ADDRESS:]HOST_PORT[-PORT]:GUEST_PORT[-PORT][/tcp|/udp]" (tcp by
+    /// default), e.g. "8080:80", "127.0.0.1:2222:22/tcp"; a pool gives a host range with a
+    /// port per instance ("8000-8009:80").
+    #[schemars(with = "Option<Vec<String>>")]
+    pub ports: Option<Vec<Spanned<String>>>,
 }
 
 /// A size: a string with a binary unit, or a number of bytes.

@@ -25,6 +25,7 @@ pub(super) fn vms(
     let mut macs: BTreeMap<String, String> = BTreeMap::new();
     // network → (VMs on it, names for the message)
     let mut usage: BTreeMap<String, Vec<(String, usize)>> = BTreeMap::new();
+    let mut published = super::validate_ports::Published::new();
 
     for (name, e) in vms {
         let raw = e.raw;
@@ -163,6 +164,31 @@ pub(super) fn vms(
             }
             None => None,
         };
+        let names: Vec<String> = instances.iter().map(|(n, _)| n.clone()).collect();
+        let entries = raw.ports.as_deref().unwrap_or_default();
+        let ports = match entries.first() {
+            Some(first) if raw.network.is_none() => {
+                cx.err(
+                    file,
+                    &first.span(),
+                    format!("{addr}: `ports` needs `network`"),
+                );
+                None
+            }
+            _ => super::validate_ports::ports(
+                cx,
+                file,
+                &addr,
+                entries,
+                &names,
+                count.is_some(),
+                &mut published,
+            ),
+        }
+        .unwrap_or_else(|| {
+            ok = false;
+            Vec::new()
+        });
         let ip = match &raw.ip {
             None => None,
             Some(s) => match check_ip(
@@ -326,7 +352,7 @@ pub(super) fn vms(
         }
 
         let origin = cx.origin(file, &e.span);
-        for (inst, pool) in instances {
+        for (i, (inst, pool)) in instances.into_iter().enumerate() {
             let root = match &inline_root {
                 Some((template, size)) => {
                     let drive = format!("{inst}-root");
@@ -387,6 +413,7 @@ pub(super) fn vms(
                     _ => RestartPolicy::OnFailure,
                 },
                 pool,
+                ports: ports.get(i).cloned().unwrap_or_default(),
             });
             let address = Address::new(Kind::Vm, &inst);
             resources.push((

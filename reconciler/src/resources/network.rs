@@ -255,6 +255,14 @@ impl ResourceKind for Network {
                 ),
             });
         }
+        if out.egress.is_some() && net::route_localnet(&out.bridge) == Some(false) {
+            return Ok(Observation::Drifted {
+                what: format!(
+                    "route_localnet is off on {} (published ports are not reachable on 127.0.0.1)",
+                    out.bridge
+                ),
+            });
+        }
         if !net::ip_forward()? {
             return Ok(Observation::Drifted {
                 what: "net.ipv4.ip_forward is 0 (NAT and forwarding need it)".into(),
@@ -410,6 +418,12 @@ async fn finish(
     }
     let t = table_spec(&out);
     blocking(move || nft::ensure(&t)).await?;
+    if out.egress.is_some() {
+        // Published ports reached on 127.0.0.1 leave through the bridge with a loopback
+        // source (masqueraded there). Only once the table's guard is in place: it drops the
+        // guests' own 127/8 packets, which this makes routable.
+        net::set_route_localnet(&out.bridge)?;
+    }
     if net::ip_forward()? {
         ctx.step(addr, Point::NetworkNft, &out)?;
     } else {

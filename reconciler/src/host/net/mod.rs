@@ -4,8 +4,10 @@
 
 pub mod dns;
 pub mod link;
+pub mod listeners;
 pub mod nft;
 pub mod nl;
+pub mod ports;
 pub mod tap;
 
 use std::path::Path;
@@ -89,5 +91,24 @@ pub fn disable_ipv6(ifname: &str) -> Result<(), NetError> {
     if !p.exists() {
         return Ok(());
     }
+    std::fs::write(&p, "1\n").map_err(|e| NetError::io("cannot write", &p, e))
+}
+
+fn route_localnet_path(ifname: &str) -> std::path::PathBuf {
+    Path::new("/proc/sys/net/ipv4/conf")
+        .join(ifname)
+        .join("route_localnet")
+}
+
+/// Whether `ifname` routes 127.0.0.0/8 (`None` when the interface is gone). A published port
+/// reached from the host on 127.0.0.1 is DNATed out through the bridge with its loopback
+/// source; without this the kernel refuses to route it.
+pub fn route_localnet(ifname: &str) -> Option<bool> {
+    let v = std::fs::read_to_string(route_localnet_path(ifname)).ok()?;
+    Some(v.trim() == "1")
+}
+
+pub fn set_route_localnet(ifname: &str) -> Result<(), NetError> {
+    let p = route_localnet_path(ifname);
     std::fs::write(&p, "1\n").map_err(|e| NetError::io("cannot write", &p, e))
 }

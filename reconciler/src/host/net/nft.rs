@@ -1,6 +1,7 @@
 //! fort's nftables table for a network (nftnl over netlink): masquerade for traffic from the
-//! network's CIDR leaving it, and forward rules (established/related back in, bridge → out).
-//! Also reads other tables' forward chains for `fort doctor`.
+//! network's CIDR leaving it, forward rules (established/related back in, bridge → out), the
+//! host fence (input), and what published ports need of the bridge (loopback masqueraded,
+//! guests' 127/8 dropped). Also reads other tables' forward chains for `fort doctor`.
 
 use std::ffi::{CStr, CString};
 use std::net::Ipv4Addr;
@@ -18,6 +19,13 @@ use crate::manifest::policy::{Egress, Ports, Proto, Rule as PolicyRule, NOT_INTE
 pub const MASQUERADE: &str = "fort:masquerade";
 pub const ESTABLISHED: &str = "fort:established";
 pub const FROM_BRIDGE: &str = "fort:from-bridge";
+/// Connections the host opens from 127.0.0.0/8 to a published port leave through the bridge
+/// (the bridge has `route_localnet = 1`): masqueraded to the gateway, so the guest can reply.
+pub const LOOPBACK_MASQUERADE: &str = "fort:loopback-masquerade";
+/// With `route_localnet` on, a guest's packet from or to 127.0.0.0/8 would no longer be a
+/// martian: dropped before NAT, where no reply of a host connection carries such an address.
+pub const GUEST_LOOPBACK_SOURCE: &str = "fort:guest-loopback-source";
+pub const GUEST_LOOPBACK_DESTINATION: &str = "fort:guest-loopback-destination";
 
 /// What a network's table holds.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,6 +58,9 @@ type ChainRules = Vec<(String, Match)>;
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Match {
     Masquerade,
+    LoopbackMasquerade,
+    /// From the bridge with a source (`true`) or destination in 127.0.0.0/8: dropped.
+    GuestLoopback(bool),
     Established,
     /// Traffic from the bridge to `net` (and ports), accepted or dropped.
     To {
@@ -67,8 +78,8 @@ enum Match {
 }
 
 impl TableSpec {
-    /// Every rule, in order, per chain: postrouting, forward, input.
-    fn rules(&self) -> (ChainRules, ChainRules, ChainRules) {
+    /// Every rule, in order, per chain: postrouting, forward, input, guard (prerouting).
+    fn rules(&self) -> [ChainRules; 4] {
         let mut post = Vec::new();
         if self.nat {
             post.push((MASQUERADE.to_string(), Match::Masquerade));
@@ -84,8 +95,19 @@ impl TableSpec {
                     accept: true,
                 },
             ));
-            return (post, fwd, input);
+            return [post, fwd, input, Vec::new()];
         };
+        post.push((LOOPBACK_MASQUERADE.to_string(), Match::LoopbackMasquerade));
+        let guard = vec![
+            (
+                GUEST_LOOPBACK_SOURCE.to_string(),
+                Match::GuestLoopback(true),
+            ),
+            (
+                GUEST_LOOPBACK_DESTINATION.to_string(),
+                Match::GuestLoopback(false),
+            ),
+        ];
         let to = |list: &[PolicyRule], accept: bool, verb: &str| -> Vec<(String, Match)> {
             let mut v = Vec::new();
             for r in list {
@@ -182,26 +204,21 @@ impl TableSpec {
             }
         }
         input.push(("fort:host-deny".to_string(), Match::HostDeny));
-        (post, fwd, input)
+        [post, fwd, input, guard]
     }
 
     /// The rule comments the table should hold (observing compares them).
     pub fn expected_rules(&self) -> Vec<String> {
-        let (post, fwd, input) = self.rules();
-        post.into_iter()
-            .chain(fwd)
-            .chain(input)
-            .map(|(c, _)| c)
-            .collect()
+        self.rules().into_iter().flatten().map(|(c, _)| c).collect()
     }
 }
 
-fn cstring(s: &str) -> Result<CString, NetError> {
+pub(super) fn cstring(s: &str) -> Result<CString, NetError> {
     CString::new(s).map_err(|_| NetError::Name(s.to_string()))
 }
 
 /// Send a batch as one transaction; every message must be acknowledged and none refused.
-fn commit(batch: Batch, messages: usize) -> Result<(), NetError> {
+pub(super) fn commit(batch: Batch, messages: usize) -> Result<(), NetError> {
     let batch = batch.finalize();
     let parts: Vec<&[u8]> = batch.iter().collect();
     let acks = NfSocket::open()?.transact(&parts)?;
@@ -227,7 +244,7 @@ pub fn ensure(spec: &TableSpec) -> Result<(), NetError> {
     batch.add(&table, MsgType::Add);
     n += 3;
 
-    let (post_rules, fwd_rules, input_rules) = spec.rules();
+    let [post_rules, fwd_rules, input_rules, guard_rules] = spec.rules();
     let post_name = cstring("postrouting")?;
     let mut post = Chain::new(&post_name, &table);
     post.set_type(ChainType::Nat);
@@ -254,11 +271,23 @@ pub fn ensure(spec: &TableSpec) -> Result<(), NetError> {
         n += 1;
     }
 
+    // Before conntrack's NAT (dstnat is -100): what a guest sends is seen as it sent it.
+    let guard_name = cstring("guard")?;
+    let mut guard = Chain::new(&guard_name, &table);
+    if !guard_rules.is_empty() {
+        guard.set_type(ChainType::Filter);
+        guard.set_hook(Hook::PreRouting, -150);
+        guard.set_policy(Policy::Accept);
+        batch.add(&guard, MsgType::Add);
+        n += 1;
+    }
+
     let bridge = cstring(&spec.bridge)?;
     for (chain, rules) in [
         (&post, post_rules),
         (&fwd, fwd_rules),
         (&input, input_rules),
+        (&guard, guard_rules),
     ] {
         for (comment, m) in rules {
             let mut r = Rule::new(chain);
@@ -285,6 +314,8 @@ fn refuse_for_tests() -> bool {
     cfg!(debug_assertions) && std::env::var_os("FORT_NFT_REFUSE").is_some_and(|v| v == "1")
 }
 
+const LOOPBACK: (Ipv4Addr, Ipv4Addr) = (Ipv4Addr::new(127, 0, 0, 0), Ipv4Addr::new(255, 0, 0, 0));
+
 fn from_bridge(r: &mut Rule<'_>, bridge: &CStr) {
     r.add_expr(&nft_expr!(meta iifname));
     r.add_expr(&nft_expr!(cmp == InterfaceName::Exact(bridge.to_owned())));
@@ -296,8 +327,19 @@ fn daddr_in(r: &mut Rule<'_>, net: Ipv4Net) {
     r.add_expr(&nft_expr!(cmp == net.network()));
 }
 
+/// Source address in 127.0.0.0/8 (`true`), or destination.
+fn loopback(r: &mut Rule<'_>, source: bool) {
+    if source {
+        r.add_expr(&nft_expr!(payload ipv4 saddr));
+    } else {
+        r.add_expr(&nft_expr!(payload ipv4 daddr));
+    }
+    r.add_expr(&nft_expr!(bitwise mask LOOPBACK.1, xor Ipv4Addr::UNSPECIFIED));
+    r.add_expr(&nft_expr!(cmp == LOOPBACK.0));
+}
+
 /// Protocol and destination port range (ports compared in network byte order).
-fn dport(r: &mut Rule<'_>, proto: Proto, first: u16, last: u16) {
+pub(super) fn dport(r: &mut Rule<'_>, proto: Proto, first: u16, last: u16) {
     r.add_expr(&nft_expr!(meta l4proto));
     r.add_expr(&nft_expr!(cmp == proto.number()));
     match proto {
@@ -332,6 +374,17 @@ fn build(r: &mut Rule<'_>, m: &Match, spec: &TableSpec, bridge: &CStr) -> Result
             r.add_expr(&nft_expr!(bitwise mask mask, xor Ipv4Addr::UNSPECIFIED));
             r.add_expr(&nft_expr!(cmp != net));
             r.add_expr(&nft_expr!(masquerade));
+        }
+        Match::LoopbackMasquerade => {
+            r.add_expr(&nft_expr!(meta oifname));
+            r.add_expr(&nft_expr!(cmp == InterfaceName::Exact(bridge.to_owned())));
+            loopback(r, true);
+            r.add_expr(&nft_expr!(masquerade));
+        }
+        Match::GuestLoopback(source) => {
+            from_bridge(r, bridge);
+            loopback(r, *source);
+            r.add_expr(&nft_expr!(verdict drop));
         }
         Match::Established => {
             established(r);
@@ -383,7 +436,7 @@ fn build(r: &mut Rule<'_>, m: &Match, spec: &TableSpec, bridge: &CStr) -> Result
     Ok(())
 }
 
-fn set_comment(r: &mut Rule<'_>, c: &str) -> Result<(), NetError> {
+pub(super) fn set_comment(r: &mut Rule<'_>, c: &str) -> Result<(), NetError> {
     let c = cstring(c)?;
     r.set_comment(&c)
         .map_err(|e| NetError::Name(format!("{}: {e}", c.to_string_lossy())))
@@ -637,6 +690,7 @@ mod tests {
             .expected_rules(),
             [
                 "fort:masquerade",
+                "fort:loopback-masquerade",
                 "fort:established",
                 "fort:deny 10.0.5.7/32",
                 "fort:allow 10.0.5.0/24:5432/tcp",
@@ -646,21 +700,24 @@ mod tests {
                 "fort:host-port 53",
                 "fort:host-port 53",
                 "fort:host-deny",
+                "fort:guest-loopback-source",
+                "fort:guest-loopback-destination",
             ]
         );
         let internet = spec(Egress::Internet, &[], &[], &[]).expected_rules();
         assert_eq!(
-            internet[..5],
+            internet[..6],
             [
                 "fort:masquerade",
+                "fort:loopback-masquerade",
                 "fort:established",
                 "fort:dns 192.0.2.53",
                 "fort:dns 192.0.2.53",
                 "fort:no-fort-networks",
             ]
         );
-        assert_eq!(internet.len(), 5 + NOT_INTERNET.len() + 1 + 3);
-        assert_eq!(internet[5 + NOT_INTERNET.len()], FROM_BRIDGE);
+        assert_eq!(internet.len(), 6 + NOT_INTERNET.len() + 1 + 3 + 2);
+        assert_eq!(internet[6 + NOT_INTERNET.len()], FROM_BRIDGE);
         // A table an older fort made: forwarded from the bridge, no input chain.
         let legacy = TableSpec {
             policy: None,

@@ -7,6 +7,7 @@
 //! process the moment it is spawned — so a fort killed at any instant leaves a row that says
 //! what runs, and the next apply adopts it (its agent answers) or stops it.
 
+mod ports;
 mod steps;
 mod stop;
 
@@ -23,7 +24,7 @@ use crate::host::net::link::Netlink;
 use crate::host::vmm::process::Proc;
 use crate::host::vmm::{RunDir, Started};
 use crate::manifest::{Resource, Spec, VmSpec, VmState};
-use crate::plan::{Effect, Observation};
+use crate::plan::{Change, Effect, Observation, PlanError, PlanOptions};
 use crate::state::{Record, Status};
 
 pub use steps::restart_relevant;
@@ -54,6 +55,12 @@ pub struct VmOutputs {
     /// what an adopted VM is compared with.
     #[serde(default)]
     pub booted: Option<serde_json::Value>,
+    /// The VM's published-ports table: named before it is created, `None` when it has none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ports_table: Option<String>,
+    /// The ports the table publishes (normal form), once it does.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub published: Vec<String>,
 }
 
 /// A TAP a VM makes (or made) on a network.
@@ -92,9 +99,40 @@ impl ResourceKind for Vm {
         Kind::Vm
     }
 
+    fn plan(
+        &self,
+        desired: Option<&Resource>,
+        recorded: Option<&Record>,
+        observed: Option<&Observation>,
+        opts: &PlanOptions,
+        _notes: &mut Vec<String>,
+    ) -> Result<Option<Change>, PlanError> {
+        let mut change = crate::plan::standard(self, desired, recorded, observed, opts)?;
+        if let (Some(c), Some(Spec::Vm(v))) = (change.as_mut(), desired.map(|d| &d.spec)) {
+            if c.op != crate::plan::Op::Destroy {
+                c.details = ports::details(v);
+            }
+        }
+        Ok(change)
+    }
+
+    async fn preflight(
+        &self,
+        ctx: &Ctx,
+        desired: &Resource,
+    ) -> Result<Option<String>, ResourceError> {
+        let spec = spec_of(desired)?;
+        if spec.ports.is_empty() {
+            return Ok(None);
+        }
+        let recorded = ctx.record(&desired.address)?;
+        Ok(ports::bound(spec, recorded.as_ref()))
+    }
+
     fn field_effect(&self, field: &str) -> Effect {
         match field {
-            "state" | "restart" => Effect::Update,
+            // Ports are DNAT rules on the host: the running VM is not touched.
+            "state" | "restart" | "ports" => Effect::Update,
             _ => Effect::Restart,
         }
     }
@@ -147,6 +185,9 @@ impl ResourceKind for Vm {
                 return Ok(Observation::Drifted { what });
             }
         }
+        if let Some(what) = ports::observe(&out).await? {
+            return Ok(Observation::Drifted { what });
+        }
         Ok(Observation::Ok)
     }
 
@@ -165,6 +206,8 @@ impl ResourceKind for Vm {
         };
         if spec.state == VmState::Stopped {
             steps::stop(ctx, addr, &mut out).await?;
+            // Ports follow the address lease, which a stopped VM keeps.
+            ports::publish(ctx, addr, spec, &mut out).await?;
             return to_json(&out);
         }
         let want = restart_relevant(&desired.spec_json());
@@ -179,6 +222,7 @@ impl ResourceKind for Vm {
             // Adopt what runs: keep its attachment intact, and unless its last apply finished,
             // wait for its agent as a boot would.
             steps::attach(ctx, desired, spec, &mut out).await?;
+            ports::publish(ctx, addr, spec, &mut out).await?;
             let finished = recorded.is_some_and(|r| r.status == Status::Ready);
             if finished || steps::wait_ready(spec, &out).await.is_ok() {
                 out.booted = Some(want);

@@ -22,12 +22,13 @@ use crate::manifest::{Resource, VmSpec, Vmm};
 use crate::state::leases::PoolSlot;
 use crate::state::StateStore;
 
-/// The spec without the fields that never need a restart.
+/// The spec without the fields that never need a restart (`ports` are host rules).
 pub fn restart_relevant(v: &serde_json::Value) -> serde_json::Value {
     let mut v = v.clone();
     if let Some(o) = v.as_object_mut() {
         o.remove("state");
         o.remove("restart");
+        o.remove("ports");
     }
     v
 }
@@ -52,6 +53,8 @@ pub(super) fn intent(
         network: None,
         boot_ms: None,
         booted: None,
+        ports_table: None,
+        published: Vec::new(),
         run_dir,
     };
     ctx.step(&desired.address, Point::VmIntent, &out)?;
@@ -163,7 +166,7 @@ pub(super) async fn detach(
     addr: &Address,
     out: &mut VmOutputs,
 ) -> Result<(), ResourceError> {
-    if out.tap.is_none() && out.network.is_none() {
+    if out.tap.is_none() && out.network.is_none() && out.ports_table.is_none() {
         return Ok(());
     }
     detach_quietly(ctx, addr, out).await?;
@@ -177,6 +180,8 @@ pub(super) async fn detach_quietly(
     addr: &Address,
     out: &mut VmOutputs,
 ) -> Result<(), ResourceError> {
+    // The ports point at the lease: they go first.
+    super::ports::unpublish_quietly(out).await?;
     let target = match (&out.network, &out.tap) {
         (Some(a), _) => Some((a.network.clone(), a.tap.clone())),
         (None, Some(t)) => Some((t.network.clone(), t.tap.clone())),
@@ -296,6 +301,7 @@ pub(super) async fn boot(
 ) -> Result<(), ResourceError> {
     let addr = &desired.address;
     attach(ctx, desired, spec, out).await?;
+    super::ports::publish(ctx, addr, spec, out).await?;
     let cfg = config(ctx, desired, spec, out)?;
     let vmm: std::sync::Arc<dyn crate::host::vmm::Vmm> = backend(ctx, spec)?.into();
     vmm.check(&cfg)
