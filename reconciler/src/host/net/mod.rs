@@ -6,6 +6,7 @@ pub mod dns;
 pub mod link;
 pub mod listeners;
 pub mod nft;
+mod nft_dump;
 pub mod nl;
 pub mod ports;
 pub mod tap;
