@@ -130,7 +130,8 @@ impl Vmm for Firecracker {
             .arg("--log-path")
             .arg(run.vmm_log());
         // The serial console is Firecracker's stdout.
-        spawn_detached(c, &run.console(), "firecracker")
+        let jail = super::process::jail(cfg)?;
+        spawn_detached(c, &run.console(), "firecracker", jail.as_ref())
     }
 
     fn fatal_log(&self, _run_dir: &Path) -> Option<String> {
