@@ -209,6 +209,40 @@ fn a_confined_vm_runs_as_its_uid_in_its_cgroup_and_leaves_nothing() {
             let stat = read(&file("cpu.stat"));
             eprintln!("cpu.stat: {}", stat.replace('\n', ", "));
         }
+        // The VMM's memory beyond the guest's (what VMM_OVERHEAD_BYTES must cover), for
+        // docs/vms.md: the cgroup's peak against what the guest uses.
+        let peak = file(if version == 1 {
+            "memory.max_usage_in_bytes"
+        } else {
+            "memory.peak"
+        });
+        let guest = ws
+            .run(&["exec", "vm.a", "--", "cat", "/proc/meminfo"])
+            .ok()
+            .stdout
+            .clone();
+        let kib = |k: &str| -> u64 {
+            guest
+                .lines()
+                .find_map(|l| l.strip_prefix(k))
+                .unwrap()
+                .trim()
+                .trim_end_matches(" kB")
+                .trim()
+                .parse()
+                .unwrap()
+        };
+        let guest_used = (kib("MemTotal:") - kib("MemFree:")) << 10;
+        // Guest RAM is QEMU's shared memfd (RssShmem); QEMU's own is RssAnon + RssFile.
+        let rss = ["VmRSS", "RssAnon", "RssFile", "RssShmem"]
+            .map(|f| format!("{f} {}", status_field(qemu, f)));
+        eprintln!(
+            "memory: cgroup peak {} MiB, guest uses {} MiB; QEMU {}; vhost-device-vsock VmRSS {}",
+            read(&peak).parse::<u64>().unwrap() >> 20,
+            guest_used >> 20,
+            rss.join(", "),
+            status_field(vhost, "VmRSS")
+        );
 
         // 5. Destroy: the cgroup dirs gone, the uid released, the drives root's again.
         ws.run(&["destroy", "--yes"]).ok();

@@ -36,10 +36,10 @@ pub const CONTROLLERS: [&str; 3] = ["cpu", "memory", "pids"];
 /// The scheduler period fort uses; a VM gets `vcpus` periods of CPU time per period.
 pub const CPU_PERIOD_US: u64 = 100_000;
 
-/// What the VMM itself needs beyond the guest's memory (QEMU's code, its TCG translation
-/// cache, which fort caps at 64 MiB, I/O buffers, vhost-device-vsock): measured at 60–90 MiB
-/// under TCG on the development machines (docs/vms.md), rounded up generously because the
-/// kernel kills the VM when it is crossed.
+/// What the VMM itself needs beyond the guest's memory (QEMU's code and heap, its TCG
+/// translation cache, which fort caps at 64 MiB, I/O buffers, vhost-device-vsock): about
+/// 130 MiB under TCG on the development machines (docs/vms.md), doubled because the kernel
+/// kills the VM when it is crossed.
 pub const VMM_OVERHEAD_BYTES: u64 = 256 << 20;
 
 /// Threads and processes of one VM: QEMU runs a thread per vCPU, an I/O thread pool of up to

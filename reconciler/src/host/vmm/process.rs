@@ -141,11 +141,12 @@ pub fn spawn_detached(
     let err = out
         .try_clone()
         .map_err(|e| VmmError::io("cannot open", log, e))?;
-    // The program is opened here and run as /proc/self/fd/N: a VM's uid need not be able
-    // to reach it (`cargo install` puts vhost-device-vsock under /root, which is 0700).
-    // argv[0] stays the program's name, which the leftover scan goes by.
+    // A program the VM's uid cannot reach (`cargo install` puts vhost-device-vsock under
+    // /root, which is 0700) is opened here and run as /proc/self/fd/N. argv[0] stays the
+    // program's name, which the leftover scan goes by (its `comm` becomes N, so programs the
+    // uid can reach, QEMU in /usr/bin, are run by their path).
     let exe = match jail {
-        Some(_) => Some(open_program(cmd.get_program())?),
+        Some(_) => open_program(cmd.get_program())?,
         None => None,
     };
     if let Some(exe) = &exe {
@@ -214,8 +215,9 @@ pub fn spawn_detached(
     })
 }
 
-/// Open `program` (a path, or a name looked up in PATH) for running it through its descriptor.
-fn open_program(program: &std::ffi::OsStr) -> Result<std::fs::File, VmmError> {
+/// Open `program` (a path, or a name looked up in PATH) for running it through its
+/// descriptor, when others (a VM's uid) cannot run it by its path.
+fn open_program(program: &std::ffi::OsStr) -> Result<Option<std::fs::File>, VmmError> {
     let path = if program.as_encoded_bytes().contains(&b'/') {
         std::path::PathBuf::from(program)
     } else {
@@ -226,7 +228,19 @@ fn open_program(program: &std::ffi::OsStr) -> Result<std::fs::File, VmmError> {
             ))
         })?
     };
-    std::fs::File::open(&path).map_err(|e| VmmError::io("cannot open", &path, e))
+    if others_can_run(&path) {
+        return Ok(None);
+    }
+    std::fs::File::open(&path)
+        .map(Some)
+        .map_err(|e| VmmError::io("cannot open", &path, e))
+}
+
+/// Can a user who is neither owner nor group reach and execute `path`?
+fn others_can_run(path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let ok = |p: &Path| std::fs::metadata(p).is_ok_and(|m| m.mode() & 0o001 != 0);
+    ok(path) && path.ancestors().skip(1).all(ok)
 }
 
 /// `cmd` with `/proc/self/fd/N` of `exe` as its program and the same argv, environment and
