@@ -1,7 +1,8 @@
 //! File ownership for confined VMs. A VM's uid owns its run dir (0700) and its drive files
 //! (0600), can read the kernel and initrd, and can traverse — not list — the directories on
-//! the way (0711); the state database and lock stay root's (0600), so a compromised VMM
-//! reads neither fort's state nor another VM's files.
+//! the way (0711); the state database, the lock and template images stay root's, and drives
+//! are 0600 from their creation, so a compromised VMM reads neither fort's state nor another
+//! VM's files.
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
@@ -75,6 +76,14 @@ pub fn harden_state_dir(state_dir: &Path) -> Result<(), FileError> {
         let p = state_dir.join(d);
         std::fs::create_dir_all(&p).map_err(err("create", &p))?;
         set_mode(&p, 0o711)?;
+    }
+    // The cache is passed through to the kernel (not listed); template images (whose
+    // `files` may hold secrets) are root's alone.
+    for (d, mode) in [("cache", 0o711), ("images", 0o700)] {
+        let p = state_dir.join(d);
+        if p.is_dir() {
+            set_mode(&p, mode)?;
+        }
     }
     private_files(state_dir)
 }
