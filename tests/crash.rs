@@ -59,15 +59,17 @@ fn trigger(p: Point) -> Trigger {
         Point::VmIntent
         | Point::VmAttached
         | Point::VmPorts
+        | Point::VmConfined
         | Point::VmHelper
         | Point::VmSpawned => Trigger::Replace("vm.a"),
         Point::VmStopped => Trigger::RestartVm,
         Point::ReplaceDestroyed => Trigger::Replace("firecracker.fc"),
         Point::ActionDone => Trigger::Replace("kernel.deb"),
         Point::OrphansRemoved => Trigger::Leftover,
-        Point::VmDestroyStopped | Point::VmDetached | Point::NetworkUnfiltered => {
-            Trigger::Destroy { leftover: false }
-        }
+        Point::VmDestroyStopped
+        | Point::VmDetached
+        | Point::VmUnconfined
+        | Point::NetworkUnfiltered => Trigger::Destroy { leftover: false },
     }
 }
 
@@ -285,6 +287,36 @@ fn leases(state: &Path) -> Vec<String> {
         .collect()
 }
 
+/// The VMs holding a uid in state.
+fn uids(state: &Path) -> Vec<String> {
+    let c = rusqlite::Connection::open_with_flags(
+        state.join("state.db"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .unwrap();
+    let mut q = c.prepare("SELECT owner FROM uids ORDER BY owner").unwrap();
+    q.query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+}
+
+/// The VM cgroups of this state dir, in every hierarchy (`vm-a` once per mount).
+fn cgroups(state: &Path) -> Vec<String> {
+    let Some(h) = fort::host::cgroup::detect() else {
+        return Vec::new();
+    };
+    h.state_dirs(&fort::resources::state_id(state))
+        .iter()
+        .flat_map(|d| {
+            names(d)
+                .into_iter()
+                .filter(|n| n.starts_with("vm-"))
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
 fn names(dir: &Path) -> BTreeSet<String> {
     std::fs::read_dir(dir)
         .map(|rd| {
@@ -373,6 +405,9 @@ fn assert_converged(m: &Matrix, case: &str) {
         "{case}: tables"
     );
     assert_eq!(leases(&state), ["vm.a"], "{case}: leases");
+    assert_eq!(uids(&state), ["vm.a"], "{case}: uids");
+    let cg = cgroups(&state);
+    assert!(cg.iter().all(|n| n == "vm-a"), "{case}: cgroups {cg:?}");
     assert_eq!(
         names(&state.join("drives")),
         set(&["a-root.ext4", "data.ext4", "empty.ext4", "scratch.ext4"]),
@@ -425,6 +460,8 @@ fn assert_nothing_left(m: &Matrix, case: &str) {
     assert_eq!(fort_links(), BTreeSet::new(), "{case}: interfaces");
     assert_eq!(fort_tables(), BTreeSet::new(), "{case}: tables");
     assert!(leases(&state).is_empty(), "{case}: leases");
+    assert!(uids(&state).is_empty(), "{case}: uids");
+    assert!(cgroups(&state).is_empty(), "{case}: cgroups");
     assert!(names(&state.join("drives")).is_empty(), "{case}: drives");
     assert!(names(&state.join("run")).is_empty(), "{case}: run dirs");
     assert!(

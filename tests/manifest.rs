@@ -523,3 +523,33 @@ fn published_ports_resolve_to_one_normal_form_and_a_port_per_pool_instance() {
     let none = m.resources[&"vm.none".parse::<Address>().unwrap()].spec_json();
     assert!(none.get("ports").is_none(), "{none}");
 }
+
+#[test]
+fn uid_range_errors_name_the_line_and_the_users_it_overlaps() {
+    let fort = |r: &str| format!("[fort]\nversion = 1\nuid_range = \"{r}\"\n");
+    let cases = [
+        ("2000000000", "a.toml:3:13: invalid uid_range `2000000000`: expected FIRST-LAST, two uids (e.g. \"2000000000-2000065535\")"),
+        ("a-b", "a.toml:3:13: invalid uid_range `a-b`: expected FIRST-LAST, two uids (e.g. \"2000000000-2000065535\")"),
+        ("2000000010-2000000000", "a.toml:3:13: invalid uid_range `2000000010-2000000000`: it is empty (2000000010 is greater than 2000000000)"),
+        ("0-65535", "a.toml:3:13: invalid uid_range `0-65535`: it includes uid 0 (root); VMs must run unprivileged"),
+    ];
+    for (r, want) in cases {
+        assert_eq!(load_many(&[("a.toml", &fort(r))]).unwrap_err(), want, "{r}");
+    }
+    // Overlapping the host's users (uid 1 is `daemon` on Debian and most distributions).
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap();
+    let user = passwd
+        .lines()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            (f.get(2) == Some(&"1")).then(|| f[0].to_string())
+        })
+        .unwrap();
+    assert_eq!(
+        load_many(&[("a.toml", &fort("1-1"))]).unwrap_err(),
+        format!("a.toml:3:13: uid_range `1-1` overlaps users of this host (/etc/passwd): {user} (1); VMs need uids nobody else has")
+    );
+    let m = load_many(&[("a.toml", &fort("3000000000-3000000999"))]).unwrap();
+    assert_eq!(m.uid_range, Some((3_000_000_000, 3_000_000_999)));
+    assert_eq!(load(&base("")).unwrap().uid_range, None);
+}

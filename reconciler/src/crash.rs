@@ -68,6 +68,8 @@ crash_points! {
         "the lease is taken and the TAP is on the bridge; the attachment is not recorded",
     VmPorts = "vm.ports":
         "the VM's published-ports table is in place (or deleted); the ports it publishes are not recorded",
+    VmConfined = "vm.confined":
+        "the VM's uid is allocated, its cgroup made with its limits, its run dir and drives given to the uid; not recorded",
     VmHelper = "vm.helper":
         "vhost-device-vsock runs; its PID is not recorded",
     VmSpawned = "vm.spawned":
@@ -80,6 +82,8 @@ crash_points! {
         "destroy: the VM's processes are stopped; TAP, lease and run dir remain",
     VmDetached = "vm.detached":
         "the TAP is deleted and the lease released (destroy, or a first boot that failed); not recorded",
+    VmUnconfined = "vm.unconfined":
+        "destroy: the VM's cgroup is removed and its drives are root's again; its uid and run dir remain",
     NetworkUnfiltered = "network.unfiltered":
         "destroy: the nftables table is deleted; the bridge remains",
     OrphansRemoved = "orphans.removed":

@@ -70,6 +70,10 @@ pub enum Leftover {
     TempFile { path: PathBuf },
     /// A drive file nobody records: kept (it may hold data).
     DriveFile { path: PathBuf },
+    /// A uid held in state for a VM nobody records.
+    Uid { owner: String, uid: u32 },
+    /// A VM cgroup of this state dir that no record names.
+    Cgroup { path: PathBuf },
 }
 
 impl Orphan {
@@ -97,6 +101,8 @@ impl Orphan {
             Leftover::RunDir { path } => format!("run dir {}", path.display()),
             Leftover::TempFile { path } => format!("temp file {}", path.display()),
             Leftover::DriveFile { path } => format!("drive file {}", path.display()),
+            Leftover::Uid { owner, uid } => format!("uid {uid} held for {owner}"),
+            Leftover::Cgroup { path } => format!("cgroup {}", path.display()),
         }
     }
 
@@ -119,6 +125,8 @@ impl Orphan {
             Leftover::RunDir { path } => path
                 .file_name()
                 .map(|n| Address::new(Kind::Vm, n.to_string_lossy().as_ref())),
+            Leftover::Uid { owner, .. } => owner.parse().ok(),
+            Leftover::Cgroup { path } => confine::vm_of_cgroup(path),
             Leftover::TempFile { .. } | Leftover::DriveFile { .. } => None,
         }
     }
@@ -128,8 +136,10 @@ impl Orphan {
         match self.leftover {
             Leftover::Process { .. } => "stopped",
             Leftover::Interface { .. } | Leftover::NftTable { .. } => "deleted",
-            Leftover::Lease { .. } => "released",
-            Leftover::RunDir { .. } | Leftover::TempFile { .. } => "removed",
+            Leftover::Lease { .. } | Leftover::Uid { .. } => "released",
+            Leftover::RunDir { .. } | Leftover::TempFile { .. } | Leftover::Cgroup { .. } => {
+                "removed"
+            }
             Leftover::DriveFile { .. } => "kept",
         }
     }
@@ -158,6 +168,10 @@ pub struct Seen {
     pub run_dirs: Vec<PathBuf>,
     /// Entries of `cache/tmp/`, `images/tmp/`, and `drives/`.
     pub files: Vec<PathBuf>,
+    /// Uids whose owner has no record.
+    pub uids: Vec<crate::state::uids::UidLease>,
+    /// `vm-*` cgroup directories of this state dir.
+    pub cgroups: Vec<PathBuf>,
 }
 
 /// Lookups into the records, one per thing seen: the scan costs what it sees (a handful of
@@ -339,6 +353,7 @@ pub fn classify(
             });
         }
     }
+    confine::classify(seen, recorded, &mut out);
     let drives = state_dir.join("drives");
     for f in &seen.files {
         let in_drives = f.parent() == Some(drives.as_path());
@@ -389,6 +404,8 @@ pub async fn scan(
         processes: procs::mentioning(&procs::dir_needle(&run)),
         run_dirs: entries(&run),
         leases: ctx.with_store(|s| s.unowned_leases())?,
+        uids: ctx.with_store(|s| s.unowned_uids())?,
+        cgroups: confine::cgroups(&ctx.state_id()),
         ..Seen::default()
     };
     for d in ["cache/tmp", "images/tmp", "drives"] {
@@ -504,9 +521,15 @@ async fn clean_one(ctx: &Ctx, o: &Orphan) -> Result<(), ResourceError> {
                 _ => Ok(()),
             }
         }
+        Leftover::Uid { owner, .. } => ctx.with_store(|s| s.release_uid(owner)),
+        Leftover::Cgroup { path } => crate::host::cgroup::remove(std::slice::from_ref(path))
+            .map_err(|e| ResourceError::Check(error_chain(&e))),
         Leftover::DriveFile { .. } => Ok(()),
     }
 }
+
+#[path = "orphans_confine.rs"]
+mod confine;
 
 #[cfg(test)]
 #[path = "orphans_tests.rs"]

@@ -169,6 +169,7 @@ fn leftovers_are_what_no_record_owns_and_only_what_fort_made() {
             PathBuf::from("/s/drives/lost.ext4"),
             PathBuf::from("/s/drives/data.ext4.part"),
         ],
+        ..Seen::default()
     };
     assert_eq!(
         lines(&classify(dir, "abcd", &seen, &recorded)),
@@ -195,6 +196,7 @@ fn leftovers_are_what_no_record_owns_and_only_what_fort_made() {
         leases: seen.leases[..1].to_vec(),
         run_dirs: seen.run_dirs[..1].to_vec(),
         files: vec![PathBuf::from("/s/drives/data.ext4")],
+        ..Seen::default()
     };
     assert_eq!(
         lines(&classify(dir, "abcd", &none, &recorded)),
@@ -231,4 +233,38 @@ fn a_port_table_is_a_leftover_unless_its_vm_records_it_and_only_this_state_dirs(
         ]
     );
     assert_eq!(o[1].owner(), Some(Address::new(Kind::Vm, "gone-1")));
+}
+
+#[test]
+fn uids_and_cgroups_nobody_records() {
+    let recorded: BTreeMap<Address, Record> = [rec(
+        "vm.a",
+        serde_json::json!({"cgroup": {"path": "fort/abcd/vm-a", "version": 1,
+            "dirs": ["/cg/cpu/fort/abcd/vm-a", "/cg/pids/fort/abcd/vm-a"]}}),
+    )]
+    .into_iter()
+    .collect();
+    let seen = Seen {
+        uids: vec![crate::state::uids::UidLease {
+            owner: "vm.gone".into(),
+            uid: 2_000_000_007,
+        }],
+        cgroups: [
+            "/cg/cpu/fort/abcd/vm-a",
+            "/cg/pids/fort/abcd/vm-a",
+            "/cg/memory/fort/abcd/vm-a",
+            "/cg/cpu/fort/abcd/vm-gone",
+        ]
+        .map(PathBuf::from)
+        .to_vec(),
+        ..Seen::default()
+    };
+    assert_eq!(
+        lines(&classify(Path::new("/s"), "abcd", &seen, &recorded)),
+        [
+            "uid 2000000007 held for vm.gone (released): vm.gone is not recorded",
+            "cgroup /cg/memory/fort/abcd/vm-a (removed): vm.a's record does not name it",
+            "cgroup /cg/cpu/fort/abcd/vm-gone (removed): vm.gone is not recorded",
+        ]
+    );
 }

@@ -12,9 +12,13 @@ pub struct Workspace {
 
 impl Workspace {
     pub fn new() -> Workspace {
-        Workspace {
-            dir: tempfile::tempdir().expect("tempdir"),
-        }
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        // Confined VMs run as their own uid, which must be able to traverse to the state dir
+        // (as it can to /var/lib/fort).
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711))
+            .expect("chmod tempdir");
+        Workspace { dir }
     }
 
     pub fn path(&self) -> &Path {

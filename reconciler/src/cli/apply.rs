@@ -112,7 +112,12 @@ async fn run_in(
     let store = SqliteStore::open(state_dir)?;
     let recorded = store.resources()?;
     let digest = store.digest()?;
-    let ctx = session::ctx(state_dir, store, term::stderr_is_tty() && !cli.json);
+    let ctx = session::ctx(
+        state_dir,
+        store,
+        term::stderr_is_tty() && !cli.json,
+        manifest,
+    );
 
     // A saved plan was reviewed when it was made (as in Terraform): no second question.
     let from_file = saved.is_some();

@@ -23,7 +23,7 @@ pub struct Check {
     pub fix: Option<String>,
 }
 
-fn check(
+pub(super) fn check(
     name: &'static str,
     level: Level,
     detail: impl Into<String>,
@@ -116,6 +116,7 @@ pub async fn checks(cli: &Cli) -> Vec<Check> {
     });
 
     out.extend(vmm_checks());
+    out.extend(super::doctor_confine::checks(manifest.as_ref(), &state_dir));
     if let Some(m) = &manifest {
         out.extend(capacity_checks(m, &state_dir));
     }

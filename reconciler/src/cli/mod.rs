@@ -5,6 +5,7 @@ pub mod agent;
 pub mod apply;
 pub mod args;
 pub mod doctor;
+mod doctor_confine;
 pub mod plan;
 pub mod session;
 pub mod state;

@@ -259,7 +259,7 @@ pub async fn plan(cli: &Cli, args: &PlanArgs) -> Result<u8, CliError> {
     let store = crate::state::SqliteStore::open_readonly(&state_dir)?;
     let recorded = store.resources()?;
     let digest = store.digest()?;
-    let ctx = session::ctx(&state_dir, store, false);
+    let ctx = session::ctx(&state_dir, store, false, Some(&manifest));
     let options = PlanOptions {
         targets: args.selection.targets.clone(),
         replace: args.replace.clone(),

@@ -47,11 +47,20 @@ pub fn absolute(p: &Path) -> PathBuf {
     std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
 }
 
-/// A context over a store (read-only stores for plan and the read commands).
-pub fn ctx(state_dir: &Path, store: SqliteStore, progress: bool) -> Arc<Ctx> {
-    Arc::new(Ctx::new(
-        state_dir.to_path_buf(),
-        Arc::new(Mutex::new(store)),
-        progress,
-    ))
+/// A context over a store (read-only stores for plan and the read commands), with the
+/// manifest's settings.
+pub fn ctx(
+    state_dir: &Path,
+    store: SqliteStore,
+    progress: bool,
+    manifest: Option<&Manifest>,
+) -> Arc<Ctx> {
+    Arc::new(
+        Ctx::new(
+            state_dir.to_path_buf(),
+            Arc::new(Mutex::new(store)),
+            progress,
+        )
+        .with_uid_range(manifest.and_then(|m| m.uid_range)),
+    )
 }

@@ -130,7 +130,7 @@ impl Watch<'_> {
         let store = SqliteStore::open(state_dir)?;
         let recorded = store.resources()?;
         let digest = store.digest()?;
-        let ctx = session::ctx(state_dir, store, false);
+        let ctx = session::ctx(state_dir, store, false, Some(m));
         let mut plan = make_plan(&ctx, Some(m), &recorded, digest, PlanOptions::default()).await?;
         // Crashed VMs: the restart policy and the backoff decide whether this pass restarts
         // them; each crash is counted once and written to the VM's history.

@@ -1,6 +1,8 @@
 //! The only code that touches the host: downloads, files, and (later) images, netlink, VMMs.
 
 pub mod agent;
+pub mod cgroup;
+pub mod confine;
 pub mod fetch;
 pub mod image;
 pub mod net;

@@ -38,6 +38,8 @@ pub struct Manifest {
     pub files: Vec<PathBuf>,
     /// `[fort] state_dir`, made absolute relative to the file that set it.
     pub state_dir: Option<PathBuf>,
+    /// `[fort] uid_range`: the uids confined VMs are given.
+    pub uid_range: Option<(u32, u32)>,
     pub resources: BTreeMap<Address, Resource>,
 }
 

@@ -60,6 +60,10 @@ pub struct RawFort {
     /// Where fort keeps its state (relative to this file).
     #[schemars(with = "Option<String>")]
     pub state_dir: Option<Spanned<String>>,
+    /// The uids (and gids, the same numbers) VMs run as: `"FIRST-LAST"`; default
+    /// `"2000000000-2000065535"`. Must not overlap the host's users.
+    #[schemars(with = "Option<String>")]
+    pub uid_range: Option<Spanned<String>>,
 }
 
 /// How to decompress an asset.

@@ -251,6 +251,10 @@ fn make(
                 Method::Mkfs
             }
         };
+        // Root's only until a VM's uid is given it: `drives/` is traversable by VMs' uids,
+        // and a drive's name is no secret.
+        crate::host::confine::files::set_mode(&tmp, 0o600)
+            .map_err(|e| ResourceError::Check(super::error_chain(&e)))?;
         std::fs::rename(&tmp, path).map_err(|e| ResourceError::io("cannot install", path, e))?;
         Ok(Some(method))
     })();

@@ -39,6 +39,8 @@ pub struct Ctx {
     pub state_dir: PathBuf,
     /// Draw progress bars (stderr is a terminal).
     pub progress: bool,
+    /// `[fort] uid_range`: the uids confined VMs are given.
+    pub uid_range: (u32, u32),
     store: Arc<Mutex<SqliteStore>>,
     fetcher: OnceLock<Fetcher>,
     /// Serialises the first `fetcher()` calls: creating a Fetcher empties `cache/tmp`, which
@@ -51,10 +53,19 @@ impl Ctx {
         Ctx {
             state_dir,
             progress,
+            uid_range: crate::host::confine::DEFAULT_UID_RANGE,
             store,
             fetcher: OnceLock::new(),
             fetcher_init: Mutex::new(()),
         }
+    }
+
+    /// The same context with the manifest's `[fort] uid_range` (the default without one).
+    pub fn with_uid_range(mut self, range: Option<(u32, u32)>) -> Ctx {
+        if let Some(r) = range {
+            self.uid_range = r;
+        }
+        self
     }
 
     /// A short, stable name for this state dir (a hash of its path), put in the marks fort

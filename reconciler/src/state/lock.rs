@@ -6,6 +6,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -62,6 +63,8 @@ impl StateLock {
             .write(true)
             .create(true)
             .truncate(false)
+            // Root's only: the state dir is traversable by VMs' uids (0711).
+            .mode(0o600)
             .open(&path)
             .map_err(|source| LockError::Open {
                 path: path.clone(),

@@ -7,7 +7,7 @@
 use rusqlite::{Connection, OptionalExtension};
 
 /// The schema version this fort writes.
-pub const SCHEMA_VERSION: i64 = 3;
+pub const SCHEMA_VERSION: i64 = 4;
 
 /// Migration `i` takes the schema from version `i` to `i + 1`.
 const MIGRATIONS: &[&str] = &[
@@ -62,6 +62,13 @@ const MIGRATIONS: &[&str] = &[
     // 2 → 3: the last step an unfinished action completed (status `pending`), so the next run
     // knows where an interrupted apply stopped.
     "ALTER TABLE resources ADD COLUMN step TEXT;",
+    // 3 → 4: the uid (and gid, the same number) each VM's processes run as, stable until the
+    // VM is destroyed.
+    "CREATE TABLE uids (
+         owner      TEXT PRIMARY KEY,
+         uid        INTEGER NOT NULL UNIQUE,
+         created_at INTEGER NOT NULL
+     );",
 ];
 
 /// The version recorded in `meta`, or 0 for a database without fort's tables. Reads only.

@@ -8,6 +8,7 @@ pub mod leases;
 pub mod lock;
 pub mod migrations;
 pub mod sqlite;
+pub mod uids;
 
 use std::collections::BTreeMap;
 
@@ -202,6 +203,12 @@ pub enum StateError {
         owner: String,
         ip: std::net::Ipv4Addr,
         holder: String,
+    },
+    #[error("no free uid left for {owner} in uid_range {first}-{last}: every uid in it is held by another VM or used on this host (set a larger `[fort] uid_range`)")]
+    NoUid {
+        owner: String,
+        first: u32,
+        last: u32,
     },
     #[error("cannot create state directory {path}")]
     CreateDir {

@@ -34,7 +34,16 @@ impl SqliteStore {
             path: path.clone(),
             source,
         })?;
-        Self::prepare(conn, path, true)
+        let store = Self::prepare(conn, path, true)?;
+        // Root's only (SQLite gives its WAL files the database's mode): the state dir is
+        // traversable by VMs' uids.
+        crate::host::confine::files::private_files(state_dir).map_err(|e| {
+            StateError::CreateDir {
+                path: state_dir.to_path_buf(),
+                source: std::io::Error::other(e.to_string()),
+            }
+        })?;
+        Ok(store)
     }
 
     /// Open for reading. A state directory without a database reads as empty state, and

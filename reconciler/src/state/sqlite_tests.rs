@@ -164,7 +164,7 @@ fn newer_schema_is_refused_untouched() {
         assert_eq!(
             result.unwrap_err().to_string(),
             format!(
-                "state database {} has schema version 99, newer than this fort supports (3); upgrade fort, the database was left untouched",
+                "state database {} has schema version 99, newer than this fort supports (4); upgrade fort, the database was left untouched",
                 path.display()
             )
         );
@@ -239,7 +239,7 @@ fn a_version_1_database_is_migrated_in_place() {
         // Back to what fort 0.1 with schema 1 wrote.
         s.conn
             .execute_batch(
-                "DROP TABLE leases; ALTER TABLE resources DROP COLUMN step;
+                "DROP TABLE uids; DROP TABLE leases; ALTER TABLE resources DROP COLUMN step;
                  UPDATE meta SET value = '1' WHERE key = 'schema_version';",
             )
             .unwrap();

@@ -12,6 +12,9 @@ const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
 const TUNSETPERSIST: libc::c_ulong = 0x4004_54cb;
 const IFF_TAP: libc::c_short = 0x0002;
 const IFF_NO_PI: libc::c_short = 0x1000;
+const IFF_VNET_HDR: libc::c_short = 0x4000;
+const TUNSETOWNER: libc::c_ulong = 0x4004_54cc;
+const TUNSETGROUP: libc::c_ulong = 0x4004_54ce;
 
 #[repr(C)]
 struct IfReq {
@@ -21,6 +24,10 @@ struct IfReq {
 }
 
 fn attach(name: &str) -> Result<File, NetError> {
+    attach_with(name, IFF_TAP | IFF_NO_PI)
+}
+
+fn attach_with(name: &str, flags: libc::c_short) -> Result<File, NetError> {
     if name.is_empty() || name.len() > 15 || name.contains('\0') {
         return Err(NetError::Name(name.to_string()));
     }
@@ -32,7 +39,7 @@ fn attach(name: &str) -> Result<File, NetError> {
         .map_err(|e| NetError::io("cannot open", dev, e))?;
     let mut req = IfReq {
         name: [0; 16],
-        flags: IFF_TAP | IFF_NO_PI,
+        flags,
         _pad: [0; 22],
     };
     req.name[..name.len()].copy_from_slice(name.as_bytes());
@@ -67,6 +74,46 @@ pub fn create_persistent(name: &str) -> Result<(), NetError> {
 /// Open a queue of the TAP `name` to read and write Ethernet frames (what a VMM does).
 pub fn open(name: &str) -> Result<File, NetError> {
     attach(name)
+}
+
+/// Open a queue of the TAP `name` for a VMM that gets it as a descriptor (QEMU's
+/// `-netdev tap,fd=N`), with the virtio-net header QEMU uses when it opens TAPs itself. fort
+/// opens it, so the VMM needs neither root nor access to `/dev/net/tun`.
+pub fn open_for_vmm(name: &str) -> Result<File, NetError> {
+    attach_with(name, IFF_TAP | IFF_NO_PI | IFF_VNET_HDR)
+}
+
+/// The owner uid and gid of the TAP `name` (`None` each when unset), from sysfs.
+pub fn owner(name: &str) -> (Option<u32>, Option<u32>) {
+    let read = |f: &str| {
+        std::fs::read_to_string(format!("/sys/class/net/{name}/{f}"))
+            .ok()
+            .and_then(|s| s.trim().parse::<i64>().ok())
+            .and_then(|v| u32::try_from(v).ok())
+    };
+    (read("owner"), read("group"))
+}
+
+/// Make `uid:gid` the TAP's owner, so a VMM running as that uid may attach to it without
+/// `CAP_NET_ADMIN` (`TUNSETOWNER`/`TUNSETGROUP`). The TAP must not be in use (a VMM holding it
+/// makes the attach fail with "busy").
+pub fn set_owner(name: &str, uid: u32, gid: u32) -> Result<(), NetError> {
+    let f = attach(name)?;
+    for (req, id, what) in [
+        (TUNSETOWNER, uid, "cannot set the owner of the TAP"),
+        (TUNSETGROUP, gid, "cannot set the group of the TAP"),
+    ] {
+        // SAFETY: TUNSETOWNER and TUNSETGROUP take the id as an integer argument by value.
+        let r = unsafe { libc::ioctl(f.as_raw_fd(), req, id as libc::c_ulong) };
+        if r < 0 {
+            return Err(NetError::Io {
+                what,
+                path: name.to_string(),
+                source: std::io::Error::last_os_error(),
+            });
+        }
+    }
+    Ok(())
 }
 
 const _: () = assert!(std::mem::size_of::<IfReq>() == 40);

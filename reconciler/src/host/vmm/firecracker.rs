@@ -129,10 +129,18 @@ impl Vmm for Firecracker {
             let jail = super::jailer::prepare(cfg, confine, &self.binary()?)?;
             let mut c = Command::new(jailer);
             c.args(super::jailer::args(&jail, confine));
-            // The jailer runs as root (it makes the chroot, the cgroup and the device nodes,
-            // then drops to the VM's uid/gid and execs Firecracker in the same process, so the
-            // PID fort records is Firecracker's). The serial console is its stdout.
-            return spawn_detached(c, &RunDir(&cfg.run_dir).console(), "jailer");
+            // The jailer runs as root (it makes the chroot and the device nodes, then drops to
+            // the VM's uid/gid and execs Firecracker in the same process, so the PID fort
+            // records is Firecracker's), in the VM's cgroup from its first instruction; it
+            // installs Firecracker's own seccomp filters. The serial console is its stdout.
+            let mut jail = super::process::jail(cfg)?;
+            if let Some(j) = &mut jail {
+                j.uid = 0;
+                j.gid = 0;
+                j.groups.clear();
+                j.seccomp = None;
+            }
+            return spawn_detached(c, &RunDir(&cfg.run_dir).console(), "jailer", jail.as_ref());
         }
         let run = RunDir(&cfg.run_dir);
         let doc = serde_json::to_string_pretty(&config(cfg)).unwrap_or_default();
@@ -141,6 +149,11 @@ impl Vmm for Firecracker {
         // Firecracker opens its log file but does not create it.
         std::fs::write(run.vmm_log(), b"")
             .map_err(|e| VmmError::io("cannot create", &run.vmm_log(), e))?;
+        if let Some(c) = &cfg.confine {
+            // Opened by Firecracker itself, as the VM's user.
+            std::os::unix::fs::chown(run.vmm_log(), Some(c.uid), Some(c.gid))
+                .map_err(|e| VmmError::io("cannot chown", &run.vmm_log(), e))?;
+        }
         let mut c = Command::new(self.binary()?);
         c.arg("--api-sock")
             .arg(run.api())
@@ -149,7 +162,8 @@ impl Vmm for Firecracker {
             .arg("--log-path")
             .arg(run.vmm_log());
         // The serial console is Firecracker's stdout.
-        spawn_detached(c, &run.console(), "firecracker")
+        let jail = super::process::jail(cfg)?;
+        spawn_detached(c, &run.console(), "firecracker", jail.as_ref())
     }
 
     fn fatal_log(&self, _run_dir: &Path) -> Option<String> {

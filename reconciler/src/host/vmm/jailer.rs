@@ -1,7 +1,7 @@
 //! Firecracker through its jailer (Firecracker's docs/jailer.md): the chroot under the VM's
 //! run dir with the kernel, initrd and drives hard-linked in, the config with paths as the
-//! jailed Firecracker sees them, the jailer's command line (uid/gid, cgroup version, limits
-//! and parent cgroup), and the run-dir links that keep fort's paths (`vsock.sock`,
+//! jailed Firecracker sees them, the jailer's command line (id, uid/gid, chroot base), and
+//! the run-dir links that keep fort's paths (`vsock.sock`,
 //! `api.sock`, `vmm.log`) what they are without the jailer.
 
 use std::os::unix::fs::PermissionsExt;
@@ -18,11 +18,8 @@ pub struct Jail {
     pub base: PathBuf,
     /// `<base>/firecracker/<id>/root`: the jailed Firecracker's `/`.
     pub root: PathBuf,
-    /// `--id`: the last component of the VM's cgroup (`vm-NAME`), so the cgroup the jailer
-    /// makes, `<parent>/<id>`, is the one fort records and removes.
+    /// `--id`: `vm-NAME` (letters, digits and hyphens, as the jailer wants).
     pub id: String,
-    /// `--parent-cgroup`: the VM's cgroup without its last component.
-    pub parent_cgroup: String,
     /// `--exec-file`: `<run dir>/firecracker`, a link to the asset's binary (the jailer wants
     /// "firecracker" in the file name; cached files are named by their digest).
     pub exec_file: PathBuf,
@@ -30,13 +27,10 @@ pub struct Jail {
     pub links: Vec<(PathBuf, String)>,
 }
 
-/// The jail for `cfg`, which must be confined (the jailer needs a uid and gid).
-pub fn layout(cfg: &VmConfig, confine: &Confine) -> Jail {
+/// The jail for `cfg`.
+pub fn layout(cfg: &VmConfig) -> Jail {
     let base = cfg.run_dir.join("jail");
-    let (parent, id) = match confine.cgroup.rsplit_once('/') {
-        Some((p, id)) => (p.to_string(), id.to_string()),
-        None => (String::new(), confine.cgroup.clone()),
-    };
+    let id = format!("vm-{}", cfg.name);
     let root = base.join("firecracker").join(&id).join("root");
     let mut links = vec![(cfg.kernel.clone(), "/vmlinux".to_string())];
     if let Some(i) = &cfg.initrd {
@@ -52,7 +46,6 @@ pub fn layout(cfg: &VmConfig, confine: &Confine) -> Jail {
         base,
         root,
         id,
-        parent_cgroup: parent,
         links,
     }
 }
@@ -81,26 +74,13 @@ pub fn config(cfg: &VmConfig, jail: &Jail) -> Value {
     super::firecracker::config(&jailed(cfg, jail))
 }
 
-/// The values the jailer writes into the VM's cgroup (`--cgroup FILE=VALUE`), per hierarchy.
-pub fn cgroup_files(confine: &Confine) -> Vec<(&'static str, String)> {
-    let l = &confine.limits;
-    if confine.cgroup_version == 2 {
-        vec![
-            ("cpu.max", format!("{} {}", l.cpu_quota_us, l.cpu_period_us)),
-            ("memory.max", l.memory_bytes.to_string()),
-            ("pids.max", l.pids.to_string()),
-        ]
-    } else {
-        vec![
-            ("cpu.cfs_period_us", l.cpu_period_us.to_string()),
-            ("cpu.cfs_quota_us", l.cpu_quota_us.to_string()),
-            ("memory.limit_in_bytes", l.memory_bytes.to_string()),
-            ("pids.max", l.pids.to_string()),
-        ]
-    }
-}
-
 /// The jailer's arguments; Firecracker's own come after `--`, paths inside the jail.
+///
+/// No `--cgroup`: fort has made the VM's cgroup with its limits and puts the jailer in it
+/// before it runs (so Firecracker, the same process after exec, stays there). The jailer's
+/// `--parent-cgroup` is one path below every controller's root, and fort's VM cgroups are not
+/// always that: on a cgroup v1 host they go under fort's own cgroup of each controller,
+/// which may differ from one controller to the next.
 pub fn args(jail: &Jail, confine: &Confine) -> Vec<String> {
     let mut a: Vec<String> = vec![
         "--id".into(),
@@ -113,17 +93,7 @@ pub fn args(jail: &Jail, confine: &Confine) -> Vec<String> {
         confine.gid.to_string(),
         "--chroot-base-dir".into(),
         jail.base.display().to_string(),
-        "--cgroup-version".into(),
-        confine.cgroup_version.to_string(),
     ];
-    if !jail.parent_cgroup.is_empty() {
-        a.push("--parent-cgroup".into());
-        a.push(jail.parent_cgroup.clone());
-    }
-    for (file, value) in cgroup_files(confine) {
-        a.push("--cgroup".into());
-        a.push(format!("{file}={value}"));
-    }
     for s in [
         "--",
         "--config-file",
@@ -173,7 +143,7 @@ fn chown(path: &Path, uid: u32, gid: u32) -> Result<(), VmmError> {
 /// but does not create it), the binary linked as `<run dir>/firecracker`, and the run dir's
 /// socket paths pointing into the chroot.
 pub fn prepare(cfg: &VmConfig, confine: &Confine, binary: &Path) -> Result<Jail, VmmError> {
-    let jail = layout(cfg, confine);
+    let jail = layout(cfg);
     let run = RunDir(&cfg.run_dir);
     // What a previous boot left (links only: removing them never touches the drives).
     match std::fs::remove_dir_all(&jail.base) {

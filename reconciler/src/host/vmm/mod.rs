@@ -76,6 +76,10 @@ pub struct Confine {
     pub cgroup: String,
     /// Which cgroup hierarchy the host gives: 1 (per-controller v1 mounts) or 2 (unified).
     pub cgroup_version: u8,
+    /// The VM's cgroup directories, one per hierarchy mount (v1 has one per controller),
+    /// whose `cgroup.procs` the VM's processes join before they exec. Empty: no cgroup (the
+    /// host has no usable hierarchy).
+    pub cgroup_dirs: Vec<PathBuf>,
     pub limits: Limits,
 }
 

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use super::process::{spawn_detached, Proc};
+use super::process::{jail, spawn_detached, Proc};
 use super::{hardware_kvm, which, RunDir, VmConfig, Vmm, VmmError};
 
 pub struct Qemu;
@@ -15,15 +15,18 @@ pub struct Qemu;
 pub const QEMU: &str = "qemu-system-x86_64";
 pub const VHOST: &str = "vhost-device-vsock";
 
-/// QEMU's arguments for `cfg` (pure, so tests can compare them).
-pub fn args(cfg: &VmConfig, kvm: bool) -> Vec<String> {
+/// QEMU's arguments for `cfg` (pure, so tests can compare them). `tap_fd`: the TAP as a
+/// descriptor fort opened (a confined QEMU cannot open `/dev/net/tun`), else by name.
+pub fn args(cfg: &VmConfig, kvm: bool, tap_fd: Option<i32>) -> Vec<String> {
     let run = RunDir(&cfg.run_dir);
     let mut a: Vec<String> = Vec::new();
     let mut push = |s: &[&str]| a.extend(s.iter().map(|x| x.to_string()));
     if kvm {
         push(&["-accel", "kvm", "-cpu", "host"]);
     } else {
-        push(&["-accel", "tcg", "-cpu", "max"]);
+        // A bounded translation cache (QEMU's default is 1 GiB, filled as the guest runs new
+        // code), so the VM's memory limit holds.
+        push(&["-accel", "tcg,tb-size=64", "-cpu", "max"]);
     }
     let mem = format!("{}", cfg.memory_mib);
     push(&["-M", "pc", "-smp", &cfg.vcpus.to_string(), "-m", &mem]);
@@ -46,9 +49,13 @@ pub fn args(cfg: &VmConfig, kvm: bool) -> Vec<String> {
         ]);
     }
     if let Some(n) = &cfg.net {
+        let netdev = match tap_fd {
+            Some(fd) => format!("tap,id=net0,fd={fd}"),
+            None => format!("tap,id=net0,ifname={},script=no,downscript=no", n.tap),
+        };
         push(&[
             "-netdev",
-            &format!("tap,id=net0,ifname={},script=no,downscript=no", n.tap),
+            &netdev,
             "-device",
             &format!("virtio-net-pci,netdev=net0,mac={}", n.mac),
         ]);
@@ -71,6 +78,14 @@ pub fn args(cfg: &VmConfig, kvm: bool) -> Vec<String> {
         push(&["-initrd", &i.display().to_string()]);
     }
     push(&["-append", &cfg.cmdline]);
+    if cfg.confine.is_some() {
+        // QEMU's own seccomp sandbox, on top of fort's deny-list: no obsolete syscalls, no
+        // setuid, no fork/exec, no scheduler or CPU-affinity changes.
+        push(&[
+            "-sandbox",
+            "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
+        ]);
+    }
     a
 }
 
@@ -108,7 +123,8 @@ impl Vmm for Qemu {
             .arg(run.vhost())
             .arg("--uds-path")
             .arg(run.vsock());
-        let helper = spawn_detached(vhost, &run.helper_log(), VHOST)?;
+        let jail = jail(cfg)?;
+        let helper = spawn_detached(vhost, &run.helper_log(), VHOST, jail.as_ref())?;
         // QEMU exits at once when the vhost-user socket is not there yet.
         let end = Instant::now() + Duration::from_secs(10);
         while !run.vhost().exists() {
@@ -129,7 +145,16 @@ impl Vmm for Qemu {
     fn start_vmm(&self, cfg: &VmConfig) -> Result<Proc, VmmError> {
         self.check(cfg)?;
         let run = RunDir(&cfg.run_dir);
-        let args = args(cfg, hardware_kvm());
+        let mut jail = jail(cfg)?;
+        let mut tap_fd = None;
+        if let (Some(j), Some(n)) = (jail.as_mut(), &cfg.net) {
+            use std::os::fd::AsRawFd;
+            let f = crate::host::net::tap::open_for_vmm(&n.tap)
+                .map_err(|e| VmmError::Unusable(crate::resources::error_chain(&e)))?;
+            tap_fd = Some(f.as_raw_fd());
+            j.pass_fds.push(f.into());
+        }
+        let args = args(cfg, hardware_kvm(), tap_fd);
         std::fs::write(
             run.config(),
             serde_json::to_string_pretty(&serde_json::json!({ "qemu": args })).unwrap_or_default(),
@@ -137,7 +162,7 @@ impl Vmm for Qemu {
         .map_err(|e| VmmError::io("cannot write", &run.config(), e))?;
         let mut qemu = Command::new(QEMU);
         qemu.args(&args);
-        spawn_detached(qemu, &run.vmm_log(), QEMU)
+        spawn_detached(qemu, &run.vmm_log(), QEMU, jail.as_ref())
     }
 
     fn fatal_log(&self, run_dir: &Path) -> Option<String> {
@@ -178,8 +203,8 @@ mod tests {
             confine: None,
         };
         assert_eq!(
-            args(&cfg, false).join(" "),
-            "-accel tcg -cpu max -M pc -smp 1 -m 256 \
+            args(&cfg, false, None).join(" "),
+            "-accel tcg,tb-size=64 -cpu max -M pc -smp 1 -m 256 \
              -object memory-backend-memfd,id=mem,size=256M,share=on -numa node,memdev=mem \
              -chardev socket,id=vsock,path=/s/run/a/vhost.sock -device vhost-user-vsock-pci,chardev=vsock \
              -drive file=/s/drives/a-root.ext4,format=raw,if=virtio,cache=writeback \
@@ -189,8 +214,32 @@ mod tests {
              -nographic -no-reboot -nodefaults -serial file:/s/run/a/console.log \
              -kernel /s/cache/vmlinuz -initrd /s/cache/initrd -append console=ttyS0 fort.hostname=a"
         );
-        assert!(args(&cfg, true)
+        assert!(args(&cfg, true, None)
             .join(" ")
             .starts_with("-accel kvm -cpu host "));
+        // Confined: the TAP comes as a descriptor, and QEMU's sandbox is on.
+        let confined = VmConfig {
+            confine: Some(crate::host::vmm::Confine {
+                uid: 2_000_000_000,
+                gid: 2_000_000_000,
+                groups: vec![],
+                cgroup: "fort/1a2b3c4d/vm-a".into(),
+                cgroup_version: 1,
+                cgroup_dirs: vec![],
+                limits: crate::host::cgroup::limits(1, 256 << 20),
+            }),
+            ..cfg
+        };
+        let a = args(&confined, false, Some(7)).join(" ");
+        assert!(
+            a.contains(" -netdev tap,id=net0,fd=7 -device virtio-net-pci"),
+            "{a}"
+        );
+        assert!(
+            a.ends_with(
+                " -sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
+            ),
+            "{a}"
+        );
     }
 }

@@ -7,6 +7,7 @@
 //! process the moment it is spawned — so a fort killed at any instant leaves a row that says
 //! what runs, and the next apply adopts it (its agent answers) or stops it.
 
+mod confine;
 mod ports;
 mod steps;
 mod stop;
@@ -61,6 +62,24 @@ pub struct VmOutputs {
     /// The ports the table publishes (normal form), once it does.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub published: Vec<String>,
+    /// The uid (and gid, the same number) the VM's processes run as; `None`: unconfined (fort
+    /// is not root, `FORT_CONFINE=0`, or a record from before confinement).
+    #[serde(default)]
+    pub uid: Option<u32>,
+    /// The VM's cgroup, recorded before it is made.
+    #[serde(default)]
+    pub cgroup: Option<CgroupRecord>,
+    /// Drive files given to the VM's uid (root's again when the VM is destroyed).
+    #[serde(default)]
+    pub owned: Vec<PathBuf>,
+}
+
+/// A VM's cgroup: its path under each hierarchy's base and its directories.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CgroupRecord {
+    pub path: String,
+    pub version: u8,
+    pub dirs: Vec<PathBuf>,
 }
 
 /// A TAP a VM makes (or made) on a network.
@@ -208,6 +227,7 @@ impl ResourceKind for Vm {
             steps::stop(ctx, addr, &mut out).await?;
             // Ports follow the address lease, which a stopped VM keeps.
             ports::publish(ctx, addr, spec, &mut out).await?;
+            confine::release_cgroup(&mut out)?;
             return to_json(&out);
         }
         let want = restart_relevant(&desired.spec_json());
@@ -241,6 +261,7 @@ impl ResourceKind for Vm {
                 // A VM that never came up leaves nothing behind but its logs; a restarted one
                 // keeps its TAP and lease for the next try.
                 steps::stop(ctx, addr, &mut out).await?;
+                confine::release_cgroup(&mut out)?;
                 if fresh {
                     steps::detach(ctx, addr, &mut out).await?;
                 }
@@ -255,12 +276,16 @@ impl ResourceKind for Vm {
         crate::crash::hit(Point::VmDestroyStopped);
         steps::detach_quietly(ctx, &recorded.address, &mut out).await?;
         crate::crash::hit(Point::VmDetached);
+        confine::undo(&mut out)?;
+        crate::crash::hit(Point::VmUnconfined);
         match std::fs::remove_dir_all(&out.run_dir) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                Err(ResourceError::io("cannot remove", &out.run_dir, e))
+                return Err(ResourceError::io("cannot remove", &out.run_dir, e))
             }
-            _ => Ok(()),
+            _ => {}
         }
+        // Last: until here the uid's files and cgroup existed, and the row kept it.
+        ctx.with_store(|s| s.release_uid(&recorded.address.to_string()))
     }
 }
 

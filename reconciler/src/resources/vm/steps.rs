@@ -1,5 +1,5 @@
 //! The steps of a VM's apply, each small and recorded as it completes: intent → stop what ran
-//! before → attach to the network → prepare the run dir (rotating the last boot's logs) →
+//! before → attach to the network → confine (uid, cgroup, file owners) → prepare the run dir (rotating the last boot's logs) →
 //! spawn the helper → spawn the VMM → wait for the guest agent. The crash points of
 //! `crate::crash` sit between each act and its record.
 
@@ -42,6 +42,13 @@ pub(super) fn intent(
 ) -> Result<VmOutputs, ResourceError> {
     let run_dir = ctx.state_dir.join("run").join(&desired.address.name);
     let run = RunDir(&run_dir);
+    // The uid is chosen (and held in state) before anything exists, so every later record
+    // of the VM names it.
+    let uid = if crate::host::confine::enabled() {
+        Some(super::confine::uid(ctx, &desired.address)?)
+    } else {
+        None
+    };
     let out = VmOutputs {
         vmm: vmm_name(spec).to_string(),
         vsock_uds: run.vsock(),
@@ -55,6 +62,9 @@ pub(super) fn intent(
         booted: None,
         ports_table: None,
         published: Vec::new(),
+        uid,
+        cgroup: None,
+        owned: Vec::new(),
         run_dir,
     };
     ctx.step(&desired.address, Point::VmIntent, &out)?;
@@ -302,7 +312,8 @@ pub(super) async fn boot(
     let addr = &desired.address;
     attach(ctx, desired, spec, out).await?;
     super::ports::publish(ctx, addr, spec, out).await?;
-    let cfg = config(ctx, desired, spec, out)?;
+    let mut cfg = config(ctx, desired, spec, out)?;
+    cfg.confine = super::confine::prepare(ctx, addr, spec, out, &cfg)?;
     let vmm: std::sync::Arc<dyn crate::host::vmm::Vmm> = backend(ctx, spec)?.into();
     vmm.check(&cfg)
         .map_err(|e| ResourceError::Check(super::super::error_chain(&e)))?;
