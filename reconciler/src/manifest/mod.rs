@@ -12,6 +12,7 @@ mod schema;
 pub mod units;
 mod validate;
 mod validate_asset;
+mod validate_fort;
 mod validate_network;
 mod validate_ports;
 mod validate_vm;
