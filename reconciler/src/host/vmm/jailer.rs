@@ -1,6 +1,7 @@
 //! Firecracker through its jailer (Firecracker's docs/jailer.md): the chroot under the VM's
 //! run dir with the kernel, initrd and drives hard-linked in, the config with paths as the
-//! jailed Firecracker sees them, the jailer's command line (id, uid/gid, chroot base), and
+//! jailed Firecracker sees them, the jailer's command line (id, uid/gid, chroot base, the
+//! cgroup on v2), and
 //! the run-dir links that keep fort's paths (`vsock.sock`,
 //! `api.sock`, `vmm.log`) what they are without the jailer.
 
@@ -76,11 +77,14 @@ pub fn config(cfg: &VmConfig, jail: &Jail) -> Value {
 
 /// The jailer's arguments; Firecracker's own come after `--`, paths inside the jail.
 ///
-/// No `--cgroup`: fort has made the VM's cgroup with its limits and puts the jailer in it
-/// before it runs (so Firecracker, the same process after exec, stays there). The jailer's
-/// `--parent-cgroup` is one path below every controller's root, and fort's VM cgroups are not
-/// always that: on a cgroup v1 host they go under fort's own cgroup of each controller,
-/// which may differ from one controller to the next.
+/// fort has made the VM's cgroup with its limits and starts the jailer inside it (so
+/// Firecracker, the same process after exec, is there from its first instruction). On cgroup
+/// v2 the VM's cgroup is `fort/<state id>/vm-NAME` under the cgroup2 root, which is what the
+/// jailer's `--cgroup-version 2 --parent-cgroup fort/<state id>` with `--id vm-NAME` names, so
+/// the jailer is also given the limits (`--cgroup FILE=VALUE`) and writes and joins the same
+/// cgroup. On v1 fort's VM cgroups go under fort's own cgroup of each controller, which may
+/// differ from one controller to the next and so is not one `--parent-cgroup`: no cgroup
+/// arguments then, fort's placement stands.
 pub fn args(jail: &Jail, confine: &Confine) -> Vec<String> {
     let mut a: Vec<String> = vec![
         "--id".into(),
@@ -94,6 +98,27 @@ pub fn args(jail: &Jail, confine: &Confine) -> Vec<String> {
         "--chroot-base-dir".into(),
         jail.base.display().to_string(),
     ];
+    let id_suffix = format!("/{}", jail.id);
+    if let (2, Some(parent)) = (
+        confine.cgroup_version,
+        confine.cgroup.strip_suffix(&id_suffix),
+    ) {
+        let l = &confine.limits;
+        a.extend([
+            "--cgroup-version".into(),
+            "2".into(),
+            "--parent-cgroup".into(),
+            parent.to_string(),
+        ]);
+        for (file, value) in [
+            ("cpu.max", format!("{} {}", l.cpu_quota_us, l.cpu_period_us)),
+            ("memory.max", l.memory_bytes.to_string()),
+            ("pids.max", l.pids.to_string()),
+        ] {
+            a.push("--cgroup".into());
+            a.push(format!("{file}={value}"));
+        }
+    }
     for s in [
         "--",
         "--config-file",
