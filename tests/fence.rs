@@ -18,29 +18,9 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
 use common::fort::Workspace;
-use common::netns::in_netns;
+use common::netns::{in_netns, sh, Killed, Namespaces};
 use common::rootfs::static_agent;
 use common::vms::{assets, ConsoleOnFailure, ONE_AT_A_TIME};
-
-fn sh(cmd: &str) {
-    let out = Command::new("sh").arg("-c").arg(cmd).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{cmd}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// Named namespaces this test creates (and deletes when dropped).
-struct Namespaces(Vec<String>);
-
-impl Drop for Namespaces {
-    fn drop(&mut self) {
-        for n in &self.0 {
-            let _ = Command::new("ip").args(["netns", "del", n]).status();
-        }
-    }
-}
 
 /// An HTTP server answering `body` on `addr:port`, run in namespace `ns` (None: here).
 fn server(ns: Option<&str>, addr: &str, port: u16, body: &str, dir: &Path) -> Child {
@@ -68,17 +48,6 @@ fn server(ns: Option<&str>, addr: &str, port: u16, body: &str, dir: &Path) -> Ch
     .stderr(Stdio::null())
     .spawn()
     .unwrap()
-}
-
-struct Servers(Vec<Child>);
-
-impl Drop for Servers {
-    fn drop(&mut self) {
-        for c in &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
 }
 
 fn manifest(ws: &Workspace, dir: &Path, policy: &str) {
@@ -172,7 +141,7 @@ fn a_guest_reaches_what_its_network_allows_and_nothing_else() {
         }
 
         let www = tempfile::tempdir().unwrap();
-        let _servers = Servers(vec![
+        let _servers = Killed(vec![
             server(Some(&out), "198.51.100.1", 8080, "outside", www.path()),
             server(Some(&private), "10.99.0.1", 8080, "private", www.path()),
             server(

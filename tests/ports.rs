@@ -16,44 +16,13 @@ mod common;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::fort::Workspace;
-use common::netns::in_netns;
+use common::netns::{in_netns, sh, Killed, Namespaces};
 use common::rootfs::static_agent;
 use common::vms::{assets, ConsoleOnFailure, ONE_AT_A_TIME};
-
-fn sh(cmd: &str) {
-    let out = Command::new("sh").arg("-c").arg(cmd).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{cmd}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// Named namespaces this test creates (and deletes when dropped).
-struct Namespaces(Vec<String>);
-
-impl Drop for Namespaces {
-    fn drop(&mut self) {
-        for n in &self.0 {
-            let _ = Command::new("ip").args(["netns", "del", n]).status();
-        }
-    }
-}
-
-struct Killed(Vec<Child>);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        for c in &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
 
 /// This namespace ↔ `out` (198.51.100.2 here, 198.51.100.1 there), and nothing else: every
 /// route of both leads to that veth only.
