@@ -3,6 +3,7 @@
 
 pub mod assets;
 pub mod fort;
+pub mod leaks;
 pub mod netns;
 pub mod rootfs;
 pub mod server;
