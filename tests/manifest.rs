@@ -553,3 +553,72 @@ fn uid_range_errors_name_the_line_and_the_users_it_overlaps() {
     assert_eq!(m.uid_range, Some((3_000_000_000, 3_000_000_999)));
     assert_eq!(load(&base("")).unwrap().uid_range, None);
 }
+
+/// `drives` entries with `mount`: what they resolve to, and every bad input with its position.
+#[test]
+fn mounted_drives_resolve_and_bad_mounts_name_the_line() {
+    let drives = "[drive.data]\nsize = \"1GiB\"\n[drive.scratch]\nsize = \"1GiB\"\n[drive.logs]\nsize = \"1GiB\"\n";
+    let vm = |list: &str| {
+        base(&format!(
+            "{drives}[vm.a]\nkernel = \"k\"\nroot = {{ template = \"t\", size = \"2GiB\" }}\ndrives = {list}\n"
+        ))
+    };
+    let m = load(&vm(
+        r#"[{ drive = "data", mount = "/data/", options = "ro,noatime" }, "scratch", { drive = "logs", mount = "//var/./log" }]"#,
+    ))
+    .unwrap();
+    let spec = m.resources[&"vm.a".parse::<Address>().unwrap()].spec_json();
+    assert_eq!(spec["drives"], serde_json::json!(["data", "scratch", "logs"]));
+    assert_eq!(
+        spec["mounts"],
+        serde_json::json!([
+            {"drive": "data", "path": "/data", "options": "ro,noatime"},
+            {"drive": "logs", "path": "/var/log"}
+        ])
+    );
+    // No mounts: no `mounts` key, so the spec (and its hash) is what older forts recorded.
+    let plain = load(&vm(r#"["data", "scratch"]"#)).unwrap();
+    let plain = plain.resources[&"vm.a".parse::<Address>().unwrap()].spec_json();
+    assert!(plain.get("mounts").is_none(), "{plain}");
+
+    let cases: Vec<(String, &str)> = vec![
+        (vm(r#"[{ drive = "data", mount = "data" }]"#),
+         "fort.toml:21:37: vm.a: drive.data: mount point `data` is not an absolute path (e.g. \"/data\")"),
+        (vm(r#"[{ drive = "data", mount = "/" }]"#),
+         "fort.toml:21:37: vm.a: drive.data: mount point `/` is the root: the root drive is mounted there"),
+        (vm(r#"[{ drive = "data", mount = "/srv/../etc" }]"#),
+         "fort.toml:21:37: vm.a: drive.data: mount point `/srv/../etc` contains `..`"),
+        (vm(r#"[{ drive = "data", mount = "/proc/x" }]"#),
+         "fort.toml:21:37: vm.a: drive.data: mount point `/proc/x` is inside /proc, which the guest agent mounts itself"),
+        (vm(r#"[{ drive = "data", mount = "/data", options = "ro;rm -rf" }]"#),
+         "fort.toml:21:56: vm.a: drive.data: mount option `ro;rm -rf` contains ';': options are a-z, 0-9 and _ = . -"),
+        (vm(r#"[{ drive = "data", mount = "/data", options = "ro,rw" }]"#),
+         "fort.toml:21:56: vm.a: drive.data: mount options `ro,rw` say both ro and rw"),
+        // One drive mounted twice, or attached and mounted: listed twice.
+        (vm(r#"[{ drive = "data", mount = "/a" }, { drive = "data", mount = "/b" }]"#),
+         "fort.toml:21:45: vm.a: drive.data is listed twice in `drives` (a drive is attached, and mounted, once)"),
+        (vm(r#"["data", { drive = "data", mount = "/data" }]"#),
+         "fort.toml:21:19: vm.a: drive.data is listed twice in `drives` (a drive is attached, and mounted, once)"),
+        (vm(r#"[{ drive = "data", mount = "/srv" }, { drive = "logs", mount = "/srv/" }]"#),
+         "fort.toml:21:73: vm.a: drive.logs and drive.data are both mounted at /srv"),
+        (vm(r#"[{ drive = "nope", mount = "/data" }]"#),
+         "fort.toml:21:21: vm.a: drive `nope` is not defined (defined: data, logs, scratch)"),
+        (vm(r#"[{ drive = "data", mount = "/data", fstype = "xfs" }]"#),
+         "fort.toml:21:46: unknown field `fstype`, expected one of `drive`, `mount`, `options`"),
+        (vm(r#"[{ drive = "data" }]"#),
+         "fort.toml:21:11: missing field `mount`"),
+        (vm(r#"[{ drive = "data", mount = 5 }]"#),
+         "fort.toml:21:37: invalid type: integer `5`, expected a string"),
+    ];
+    let mut failures = Vec::new();
+    for (body, want) in &cases {
+        match load(body) {
+            Ok(_) => failures.push(format!("expected an error for:\n{body}\nwant: {want}\n")),
+            Err(got) if got != *want => {
+                failures.push(format!("for:\n{body}\n got: {got}\nwant: {want}\n"))
+            }
+            Err(_) => {}
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}

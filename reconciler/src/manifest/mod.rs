@@ -13,6 +13,7 @@ pub mod units;
 mod validate;
 mod validate_asset;
 mod validate_fort;
+mod validate_mounts;
 mod validate_network;
 mod validate_ports;
 mod validate_vm;

@@ -306,7 +306,12 @@ pub struct VmSpec {
     pub kernel: String,
     /// The root drive's name.
     pub root: String,
+    /// Data drives in manifest order (the guest sees them as vdb, vdc, … in this order).
     pub drives: Vec<String>,
+    /// The data drives the guest agent mounts at boot, in manifest order. Left out when
+    /// empty, so the specs (and hashes) of VMs without mounts are what older forts recorded.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub mounts: Vec<MountSpec>,
     pub vcpus: u32,
     /// Bytes.
     pub memory: u64,
@@ -326,6 +331,46 @@ pub struct VmSpec {
     /// (and hashes) of VMs without ports are what older forts recorded.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub ports: Vec<String>,
+}
+
+/// The serial number a data drive is given (QEMU: virtio-blk `serial=`, seen by the guest in
+/// `/sys/block/vdX/serial`): `fort-NAME`, or when that exceeds virtio's 20 bytes, `fort-`, the
+/// name's first 6 characters, `-` and 8 hex digits of its sha256.
+pub fn drive_serial(name: &str) -> String {
+    let s = format!("fort-{name}");
+    if s.len() <= 20 {
+        return s;
+    }
+    let h = hex::encode(Sha256::digest(name.as_bytes()));
+    format!("fort-{}-{}", &name[..6], &h[..8])
+}
+
+/// The guest's name of the `index`-th data drive when the VMM gives no serial (Firecracker):
+/// the root is vda, data drives follow in manifest order (vdb, vdc, … vdz, vdaa, …).
+pub fn data_drive_device(index: usize) -> String {
+    // Linux's disk naming: base-26 with letters, "a" after "z" carrying like "aa".
+    let mut n = index + 1;
+    let mut name = Vec::new();
+    loop {
+        name.push(b'a' + (n % 26) as u8);
+        if n < 26 {
+            break;
+        }
+        n = n / 26 - 1;
+    }
+    name.reverse();
+    format!("vd{}", String::from_utf8_lossy(&name))
+}
+
+/// One mounted data drive: `{ drive = "data", mount = "/data", options = "ro" }`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MountSpec {
+    pub drive: String,
+    /// An absolute, normalised path in the guest (not `/`).
+    pub path: String,
+    /// Comma-separated mount options as written (validated charset); `None`: the defaults.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub options: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

@@ -242,9 +242,10 @@ pub struct RawVm {
     /// A drive name, or { template, size } for a drive of its own.
     #[schemars(with = "RootSchema")]
     pub root: Spanned<RawRoot>,
-    /// Data drives.
-    #[schemars(with = "Option<Vec<String>>")]
-    pub drives: Option<Vec<Spanned<String>>>,
+    /// Data drives: a drive name (attached, not mounted), or { drive, mount, options } for a
+    /// drive the guest agent mounts at boot.
+    #[schemars(with = "Option<Vec<DataDriveSchema>>")]
+    pub drives: Option<Vec<Spanned<RawDataDrive>>>,
     /// 1 or an even number (default 1).
     #[schemars(with = "Option<u32>")]
     pub vcpus: Option<Spanned<i64>>,
@@ -292,6 +293,30 @@ pub struct RawInlineRoot {
     pub size: Spanned<RawSize>,
 }
 
+/// A VM's data drive: `"scratch"` (attached only) or `{ drive = "data", mount = "/data" }`.
+#[derive(Debug)]
+pub enum RawDataDrive {
+    Name(String),
+    Mounted(RawMount),
+}
+
+impl RawDataDrive {
+    pub fn name(&self) -> &str {
+        match self {
+            RawDataDrive::Name(n) => n,
+            RawDataDrive::Mounted(m) => m.drive.get_ref(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMount {
+    pub drive: Spanned<String>,
+    pub mount: Spanned<String>,
+    pub options: Option<Spanned<String>>,
+}
+
 /// An overlay file: inline text, or a table.
 #[derive(Debug)]
 pub enum RawOverlay {
@@ -336,6 +361,28 @@ enum RootSchema {
         #[schemars(with = "SizeSchema")]
         size: String,
     },
+}
+
+#[derive(JsonSchema)]
+#[serde(untagged)]
+#[allow(dead_code)]
+enum DataDriveSchema {
+    /// A drive attached to the VM and not mounted.
+    Drive(String),
+    /// A drive the guest agent mounts (ext4) at boot.
+    Mounted(MountSchema),
+}
+
+#[derive(JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+struct MountSchema {
+    drive: String,
+    /// Absolute path in the guest, e.g. "/data" (not "/", no "..").
+    mount: String,
+    /// Mount options, comma-separated, e.g. "ro,noatime" (default "rw").
+    #[schemars(regex(pattern = r"^[a-z0-9_=.-]+(,[a-z0-9_=.-]+)*$"))]
+    options: Option<String>,
 }
 
 #[derive(JsonSchema)]
@@ -396,6 +443,26 @@ impl<'de> Deserialize<'de> for RawRoot {
             fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<RawRoot, A::Error> {
                 RawInlineRoot::deserialize(de::value::MapAccessDeserializer::new(map))
                     .map(RawRoot::Inline)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl<'de> Deserialize<'de> for RawDataDrive {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = RawDataDrive;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a drive name or { drive = \"…\", mount = \"/…\", options = \"…\" }")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<RawDataDrive, E> {
+                Ok(RawDataDrive::Name(v.to_string()))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<RawDataDrive, A::Error> {
+                RawMount::deserialize(de::value::MapAccessDeserializer::new(map))
+                    .map(RawDataDrive::Mounted)
             }
         }
         d.deserialize_any(V)

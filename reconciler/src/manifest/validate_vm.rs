@@ -286,27 +286,40 @@ pub(super) fn vms(
                 }
             }
         };
-        let mut data = Vec::new();
-        for d in raw.drives.iter().flatten() {
-            if !reference(cx, file, &addr, "drive", d, refs.drives.keys()) {
+        let mut data: Vec<String> = Vec::new();
+        let listed = raw.drives.as_deref().unwrap_or_default();
+        for entry in listed {
+            let name = entry.get_ref().name();
+            // Listed twice in this VM: validate_mounts says so.
+            if data.iter().any(|d| d == name) {
+                continue;
+            }
+            let d = match entry.get_ref() {
+                RawDataDrive::Name(n) => Spanned::new(entry.span(), n.clone()),
+                RawDataDrive::Mounted(m) => m.drive.clone(),
+            };
+            if !reference(cx, file, &addr, "drive", &d, refs.drives.keys()) {
                 ok = false;
                 continue;
             }
             if count.is_some() {
-                cx.err(file, &d.span(), format!("{addr}: drive.{} cannot be attached to a pool: every instance would share it", d.get_ref()));
+                cx.err(file, &d.span(), format!("{addr}: drive.{name} cannot be attached to a pool: every instance would share it"));
                 ok = false;
                 continue;
             }
-            if let Some(user) = drive_users.insert(d.get_ref().clone(), addr.clone()) {
+            if let Some(user) = drive_users.insert(name.to_string(), addr.clone()) {
                 cx.err(
                     file,
                     &d.span(),
-                    format!("{addr}: drive.{} is already used by {user}", d.get_ref()),
+                    format!("{addr}: drive.{name} is already used by {user}"),
                 );
                 ok = false;
             }
-            data.push(d.get_ref().clone());
+            data.push(name.to_string());
         }
+        let mounts = super::validate_mounts::mounts(cx, file, &addr, listed);
+        ok &= mounts.is_some();
+        let mounts = mounts.unwrap_or_default();
 
         // Every instance whose TAP name does not fit, so one edit fixes them all.
         if net.is_some() {
@@ -397,6 +410,7 @@ pub(super) fn vms(
                 kernel: raw.kernel.get_ref().clone(),
                 root,
                 drives: data.clone(),
+                mounts: mounts.clone(),
                 vcpus,
                 memory,
                 network: net.as_ref().map(|(n, _)| n.clone()),

@@ -186,6 +186,7 @@ pub(crate) mod tests {
             cmdline: "console=ttyS0 reboot=k panic=1 fort.hostname=a fort.ip=10.77.0.2/24 fort.gw=10.77.0.1 fort.dns=192.0.2.53".into(),
             root: "/var/lib/fort/drives/a-root.ext4".into(),
             drives: vec!["/var/lib/fort/drives/data.ext4".into()],
+            serials: vec!["fort-data".into()],
             vcpus: 2,
             memory_mib: 512,
             net: Some(NetConfig {

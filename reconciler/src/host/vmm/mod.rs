@@ -53,6 +53,9 @@ pub struct VmConfig {
     pub cmdline: String,
     pub root: PathBuf,
     pub drives: Vec<PathBuf>,
+    /// The serial of each of `drives` (same order), given to the guest where the VMM can
+    /// (QEMU); Firecracker has none, the guest finds them by order.
+    pub serials: Vec<String>,
     pub vcpus: u32,
     pub memory_mib: u64,
     pub net: Option<NetConfig>,

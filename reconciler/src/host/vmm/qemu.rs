@@ -42,10 +42,30 @@ pub fn args(cfg: &VmConfig, kvm: bool, tap_fd: Option<i32>) -> Vec<String> {
         "-device",
         "vhost-user-vsock-pci,chardev=vsock",
     ]);
-    for d in std::iter::once(&cfg.root).chain(&cfg.drives) {
+    // Explicit devices (not `if=virtio`, which QEMU creates after every `-device`): PCI order
+    // is command-line order, so the root is vda and data drives follow in manifest order.
+    push(&[
+        "-drive",
+        &format!(
+            "file={},format=raw,if=none,id=root,cache=writeback",
+            cfg.root.display()
+        ),
+        "-device",
+        "virtio-blk-pci,drive=root",
+    ]);
+    for (i, d) in cfg.drives.iter().enumerate() {
+        let mut dev = format!("virtio-blk-pci,drive=data{i}");
+        if let Some(s) = cfg.serials.get(i) {
+            dev.push_str(&format!(",serial={s}"));
+        }
         push(&[
             "-drive",
-            &format!("file={},format=raw,if=virtio,cache=writeback", d.display()),
+            &format!(
+                "file={},format=raw,if=none,id=data{i},cache=writeback",
+                d.display()
+            ),
+            "-device",
+            &dev,
         ]);
     }
     if let Some(n) = &cfg.net {
@@ -193,6 +213,7 @@ mod tests {
             cmdline: "console=ttyS0 fort.hostname=a".into(),
             root: "/s/drives/a-root.ext4".into(),
             drives: vec!["/s/drives/data.ext4".into()],
+            serials: vec!["fort-data".into()],
             vcpus: 1,
             memory_mib: 256,
             net: Some(NetConfig {
@@ -207,8 +228,8 @@ mod tests {
             "-accel tcg,tb-size=64 -cpu max -M pc -smp 1 -m 256 \
              -object memory-backend-memfd,id=mem,size=256M,share=on -numa node,memdev=mem \
              -chardev socket,id=vsock,path=/s/run/a/vhost.sock -device vhost-user-vsock-pci,chardev=vsock \
-             -drive file=/s/drives/a-root.ext4,format=raw,if=virtio,cache=writeback \
-             -drive file=/s/drives/data.ext4,format=raw,if=virtio,cache=writeback \
+             -drive file=/s/drives/a-root.ext4,format=raw,if=none,id=root,cache=writeback -device virtio-blk-pci,drive=root \
+             -drive file=/s/drives/data.ext4,format=raw,if=none,id=data0,cache=writeback -device virtio-blk-pci,drive=data0,serial=fort-data \
              -netdev tap,id=net0,ifname=fort-a,script=no,downscript=no -device virtio-net-pci,netdev=net0,mac=02:fc:0a:4d:00:02 \
              -qmp unix:/s/run/a/qmp.sock,server=on,wait=off \
              -nographic -no-reboot -nodefaults -serial file:/s/run/a/console.log \

@@ -18,7 +18,7 @@ use crate::host::net::link::Netlink;
 use crate::host::vmm::firecracker::Firecracker;
 use crate::host::vmm::qemu::Qemu;
 use crate::host::vmm::{NetConfig, RunDir, Started, VmConfig};
-use crate::manifest::{Resource, VmSpec, Vmm};
+use crate::manifest::{data_drive_device, drive_serial, Resource, VmSpec, Vmm};
 use crate::state::leases::PoolSlot;
 use crate::state::StateStore;
 
@@ -268,6 +268,7 @@ fn config(
             cmdline.push_str(&format!(" fort.dns={}", dns.join(",")));
         }
     }
+    cmdline.push_str(&mount_params(spec));
     Ok(VmConfig {
         name: desired.address.name.clone(),
         run_dir: out.run_dir.clone(),
@@ -280,6 +281,7 @@ fn config(
             .iter()
             .map(|d| drive_path(ctx, d))
             .collect::<Result<_, _>>()?,
+        serials: spec.drives.iter().map(|d| drive_serial(d)).collect(),
         vcpus: spec.vcpus,
         memory_mib: spec.memory / (1 << 20),
         net: out.network.as_ref().map(|a| NetConfig {
@@ -289,6 +291,30 @@ fn config(
         cid: out.cid,
         confine: None,
     })
+}
+
+/// ` fort.mount=DRIVE:SERIAL:DEVICE:PATH[:OPTIONS]` per mounted drive (docs/guest-agent.md):
+/// the agent finds the disk by SERIAL, else (Firecracker gives none) by DEVICE, the name its
+/// place in `drives` gives it. Validation keeps `:` and spaces out of every part.
+pub(super) fn mount_params(spec: &VmSpec) -> String {
+    let mut out = String::new();
+    for m in &spec.mounts {
+        let Some(i) = spec.drives.iter().position(|d| *d == m.drive) else {
+            continue;
+        };
+        out.push_str(&format!(
+            " fort.mount={}:{}:{}:{}",
+            m.drive,
+            drive_serial(&m.drive),
+            data_drive_device(i),
+            m.path
+        ));
+        if let Some(o) = &m.options {
+            out.push(':');
+            out.push_str(o);
+        }
+    }
+    out
 }
 
 async fn blocking<T: Send + 'static>(
