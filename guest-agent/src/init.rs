@@ -1,10 +1,11 @@
-//! PID 1 duties inside a fort VM: mount the basic filesystems, set the hostname, configure
+//! PID 1 duties inside a fort VM: mount the basic filesystems and the data drives, set the hostname, configure
 //! `lo`/`eth0`, the default route and `/etc/resolv.conf` from `fort.*` kernel parameters, reap
 //! orphaned zombies, and power off cleanly on SIGINT/SIGTERM (Ctrl-Alt-Del) or `shutdown`.
 //!
 //! A PID 1 that exits panics the kernel, so nothing here exits: failures are logged and the
 //! agent keeps serving.
 
+pub mod mounts;
 mod net;
 
 use std::collections::HashSet;
@@ -35,6 +36,8 @@ pub struct Params {
     pub gateway: Option<std::net::Ipv4Addr>,
     /// `fort.dns=1.1.1.1,8.8.8.8`
     pub dns: Vec<std::net::IpAddr>,
+    /// `fort.mount=DRIVE:SERIAL:DEVICE:PATH[:OPTIONS]`, one per mounted data drive.
+    pub mounts: Vec<mounts::MountParam>,
 }
 
 impl Params {
@@ -56,6 +59,10 @@ impl Params {
                 "fort.gw" => match v.parse() {
                     Ok(g) => p.gateway = Some(g),
                     Err(_) => log(format!("ignoring bad fort.gw={v}")),
+                },
+                "fort.mount" => match mounts::MountParam::parse(v) {
+                    Ok(m) => p.mounts.push(m),
+                    Err(e) => log(format!("ignoring {e}")),
                 },
                 "fort.dns" => {
                     for s in v.split(',').filter(|s| !s.is_empty()) {
@@ -89,6 +96,8 @@ pub fn boot() {
         }
     }
     net::configure(&params);
+    // Before the listeners: the first `initialize` already carries the mount reports.
+    mounts::mount_all(&params.mounts, None);
     if !params.dns.is_empty() {
         let text: String = params
             .dns
@@ -322,6 +331,9 @@ mod tests {
             Some("10.77.0.1")
         );
         assert_eq!(p.dns.len(), 2);
+        let m = Params::parse("fort.mount=data:fort-data:vdb:/data:ro fort.mount=bad fort.mount=s:fort-s:vdc:/srv");
+        let paths: Vec<&str> = m.mounts.iter().map(|m| m.path.as_str()).collect();
+        assert_eq!(paths, ["/data", "/srv"]);
         assert_eq!(
             Params::parse("fort.ip=nonsense fort.gw=x"),
             Params::default()

@@ -104,15 +104,25 @@ pub fn parse(session: &mut Session, line: &[u8]) -> Parsed {
                 .filter(|v| PROTOCOL_VERSIONS.contains(v))
                 .unwrap_or(PROTOCOL_VERSIONS[0]);
             session.initialized = true;
-            Parsed::Reply(result(
-                id,
-                json!({
-                    "protocolVersion": version,
-                    "capabilities": {"tools": {"listChanged": false}},
-                    "serverInfo": {"name": "fort-guest-agent", "version": env!("CARGO_PKG_VERSION")},
-                    "instructions": "A fort VM. run_command runs programs; file_read, file_write, file_delete, list_dir and stat work on its filesystem."
-                }),
-            ))
+            let mounts = crate::init::mounts::reports();
+            let mut instructions = String::from("A fort VM. run_command runs programs; file_read, file_write, file_delete, list_dir and stat work on its filesystem.");
+            for m in &mounts {
+                match &m.error {
+                    None => instructions.push_str(&format!(" Drive {} is mounted at {}.", m.drive, m.path)),
+                    Some(e) => instructions.push_str(&format!(" Drive {} could not be mounted at {}: {e}.", m.drive, m.path)),
+                }
+            }
+            let mut r = json!({
+                "protocolVersion": version,
+                "capabilities": {"tools": {"listChanged": false}},
+                "serverInfo": {"name": "fort-guest-agent", "version": env!("CARGO_PKG_VERSION")},
+                "instructions": instructions,
+            });
+            // fort's own: what this boot mounted (the host records and shows failures).
+            if !mounts.is_empty() {
+                r["_meta"] = json!({ "fort/mounts": mounts });
+            }
+            Parsed::Reply(result(id, r))
         }
         "ping" => Parsed::Reply(result(id, json!({}))),
         _ if !session.initialized => Parsed::Reply(error(
