@@ -71,6 +71,15 @@ pub async fn exec(cli: &Cli, a: &ExecArgs) -> Result<u8, CliError> {
         args["cwd"] = json!(c);
     }
     let mut client = Client::connect(&ep, a.agent.connect_timeout).await?;
+    // A drive the agent could not mount is said on every exec: the command may depend on it.
+    for m in client.mounts() {
+        if let Some(e) = &m.error {
+            eprintln!(
+                "fort: warning: drive.{} is not mounted at {}: {e}",
+                m.drive, m.path
+            );
+        }
+    }
     // Output is printed as the agent streams it, not when the command ends.
     let mut print = |n: &Value| {
         if n.get("method").and_then(Value::as_str) != Some("notifications/fort/output") {

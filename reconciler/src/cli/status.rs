@@ -1,5 +1,5 @@
 //! `fort status`: one table of everything recorded, with what the host says about it now
-//! (VMs: running or not, address, uptime, restarts; drives: size and clone method; networks;
+//! (VMs: running or not, address, uptime, restarts, mounted drives; drives: size and clone method; networks;
 //! images and assets).
 
 use serde_json::{json, Value};
@@ -82,6 +82,19 @@ pub fn status(cli: &Cli) -> Result<u8, CliError> {
                 );
                 if let Some(l) = row.get("last_crash").and_then(Value::as_str) {
                     detail.push_str(&format!("; last crash: {l}"));
+                }
+                // Data drives as the agent reported them when this boot became ready.
+                if let Some(mounts) = o.get("mounts").and_then(Value::as_array) {
+                    row["mounts"] = json!(mounts);
+                    for m in mounts {
+                        let drive = m.get("drive").and_then(Value::as_str).unwrap_or("?");
+                        let path = m.get("path").and_then(Value::as_str).unwrap_or("?");
+                        match m.get("error").and_then(Value::as_str) {
+                            Some(e) => detail
+                                .push_str(&format!("; drive.{drive} NOT mounted at {path}: {e}")),
+                            None => detail.push_str(&format!("; drive.{drive} on {path}")),
+                        }
+                    }
                 }
                 (state, detail)
             }

@@ -193,6 +193,20 @@ pub struct Client {
     reader: BufReader<tokio::io::ReadHalf<Box<dyn Io>>>,
     writer: tokio::io::WriteHalf<Box<dyn Io>>,
     next: i64,
+    /// The agent's `initialize` result (its `_meta["fort/mounts"]`: see [`Client::mounts`]).
+    pub initialized: Value,
+}
+
+/// One data drive as the agent reported it at boot (docs/guest-agent.md, "Mounted drives").
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct MountStatus {
+    pub drive: String,
+    pub path: String,
+    #[serde(default)]
+    pub device: Option<String>,
+    pub mounted: bool,
+    #[serde(default)]
+    pub error: Option<String>,
 }
 
 impl Client {
@@ -202,8 +216,9 @@ impl Client {
             reader: BufReader::new(r),
             writer: w,
             next: 1,
+            initialized: Value::Null,
         };
-        c.request(
+        c.initialized = c.request(
             "initialize",
             json!({"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "fort", "version": crate::VERSION}}),
         )
@@ -212,6 +227,15 @@ impl Client {
             .write_all(b"{\"jsonrpc\":\"2.0\",\"method\":\"notifications/initialized\"}\n")
             .await?;
         Ok(c)
+    }
+
+    /// The data drives the agent mounted (or failed to) at boot; empty for a VM without
+    /// mounts or an agent that predates them.
+    pub fn mounts(&self) -> Vec<MountStatus> {
+        self.initialized
+            .pointer("/_meta/fort~1mounts")
+            .and_then(|v| serde_json::from_value(v.clone()).ok())
+            .unwrap_or_default()
     }
 
     pub async fn request(&mut self, method: &str, params: Value) -> Result<Value, AgentError> {

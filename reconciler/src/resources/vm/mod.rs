@@ -72,6 +72,9 @@ pub struct VmOutputs {
     /// Drive files given to the VM's uid (root's again when the VM is destroyed).
     #[serde(default)]
     pub owned: Vec<PathBuf>,
+    /// What the agent reported of its data-drive mounts when this boot became ready.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mounts: Vec<crate::host::agent::MountStatus>,
 }
 
 /// A VM's cgroup: its path under each hierarchy's base and its directories.
@@ -244,7 +247,16 @@ impl ResourceKind for Vm {
             steps::attach(ctx, desired, spec, &mut out).await?;
             ports::publish(ctx, addr, spec, &mut out).await?;
             let finished = recorded.is_some_and(|r| r.status == Status::Ready);
-            if finished || steps::wait_ready(spec, &out).await.is_ok() {
+            let ready = if finished {
+                true
+            } else if let Ok(m) = steps::wait_ready(spec, &out).await {
+                steps::warn_unmounted(addr, &m);
+                out.mounts = m;
+                true
+            } else {
+                false
+            };
+            if ready {
                 out.booted = Some(want);
                 return to_json(&out);
             }

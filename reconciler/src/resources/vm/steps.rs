@@ -13,7 +13,7 @@ use super::super::{Ctx, ResourceError};
 use super::{stop as stopping, write_pid_file, TapIntent, VmOutputs};
 use crate::address::{Address, Kind};
 use crate::crash::Point;
-use crate::host::agent::{Client, Endpoint};
+use crate::host::agent::{Client, Endpoint, MountStatus};
 use crate::host::net::link::Netlink;
 use crate::host::vmm::firecracker::Firecracker;
 use crate::host::vmm::qemu::Qemu;
@@ -65,6 +65,7 @@ pub(super) fn intent(
         uid,
         cgroup: None,
         owned: Vec::new(),
+        mounts: Vec::new(),
         run_dir,
     };
     ctx.step(&desired.address, Point::VmIntent, &out)?;
@@ -121,6 +122,8 @@ pub(super) async fn stop(
     out.started = None;
     out.helper = None;
     out.booted = None;
+    // What a stopped VM mounted is history; the next boot reports again.
+    out.mounts.clear();
     ctx.step(addr, Point::VmStopped, out)
 }
 
@@ -364,7 +367,8 @@ pub(super) async fn boot(
     ctx.step(addr, Point::VmSpawned, out)?;
     write_pid_file(out)?;
 
-    wait_ready(spec, out).await?;
+    out.mounts = wait_ready(spec, out).await?;
+    warn_unmounted(addr, &out.mounts);
     out.boot_ms = Some(t0.elapsed().as_millis() as u64);
     Ok(())
 }
@@ -379,7 +383,24 @@ fn boot_timeout(slow: bool) -> Duration {
 
 /// Wait until the guest agent answers a `ping`, failing early when the VMM died or reported
 /// a fatal problem in this boot's log. Does not stop anything: the caller does.
-pub(super) async fn wait_ready(spec: &VmSpec, out: &VmOutputs) -> Result<(), ResourceError> {
+/// Say which drives the agent could not mount (they are recorded too, for `fort status`).
+pub(super) fn warn_unmounted(addr: &Address, mounts: &[MountStatus]) {
+    for m in mounts {
+        if let Some(e) = &m.error {
+            tracing::warn!(
+                "{addr}: drive.{} is not mounted at {}: {e}",
+                m.drive,
+                m.path
+            );
+        }
+    }
+}
+
+/// The agent's mount reports come with its answer.
+pub(super) async fn wait_ready(
+    spec: &VmSpec,
+    out: &VmOutputs,
+) -> Result<Vec<MountStatus>, ResourceError> {
     let Some(started) = out.started else {
         return Err(ResourceError::Check("the VM is not running".into()));
     };
@@ -429,10 +450,12 @@ pub(super) async fn wait_ready(spec: &VmSpec, out: &VmOutputs) -> Result<(), Res
         let connect = Duration::from_secs((2 * attempt).min(16));
         let once = async {
             let mut c = Client::connect(&ep, connect).await.ok()?;
-            c.request("ping", serde_json::json!({})).await.ok()
+            c.request("ping", serde_json::json!({})).await.ok()?;
+            Some(c.mounts())
         };
-        if let Ok(Some(_)) = tokio::time::timeout(connect + Duration::from_secs(3), once).await {
-            return Ok(());
+        if let Ok(Some(mounts)) = tokio::time::timeout(connect + Duration::from_secs(3), once).await
+        {
+            return Ok(mounts);
         }
         if Instant::now() > deadline {
             return Err(ResourceError::Check(format!(
