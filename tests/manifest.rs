@@ -568,7 +568,10 @@ fn mounted_drives_resolve_and_bad_mounts_name_the_line() {
     ))
     .unwrap();
     let spec = m.resources[&"vm.a".parse::<Address>().unwrap()].spec_json();
-    assert_eq!(spec["drives"], serde_json::json!(["data", "scratch", "logs"]));
+    assert_eq!(
+        spec["drives"],
+        serde_json::json!(["data", "scratch", "logs"])
+    );
     assert_eq!(
         spec["mounts"],
         serde_json::json!([

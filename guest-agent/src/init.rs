@@ -331,7 +331,9 @@ mod tests {
             Some("10.77.0.1")
         );
         assert_eq!(p.dns.len(), 2);
-        let m = Params::parse("fort.mount=data:fort-data:vdb:/data:ro fort.mount=bad fort.mount=s:fort-s:vdc:/srv");
+        let m = Params::parse(
+            "fort.mount=data:fort-data:vdb:/data:ro fort.mount=bad fort.mount=s:fort-s:vdc:/srv",
+        );
         let paths: Vec<&str> = m.mounts.iter().map(|m| m.path.as_str()).collect();
         assert_eq!(paths, ["/data", "/srv"]);
         assert_eq!(

@@ -108,8 +108,12 @@ pub fn parse(session: &mut Session, line: &[u8]) -> Parsed {
             let mut instructions = String::from("A fort VM. run_command runs programs; file_read, file_write, file_delete, list_dir and stat work on its filesystem.");
             for m in &mounts {
                 match &m.error {
-                    None => instructions.push_str(&format!(" Drive {} is mounted at {}.", m.drive, m.path)),
-                    Some(e) => instructions.push_str(&format!(" Drive {} could not be mounted at {}: {e}.", m.drive, m.path)),
+                    None => instructions
+                        .push_str(&format!(" Drive {} is mounted at {}.", m.drive, m.path)),
+                    Some(e) => instructions.push_str(&format!(
+                        " Drive {} could not be mounted at {}: {e}.",
+                        m.drive, m.path
+                    )),
                 }
             }
             let mut r = json!({

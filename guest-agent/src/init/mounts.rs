@@ -264,10 +264,7 @@ pub fn fstab_text(old: &str, reports: &[MountReport]) -> String {
             Some(o) => format!("{o},nofail"),
             None => "defaults,nofail".to_string(),
         };
-        out.push_str(&format!(
-            "UUID={uuid} {} ext4 {opts} 0 0 # fort\n",
-            r.path
-        ));
+        out.push_str(&format!("UUID={uuid} {} ext4 {opts} 0 0 # fort\n", r.path));
     }
     out
 }
@@ -294,11 +291,26 @@ mod tests {
             Ok(None)
         );
         for (bad, want) in [
-            ("data:fort-data:vdb", "fort.mount=data:fort-data:vdb: expected DRIVE:SERIAL:DEVICE:PATH[:OPTIONS]"),
-            ("data::vdb:/data", "fort.mount=data::vdb:/data: expected DRIVE:SERIAL:DEVICE:PATH[:OPTIONS]"),
-            ("data:s:vdb:data", "fort.mount=data:s:vdb:data: the mount point must be an absolute path other than /"),
-            ("data:s:vdb:/", "fort.mount=data:s:vdb:/: the mount point must be an absolute path other than /"),
-            ("data:s:../sda:/d", "fort.mount=data:s:../sda:/d: bad device name `../sda`"),
+            (
+                "data:fort-data:vdb",
+                "fort.mount=data:fort-data:vdb: expected DRIVE:SERIAL:DEVICE:PATH[:OPTIONS]",
+            ),
+            (
+                "data::vdb:/data",
+                "fort.mount=data::vdb:/data: expected DRIVE:SERIAL:DEVICE:PATH[:OPTIONS]",
+            ),
+            (
+                "data:s:vdb:data",
+                "fort.mount=data:s:vdb:data: the mount point must be an absolute path other than /",
+            ),
+            (
+                "data:s:vdb:/",
+                "fort.mount=data:s:vdb:/: the mount point must be an absolute path other than /",
+            ),
+            (
+                "data:s:../sda:/d",
+                "fort.mount=data:s:../sda:/d: bad device name `../sda`",
+            ),
         ] {
             assert_eq!(MountParam::parse(bad), Err(want.to_string()), "{bad}");
         }
@@ -328,7 +340,11 @@ mod tests {
         let m = MountParam::parse("data:fort-data:vdb:/data").unwrap();
         let none = Duration::ZERO;
         // QEMU: by serial, wherever the disk landed.
-        let t = sys_block(&[("vda", Some("")), ("vdb", Some("fort-scratch")), ("vdc", Some("fort-data\n"))]);
+        let t = sys_block(&[
+            ("vda", Some("")),
+            ("vdb", Some("fort-scratch")),
+            ("vdc", Some("fort-data\n")),
+        ]);
         assert_eq!(find_disk(t.path(), &m, none), Ok("vdc".into()));
         // Firecracker: no serials, by order.
         let t = sys_block(&[("vda", None), ("vdb", None)]);
@@ -383,7 +399,14 @@ mod tests {
             uuid: Some("u-1".into()),
         };
         assert_eq!(
-            fstab_text(old, &[r("/data", Some("ro"), true), r("/srv", None, true), r("/bad", None, false)]),
+            fstab_text(
+                old,
+                &[
+                    r("/data", Some("ro"), true),
+                    r("/srv", None, true),
+                    r("/bad", None, false)
+                ]
+            ),
             "# /etc/fstab\nproc /proc proc defaults 0 0\n\
              UUID=u-1 /data ext4 ro,nofail 0 0 # fort\n\
              UUID=u-1 /srv ext4 defaults,nofail 0 0 # fort\n"

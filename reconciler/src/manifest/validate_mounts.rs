@@ -68,11 +68,7 @@ fn mount(cx: &mut Ctx<'_>, file: usize, addr: &str, m: &RawMount) -> Option<Moun
     let path = match normal_mount_point(m.mount.get_ref()) {
         Ok(p) => Some(p),
         Err(e) => {
-            cx.err(
-                file,
-                &m.mount.span(),
-                format!("{addr}: drive.{drive}: {e}"),
-            );
+            cx.err(file, &m.mount.span(), format!("{addr}: drive.{drive}: {e}"));
             None
         }
     };
@@ -180,23 +176,46 @@ mod tests {
             ("/data/", Ok("/data")),
             ("//srv/./cache//x", Ok("/srv/cache/x")),
             ("/proc-data", Ok("/proc-data")),
-            ("data", Err("mount point `data` is not an absolute path (e.g. \"/data\")")),
-            ("./data", Err("mount point `./data` is not an absolute path (e.g. \"/data\")")),
-            ("/", Err("mount point `/` is the root: the root drive is mounted there")),
-            ("/./", Err("mount point `/./` is the root: the root drive is mounted there")),
-            ("/data/../etc", Err("mount point `/data/../etc` contains `..`")),
-            ("/my data", Err("mount point `/my data` contains ' ': use letters, digits and . _ - + @")),
-            ("/a:b", Err("mount point `/a:b` contains ':': use letters, digits and . _ - + @")),
-            ("/proc", Err("mount point `/proc` is inside /proc, which the guest agent mounts itself")),
-            ("/dev/x/", Err("mount point `/dev/x` is inside /dev, which the guest agent mounts itself")),
+            (
+                "data",
+                Err("mount point `data` is not an absolute path (e.g. \"/data\")"),
+            ),
+            (
+                "./data",
+                Err("mount point `./data` is not an absolute path (e.g. \"/data\")"),
+            ),
+            (
+                "/",
+                Err("mount point `/` is the root: the root drive is mounted there"),
+            ),
+            (
+                "/./",
+                Err("mount point `/./` is the root: the root drive is mounted there"),
+            ),
+            (
+                "/data/../etc",
+                Err("mount point `/data/../etc` contains `..`"),
+            ),
+            (
+                "/my data",
+                Err("mount point `/my data` contains ' ': use letters, digits and . _ - + @"),
+            ),
+            (
+                "/a:b",
+                Err("mount point `/a:b` contains ':': use letters, digits and . _ - + @"),
+            ),
+            (
+                "/proc",
+                Err("mount point `/proc` is inside /proc, which the guest agent mounts itself"),
+            ),
+            (
+                "/dev/x/",
+                Err("mount point `/dev/x` is inside /dev, which the guest agent mounts itself"),
+            ),
         ];
         for (input, want) in cases {
             let got = normal_mount_point(input);
-            assert_eq!(
-                got.as_deref().map_err(String::as_str),
-                *want,
-                "{input}"
-            );
+            assert_eq!(got.as_deref().map_err(String::as_str), *want, "{input}");
         }
     }
 
@@ -214,7 +233,11 @@ mod tests {
         ];
         for (input, want) in cases {
             let got = check_options(input);
-            assert_eq!(got.as_ref().map_err(String::as_str), want.as_ref().map_err(|e| *e), "{input}");
+            assert_eq!(
+                got.as_ref().map_err(String::as_str),
+                want.as_ref().map_err(|e| *e),
+                "{input}"
+            );
         }
     }
 }
@@ -231,7 +254,10 @@ mod naming_tests {
         assert_eq!(long.len(), 20, "{long}");
         assert!(long.starts_with("fort-sixtee-"), "{long}");
         assert_ne!(long, drive_serial("sixteen-chars-xz"));
-        let devs: Vec<String> = [0, 1, 24, 25, 26].iter().map(|i| data_drive_device(*i)).collect();
+        let devs: Vec<String> = [0, 1, 24, 25, 26]
+            .iter()
+            .map(|i| data_drive_device(*i))
+            .collect();
         assert_eq!(devs, ["vdb", "vdc", "vdz", "vdaa", "vdab"]);
     }
 }
