@@ -71,6 +71,12 @@ fn data_drives_are_mounted_where_the_manifest_says() {
     let _console = ConsoleOnFailure(ws.state_dir().join("run"));
 
     manifest(&ws, "running", "");
+    let p = ws.run(&["plan"]);
+    assert!(
+        p.stdout.contains("      mounts drive.data at /data (rw)\n"),
+        "{}",
+        p.stdout
+    );
     ws.run(&["apply", "--yes"]).ok();
     ws.run(&["plan", "--detailed-exitcode"]).ok();
 
@@ -105,7 +111,13 @@ fn data_drives_are_mounted_where_the_manifest_says() {
     manifest(&ws, "running", ", options = \"ro,noatime\"");
     let p = ws.run(&["plan"]);
     assert!(p.stdout.contains("  ~restart vm.m\n"), "{}", p.stdout);
-    assert!(p.stdout.contains("mounts"), "{}", p.stdout);
+    assert!(p.stdout.contains("      ~ mounts: "), "{}", p.stdout);
+    assert!(
+        p.stdout
+            .contains("      mounts drive.data at /data (ro,noatime)\n"),
+        "{}",
+        p.stdout
+    );
     ws.run(&["apply", "--yes"]).ok();
     ws.run(&["plan", "--detailed-exitcode"]).ok();
     let line = guest_mount(&ws, "/data").expect("/data is mounted");

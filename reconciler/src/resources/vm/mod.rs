@@ -133,6 +133,10 @@ impl ResourceKind for Vm {
         if let (Some(c), Some(Spec::Vm(v))) = (change.as_mut(), desired.map(|d| &d.spec)) {
             if c.op != crate::plan::Op::Destroy {
                 c.details = ports::details(v);
+                c.details.extend(v.mounts.iter().map(|m| {
+                    let opts = m.options.as_deref().unwrap_or("rw");
+                    format!("mounts drive.{} at {} ({opts})", m.drive, m.path)
+                }));
             }
         }
         Ok(change)
