@@ -8,7 +8,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use fort_guest_agent::{init, server, tools};
+use fort_guest_agent::{hello, init, server, tools};
 
 enum Listen {
     Unix(PathBuf),
@@ -157,6 +157,7 @@ fn main() {
                     };
                     eprintln!("fort-guest-agent: listening on vsock:{port}");
                     accept_loop!(listener);
+                    tokio::spawn(hello::announce(port));
                 }
                 Listen::Tcp(addr) => {
                     let listener = match tokio::net::TcpListener::bind(addr).await {

@@ -1,6 +1,7 @@
 //! The only code that touches the host: downloads, files, and (later) images, netlink, VMMs.
 
 pub mod agent;
+pub mod agent_ready;
 pub mod cgroup;
 pub mod confine;
 pub mod fetch;

@@ -13,7 +13,8 @@ use super::super::{Ctx, ResourceError};
 use super::{stop as stopping, write_pid_file, TapIntent, VmOutputs};
 use crate::address::{Address, Kind};
 use crate::crash::Point;
-use crate::host::agent::{Client, Endpoint, MountStatus};
+use crate::host::agent::{Client, Endpoint, MountStatus, AGENT_PORT};
+use crate::host::agent_ready::ReadyGate;
 use crate::host::net::link::Netlink;
 use crate::host::vmm::firecracker::Firecracker;
 use crate::host::vmm::qemu::Qemu;
@@ -416,9 +417,9 @@ pub(super) async fn wait_ready(
     let timeout = boot_timeout(vmm.slow());
     let deadline = Instant::now() + timeout;
     let ep = Endpoint::VsockUds(out.vsock_uds.clone());
+    let mut gate = ReadyGate::open(&out.vsock_uds, AGENT_PORT, &run.console(), timeout / 3);
     let mut attempt = 0u64;
     loop {
-        attempt += 1;
         if let Some(fatal) = vmm.fatal_log(&out.run_dir) {
             return Err(ResourceError::Check(format!(
                 "{fatal} (console log: {})",
@@ -443,6 +444,15 @@ pub(super) async fn wait_ready(
                 run.console().display()
             )));
         }
+        // No connection before the guest's vsock device is surely up (see host::agent_ready).
+        if !gate.passed() {
+            if Instant::now() > deadline {
+                return Err(not_answered(timeout, &run));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        }
+        attempt += 1;
         // Each attempt is bounded: a connection the guest accepted but never answers (it was
         // still starting up) must not hold the readiness wait forever. The bound grows (2 s,
         // 4 s, … 16 s): a guest slowed down by a loaded host (TCG) may need longer than the
@@ -458,11 +468,15 @@ pub(super) async fn wait_ready(
             return Ok(mounts);
         }
         if Instant::now() > deadline {
-            return Err(ResourceError::Check(format!(
-                "the guest agent did not answer within {}s (the VM was stopped; console log: {})",
-                timeout.as_secs(),
-                run.console().display()
-            )));
+            return Err(not_answered(timeout, &run));
         }
     }
+}
+
+fn not_answered(timeout: Duration, run: &RunDir) -> ResourceError {
+    ResourceError::Check(format!(
+        "the guest agent did not answer within {}s (the VM was stopped; console log: {})",
+        timeout.as_secs(),
+        run.console().display()
+    ))
 }
