@@ -97,7 +97,7 @@ pub fn boot() {
     }
     net::configure(&params);
     // Before the listeners: the first `initialize` already carries the mount reports.
-    mounts::mount_all(&params.mounts, None);
+    mounts::mount_all(&params, None);
     if !params.dns.is_empty() {
         let text: String = params
             .dns

@@ -90,8 +90,8 @@ const DEVICE_WAIT: Duration = Duration::from_secs(5);
 /// Mount every `fort.mount` drive (parents before children), keep and return the reports. With
 /// `fstab` (distro mode), the distro's fstab gets a `# fort` line per mounted drive and loses
 /// the `# fort` lines of earlier boots.
-pub fn mount_all(params: &[MountParam], fstab: Option<&Path>) -> Vec<MountReport> {
-    let mut order: Vec<&MountParam> = params.iter().collect();
+pub fn mount_all(params: &super::Params, fstab: Option<&Path>) -> Vec<MountReport> {
+    let mut order: Vec<&MountParam> = params.mounts.iter().collect();
     order.sort_by_key(|m| m.path.matches('/').count());
     let reports: Vec<MountReport> = order.into_iter().map(mount_one).collect();
     for r in &reports {
