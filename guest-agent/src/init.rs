@@ -38,6 +38,8 @@ pub struct Params {
     pub dns: Vec<std::net::IpAddr>,
     /// `fort.mount=DRIVE:SERIAL:DEVICE:PATH[:OPTIONS]`, one per mounted data drive.
     pub mounts: Vec<mounts::MountParam>,
+    /// `fort.mount=` values that do not parse (reported like failed mounts, not dropped).
+    pub bad_mounts: Vec<(String, String)>,
 }
 
 impl Params {
@@ -62,7 +64,7 @@ impl Params {
                 },
                 "fort.mount" => match mounts::MountParam::parse(v) {
                     Ok(m) => p.mounts.push(m),
-                    Err(e) => log(format!("ignoring {e}")),
+                    Err(e) => p.bad_mounts.push((v.to_string(), e)),
                 },
                 "fort.dns" => {
                     for s in v.split(',').filter(|s| !s.is_empty()) {
@@ -336,6 +338,7 @@ mod tests {
         );
         let paths: Vec<&str> = m.mounts.iter().map(|m| m.path.as_str()).collect();
         assert_eq!(paths, ["/data", "/srv"]);
+        assert_eq!(m.bad_mounts.len(), 1);
         assert_eq!(
             Params::parse("fort.ip=nonsense fort.gw=x"),
             Params::default()

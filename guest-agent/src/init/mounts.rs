@@ -93,7 +93,19 @@ const DEVICE_WAIT: Duration = Duration::from_secs(5);
 pub fn mount_all(params: &super::Params, fstab: Option<&Path>) -> Vec<MountReport> {
     let mut order: Vec<&MountParam> = params.mounts.iter().collect();
     order.sort_by_key(|m| m.path.matches('/').count());
-    let reports: Vec<MountReport> = order.into_iter().map(mount_one).collect();
+    let mut reports: Vec<MountReport> = order.into_iter().map(mount_one).collect();
+    reports.extend(params.bad_mounts.iter().map(|(v, e)| {
+        let field = |i: usize| v.split(':').nth(i).unwrap_or("?").to_string();
+        MountReport {
+            drive: field(0),
+            path: field(3),
+            device: None,
+            options: None,
+            mounted: false,
+            error: Some(e.clone()),
+            uuid: None,
+        }
+    }));
     for r in &reports {
         match &r.error {
             None => super::log(format!(
@@ -314,6 +326,28 @@ mod tests {
         ] {
             assert_eq!(MountParam::parse(bad), Err(want.to_string()), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_parameter_that_does_not_parse_is_reported_not_dropped() {
+        let p = super::super::Params::parse("fort.mount=data:fort-data:vdb");
+        let r = mount_all(&p, None);
+        assert_eq!(
+            r,
+            [MountReport {
+                drive: "data".into(),
+                path: "?".into(),
+                device: None,
+                options: None,
+                mounted: false,
+                error: Some(
+                    "fort.mount=data:fort-data:vdb: expected DRIVE:SERIAL:DEVICE:PATH[:OPTIONS]"
+                        .into()
+                ),
+                uuid: None,
+            }]
+        );
+        assert_eq!(reports(), r);
     }
 
     #[test]
