@@ -269,12 +269,17 @@ fn busybox_init_with_inittab() {
 #[test]
 fn no_init_is_one_error() {
     let ws = Workspace::new();
-    let tar = ws.path().join("noinit.tar.gz");
-    std::fs::write(
-        &tar,
-        common::assets::tgz(&[("etc/hostname", b"none\n", 0o644)]),
-    )
-    .unwrap();
+    let tar = ws.path().join("noinit.tar");
+    let mut t = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    h.set_size(5);
+    h.set_mode(0o644);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mtime(0);
+    h.set_cksum();
+    t.append_data(&mut h, "etc/hostname", &b"none\n"[..]).unwrap();
+    std::fs::write(&tar, t.into_inner().unwrap()).unwrap();
     let why = "init = \"distro\" but the image has no init: /sbin/init does not exist (use init = \"agent\" to make fort's guest agent PID 1)";
     ws.write_manifest(&format!(
         "[rootfs.r]\nurl = \"file://{}\"\n\n[template.t]\nrootfs = \"r\"\nsize = \"16MiB\"\ninit = \"distro\"\n",
