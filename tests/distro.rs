@@ -225,7 +225,7 @@ fn busybox_init_with_inittab() {
                  [template.bb]\nrootfs = \"bb\"\nsize = \"auto\"\ninit = \"distro\"\n\n\
                  [template.bb.files]\n\"/etc/inittab\" = \"\"\"{INITTAB}\"\"\"\n\n\
                  [network.lan]\ncidr = \"10.80.0.0/24\"\n\n\
-                 [vm.y]\nvmm = \"qemu\"\nkernel = \"deb\"\nroot = {{ template = \"bb\", size = \"64MiB\" }}\nmemory = \"192MiB\"\nnetwork = \"lan\"\nstate = \"{vm_state}\"\n",
+                 [vm.y]\nvmm = \"qemu\"\nkernel = \"deb\"\nroot = {{ template = \"bb\", size = \"128MiB\" }}\nmemory = \"192MiB\"\nnetwork = \"lan\"\nstate = \"{vm_state}\"\n",
                 tar = tar.display(),
             )
         };
@@ -237,7 +237,9 @@ fn busybox_init_with_inittab() {
             "busybox (/sbin/init → /bin/busybox)"
         );
         // PID 1 is busybox init; the agent is its respawned child.
-        assert_eq!(exec(&ws, "vm.y", &["cat", "/proc/1/cmdline"]).ok().stdout, "init\0");
+        assert_eq!(exec(&ws, "vm.y", &["cat", "/proc/1/comm"]).ok().stdout, "init\n");
+        let exe = exec(&ws, "vm.y", &["ls", "-l", "/proc/1/exe"]);
+        assert!(exe.ok().stdout.ends_with("-> /bin/busybox\n"), "{}", exe.stdout);
         let inittab = exec(&ws, "vm.y", &["cat", "/etc/inittab"]);
         assert_eq!(
             inittab.ok().stdout,

@@ -259,6 +259,14 @@ fn install_service(
                 }
                 std::os::unix::fs::symlink(&target, &dst).map_err(io("cannot link", &dst))?;
             }
+            Install::Dir { path, mode } => {
+                let dst = inside(&path);
+                if std::fs::symlink_metadata(&dst).is_err() {
+                    std::fs::create_dir_all(&dst).map_err(io("cannot create", &dst))?;
+                    std::fs::set_permissions(&dst, std::fs::Permissions::from_mode(mode))
+                        .map_err(io("cannot chmod", &dst))?;
+                }
+            }
         }
     }
     Ok(())

@@ -19,6 +19,8 @@ pub enum Install {
         path: String,
         target: String,
     },
+    /// A directory, made only if missing.
+    Dir { path: String, mode: u32 },
 }
 
 /// The parts of the unpacked image the generated files depend on.
@@ -183,6 +185,15 @@ pub fn installs(kind: InitKind, existing: &Existing) -> Vec<Install> {
             0o644,
         )],
     };
+    // The initrd moves /proc, /sys and /dev into the image before it starts its init, and no
+    // init works without them: a tarball may lack the empty directories (fort's agent makes
+    // them itself as PID 1).
+    for (path, mode) in [("/proc", 0o555), ("/sys", 0o555), ("/dev", 0o755), ("/run", 0o755), ("/tmp", 0o1777)] {
+        out.push(Install::Dir {
+            path: path.to_string(),
+            mode,
+        });
+    }
     // Written for every kind: an image may carry networkd even if its init is not systemd.
     out.push(file(
         "/etc/systemd/network/00-fort-eth0.network",
