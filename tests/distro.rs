@@ -88,7 +88,7 @@ fn debian_with_systemd_as_pid1() {
         p.ok();
         assert!(
             p.stdout
-                .contains("  + template.deb\n      init: detected by apply once the rootfs is fetched\n"),
+                .contains("  + template.deb\n      reason: not yet created\n      init: detected by apply once the rootfs is fetched\n"),
             "{}",
             p.stdout
         );

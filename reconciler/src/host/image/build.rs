@@ -119,3 +119,26 @@ pub fn mke2fs(
     }
     Ok(size)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auto_size_is_needed_plus_headroom_and_at_least_half_again() {
+        const M: u64 = 1 << 20;
+        let cases: Vec<(u64, u64, u64)> = vec![
+            // A busybox tree: what it needs (~7.3MiB) + 64MiB headroom.
+            (2 * M, 50, 72 * M),
+            // 210MiB of Debian (~8,000 files): needed (~259MiB) + 64MiB, above 1.5× (315MiB).
+            (210 * M, 8000, 323 * M),
+            // 1GiB of data: 1.5× (1536MiB) wins over needed + headroom (~1.2GiB).
+            (1024 * M, 20000, 1536 * M),
+        ];
+        for (data, files, want) in cases {
+            let got = auto_size(data, files);
+            assert_eq!(got, want, "data {data} files {files}");
+            assert!(got >= needed_size(data, files) && got >= data / 2 * 3);
+        }
+    }
+}

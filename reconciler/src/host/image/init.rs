@@ -219,3 +219,79 @@ pub fn detect(tree: &dyn Tree) -> Result<Detected, InitError> {
     };
     Ok(Detected { kind, target })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tree(entries: &[(&str, Option<&str>)]) -> IndexTree {
+        let mut t = IndexTree::default();
+        for (p, link) in entries {
+            let node = match link {
+                Some("/") => Node::Dir,
+                Some(l) => Node::Link(l.to_string()),
+                None => Node::File,
+            };
+            t.insert(p, node);
+        }
+        t
+    }
+
+    #[test]
+    fn detection_follows_the_image_links() {
+        let debian = [
+            ("./lib", Some("usr/lib")),
+            ("./sbin", Some("usr/sbin")),
+            ("./usr/sbin/init", Some("/lib/systemd/systemd")),
+            ("./usr/lib/systemd/systemd", None),
+        ];
+        let cases: Vec<(&str, Vec<(&str, Option<&str>)>, Result<&str, String>)> = vec![
+            ("debian merged /usr", debian.to_vec(), Ok("systemd (/sbin/init → /usr/lib/systemd/systemd)")),
+            ("plain systemd", vec![("sbin/init", Some("../lib/systemd/systemd")), ("lib/systemd/systemd", None)],
+             Ok("systemd (/sbin/init → /lib/systemd/systemd)")),
+            ("busybox", vec![("bin/busybox", None), ("sbin/init", Some("../bin/busybox"))],
+             Ok("busybox (/sbin/init → /bin/busybox)")),
+            ("alpine: busybox init running openrc", vec![("bin/busybox", None), ("sbin/init", Some("/bin/busybox")), ("sbin/openrc", None)],
+             Ok("openrc (/sbin/init → /bin/busybox)")),
+            ("openrc-init", vec![("sbin/openrc-init", None), ("sbin/init", Some("openrc-init"))],
+             Ok("openrc (/sbin/init → /sbin/openrc-init)")),
+            ("sysvinit + openrc", vec![("sbin/init", None), ("sbin/openrc", None)], Ok("openrc")),
+            ("no init", vec![("etc/hostname", None)],
+             Err("init = \"distro\" but the image has no init: /sbin/init does not exist (use init = \"agent\" to make fort's guest agent PID 1)".into())),
+            ("dangling", vec![("sbin/init", Some("/lib/systemd/systemd"))],
+             Err("init = \"distro\" but the image has no init: /sbin/init is a dangling symlink (nothing at /lib in the image) (use init = \"agent\" to make fort's guest agent PID 1)".into())),
+            ("loop", vec![("sbin/init", Some("init2")), ("sbin/init2", Some("init"))],
+             Err("init = \"distro\" but the image has no init: /sbin/init is a symlink loop (use init = \"agent\" to make fort's guest agent PID 1)".into())),
+            ("a directory", vec![("sbin/init/x", None)],
+             Err("init = \"distro\" but the image has no init: /sbin/init is a directory (use init = \"agent\" to make fort's guest agent PID 1)".into())),
+            // `..` stops at the image's root: it never reaches the host's /sbin/init.
+            ("escape", vec![("sbin/init", Some("../../../../bin/busybox")), ("bin/busybox", None)],
+             Ok("busybox (/sbin/init → /bin/busybox)")),
+            ("sysvinit alone", vec![("sbin/init", None)],
+             Err("init = \"distro\" but the image's /sbin/init is /sbin/init, which is not systemd, OpenRC or busybox init (use init = \"agent\")".into())),
+            ("runit", vec![("sbin/init", Some("runit-init")), ("sbin/runit-init", None)],
+             Err("init = \"distro\" but the image's /sbin/init is /sbin/runit-init, which is not systemd, OpenRC or busybox init (use init = \"agent\")".into())),
+        ];
+        for (name, entries, want) in cases {
+            let got = detect(&tree(&entries))
+                .map(|d| d.to_string())
+                .map_err(|e| e.to_string());
+            assert_eq!(got, want.map(str::to_string), "{name}");
+        }
+    }
+
+    #[test]
+    fn an_unpacked_tree_is_read_without_following_its_links() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::create_dir_all(root.join("usr/lib/systemd")).unwrap();
+        std::fs::write(root.join("usr/lib/systemd/systemd"), b"").unwrap();
+        std::os::unix::fs::symlink("usr/lib", root.join("lib")).unwrap();
+        std::fs::create_dir_all(root.join("sbin")).unwrap();
+        std::os::unix::fs::symlink("/lib/systemd/systemd", root.join("sbin/init")).unwrap();
+        assert_eq!(
+            detect(&DirTree(root)).map(|d| d.to_string()),
+            Ok("systemd (/sbin/init → /usr/lib/systemd/systemd)".to_string())
+        );
+    }
+}

@@ -209,3 +209,80 @@ pub fn installs(kind: InitKind, existing: &Existing) -> Vec<Install> {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_service_files() {
+        assert_eq!(
+            systemd_unit(),
+            "# Installed by fort (template init = \"distro\"): fort's guest agent, MCP over vsock.\n\
+             [Unit]\nDescription=fort guest agent (MCP over vsock port 52)\nDefaultDependencies=no\n\
+             After=local-fs.target\nBefore=network-pre.target shutdown.target\nWants=network-pre.target\n\
+             Conflicts=shutdown.target\n\n[Service]\nExecStart=/usr/local/sbin/fort-guest-agent --service systemd\n\
+             Restart=always\nRestartSec=1\nStandardOutput=journal+console\nStandardError=journal+console\n\n\
+             [Install]\nWantedBy=multi-user.target\n"
+        );
+        assert_eq!(
+            openrc_service(),
+            "#!/sbin/openrc-run\n# Installed by fort (template init = \"distro\"): fort's guest agent, MCP over vsock.\n\
+             description=\"fort guest agent (MCP over vsock port 52)\"\nsupervisor=supervise-daemon\n\
+             command=/usr/local/sbin/fort-guest-agent\ncommand_args=\"--service openrc\"\nrespawn_delay=1\n\
+             respawn_max=0\noutput_log=/dev/console\nerror_log=/dev/console\n\ndepend() {\n\tbefore net networking\n}\n"
+        );
+        let line = "# fort's guest agent (template init = \"distro\")\n::respawn:/usr/local/sbin/fort-guest-agent --service busybox\n";
+        let cases: Vec<(Option<&str>, String)> = vec![
+            (Some("::sysinit:/etc/init.d/rcS\n"), format!("::sysinit:/etc/init.d/rcS\n{line}")),
+            // A rebuilt inittab never gets the line twice.
+            (Some("::sysinit:/bin/true\n::respawn:/usr/local/sbin/fort-guest-agent --service busybox\n"),
+             format!("::sysinit:/bin/true\n{line}")),
+            (None, format!("# busybox init's defaults (the image had no /etc/inittab)\n::sysinit:/etc/init.d/rcS\n::ctrlaltdel:/sbin/reboot\n::shutdown:/bin/umount -a -r\n::restart:/sbin/init\n{line}")),
+        ];
+        for (existing, want) in cases {
+            assert_eq!(inittab(existing), want, "{existing:?}");
+        }
+    }
+
+    #[test]
+    fn ifupdown_leaves_eth0_alone() {
+        let c = "# fort: eth0 is configured by fort-guest-agent: ";
+        let cases: Vec<(&str, Option<String>)> = vec![
+            ("auto lo\niface lo inet loopback\n", None),
+            (
+                "auto lo eth0\niface lo inet loopback\n\nallow-hotplug eth0\niface eth0 inet dhcp\n    hostname x\n\nsource /etc/network/interfaces.d/*\n",
+                Some(format!("{c}auto lo eth0\nauto lo\niface lo inet loopback\n\n{c}allow-hotplug eth0\n{c}iface eth0 inet dhcp\n{c}    hostname x\n\nsource /etc/network/interfaces.d/*\n")),
+            ),
+            ("iface eth1 inet dhcp\n", None),
+        ];
+        for (text, want) in cases {
+            assert_eq!(interfaces_without_eth0(text), want, "{text}");
+        }
+    }
+
+    #[test]
+    fn what_each_init_gets() {
+        let paths = |kind| {
+            installs(kind, &Existing::default())
+                .into_iter()
+                .map(|i| match i {
+                    Install::File { path, .. } => format!("file {path}"),
+                    Install::Symlink { path, target } => format!("link {path} -> {target}"),
+                    Install::Dir { path, .. } => format!("dir {path}"),
+                })
+                .collect::<Vec<_>>()
+        };
+        let common = ["dir /proc", "dir /sys", "dir /dev", "dir /run", "dir /tmp", "file /etc/systemd/network/00-fort-eth0.network"];
+        let with = |v: &[&str]| v.iter().chain(common.iter()).map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            paths(InitKind::Systemd),
+            with(&["file /etc/systemd/system/fort-guest-agent.service", "link /etc/systemd/system/multi-user.target.wants/fort-guest-agent.service -> /etc/systemd/system/fort-guest-agent.service"])
+        );
+        assert_eq!(
+            paths(InitKind::Openrc),
+            with(&["file /etc/init.d/fort-guest-agent", "link /etc/runlevels/default/fort-guest-agent -> /etc/init.d/fort-guest-agent"])
+        );
+        assert_eq!(paths(InitKind::Busybox), with(&["file /etc/inittab"]));
+    }
+}
