@@ -39,6 +39,24 @@ fn console(ws: &Workspace, vm: &str) -> String {
         .unwrap_or_default()
 }
 
+/// The console without systemd's colours (`ESC[…m`).
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::new();
+    let mut it = s.chars();
+    while let Some(c) = it.next() {
+        if c == '\u{1b}' {
+            for d in it.by_ref() {
+                if d.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 const HELLO_UNIT: &str = "[Unit]\nDescription=a service the template declares\n\n[Service]\nType=oneshot\nRemainAfterExit=yes\nExecStart=/bin/sh -c 'echo hello from $(hostname) > /run/hello'\n";
 
 fn debian_manifest(ws: &Workspace, tar: &std::path::Path, vm_state: &str, motd: &str) {
@@ -165,9 +183,13 @@ fn debian_with_systemd_as_pid1() {
             log.contains("systemd-shutdown[1]:") && log.contains("reboot: Power down"),
             "{log}"
         );
+        let plain = strip_ansi(&log);
         assert!(
-            log.contains("Stopped") && log.contains("fort guest agent"),
-            "systemd stopped the agent's unit: {log}"
+            plain.contains("fort-guest-agent: asked Systemd (PID 1) to power off")
+                && plain.contains("Stopped hello.service - a service the template declares.")
+                && plain.contains("Stopping fort-guest-agent.")
+                && plain.contains("Reached target poweroff.target - System Power Off."),
+            "systemd stopped the services: {plain}"
         );
         assert_eq!(
             processes_mentioning(&ws.state_dir().display().to_string()),
