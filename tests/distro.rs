@@ -127,7 +127,7 @@ fn debian_with_systemd_as_pid1() {
         );
         // size = "auto": at least 1.5× the ~210MiB tree, and what the image file is.
         let size = t["outputs"]["size"].as_u64().unwrap();
-        assert!(size >= 300 << 20 && size < 600 << 20, "auto size {size}");
+        assert!((300 << 20..600 << 20).contains(&size), "auto size {size}");
         assert_eq!(
             std::fs::metadata(t["outputs"]["image"].as_str().unwrap())
                 .unwrap()
@@ -136,10 +136,20 @@ fn debian_with_systemd_as_pid1() {
         );
 
         // systemd is PID 1, the agent its service; the system came up.
-        assert_eq!(exec(&ws, "vm.x", &["cat", "/proc/1/comm"]).ok().stdout, "systemd\n");
+        assert_eq!(
+            exec(&ws, "vm.x", &["cat", "/proc/1/comm"]).ok().stdout,
+            "systemd\n"
+        );
         let running = exec(&ws, "vm.x", &["systemctl", "is-system-running", "--wait"]);
-        let failed = exec(&ws, "vm.x", &["systemctl", "--failed", "--no-legend", "--plain"]);
-        eprintln!("is-system-running: {}failed units:\n{}", running.stdout, failed.stdout);
+        let failed = exec(
+            &ws,
+            "vm.x",
+            &["systemctl", "--failed", "--no-legend", "--plain"],
+        );
+        eprintln!(
+            "is-system-running: {}failed units:\n{}",
+            running.stdout, failed.stdout
+        );
         assert!(
             running.stdout == "running\n" || running.stdout == "degraded\n",
             "{}{}",
@@ -147,15 +157,29 @@ fn debian_with_systemd_as_pid1() {
             failed.stdout
         );
         assert_eq!(
-            exec(&ws, "vm.x", &["systemctl", "is-active", "fort-guest-agent.service", "hello.service"])
-                .ok()
-                .stdout,
+            exec(
+                &ws,
+                "vm.x",
+                &[
+                    "systemctl",
+                    "is-active",
+                    "fort-guest-agent.service",
+                    "hello.service"
+                ]
+            )
+            .ok()
+            .stdout,
             "active\nactive\n"
         );
-        assert_eq!(exec(&ws, "vm.x", &["cat", "/run/hello"]).ok().stdout, "hello from x\n");
+        assert_eq!(
+            exec(&ws, "vm.x", &["cat", "/run/hello"]).ok().stdout,
+            "hello from x\n"
+        );
         let os = exec(&ws, "vm.x", &["cat", "/etc/os-release"]);
         assert!(
-            os.ok().stdout.contains("PRETTY_NAME=\"Debian GNU/Linux 12 (bookworm)\""),
+            os.ok()
+                .stdout
+                .contains("PRETTY_NAME=\"Debian GNU/Linux 12 (bookworm)\""),
             "{}",
             os.stdout
         );
@@ -165,11 +189,18 @@ fn debian_with_systemd_as_pid1() {
             .as_str()
             .unwrap()
             .to_string();
-        assert_eq!(exec(&ws, "vm.x", &["hostname", "-I"]).ok().stdout.trim(), ip);
         assert_eq!(
-            exec(&ws, "vm.x", &["cat", "/etc/systemd/network/00-fort-eth0.network"])
-                .ok()
-                .stdout,
+            exec(&ws, "vm.x", &["hostname", "-I"]).ok().stdout.trim(),
+            ip
+        );
+        assert_eq!(
+            exec(
+                &ws,
+                "vm.x",
+                &["cat", "/etc/systemd/network/00-fort-eth0.network"]
+            )
+            .ok()
+            .stdout,
             fort::host::image::service::NETWORKD_UNMANAGED
         );
         let boot_ms = state(&ws, "vm.x")["outputs"]["boot_ms"].as_u64().unwrap();
@@ -200,7 +231,10 @@ fn debian_with_systemd_as_pid1() {
         // Start again works; a second apply does nothing.
         debian_manifest(&ws, &tar, "running", "one");
         ws.run(&["apply", "--yes"]).ok();
-        assert_eq!(exec(&ws, "vm.x", &["cat", "/proc/1/comm"]).ok().stdout, "systemd\n");
+        assert_eq!(
+            exec(&ws, "vm.x", &["cat", "/proc/1/comm"]).ok().stdout,
+            "systemd\n"
+        );
         let p = ws.run(&["plan", "--detailed-exitcode"]);
         assert_eq!(p.code, 0, "{}", p.stdout);
         let again = ws.run(&["apply", "--yes"]);
@@ -259,15 +293,27 @@ fn busybox_init_with_inittab() {
             "busybox (/sbin/init → /bin/busybox)"
         );
         // PID 1 is busybox init; the agent is its respawned child.
-        assert_eq!(exec(&ws, "vm.y", &["cat", "/proc/1/comm"]).ok().stdout, "init\n");
+        assert_eq!(
+            exec(&ws, "vm.y", &["cat", "/proc/1/comm"]).ok().stdout,
+            "init\n"
+        );
         let exe = exec(&ws, "vm.y", &["ls", "-l", "/proc/1/exe"]);
-        assert!(exe.ok().stdout.ends_with("-> /bin/busybox\n"), "{}", exe.stdout);
+        assert!(
+            exe.ok().stdout.ends_with("-> /bin/busybox\n"),
+            "{}",
+            exe.stdout
+        );
         let inittab = exec(&ws, "vm.y", &["cat", "/etc/inittab"]);
         assert_eq!(
             inittab.ok().stdout,
             format!("{INITTAB}# fort's guest agent (template init = \"distro\")\n::respawn:/usr/local/sbin/fort-guest-agent --service busybox\n")
         );
-        assert_eq!(exec(&ws, "vm.y", &["cat", "/proc/sys/kernel/hostname"]).ok().stdout, "y\n");
+        assert_eq!(
+            exec(&ws, "vm.y", &["cat", "/proc/sys/kernel/hostname"])
+                .ok()
+                .stdout,
+            "y\n"
+        );
         let boot_ms = state(&ws, "vm.y")["outputs"]["boot_ms"].as_u64().unwrap();
         eprintln!("busybox agent-ready boot_ms={boot_ms}");
         let log = console(&ws, "y");
@@ -302,7 +348,8 @@ fn no_init_is_one_error() {
     h.set_gid(0);
     h.set_mtime(0);
     h.set_cksum();
-    t.append_data(&mut h, "etc/hostname", &b"none\n"[..]).unwrap();
+    t.append_data(&mut h, "etc/hostname", &b"none\n"[..])
+        .unwrap();
     std::fs::write(&tar, t.into_inner().unwrap()).unwrap();
     let why = "init = \"distro\" but the image has no init: /sbin/init does not exist (use init = \"agent\" to make fort's guest agent PID 1)";
     ws.write_manifest(&format!(

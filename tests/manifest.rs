@@ -258,8 +258,17 @@ fn template_init_and_auto_size() {
         s => panic!("{s:?}"),
     };
     let (a, b) = (spec("a"), spec("b"));
-    assert_eq!((a.size, a.init), (manifest::ImageSize::AUTO, manifest::InitMode::Distro));
-    assert_eq!((b.size, b.init), (manifest::ImageSize::Fixed(1 << 30), manifest::InitMode::Agent));
+    assert_eq!(
+        (a.size, a.init),
+        (manifest::ImageSize::AUTO, manifest::InitMode::Distro)
+    );
+    assert_eq!(
+        (b.size, b.init),
+        (
+            manifest::ImageSize::Fixed(1 << 30),
+            manifest::InitMode::Agent
+        )
+    );
     // The serialized spec (what the plan diffs and the state records): "auto" as written, no
     // `init` key for the default, so templates written before `init` existed are unchanged.
     let json = |t: &manifest::TemplateSpec| serde_json::to_value(t).unwrap();

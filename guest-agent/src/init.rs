@@ -109,8 +109,7 @@ pub fn configure() {
         let _ = std::fs::create_dir_all("/etc");
         // A distro's resolv.conf may be a link into /run (systemd-resolved, resolvconf) that
         // does not exist yet: fort's servers replace it with a plain file.
-        if std::fs::symlink_metadata("/etc/resolv.conf").is_ok_and(|m| m.file_type().is_symlink())
-        {
+        if std::fs::symlink_metadata("/etc/resolv.conf").is_ok_and(|m| m.file_type().is_symlink()) {
             let _ = std::fs::remove_file("/etc/resolv.conf");
         }
         if let Err(e) = std::fs::write("/etc/resolv.conf", text) {

@@ -93,7 +93,9 @@ fn parse_args() -> (Vec<Listen>, Option<InitKind>) {
             "--service" => {
                 let Some(v) = args.next() else { usage() };
                 let Some(k) = InitKind::parse(&v) else {
-                    eprintln!("fort-guest-agent: --service takes systemd, openrc or busybox, got `{v}`");
+                    eprintln!(
+                        "fort-guest-agent: --service takes systemd, openrc or busybox, got `{v}`"
+                    );
                     std::process::exit(2)
                 };
                 service = Some(k);

@@ -60,7 +60,10 @@ pub async fn power_off(kind: InitKind) {
     }
     // openrc-init listens on its fifo for openrc-shutdown; Alpine's busybox init (which runs
     // OpenRC from inittab) takes busybox `poweroff`, which signals it SIGUSR2.
-    for (cmd, args) in [("openrc-shutdown", &["-p", "now"][..]), ("poweroff", &[][..])] {
+    for (cmd, args) in [
+        ("openrc-shutdown", &["-p", "now"][..]),
+        ("poweroff", &[][..]),
+    ] {
         match tokio::process::Command::new(cmd).args(args).status().await {
             Ok(s) if s.success() => {
                 log(format!("asked OpenRC to power off ({cmd})"));

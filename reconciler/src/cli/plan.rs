@@ -221,7 +221,10 @@ fn init_details(
     use crate::host::image::init::{detect, index_archive, InitError};
     use crate::manifest::{InitMode, Spec};
     for c in changes.iter_mut() {
-        if !matches!(c.op, plan::Op::Create | plan::Op::Update | plan::Op::Replace) {
+        if !matches!(
+            c.op,
+            plan::Op::Create | plan::Op::Update | plan::Op::Replace
+        ) {
             continue;
         }
         let Some(Spec::Template(t)) = desired.get(&c.address).map(|r| &r.spec) else {

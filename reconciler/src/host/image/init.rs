@@ -169,14 +169,18 @@ pub fn resolve(tree: &dyn Tree, path: &str) -> Result<String, String> {
         let next = match c.as_str() {
             "." => continue,
             ".." => {
-                at = at.rsplit_once('/').map_or(String::new(), |x| x.0.to_string());
+                at = at
+                    .rsplit_once('/')
+                    .map_or(String::new(), |x| x.0.to_string());
                 continue;
             }
             c => format!("{at}/{c}"),
         };
         match tree.node(&next) {
             None if linked => {
-                return Err(format!("is a dangling symlink (nothing at {next} in the image)"))
+                return Err(format!(
+                    "is a dangling symlink (nothing at {next} in the image)"
+                ))
             }
             None => return Err("does not exist".to_string()),
             Some(Node::Link(t)) => {
@@ -188,7 +192,12 @@ pub fn resolve(tree: &dyn Tree, path: &str) -> Result<String, String> {
                 if t.starts_with('/') {
                     at = String::new();
                 }
-                pending.extend(t.split('/').filter(|c| !c.is_empty()).rev().map(String::from));
+                pending.extend(
+                    t.split('/')
+                        .filter(|c| !c.is_empty())
+                        .rev()
+                        .map(String::from),
+                );
             }
             Some(Node::Dir) if pending.is_empty() => return Err("is a directory".to_string()),
             Some(Node::File) if !pending.is_empty() => {
@@ -221,8 +230,15 @@ pub fn detect(tree: &dyn Tree) -> Result<Detected, InitError> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    type Case<'a> = (
+        &'a str,
+        Vec<(&'a str, Option<&'a str>)>,
+        Result<&'a str, String>,
+    );
 
     fn tree(entries: &[(&str, Option<&str>)]) -> IndexTree {
         let mut t = IndexTree::default();
@@ -245,7 +261,7 @@ mod tests {
             ("./usr/sbin/init", Some("/lib/systemd/systemd")),
             ("./usr/lib/systemd/systemd", None),
         ];
-        let cases: Vec<(&str, Vec<(&str, Option<&str>)>, Result<&str, String>)> = vec![
+        let cases: Vec<Case> = vec![
             ("debian merged /usr", debian.to_vec(), Ok("systemd (/sbin/init → /usr/lib/systemd/systemd)")),
             ("plain systemd", vec![("sbin/init", Some("../lib/systemd/systemd")), ("lib/systemd/systemd", None)],
              Ok("systemd (/sbin/init → /lib/systemd/systemd)")),

@@ -4,6 +4,6 @@
 
 pub mod build;
 pub mod clone;
-pub mod unpack;
 pub mod init;
 pub mod service;
+pub mod unpack;

@@ -20,7 +20,10 @@ pub enum Install {
         target: String,
     },
     /// A directory, made only if missing.
-    Dir { path: String, mode: u32 },
+    Dir {
+        path: String,
+        mode: u32,
+    },
 }
 
 /// The parts of the unpacked image the generated files depend on.
@@ -106,7 +109,8 @@ pub fn inittab(existing: Option<&str>) -> String {
 }
 
 /// systemd-networkd: eth0 is the agent's (it is configured from `fort.*` kernel parameters).
-pub const NETWORKD_UNMANAGED: &str = "# Installed by fort: fort-guest-agent configures eth0 from the fort.* kernel parameters.\n\
+pub const NETWORKD_UNMANAGED: &str =
+    "# Installed by fort: fort-guest-agent configures eth0 from the fort.* kernel parameters.\n\
 [Match]\n\
 Name=eth0\n\
 \n\
@@ -124,8 +128,10 @@ pub fn interfaces_without_eth0(text: &str) -> Option<String> {
         let t = line.trim_start();
         let words: Vec<&str> = t.split_whitespace().collect();
         let first = words.first().copied().unwrap_or_default();
-        let stanza = matches!(first, "iface" | "mapping" | "auto" | "source" | "source-directory")
-            || first.starts_with("allow-");
+        let stanza = matches!(
+            first,
+            "iface" | "mapping" | "auto" | "source" | "source-directory"
+        ) || first.starts_with("allow-");
         if stanza {
             in_eth0 = false;
         }
@@ -133,8 +139,14 @@ pub fn interfaces_without_eth0(text: &str) -> Option<String> {
             in_eth0 = true;
         }
         if (first == "auto" || first.starts_with("allow-")) && words.contains(&"eth0") {
-            let rest: Vec<&str> = words[1..].iter().copied().filter(|w| *w != "eth0").collect();
-            out.push_str(&format!("# fort: eth0 is configured by fort-guest-agent: {line}\n"));
+            let rest: Vec<&str> = words[1..]
+                .iter()
+                .copied()
+                .filter(|w| *w != "eth0")
+                .collect();
+            out.push_str(&format!(
+                "# fort: eth0 is configured by fort-guest-agent: {line}\n"
+            ));
             if !rest.is_empty() {
                 out.push_str(&format!("{first} {}\n", rest.join(" ")));
             }
@@ -142,7 +154,9 @@ pub fn interfaces_without_eth0(text: &str) -> Option<String> {
             continue;
         }
         if in_eth0 && !t.is_empty() && !t.starts_with('#') {
-            out.push_str(&format!("# fort: eth0 is configured by fort-guest-agent: {line}\n"));
+            out.push_str(&format!(
+                "# fort: eth0 is configured by fort-guest-agent: {line}\n"
+            ));
             changed = true;
             continue;
         }
@@ -188,7 +202,13 @@ pub fn installs(kind: InitKind, existing: &Existing) -> Vec<Install> {
     // The initrd moves /proc, /sys and /dev into the image before it starts its init, and no
     // init works without them: a tarball may lack the empty directories (fort's agent makes
     // them itself as PID 1).
-    for (path, mode) in [("/proc", 0o555), ("/sys", 0o555), ("/dev", 0o755), ("/run", 0o755), ("/tmp", 0o1777)] {
+    for (path, mode) in [
+        ("/proc", 0o555),
+        ("/sys", 0o555),
+        ("/dev", 0o755),
+        ("/run", 0o755),
+        ("/tmp", 0o1777),
+    ] {
         out.push(Install::Dir {
             path: path.to_string(),
             mode,
@@ -273,15 +293,30 @@ mod tests {
                 })
                 .collect::<Vec<_>>()
         };
-        let common = ["dir /proc", "dir /sys", "dir /dev", "dir /run", "dir /tmp", "file /etc/systemd/network/00-fort-eth0.network"];
-        let with = |v: &[&str]| v.iter().chain(common.iter()).map(|s| s.to_string()).collect::<Vec<_>>();
+        let common = [
+            "dir /proc",
+            "dir /sys",
+            "dir /dev",
+            "dir /run",
+            "dir /tmp",
+            "file /etc/systemd/network/00-fort-eth0.network",
+        ];
+        let with = |v: &[&str]| {
+            v.iter()
+                .chain(common.iter())
+                .map(|s| s.to_string())
+                .collect::<Vec<_>>()
+        };
         assert_eq!(
             paths(InitKind::Systemd),
             with(&["file /etc/systemd/system/fort-guest-agent.service", "link /etc/systemd/system/multi-user.target.wants/fort-guest-agent.service -> /etc/systemd/system/fort-guest-agent.service"])
         );
         assert_eq!(
             paths(InitKind::Openrc),
-            with(&["file /etc/init.d/fort-guest-agent", "link /etc/runlevels/default/fort-guest-agent -> /etc/init.d/fort-guest-agent"])
+            with(&[
+                "file /etc/init.d/fort-guest-agent",
+                "link /etc/runlevels/default/fort-guest-agent -> /etc/init.d/fort-guest-agent"
+            ])
         );
         assert_eq!(paths(InitKind::Busybox), with(&["file /etc/inittab"]));
     }
