@@ -34,21 +34,23 @@ write() {  # write STATE_DEBIAN STATE_BUSYBOX
   } > "$W/fort.toml"
 }
 f() { "$FORT" -f "$W" --state-dir "$W/state" "$@"; }
+# An apply's output is shown only if it fails.
+ap() { f apply --yes > "$W/apply.log" 2>&1 || { cat "$W/apply.log" >&2; exit 1; }; }
 boot_ms() { f state show "vm.$1" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["outputs"]["boot_ms"])'; }
 
 write stopped stopped
-f apply --yes >/dev/null
+ap
 deb=(); bb=()
 for i in $(seq "$RUNS"); do
-  write running stopped; f apply --yes >/dev/null; deb+=("$(boot_ms deb)")
+  write running stopped; ap; deb+=("$(boot_ms deb)")
   if [ "$i" = "$RUNS" ]; then
     f exec vm.deb -- systemctl is-system-running --wait || true
     f exec vm.deb -- systemd-analyze || true
     f exec vm.deb -- systemd-analyze blame --no-pager | head -12 || true
   fi
-  write stopped stopped; f apply --yes >/dev/null
-  write stopped running; f apply --yes >/dev/null; bb+=("$(boot_ms bb)")
-  write stopped stopped; f apply --yes >/dev/null
+  write stopped stopped; ap
+  write stopped running; ap; bb+=("$(boot_ms bb)")
+  write stopped stopped; ap
   printf 'run %d: debian/systemd %s ms, busybox/agent-as-init %s ms\n' "$i" "${deb[-1]}" "${bb[-1]}"
 done
 median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
