@@ -22,6 +22,7 @@ scripts/build-vm-assets "$A" 2>/dev/null
 scripts/build-debian-rootfs "$A"
 
 W=$(mktemp -d /tmp/fort-bench-distro.XXXXXX)
+chmod 711 "$W"   # confined VMs run as their own uids, which must reach the state dir
 trap '"$FORT" -f "$W" --state-dir "$W/state" destroy --yes >/dev/null 2>&1 || true; rm -rf "$W"' EXIT
 write() {  # write STATE_DEBIAN STATE_BUSYBOX
   { printf '[fort]\nversion = 1\n[kernel.k]\nurl = "%s/vmlinuz"\ninitrd = { url = "%s/initrd.cpio.gz" }\n' "$A" "$A"
