@@ -125,6 +125,16 @@ fn parse_args() -> (Vec<Listen>, Option<InitKind>) {
     (listen, service)
 }
 
+/// The next SIGTERM (never, if the handler could not be installed).
+async fn sigterm(term: &mut Option<tokio::signal::unix::Signal>) {
+    match term {
+        Some(t) => {
+            t.recv().await;
+        }
+        None => std::future::pending::<()>().await,
+    }
+}
+
 fn main() {
     let pid1 = init::is_pid1();
     if pid1 {
@@ -197,20 +207,18 @@ fn main() {
             init::serve_as_init().await;
         }
         if let Some(kind) = service {
+            // The init stops its services with SIGTERM (at shutdown): exit cleanly then.
             let mut term =
                 tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
             tokio::select! {
-                _ = tools::SHUTDOWN.notified() => init::service::power_off(kind).await,
-                // The init stops its services with SIGTERM (at shutdown): exit cleanly.
-                _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {
-                    eprintln!("fort-guest-agent: SIGTERM from the init: stopping");
-                    return;
+                _ = tools::SHUTDOWN.notified() => {
+                    init::service::power_off(kind).await;
+                    // Keep serving until the init's shutdown stops us.
+                    sigterm(&mut term).await;
                 }
+                _ = sigterm(&mut term) => {}
             }
-            // Keep serving until the init stops us (its shutdown sends SIGTERM).
-            if let Some(t) = term.as_mut() {
-                t.recv().await;
-            }
+            eprintln!("fort-guest-agent: SIGTERM from the init: stopping");
             return;
         }
         tokio::select! {
