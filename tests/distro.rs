@@ -183,7 +183,12 @@ fn debian_with_systemd_as_pid1() {
             "{}",
             os.stdout
         );
-        // The name and address fort assigned (the agent configured eth0 before networking).
+        // udev kept the name (its predictable-names policy is masked), and the name and
+        // address are the ones fort assigned (the agent configured eth0 before networking).
+        assert_eq!(
+            exec(&ws, "vm.x", &["ls", "/sys/class/net"]).ok().stdout,
+            "eth0\nlo\n"
+        );
         assert_eq!(exec(&ws, "vm.x", &["hostname"]).ok().stdout, "x\n");
         let ip = state(&ws, "vm.x")["outputs"]["network"]["ip"]
             .as_str()

@@ -214,7 +214,14 @@ pub fn installs(kind: InitKind, existing: &Existing) -> Vec<Install> {
             mode,
         });
     }
-    // Written for every kind: an image may carry networkd even if its init is not systemd.
+    // Written for every kind: an image may carry networkd or udev even if its init is not
+    // systemd. udev would rename eth0 by its predictable-names policy (ens3, enp0s3) — only a
+    // race with the agent bringing it up first keeps the name otherwise — so that policy is
+    // masked (the documented way: 99-default.link → /dev/null).
+    out.push(Install::Symlink {
+        path: "/etc/systemd/network/99-default.link".to_string(),
+        target: "/dev/null".to_string(),
+    });
     out.push(file(
         "/etc/systemd/network/00-fort-eth0.network",
         NETWORKD_UNMANAGED.to_string(),
@@ -299,6 +306,7 @@ mod tests {
             "dir /dev",
             "dir /run",
             "dir /tmp",
+            "link /etc/systemd/network/99-default.link -> /dev/null",
             "file /etc/systemd/network/00-fort-eth0.network",
         ];
         let with = |v: &[&str]| {
