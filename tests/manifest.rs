@@ -80,6 +80,13 @@ fn errors() {
          "fort.toml:4:8: drive.d: size: invalid size `-1GiB`: expected a number with a binary unit (B, KiB, MiB, GiB, TiB), e.g. \"512MiB\", or a number of bytes"),
         ("[rootfs.r]\nurl = \"/r\"\n[template.t]\nrootfs = \"r\"\nsize = \"512KiB\"\n".into(),
          "fort.toml:7:8: template.t: size: an image needs at least 1MiB, got 512KiB"),
+        ("[rootfs.r]\nurl = \"/r\"\n[template.t]\nrootfs = \"r\"\nsize = \"automatic\"\n".into(),
+         "fort.toml:7:8: template.t: size: invalid size `automatic`: expected a number with a binary unit (B, KiB, MiB, GiB, TiB), e.g. \"512MiB\", or a number of bytes"),
+        // Init modes.
+        ("[rootfs.r]\nurl = \"/r\"\n[template.t]\nrootfs = \"r\"\nsize = \"auto\"\ninit = \"systemd\"\n".into(),
+         "fort.toml:8:8: template.t: init: expected \"agent\" or \"distro\", got \"systemd\""),
+        ("[rootfs.r]\nurl = \"/r\"\n[template.t]\nrootfs = \"r\"\nsize = \"1GiB\"\nguest_agent = false\ninit = \"distro\"\n".into(),
+         "fort.toml:9:8: template.t: init = \"distro\" runs the guest agent as a service of the image's init, so it needs guest_agent = true (guest_agent = false already leaves /sbin/init alone)"),
         // Networks.
         ("[network.n]\ncidr = \"10.0.0.0/33\"\n".into(),
          "fort.toml:4:8: network.n: invalid cidr `10.0.0.0/33`: expected an IPv4 network such as \"10.77.0.0/24\""),
@@ -241,6 +248,34 @@ fn load_many(files: &[(&str, &str)]) -> Result<manifest::Manifest, String> {
         .map(|(n, t)| (PathBuf::from(n), t.to_string()))
         .collect();
     manifest::load_files(&files, Path::new(".")).map_err(|e| e.to_string())
+}
+
+#[test]
+fn template_init_and_auto_size() {
+    let m = load("[rootfs.r]\nurl = \"/r\"\n[template.a]\nrootfs = \"r\"\nsize = \"auto\"\ninit = \"distro\"\n[template.b]\nrootfs = \"r\"\nsize = \"1GiB\"\n").unwrap();
+    let spec = |n: &str| match &m.resources[&Address::new(Kind::Template, n)].spec {
+        Spec::Template(t) => t.clone(),
+        s => panic!("{s:?}"),
+    };
+    let (a, b) = (spec("a"), spec("b"));
+    assert_eq!(
+        (a.size, a.init),
+        (manifest::ImageSize::AUTO, manifest::InitMode::Distro)
+    );
+    assert_eq!(
+        (b.size, b.init),
+        (
+            manifest::ImageSize::Fixed(1 << 30),
+            manifest::InitMode::Agent
+        )
+    );
+    // The serialized spec (what the plan diffs and the state records): "auto" as written, no
+    // `init` key for the default, so templates written before `init` existed are unchanged.
+    let json = |t: &manifest::TemplateSpec| serde_json::to_value(t).unwrap();
+    assert_eq!(json(&a)["size"], "auto");
+    assert_eq!(json(&a)["init"], "distro");
+    assert_eq!(json(&b)["size"], 1u64 << 30);
+    assert!(json(&b).get("init").is_none());
 }
 
 #[test]

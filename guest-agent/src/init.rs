@@ -1,12 +1,14 @@
 //! PID 1 duties inside a fort VM: mount the basic filesystems and the data drives, set the hostname, configure
 //! `lo`/`eth0`, the default route and `/etc/resolv.conf` from `fort.*` kernel parameters, reap
 //! orphaned zombies, and power off cleanly on SIGINT/SIGTERM (Ctrl-Alt-Del) or `shutdown`.
+//! Under a distro's init (`service`) only the configuration part applies.
 //!
 //! A PID 1 that exits panics the kernel, so nothing here exits: failures are logged and the
 //! agent keeps serving.
 
 pub mod mounts;
 mod net;
+pub mod service;
 
 use std::collections::HashSet;
 use std::sync::Mutex;
@@ -81,13 +83,23 @@ impl Params {
     }
 }
 
-/// Boot-time setup, before the listeners start.
+/// Boot-time setup as PID 1, before the listeners start.
 pub fn boot() {
     mount_basics();
     // Ctrl-Alt-Del (Firecracker's SendCtrlAltDel) then sends SIGINT to us instead of rebooting.
     if let Err(e) = rustix::system::reboot(rustix::system::RebootCommand::CadOff) {
         log(format!("cannot route Ctrl-Alt-Del to init: {e}"));
     }
+    configure(None);
+    if let Ok(mut g) = OWN_CHILDREN.lock() {
+        *g = Some(HashSet::new());
+    }
+}
+
+/// Hostname, network and resolv.conf from the `fort.*` kernel parameters: what PID 1 does at
+/// boot, and what the agent does first as a distro's service (before its network services).
+/// Mounted drives too; a distro's service also records them in `fstab` (`/etc/fstab`).
+pub fn configure(fstab: Option<&std::path::Path>) {
     let cmdline = std::env::var("FORT_AGENT_CMDLINE")
         .or_else(|_| std::fs::read_to_string("/proc/cmdline"))
         .unwrap_or_default();
@@ -99,7 +111,7 @@ pub fn boot() {
     }
     net::configure(&params);
     // Before the listeners: the first `initialize` already carries the mount reports.
-    mounts::mount_all(&params, None);
+    mounts::mount_all(&params, fstab);
     if !params.dns.is_empty() {
         let text: String = params
             .dns
@@ -107,12 +119,14 @@ pub fn boot() {
             .map(|a| format!("nameserver {a}\n"))
             .collect();
         let _ = std::fs::create_dir_all("/etc");
+        // A distro's resolv.conf may be a link into /run (systemd-resolved, resolvconf) that
+        // does not exist yet: fort's servers replace it with a plain file.
+        if std::fs::symlink_metadata("/etc/resolv.conf").is_ok_and(|m| m.file_type().is_symlink()) {
+            let _ = std::fs::remove_file("/etc/resolv.conf");
+        }
         if let Err(e) = std::fs::write("/etc/resolv.conf", text) {
             log(format!("cannot write /etc/resolv.conf: {e}"));
         }
-    }
-    if let Ok(mut g) = OWN_CHILDREN.lock() {
-        *g = Some(HashSet::new());
     }
 }
 

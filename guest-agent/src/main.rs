@@ -3,11 +3,13 @@
 //!
 //! `fort-guest-agent --listen unix:/path/agent.sock` or `--listen tcp:127.0.0.1:7000` serves
 //! outside a VM (tests, development). Inside fort VMs it runs as PID 1 and listens on vsock
-//! port 52 (see docs/guest-agent.md for what is implemented so far).
+//! port 52, or with `--service systemd|openrc|busybox` as a service of the image's own init
+//! (template `init = "distro"`; see docs/guest-agent.md).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use fort_guest_agent::init::service::InitKind;
 use fort_guest_agent::{hello, init, server, tools};
 
 enum Listen {
@@ -40,17 +42,20 @@ macro_rules! accept_loop {
 fn usage() -> ! {
     eprintln!(
         "usage: fort-guest-agent [--listen unix:PATH | tcp:ADDR:PORT | vsock:PORT]... [--allow-remote]\n\
+         \x20      fort-guest-agent --service systemd|openrc|busybox [--listen …]\n\
          \n\
          Serves MCP (JSON-RPC 2.0, one JSON object per line) with the tools run_command,\n\
          file_read, file_write, file_delete, list_dir, stat and shutdown.\n\
          tcp: addresses must be loopback unless --allow-remote is given. As PID 1 (in a fort VM)\n\
-         it also does init's work and listens on vsock:52 by default."
+         it also does init's work and listens on vsock:52 by default. With --service it runs\n\
+         under that init (configures the network, listens on vsock:52, powers off through it)."
     );
     std::process::exit(2)
 }
 
-fn parse_args() -> Vec<Listen> {
+fn parse_args() -> (Vec<Listen>, Option<InitKind>) {
     let mut listen = Vec::new();
+    let mut service = None;
     let mut allow_remote = false;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -85,6 +90,16 @@ fn parse_args() -> Vec<Listen> {
                 }
             }
             "--allow-remote" => allow_remote = true,
+            "--service" => {
+                let Some(v) = args.next() else { usage() };
+                let Some(k) = InitKind::parse(&v) else {
+                    eprintln!(
+                        "fort-guest-agent: --service takes systemd, openrc or busybox, got `{v}`"
+                    );
+                    std::process::exit(2)
+                };
+                service = Some(k);
+            }
             "--version" => {
                 println!("fort-guest-agent {}", env!("CARGO_PKG_VERSION"));
                 std::process::exit(0)
@@ -93,7 +108,7 @@ fn parse_args() -> Vec<Listen> {
         }
     }
     if listen.is_empty() {
-        if init::is_pid1() {
+        if init::is_pid1() || service.is_some() {
             listen.push(Listen::Vsock(VSOCK_PORT));
         } else {
             usage()
@@ -107,7 +122,17 @@ fn parse_args() -> Vec<Listen> {
             }
         }
     }
-    listen
+    (listen, service)
+}
+
+/// The next SIGTERM (never, if the handler could not be installed).
+async fn sigterm(term: &mut Option<tokio::signal::unix::Signal>) {
+    match term {
+        Some(t) => {
+            t.recv().await;
+        }
+        None => std::future::pending::<()>().await,
+    }
 }
 
 fn main() {
@@ -116,7 +141,12 @@ fn main() {
         // Before anything else: mounts, hostname, network, resolv.conf.
         init::boot();
     }
-    let listen = parse_args();
+    let (listen, service) = parse_args();
+    if let (Some(_), false) = (service, pid1) {
+        // The distro's init mounted its filesystems; we own the network settings fort chose
+        // and the drives the manifest mounts (also written into its fstab).
+        init::configure(Some(std::path::Path::new("/etc/fstab")));
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -177,6 +207,21 @@ fn main() {
         }
         if pid1 {
             init::serve_as_init().await;
+        }
+        if let Some(kind) = service {
+            // The init stops its services with SIGTERM (at shutdown): exit cleanly then.
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+            tokio::select! {
+                _ = tools::SHUTDOWN.notified() => {
+                    init::service::power_off(kind).await;
+                    // Keep serving until the init's shutdown stops us.
+                    sigterm(&mut term).await;
+                }
+                _ = sigterm(&mut term) => {}
+            }
+            eprintln!("fort-guest-agent: SIGTERM from the init: stopping");
+            return;
         }
         tokio::select! {
             _ = tools::SHUTDOWN.notified() => {

@@ -114,3 +114,22 @@ impl Drop for ConsoleOnFailure {
         }
     }
 }
+
+/// A Debian bookworm rootfs tarball with systemd as /sbin/init (`mmdebstrap --variant=minbase
+/// --include=systemd-sysv,udev`), built once by `scripts/build-debian-rootfs` and reused.
+pub fn debian_rootfs() -> PathBuf {
+    let dir = assets();
+    let out = Command::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../scripts/build-debian-rootfs"
+    ))
+    .arg(&dir)
+    .output()
+    .expect("run scripts/build-debian-rootfs");
+    assert!(
+        out.status.success(),
+        "scripts/build-debian-rootfs failed (it needs mmdebstrap and deb.debian.org):\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    dir.join("debian-bookworm.tar")
+}

@@ -240,7 +240,8 @@ fn capacity_checks(m: &crate::manifest::Manifest, state_dir: &std::path::Path) -
         .values()
         .filter_map(|r| match &r.spec {
             Spec::Drive(d) => Some(d.size),
-            Spec::Template(t) => Some(t.size),
+            // An "auto" size is known only once the image is built.
+            Spec::Template(t) => t.size.fixed(),
             _ => None,
         })
         .sum();

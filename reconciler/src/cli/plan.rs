@@ -74,6 +74,7 @@ pub async fn make_plan(
     let (mut changes, mut notes) = plan::diff(&input, &resources::kind)?;
     last_failures(ctx, recorded, &mut changes)?;
     preflight(ctx, desired, &changes).await?;
+    init_details(desired, recorded, &mut changes)?;
     if !options.destroy && !changes.is_empty() {
         capacity::check(&changes, desired, &host_capacity(ctx, desired, recorded))?;
     }
@@ -204,6 +205,53 @@ async fn preflight(
             why,
         }
         .into());
+    }
+    Ok(())
+}
+
+/// Templates with `init = "distro"` that the plan builds say which init their image runs —
+/// read from the rootfs tarball's entry list when its content is already cached (no download,
+/// nothing unpacked), else apply detects it right after the fetch. An image without an init is
+/// refused here with the words apply would use.
+fn init_details(
+    desired: &BTreeMap<Address, Resource>,
+    recorded: &BTreeMap<Address, Record>,
+    changes: &mut [plan::Change],
+) -> Result<(), CliError> {
+    use crate::host::image::init::{detect, index_archive, InitError};
+    use crate::manifest::{InitMode, Spec};
+    for c in changes.iter_mut() {
+        if !matches!(
+            c.op,
+            plan::Op::Create | plan::Op::Update | plan::Op::Replace
+        ) {
+            continue;
+        }
+        let Some(Spec::Template(t)) = desired.get(&c.address).map(|r| &r.spec) else {
+            continue;
+        };
+        if t.init != InitMode::Distro || !t.guest_agent {
+            continue;
+        }
+        let cached = recorded
+            .get(&Address::new(crate::Kind::Rootfs, &t.rootfs))
+            .and_then(|r| r.outputs.get("path"))
+            .and_then(|p| p.as_str())
+            .map(std::path::PathBuf::from)
+            .filter(|p| p.is_file());
+        let detail = match cached.map(|p| index_archive(&p).and_then(|tree| detect(&tree))) {
+            None => "init: detected by apply once the rootfs is fetched".to_string(),
+            Some(Ok(d)) => format!("init: {d}"),
+            Some(Err(e @ InitError::Archive { .. })) => format!("init: unknown yet ({e})"),
+            Some(Err(e)) => {
+                return Err(plan::PlanError::Refused {
+                    address: c.address.clone(),
+                    why: e.to_string(),
+                }
+                .into())
+            }
+        };
+        c.details.push(detail);
     }
     Ok(())
 }

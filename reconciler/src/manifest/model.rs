@@ -209,11 +209,60 @@ pub struct RootfsSpec {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct TemplateSpec {
     pub rootfs: String,
-    /// Bytes.
-    pub size: u64,
+    pub size: ImageSize,
     pub guest_agent: bool,
+    /// Left out of the serialized spec when "agent", so templates written before `init`
+    /// existed keep their spec hash.
+    #[serde(skip_serializing_if = "InitMode::is_agent")]
+    pub init: InitMode,
     /// Image path → overlay.
     pub files: BTreeMap<String, FileOverlay>,
+}
+
+/// A template image's size: fixed, or measured from the files at build time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum ImageSize {
+    /// Bytes.
+    Fixed(u64),
+    /// `size = "auto"`: see `host::image::build::auto_size`.
+    Auto(AutoSize),
+}
+
+/// The one word `size = "auto"` serializes as (spec hashes and plans show `"auto"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AutoSize {
+    Auto,
+}
+
+impl ImageSize {
+    pub const AUTO: ImageSize = ImageSize::Auto(AutoSize::Auto);
+
+    /// The fixed size in bytes, if there is one.
+    pub fn fixed(self) -> Option<u64> {
+        match self {
+            ImageSize::Fixed(b) => Some(b),
+            ImageSize::Auto(_) => None,
+        }
+    }
+}
+
+/// Who is PID 1 in VMs of a template.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InitMode {
+    /// fort's guest agent is /sbin/init.
+    #[default]
+    Agent,
+    /// The image's own /sbin/init stays; the agent is installed as one of its services.
+    Distro,
+}
+
+impl InitMode {
+    pub fn is_agent(&self) -> bool {
+        *self == InitMode::Agent
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

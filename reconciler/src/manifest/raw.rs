@@ -154,11 +154,16 @@ pub struct RawTemplate {
     /// The rootfs to unpack.
     #[schemars(with = "String")]
     pub rootfs: Spanned<String>,
-    /// Size of the ext4 image, e.g. "1GiB".
-    #[schemars(with = "SizeSchema")]
+    /// Size of the ext4 image, e.g. "1GiB", or "auto" (the files' size plus headroom, at
+    /// least 1.5 times the files; see docs/images.md).
+    #[schemars(with = "TemplateSizeSchema")]
     pub size: Spanned<RawSize>,
     /// Install fort's guest agent as /sbin/init (default true).
     pub guest_agent: Option<bool>,
+    /// "agent" (default: the guest agent is /sbin/init, PID 1) or "distro" (the image's own
+    /// /sbin/init — systemd, OpenRC, busybox init — stays PID 1 and runs the agent as a service).
+    #[schemars(with = "Option<InitSchema>")]
+    pub init: Option<Spanned<String>>,
     /// Files to write into the image: path = text, or { source | content, mode }.
     #[serde(default)]
     #[schemars(with = "BTreeMap<String, OverlaySchema>")]
@@ -349,6 +354,27 @@ enum SizeSchema {
     /// e.g. "512MiB", "4GiB".
     #[schemars(regex(pattern = r"^[0-9]+ ?(B|KiB|MiB|GiB|TiB)?$"))]
     Text(String),
+}
+
+#[derive(JsonSchema)]
+#[serde(untagged)]
+#[allow(dead_code)]
+enum TemplateSizeSchema {
+    /// Bytes.
+    Bytes(u64),
+    /// e.g. "512MiB", "4GiB", or "auto".
+    #[schemars(regex(pattern = r"^([0-9]+ ?(B|KiB|MiB|GiB|TiB)?|auto)$"))]
+    Text(String),
+}
+
+#[derive(JsonSchema)]
+#[serde(rename_all = "lowercase")]
+#[allow(dead_code)]
+enum InitSchema {
+    /// fort's guest agent is /sbin/init (PID 1).
+    Agent,
+    /// The image's own init stays PID 1; the agent runs as its service.
+    Distro,
 }
 
 #[derive(JsonSchema)]

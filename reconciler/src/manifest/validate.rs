@@ -316,8 +316,13 @@ impl<'c, 'a, 'r> Resolver<'c, 'a, 'r> {
             &e.raw.rootfs,
             rootfss.keys(),
         );
-        let size = self.size(e.file, &addr, "size", &e.raw.size);
-        if let Some(s) = size {
+        let size = match e.raw.size.get_ref() {
+            RawSize::Text(t) if t == "auto" => Some(ImageSize::AUTO),
+            _ => self
+                .size(e.file, &addr, "size", &e.raw.size)
+                .map(ImageSize::Fixed),
+        };
+        if let Some(ImageSize::Fixed(s)) = size {
             if s < (1 << 20) {
                 self.cx.err(
                     e.file,
@@ -345,13 +350,36 @@ impl<'c, 'a, 'r> Resolver<'c, 'a, 'r> {
                 None => ok = false,
             }
         }
+        let guest_agent = e.raw.guest_agent.unwrap_or(true);
+        let init = match e.raw.init.as_ref() {
+            None => InitMode::Agent,
+            Some(i) => match i.get_ref().as_str() {
+                "agent" => InitMode::Agent,
+                "distro" if !guest_agent => {
+                    self.cx.err(e.file, &i.span(), format!("{addr}: init = \"distro\" runs the guest agent as a service of the image's init, so it needs guest_agent = true (guest_agent = false already leaves /sbin/init alone)"));
+                    ok = false;
+                    InitMode::Distro
+                }
+                "distro" => InitMode::Distro,
+                other => {
+                    self.cx.err(
+                        e.file,
+                        &i.span(),
+                        format!("{addr}: init: expected \"agent\" or \"distro\", got \"{other}\""),
+                    );
+                    ok = false;
+                    InitMode::Agent
+                }
+            },
+        };
         let (true, Some(size)) = (ok, size) else {
             return;
         };
         let spec = Spec::Template(TemplateSpec {
             rootfs: e.raw.rootfs.get_ref().clone(),
             size,
-            guest_agent: e.raw.guest_agent.unwrap_or(true),
+            guest_agent,
+            init,
             files,
         });
         let o = self.cx.origin(e.file, &e.span);

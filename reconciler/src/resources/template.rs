@@ -1,6 +1,7 @@
 //! `template.*`: an ext4 image built from a rootfs tarball, overlay files and (by default)
-//! fort's guest agent as `/sbin/init`. Images live in `state_dir/images/<key>.ext4`, keyed by
-//! a hash of every input, so an unchanged template is never rebuilt.
+//! fort's guest agent as `/sbin/init` — or, with `init = "distro"`, as a service of the image's
+//! own init. Images live in `state_dir/images/<key>.ext4`, keyed by a hash of every input, so
+//! an unchanged template is never rebuilt.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -12,8 +13,10 @@ use sha2::{Digest, Sha256};
 use super::asset::{self, CachedFile};
 use super::{Ctx, ResourceError, ResourceKind};
 use crate::address::{Address, Kind};
+use crate::host::image::init::{self as image_init, DirTree};
+use crate::host::image::service::{self, Install};
 use crate::host::image::{build, unpack};
-use crate::manifest::{OverlayContent, Resource, Spec, TemplateSpec};
+use crate::manifest::{InitMode, OverlayContent, Resource, Spec, TemplateSpec};
 use crate::plan::{Effect, Observation};
 use crate::state::Record;
 
@@ -24,6 +27,9 @@ pub struct TemplateOutputs {
     pub image: PathBuf,
     pub key: String,
     pub size: u64,
+    /// `init = "distro"`: the image's init as detected, e.g. "systemd (/sbin/init → /lib/systemd/systemd)".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init: Option<String>,
 }
 
 #[async_trait]
@@ -65,8 +71,22 @@ impl ResourceKind for Template {
         let key = image_key(spec, &rootfs, agent.as_ref().map(|a| a.1.as_str()));
         let images = ctx.state_dir.join("images");
         let image = images.join(format!("{key}.ext4"));
-        let ready = std::fs::metadata(&image).is_ok_and(|m| m.len() == spec.size);
-        if !ready {
+        let previous =
+            recorded.and_then(|r| asset::outputs::<TemplateOutputs>(&r.address, &r.outputs).ok());
+        let built = std::fs::metadata(&image)
+            .ok()
+            .map(|m| m.len())
+            .filter(|len| spec.size.fixed().is_none_or(|s| s == *len));
+        // An image that is already there was detected when it was built (by this template or
+        // another with the same inputs): say its init only if the record knows it.
+        let known_init = previous
+            .as_ref()
+            .filter(|p| p.image == image)
+            .and_then(|p| p.init.clone());
+        let reuse = built.filter(|_| spec.init == InitMode::Agent || known_init.is_some());
+        let (size, init) = if let Some(len) = reuse {
+            (len, known_init)
+        } else {
             let (spec, images, image, rootfs_path, agent) = (
                 spec.clone(),
                 images.clone(),
@@ -86,11 +106,9 @@ impl ResourceKind for Template {
                 )
             })
             .await
-            .map_err(|e| ResourceError::Check(format!("image build task failed: {e}")))??;
-        }
-        if let Some(old) =
-            recorded.and_then(|r| asset::outputs::<TemplateOutputs>(&r.address, &r.outputs).ok())
-        {
+            .map_err(|e| ResourceError::Check(format!("image build task failed: {e}")))??
+        };
+        if let Some(old) = previous {
             if old.image != image {
                 release(ctx, &desired.address, &old.image)?;
             }
@@ -98,7 +116,8 @@ impl ResourceKind for Template {
         serde_json::to_value(TemplateOutputs {
             image,
             key,
-            size: spec.size,
+            size,
+            init,
         })
         .map_err(|e| ResourceError::Check(e.to_string()))
     }
@@ -120,15 +139,19 @@ fn release(ctx: &Ctx, owner: &Address, image: &Path) -> Result<(), ResourceError
     asset::release(ctx, owner, &[file])
 }
 
-/// Every input of the image, hashed: rootfs content, size, overlays, the agent's bytes.
+/// Every input of the image, hashed: rootfs content, size, overlays, the agent's bytes, and
+/// the init mode (only when "distro", so images built before it existed keep their key).
 fn image_key(spec: &TemplateSpec, rootfs: &CachedFile, agent_sha: Option<&str>) -> String {
-    let inputs = serde_json::json!({
+    let mut inputs = serde_json::json!({
         "format": 1,
         "rootfs": rootfs.content_sha256,
         "size": spec.size,
         "files": spec.files,
         "agent": agent_sha,
     });
+    if spec.init == InitMode::Distro {
+        inputs["init"] = serde_json::json!("distro");
+    }
     hex::encode(Sha256::digest(inputs.to_string().as_bytes()))[..32].to_string()
 }
 
@@ -143,7 +166,7 @@ fn build_image(
     key: &str,
     rootfs: &Path,
     agent: Option<&Path>,
-) -> Result<(), ResourceError> {
+) -> Result<(u64, Option<String>), ResourceError> {
     let work = images.join("tmp").join(key);
     if work.exists() {
         std::fs::remove_dir_all(&work).map_err(io("cannot clear", &work))?;
@@ -154,6 +177,15 @@ fn build_image(
         unpack::unpack(rootfs, &root)
             .map_err(|e| ResourceError::Check(crate::resources::error_chain(&e)))?;
         crate::crash::hit(crate::crash::Point::TemplateUnpacked);
+        // Detected before anything is written into the tree: an image without an init fails
+        // here with the same words `fort plan` uses when the rootfs is already cached.
+        let init = match (spec.init, agent) {
+            (InitMode::Distro, Some(_)) => Some(
+                image_init::detect(&DirTree(&root))
+                    .map_err(|e| ResourceError::Check(e.to_string()))?,
+            ),
+            _ => None,
+        };
         for (path, overlay) in &spec.files {
             let dst = root.join(path.trim_start_matches('/'));
             let bytes = match &overlay.content {
@@ -172,20 +204,72 @@ fn build_image(
             write_file(&dst, &bytes, overlay.mode)?;
         }
         if let Some(agent) = agent {
-            let init = root.join("sbin/init");
             let bytes = std::fs::read(agent).map_err(io("cannot read", agent))?;
-            write_file(&init, &bytes, 0o755)?;
+            match &init {
+                None => write_file(&root.join("sbin/init"), &bytes, 0o755)?,
+                Some(d) => install_service(&root, d.kind, &bytes)?,
+            }
         }
         let part = images.join("tmp").join(format!("{key}.ext4.part"));
         let _ = std::fs::remove_file(&part);
-        build::mke2fs(&root, &part, spec.size, || {
+        let size = build::mke2fs(&root, &part, spec.size.fixed(), || {
             crate::crash::hit(crate::crash::Point::TemplateMke2fs)
         })
         .map_err(|e| ResourceError::Check(crate::resources::error_chain(&e)))?;
-        std::fs::rename(&part, image).map_err(io("cannot install", image))
+        std::fs::rename(&part, image).map_err(io("cannot install", image))?;
+        Ok((size, init.map(|d| d.to_string())))
     })();
     let _ = std::fs::remove_dir_all(&work);
     result
+}
+
+/// `init = "distro"`: the agent at [`service::AGENT_PATH`] plus its service files for `kind`.
+fn install_service(
+    root: &Path,
+    kind: image_init::InitKind,
+    agent: &[u8],
+) -> Result<(), ResourceError> {
+    let inside = |p: &str| root.join(p.trim_start_matches('/'));
+    // Read through the tree's own paths only if they are plain files (a symlink planted by
+    // the image is not followed on the host).
+    let read = |p: &str| {
+        let path = inside(p);
+        std::fs::symlink_metadata(&path)
+            .ok()
+            .filter(|m| m.is_file())
+            .and_then(|_| std::fs::read_to_string(&path).ok())
+    };
+    let existing = service::Existing {
+        inittab: read("/etc/inittab"),
+        interfaces: read("/etc/network/interfaces"),
+    };
+    write_file(&inside(service::AGENT_PATH), agent, 0o755)?;
+    for i in service::installs(kind, &existing) {
+        match i {
+            Install::File { path, text, mode } => {
+                write_file(&inside(&path), text.as_bytes(), mode)?
+            }
+            Install::Symlink { path, target } => {
+                let dst = inside(&path);
+                if let Some(parent) = dst.parent() {
+                    std::fs::create_dir_all(parent).map_err(io("cannot create", parent))?;
+                }
+                if std::fs::symlink_metadata(&dst).is_ok() {
+                    std::fs::remove_file(&dst).map_err(io("cannot replace", &dst))?;
+                }
+                std::os::unix::fs::symlink(&target, &dst).map_err(io("cannot link", &dst))?;
+            }
+            Install::Dir { path, mode } => {
+                let dst = inside(&path);
+                if std::fs::symlink_metadata(&dst).is_err() {
+                    std::fs::create_dir_all(&dst).map_err(io("cannot create", &dst))?;
+                    std::fs::set_permissions(&dst, std::fs::Permissions::from_mode(mode))
+                        .map_err(io("cannot chmod", &dst))?;
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Write a file owned by root with `mode`, replacing whatever (e.g. a symlink) is there.

@@ -60,20 +60,32 @@ pub fn needed_size(data: u64, files: u64) -> u64 {
     (data + inodes + journal) * 105 / 100 + (1 << 20)
 }
 
+/// Headroom `size = "auto"` adds on top of what the files need (documented in
+/// docs/images.md): room for logs, package caches and the agent's own writes.
+pub const AUTO_HEADROOM: u64 = 64 << 20;
+
+/// `size = "auto"`: what the files need plus [`AUTO_HEADROOM`], and never less than 1.5× the
+/// files' data, rounded up to whole MiB (mke2fs and `fort plan` speak MiB).
+pub fn auto_size(data: u64, files: u64) -> u64 {
+    let size = (needed_size(data, files) + AUTO_HEADROOM).max(data / 2 * 3);
+    size.div_ceil(1 << 20) << 20
+}
+
 fn human(b: u64) -> String {
     format!("{}MiB", b.div_ceil(1 << 20))
 }
 
 /// `mke2fs -t ext4 -d root image size`. `image` must not exist (write to a temp path and rename).
-/// `running` is called while mke2fs runs.
+/// `running` is called while mke2fs runs. `size` None is `size = "auto"`. Returns the size built.
 pub fn mke2fs(
     root: &Path,
     image: &Path,
-    size: u64,
+    size: Option<u64>,
     running: impl FnOnce(),
-) -> Result<(), BuildError> {
+) -> Result<u64, BuildError> {
     let (data, files) = usage(root)?;
     let needed = needed_size(data, files);
+    let size = size.unwrap_or_else(|| auto_size(data, files));
     if needed > size {
         return Err(BuildError::TooSmall {
             needed: human(needed),
@@ -105,5 +117,28 @@ pub fn mke2fs(
             stderr,
         });
     }
-    Ok(())
+    Ok(size)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auto_size_is_needed_plus_headroom_and_at_least_half_again() {
+        const M: u64 = 1 << 20;
+        let cases: Vec<(u64, u64, u64)> = vec![
+            // A busybox tree: what it needs (~7.3MiB) + 64MiB headroom.
+            (2 * M, 50, 72 * M),
+            // 210MiB of Debian (~8,000 files): needed (~259MiB) + 64MiB, above 1.5× (315MiB).
+            (210 * M, 8000, 323 * M),
+            // 1GiB of data: 1.5× (1536MiB) wins over needed + headroom (~1.2GiB).
+            (1024 * M, 20000, 1536 * M),
+        ];
+        for (data, files, want) in cases {
+            let got = auto_size(data, files);
+            assert_eq!(got, want, "data {data} files {files}");
+            assert!(got >= needed_size(data, files) && got >= data / 2 * 3);
+        }
+    }
 }

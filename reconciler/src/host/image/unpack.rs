@@ -37,23 +37,29 @@ pub struct Stats {
     pub bytes: u64,
 }
 
+/// The tar stream of `archive`, decompressed as its magic bytes say (also used to index an
+/// archive without unpacking it, see `init::index_archive`).
+pub fn open(archive: &Path) -> Result<Box<dyn Read>, std::io::Error> {
+    let mut f = BufReader::new(File::open(archive)?);
+    let mut magic = [0u8; 6];
+    let n = read_up_to(&mut f, &mut magic)?;
+    let head = std::io::Cursor::new(magic[..n].to_vec()).chain(f);
+    Ok(if magic[..n].starts_with(&[0x1f, 0x8b]) {
+        Box::new(flate2::read::MultiGzDecoder::new(head))
+    } else if magic[..n].starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0]) {
+        Box::new(xz2::read::XzDecoder::new(head))
+    } else {
+        Box::new(head)
+    })
+}
+
 /// `archive` → `dest` (which must exist and should be empty).
 pub fn unpack(archive: &Path, dest: &Path) -> Result<Stats, UnpackError> {
     let read_err = |source| UnpackError::Archive {
         archive: archive.to_path_buf(),
         source,
     };
-    let mut f = BufReader::new(File::open(archive).map_err(read_err)?);
-    let mut magic = [0u8; 6];
-    let n = read_up_to(&mut f, &mut magic).map_err(read_err)?;
-    let head = std::io::Cursor::new(magic[..n].to_vec()).chain(f);
-    let reader: Box<dyn Read> = if magic[..n].starts_with(&[0x1f, 0x8b]) {
-        Box::new(flate2::read::MultiGzDecoder::new(head))
-    } else if magic[..n].starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0]) {
-        Box::new(xz2::read::XzDecoder::new(head))
-    } else {
-        Box::new(head)
-    };
+    let reader = open(archive).map_err(read_err)?;
     let mut tar = tar::Archive::new(reader);
     tar.set_preserve_permissions(true);
     tar.set_preserve_ownerships(true);

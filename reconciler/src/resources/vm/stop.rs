@@ -28,7 +28,8 @@ pub(super) async fn stop(out: &VmOutputs) {
                 .flatten()
                 .is_some()
             {
-                gone = wait(20).await.unwrap_or(false);
+                // A distro's init (systemd under TCG) stops its services first: ~10 s seen.
+                gone = wait(30).await.unwrap_or(false);
             }
             // No agent (or it did not finish): Ctrl-Alt-Del / the ACPI power button.
             let poweroff = crate::host::vmm::request_poweroff(&out.run_dir);
