@@ -26,7 +26,6 @@ chmod 711 "$W"   # confined VMs run as their own uids, which must reach the stat
 trap '"$FORT" -f "$W" --state-dir "$W/state" destroy --yes >/dev/null 2>&1 || true; rm -rf "$W"' EXIT
 write() {  # write STATE_DEBIAN STATE_BUSYBOX
   { printf '[fort]\nversion = 1\n[kernel.k]\nurl = "%s/vmlinuz"\ninitrd = { url = "%s/initrd.cpio.gz" }\n' "$A" "$A"
-    printf 'cmdline = "console=ttyS0 reboot=k panic=1 systemd.firstboot=off"\n'
     printf '[rootfs.debian]\nurl = "%s/debian-bookworm.tar"\n[template.deb]\nrootfs = "debian"\nsize = "auto"\ninit = "distro"\n' "$A"
     printf '[rootfs.bb]\nurl = "%s/rootfs.tar.gz"\n[template.bb]\nrootfs = "bb"\nsize = "128MiB"\n' "$A"
     printf '[network.lan]\ncidr = "10.77.0.0/24"\n'

@@ -185,6 +185,13 @@ pub fn installs(kind: InitKind, existing: &Existing) -> Vec<Install> {
                     .to_string(),
                 target: "/etc/systemd/system/fort-guest-agent.service".to_string(),
             },
+            // Images made for containers ship an empty /etc/machine-id, which is a first
+            // boot to systemd: systemd-firstboot would prompt for a locale and a root
+            // password on a console nobody types on, and the boot would wait forever.
+            Install::Symlink {
+                path: "/etc/systemd/system/systemd-firstboot.service".to_string(),
+                target: "/dev/null".to_string(),
+            },
         ],
         InitKind::Openrc => vec![
             file("/etc/init.d/fort-guest-agent", openrc_service(), 0o755),
@@ -317,7 +324,7 @@ mod tests {
         };
         assert_eq!(
             paths(InitKind::Systemd),
-            with(&["file /etc/systemd/system/fort-guest-agent.service", "link /etc/systemd/system/multi-user.target.wants/fort-guest-agent.service -> /etc/systemd/system/fort-guest-agent.service"])
+            with(&["file /etc/systemd/system/fort-guest-agent.service", "link /etc/systemd/system/multi-user.target.wants/fort-guest-agent.service -> /etc/systemd/system/fort-guest-agent.service", "link /etc/systemd/system/systemd-firstboot.service -> /dev/null"])
         );
         assert_eq!(
             paths(InitKind::Openrc),
