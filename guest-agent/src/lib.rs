@@ -3,6 +3,7 @@
 //! The binary (`main.rs`) is the command line around it; the library exists so that fuzz
 //! targets and tests can drive request handling directly, without a socket or a VM.
 
+pub mod image;
 pub mod init;
 pub mod rpc;
 pub mod server;

@@ -10,9 +10,11 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::asset::{self, CachedFile};
+use super::rootfs::RootfsOutputs;
+use super::template_rootfs;
 use super::{Ctx, ResourceError, ResourceKind};
 use crate::address::{Address, Kind};
-use crate::host::image::{build, unpack};
+use crate::host::image::build;
 use crate::manifest::{OverlayContent, Resource, Spec, TemplateSpec};
 use crate::plan::{Effect, Observation};
 use crate::state::Record;
@@ -56,7 +58,7 @@ impl ResourceKind for Template {
         };
         let rootfs_addr = Address::new(Kind::Rootfs, &spec.rootfs);
         let rootfs = ctx.applied(&rootfs_addr)?;
-        let rootfs: CachedFile = asset::outputs(&rootfs_addr, &rootfs.outputs)?;
+        let rootfs: RootfsOutputs = asset::outputs(&rootfs_addr, &rootfs.outputs)?;
         let agent = if spec.guest_agent {
             Some(find_agent()?)
         } else {
@@ -67,23 +69,16 @@ impl ResourceKind for Template {
         let image = images.join(format!("{key}.ext4"));
         let ready = std::fs::metadata(&image).is_ok_and(|m| m.len() == spec.size);
         if !ready {
-            let (spec, images, image, rootfs_path, agent) = (
+            let (spec, images, image, rootfs, agent) = (
                 spec.clone(),
                 images.clone(),
                 image.clone(),
-                rootfs.path.clone(),
+                rootfs.clone(),
                 agent.map(|a| a.0),
             );
             let key2 = key.clone();
             tokio::task::spawn_blocking(move || {
-                build_image(
-                    &spec,
-                    &images,
-                    &image,
-                    &key2,
-                    &rootfs_path,
-                    agent.as_deref(),
-                )
+                build_image(&spec, &images, &image, &key2, &rootfs, agent.as_deref())
             })
             .await
             .map_err(|e| ResourceError::Check(format!("image build task failed: {e}")))??;
@@ -120,15 +115,19 @@ fn release(ctx: &Ctx, owner: &Address, image: &Path) -> Result<(), ResourceError
     asset::release(ctx, owner, &[file])
 }
 
-/// Every input of the image, hashed: rootfs content, size, overlays, the agent's bytes.
-fn image_key(spec: &TemplateSpec, rootfs: &CachedFile, agent_sha: Option<&str>) -> String {
-    let inputs = serde_json::json!({
+/// Every input of the image, hashed: rootfs content (an image's digest), size, overlays, the
+/// agent's bytes.
+fn image_key(spec: &TemplateSpec, rootfs: &RootfsOutputs, agent_sha: Option<&str>) -> String {
+    let mut inputs = serde_json::json!({
         "format": 1,
-        "rootfs": rootfs.content_sha256,
+        "rootfs": template_rootfs::key_input(rootfs),
         "size": spec.size,
         "files": spec.files,
         "agent": agent_sha,
     });
+    if spec.run_image_cmd {
+        inputs["run_image_cmd"] = true.into();
+    }
     hex::encode(Sha256::digest(inputs.to_string().as_bytes()))[..32].to_string()
 }
 
@@ -141,7 +140,7 @@ fn build_image(
     images: &Path,
     image: &Path,
     key: &str,
-    rootfs: &Path,
+    rootfs: &RootfsOutputs,
     agent: Option<&Path>,
 ) -> Result<(), ResourceError> {
     let work = images.join("tmp").join(key);
@@ -151,8 +150,7 @@ fn build_image(
     let root = work.join("root");
     std::fs::create_dir_all(&root).map_err(io("cannot create", &root))?;
     let result = (|| {
-        unpack::unpack(rootfs, &root)
-            .map_err(|e| ResourceError::Check(crate::resources::error_chain(&e)))?;
+        template_rootfs::unpack_rootfs(spec, rootfs, &root)?;
         crate::crash::hit(crate::crash::Point::TemplateUnpacked);
         for (path, overlay) in &spec.files {
             let dst = root.join(path.trim_start_matches('/'));
@@ -189,7 +187,7 @@ fn build_image(
 }
 
 /// Write a file owned by root with `mode`, replacing whatever (e.g. a symlink) is there.
-fn write_file(dst: &Path, bytes: &[u8], mode: u32) -> Result<(), ResourceError> {
+pub(super) fn write_file(dst: &Path, bytes: &[u8], mode: u32) -> Result<(), ResourceError> {
     if let Some(parent) = dst.parent() {
         std::fs::create_dir_all(parent).map_err(io("cannot create", parent))?;
     }

@@ -34,6 +34,8 @@ pub struct FetchRequest<'a> {
     pub executable: bool,
     /// `kernel.lts`: for progress bars and errors.
     pub label: &'a str,
+    /// An `Authorization` header for HTTP(S) sources (a registry's token); never recorded.
+    pub authorization: Option<&'a str>,
 }
 
 /// A valid cache entry.
@@ -234,7 +236,7 @@ impl Fetcher {
         };
 
         tracing::info!(label = req.label, url = %src.url, "downloading");
-        let body = source::open(&self.client, &src.url).await?;
+        let body = source::open(&self.client, &src.url, req.authorization).await?;
         let total = body.len();
         let bar = self.progress.then(|| progress_bar(req.label, total));
         let tmp_dir = self.cache.join("tmp");
@@ -354,7 +356,7 @@ impl Fetcher {
         limit: u64,
         what: &'static str,
     ) -> Result<String, FetchError> {
-        let mut body = source::open(&self.client, url).await?;
+        let mut body = source::open(&self.client, url, None).await?;
         let mut buf = Vec::new();
         while let Some(chunk) = body.next_chunk().await? {
             buf.extend_from_slice(&chunk);

@@ -141,7 +141,7 @@ fn read_up_to(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
 }
 
 /// The entry's path relative to the image root, or why it leaves the image.
-fn inside(p: &Path) -> Result<PathBuf, &'static str> {
+pub(crate) fn inside(p: &Path) -> Result<PathBuf, &'static str> {
     let mut out = PathBuf::new();
     for c in p.components() {
         match c {
@@ -156,7 +156,7 @@ fn inside(p: &Path) -> Result<PathBuf, &'static str> {
 
 /// The first existing ancestor of `rel` (below `dest`) that is a symlink, if any: unpacking
 /// would follow it, possibly out of the image.
-fn through_symlink(dest: &Path, rel: &Path) -> Option<PathBuf> {
+pub(crate) fn through_symlink(dest: &Path, rel: &Path) -> Option<PathBuf> {
     let mut cur = dest.to_path_buf();
     let parent = rel.parent()?;
     for c in parent.components() {
@@ -173,7 +173,7 @@ fn through_symlink(dest: &Path, rel: &Path) -> Option<PathBuf> {
 }
 
 /// Device nodes and fifos, which the tar crate does not create.
-fn make_node<R: Read>(entry: &tar::Entry<'_, R>, out: &Path) -> Result<(), UnpackError> {
+pub(crate) fn make_node<R: Read>(entry: &tar::Entry<'_, R>, out: &Path) -> Result<(), UnpackError> {
     use rustix::fs::{FileType, Mode};
     let h = entry.header();
     let werr = |source: std::io::Error| UnpackError::Write {
