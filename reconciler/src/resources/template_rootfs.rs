@@ -107,5 +107,13 @@ fn write_image_config(
         "run_image_cmd": spec.run_image_cmd,
     });
     let text = serde_json::to_string_pretty(&doc).unwrap_or_default() + "\n";
+    // An image's own symlink (`etc -> /`) must not take this write out of the image.
+    if let Some(link) = unpack::through_symlink(root, Path::new(IMAGE_CONFIG)) {
+        return Err(ResourceError::Check(format!(
+            "{}: refusing to write /{IMAGE_CONFIG} through the image's symlink `/{}`",
+            image.image,
+            link.display()
+        )));
+    }
     super::template::write_file(&root.join(IMAGE_CONFIG), text.as_bytes(), 0o644)
 }
