@@ -367,6 +367,7 @@ fn a_vm_boots_from_an_image_and_its_commands_get_the_image_config() {
         json!({
             "Env": ["PATH=/bin:/sbin", "GREETING=hello from the image config"],
             "WorkingDir": "/srv/app",
+            "User": "1234:1234",
             "Cmd": ["/bin/sh", "-c", "echo image-cmd-ran; sleep 1"],
         }),
     );
@@ -394,7 +395,7 @@ fn a_vm_boots_from_an_image_and_its_commands_get_the_image_config() {
         a.extend_from_slice(args);
         run(&ws, &a)
     };
-    // Env and WorkingDir of the image config are the defaults…
+    // Env, WorkingDir and User of the image config are the defaults…
     let r = exec(&["--", "sh", "-c", "echo \"$GREETING\"; pwd"]);
     assert_eq!(r.ok().stdout, "hello from the image config\n/srv/app\n");
     // …and explicit arguments win.
@@ -409,6 +410,12 @@ fn a_vm_boots_from_an_image_and_its_commands_get_the_image_config() {
         "echo \"$GREETING\"; pwd",
     ]);
     assert_eq!(r.ok().stdout, "mine\n/tmp\n");
+    // User too (a uid the guest's /etc/passwd does not know), unless the call names another.
+    assert_eq!(exec(&["--", "id", "-u"]).ok().stdout, "1234\n");
+    assert_eq!(
+        exec(&["--user", "root", "--", "id", "-u"]).ok().stdout,
+        "0\n"
+    );
     let r = exec(&["--", "cat", "/etc/fort/image.json"]);
     assert!(
         r.ok().stdout.contains("\"run_image_cmd\": true"),
