@@ -61,72 +61,116 @@ pub fn unpack(archive: &Path, dest: &Path) -> Result<Stats, UnpackError> {
     tar.set_unpack_xattrs(false);
     tar.set_overwrite(true);
     let mut stats = Stats::default();
-    let unsafe_entry = |entry: &str, why: String| UnpackError::Unsafe {
+    for entry in tar.entries().map_err(read_err)? {
+        let mut entry = entry.map_err(read_err)?;
+        let Some((rel, shown)) = entry_path(&entry, dest, archive)? else {
+            continue; // "./" itself
+        };
+        create(&mut entry, dest, &rel, &shown, archive, &mut stats)?;
+    }
+    Ok(stats)
+}
+
+fn unsafe_entry(archive: &Path, entry: &str, why: String) -> UnpackError {
+    UnpackError::Unsafe {
         archive: archive.to_path_buf(),
         entry: entry.to_string(),
         why,
-    };
-    for entry in tar.entries().map_err(read_err)? {
-        let mut entry = entry.map_err(read_err)?;
-        let raw = entry.path().map_err(read_err)?.into_owned();
-        let shown = raw.display().to_string();
-        let rel = inside(&raw).map_err(|why| unsafe_entry(&shown, why.to_string()))?;
-        if rel.as_os_str().is_empty() {
-            continue; // "./" itself
-        }
-        if let Some(link) = through_symlink(dest, &rel) {
-            return Err(unsafe_entry(
-                &shown,
-                format!("would be written through the symlink `{}`", link.display()),
-            ));
-        }
-        let kind = entry.header().entry_type();
-        if kind.is_hard_link() {
-            let target = entry
-                .link_name()
-                .map_err(read_err)?
-                .unwrap_or_default()
-                .into_owned();
-            inside(&target).map_err(|why| {
-                unsafe_entry(
-                    &shown,
-                    format!("is a hard link to `{}`, which {why}", target.display()),
-                )
-            })?;
-        }
-        let out = dest.join(&rel);
-        if kind.is_character_special() || kind.is_block_special() || kind.is_fifo() {
-            make_node(&entry, &out)?;
-        } else if !entry.unpack_in(dest).map_err(|source| {
-            // The tar crate keeps the kind of the underlying error: a truncated or corrupt
-            // stream is the archive's fault, anything else is ours (disk, permissions).
-            if matches!(
-                source.kind(),
-                std::io::ErrorKind::UnexpectedEof
-                    | std::io::ErrorKind::InvalidData
-                    | std::io::ErrorKind::InvalidInput
-            ) {
-                read_err(source)
-            } else {
-                UnpackError::Write {
-                    path: out.clone(),
-                    source,
-                }
-            }
-        })? {
-            return Err(unsafe_entry(
-                &shown,
-                "was refused by the unpacker".to_string(),
-            ));
-        }
-        stats.entries += 1;
-        if kind.is_file() {
-            // The size the entry's data was read with: a PAX `size` record overrides the
-            // header's field, which may then be anything (up to u64::MAX) and must not count.
-            stats.bytes += entry.size();
-        }
     }
-    Ok(stats)
+}
+
+/// An entry's path relative to the image root (and as shown in errors), refused when it is
+/// absolute, has `..`, or goes through a symlink already under `dest`; `None` for the root
+/// itself.
+pub(crate) fn entry_path<R: Read>(
+    entry: &tar::Entry<'_, R>,
+    dest: &Path,
+    archive: &Path,
+) -> Result<Option<(PathBuf, String)>, UnpackError> {
+    let raw = entry
+        .path()
+        .map_err(|source| UnpackError::Archive {
+            archive: archive.to_path_buf(),
+            source,
+        })?
+        .into_owned();
+    let shown = raw.display().to_string();
+    let rel = inside(&raw).map_err(|why| unsafe_entry(archive, &shown, why.to_string()))?;
+    if rel.as_os_str().is_empty() {
+        return Ok(None);
+    }
+    if let Some(link) = through_symlink(dest, &rel) {
+        return Err(unsafe_entry(
+            archive,
+            &shown,
+            format!("would be written through the symlink `{}`", link.display()),
+        ));
+    }
+    Ok(Some((rel, shown)))
+}
+
+/// Create an entry whose path `entry_path` checked: a hard link must point inside the image;
+/// device nodes and fifos are made here, everything else by the tar crate. Counted in `stats`.
+pub(crate) fn create<R: Read>(
+    entry: &mut tar::Entry<'_, R>,
+    dest: &Path,
+    rel: &Path,
+    shown: &str,
+    archive: &Path,
+    stats: &mut Stats,
+) -> Result<(), UnpackError> {
+    let read_err = |source| UnpackError::Archive {
+        archive: archive.to_path_buf(),
+        source,
+    };
+    let kind = entry.header().entry_type();
+    if kind.is_hard_link() {
+        let target = entry
+            .link_name()
+            .map_err(read_err)?
+            .unwrap_or_default()
+            .into_owned();
+        inside(&target).map_err(|why| {
+            unsafe_entry(
+                archive,
+                shown,
+                format!("is a hard link to `{}`, which {why}", target.display()),
+            )
+        })?;
+    }
+    let out = dest.join(rel);
+    if kind.is_character_special() || kind.is_block_special() || kind.is_fifo() {
+        make_node(entry, &out)?;
+    } else if !entry.unpack_in(dest).map_err(|source| {
+        // The tar crate keeps the kind of the underlying error: a truncated or corrupt
+        // stream is the archive's fault, anything else is ours (disk, permissions).
+        if matches!(
+            source.kind(),
+            std::io::ErrorKind::UnexpectedEof
+                | std::io::ErrorKind::InvalidData
+                | std::io::ErrorKind::InvalidInput
+        ) {
+            read_err(source)
+        } else {
+            UnpackError::Write {
+                path: out.clone(),
+                source,
+            }
+        }
+    })? {
+        return Err(unsafe_entry(
+            archive,
+            shown,
+            "was refused by the unpacker".to_string(),
+        ));
+    }
+    stats.entries += 1;
+    if kind.is_file() {
+        // The size the entry's data was read with: a PAX `size` record overrides the
+        // header's field, which may then be anything (up to u64::MAX) and must not count.
+        stats.bytes += entry.size();
+    }
+    Ok(())
 }
 
 fn read_up_to(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
@@ -173,7 +217,7 @@ pub(crate) fn through_symlink(dest: &Path, rel: &Path) -> Option<PathBuf> {
 }
 
 /// Device nodes and fifos, which the tar crate does not create.
-pub(crate) fn make_node<R: Read>(entry: &tar::Entry<'_, R>, out: &Path) -> Result<(), UnpackError> {
+fn make_node<R: Read>(entry: &tar::Entry<'_, R>, out: &Path) -> Result<(), UnpackError> {
     use rustix::fs::{FileType, Mode};
     let h = entry.header();
     let werr = |source: std::io::Error| UnpackError::Write {

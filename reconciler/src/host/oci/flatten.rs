@@ -10,7 +10,7 @@ use std::io::{BufReader, Read};
 use std::path::{Path, PathBuf};
 
 use super::media::Compression;
-use crate::host::image::unpack::{inside, make_node, through_symlink, Stats, UnpackError};
+use crate::host::image::unpack::{create, entry_path, Stats, UnpackError};
 
 const WHITEOUT: &str = ".wh.";
 const OPAQUE: &str = ".wh..wh..opq";
@@ -28,11 +28,6 @@ pub fn apply_layer(
     let write_err = |path: &Path| {
         let path = path.to_path_buf();
         move |source| UnpackError::Write { path, source }
-    };
-    let unsafe_entry = |entry: &str, why: String| UnpackError::Unsafe {
-        archive: file.to_path_buf(),
-        entry: entry.to_string(),
-        why,
     };
     let f = BufReader::with_capacity(1 << 20, File::open(file).map_err(read_err)?);
     let reader: Box<dyn Read> = match compression {
@@ -53,90 +48,44 @@ pub fn apply_layer(
     let mut stats = Stats::default();
     for entry in tar.entries().map_err(read_err)? {
         let mut entry = entry.map_err(read_err)?;
-        let raw = entry.path().map_err(read_err)?.into_owned();
-        let shown = raw.display().to_string();
-        let rel = inside(&raw).map_err(|why| unsafe_entry(&shown, why.to_string()))?;
-        if rel.as_os_str().is_empty() {
+        let Some((rel, shown)) = entry_path(&entry, dest, file)? else {
             continue;
-        }
-        if let Some(link) = through_symlink(dest, &rel) {
-            return Err(unsafe_entry(
-                &shown,
-                format!("would be written through the symlink `{}`", link.display()),
-            ));
-        }
+        };
         let name = rel
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
         let parent = rel.parent().unwrap_or(Path::new("")).to_path_buf();
         if name == OPAQUE {
-            hide_below(&dest.join(&parent), &parent, &mine)
-                .map_err(write_err(&dest.join(&parent)))?;
+            let dir = dest.join(&parent);
+            hide_below(&dir, &parent, &mine).map_err(write_err(&dir))?;
             continue;
         }
         if let Some(hidden) = name.strip_prefix(WHITEOUT) {
             let target = parent.join(hidden);
             if !mine.contains(&target) {
-                remove_any(&dest.join(&target)).map_err(write_err(&dest.join(&target)))?;
+                let p = dest.join(&target);
+                remove_any(&p).map_err(write_err(&p))?;
             }
             continue;
         }
-        let kind = entry.header().entry_type();
-        if kind.is_hard_link() {
-            let target = entry
-                .link_name()
-                .map_err(read_err)?
-                .unwrap_or_default()
-                .into_owned();
-            inside(&target).map_err(|why| {
-                unsafe_entry(
-                    &shown,
-                    format!("is a hard link to `{}`, which {why}", target.display()),
-                )
-            })?;
-        }
-        let out = dest.join(&rel);
         // What a lower layer has here is replaced: a directory only by a non-directory.
+        let out = dest.join(&rel);
+        let is_dir = entry.header().entry_type().is_dir();
         match std::fs::symlink_metadata(&out) {
-            Ok(m) if m.is_dir() && !kind.is_dir() => {
+            Ok(m) if m.is_dir() && !is_dir => {
                 std::fs::remove_dir_all(&out).map_err(write_err(&out))?
             }
             Ok(m) if !m.is_dir() => std::fs::remove_file(&out).map_err(write_err(&out))?,
             _ => {}
         }
-        if kind.is_character_special() || kind.is_block_special() || kind.is_fifo() {
-            make_node(&entry, &out)?;
-        } else if !entry.unpack_in(dest).map_err(|source| {
-            if matches!(
-                source.kind(),
-                std::io::ErrorKind::UnexpectedEof
-                    | std::io::ErrorKind::InvalidData
-                    | std::io::ErrorKind::InvalidInput
-            ) {
-                read_err(source)
-            } else {
-                UnpackError::Write {
-                    path: out.clone(),
-                    source,
-                }
-            }
-        })? {
-            return Err(unsafe_entry(
-                &shown,
-                "was refused by the unpacker".to_string(),
-            ));
-        }
+        create(&mut entry, dest, &rel, &shown, file, &mut stats)?;
         let mut p = rel.as_path();
         while mine.insert(p.to_path_buf()) {
             match p.parent() {
                 Some(q) if !q.as_os_str().is_empty() => p = q,
                 _ => break,
             }
-        }
-        stats.entries += 1;
-        if kind.is_file() {
-            stats.bytes += entry.size();
         }
     }
     Ok(stats)
