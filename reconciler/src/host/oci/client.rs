@@ -234,39 +234,49 @@ impl Registry {
         format!("{}/{}", self.registry, self.repository)
     }
 
+    /// A request to the repository with the current `Authorization`; a 401 gets a fresh
+    /// token (or Basic header) and one more try.
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        url: &str,
+    ) -> Result<reqwest::Response, OciError> {
+        let mut retried = false;
+        loop {
+            let mut req = self
+                .http
+                .request(method.clone(), url)
+                .header(reqwest::header::ACCEPT, media::ACCEPT);
+            if let Some(a) = self.authorization() {
+                req = req.header(reqwest::header::AUTHORIZATION, a);
+            }
+            let resp = req.send().await.map_err(|source| OciError::Http {
+                url: url.to_string(),
+                source,
+            })?;
+            if resp.status() == StatusCode::UNAUTHORIZED && !retried && self.challenge.is_some() {
+                retried = true;
+                self.authenticate().await?;
+                continue;
+            }
+            return Ok(resp);
+        }
+    }
+
     /// The digest a tag names, from a `HEAD` request's `Docker-Content-Digest` (HEAD requests
     /// do not count against pull rate limits); `None` when the registry does not say.
     pub async fn head_digest(&self, tag: &str) -> Result<Option<String>, OciError> {
         let url = format!("{}/v2/{}/manifests/{tag}", self.base, self.repository);
-        let mut retried = false;
-        loop {
-            let mut head = self
-                .http
-                .head(&url)
-                .header(reqwest::header::ACCEPT, media::ACCEPT);
-            if let Some(a) = self.authorization() {
-                head = head.header(reqwest::header::AUTHORIZATION, a);
-            }
-            let resp = head.send().await.map_err(|source| OciError::Http {
-                url: url.clone(),
-                source,
-            })?;
-            match resp.status() {
-                StatusCode::UNAUTHORIZED if !retried && self.challenge.is_some() => {
-                    retried = true;
-                    self.authenticate().await?;
-                }
-                s if s.is_success() => {
-                    return Ok(resp
-                        .headers()
-                        .get("docker-content-digest")
-                        .and_then(|v| v.to_str().ok())
-                        .and_then(|d| crate::manifest::image_ref::check_digest(d).ok()))
-                }
-                // Errors are reported by the GET, with its body's details.
-                _ => return Ok(None),
-            }
+        let resp = self.send(reqwest::Method::HEAD, &url).await?;
+        if !resp.status().is_success() {
+            // Errors are reported by the GET, with its details.
+            return Ok(None);
         }
+        Ok(resp
+            .headers()
+            .get("docker-content-digest")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|d| crate::manifest::image_ref::check_digest(d).ok()))
     }
 
     /// A manifest by tag or digest: its bytes, media type and digest. A digest reference must
@@ -276,74 +286,56 @@ impl Registry {
         reference: &str,
     ) -> Result<(Vec<u8>, Option<String>, String), OciError> {
         let url = format!("{}/v2/{}/manifests/{reference}", self.base, self.repository);
-        let mut retried = false;
-        loop {
-            let mut get = self
-                .http
-                .get(&url)
-                .header(reqwest::header::ACCEPT, media::ACCEPT);
-            if let Some(a) = self.authorization() {
-                get = get.header(reqwest::header::AUTHORIZATION, a);
+        let mut resp = self.send(reqwest::Method::GET, &url).await?;
+        match resp.status() {
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
+                return Err(self.unauthorized(self.creds.is_some()))
             }
-            let mut resp = get.send().await.map_err(|source| OciError::Http {
-                url: url.clone(),
-                source,
-            })?;
-            match resp.status() {
-                StatusCode::UNAUTHORIZED if !retried && self.challenge.is_some() => {
-                    retried = true;
-                    self.authenticate().await?;
-                    continue;
-                }
-                StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
-                    return Err(self.unauthorized(self.creds.is_some()))
-                }
-                StatusCode::NOT_FOUND => {
-                    return Err(OciError::NotFound {
-                        what: if reference.starts_with("sha256:") {
-                            format!("manifest {reference}")
-                        } else {
-                            format!("tag `{reference}`")
-                        },
-                        name: self.name(),
-                    })
-                }
-                s if !s.is_success() => {
-                    return Err(OciError::Status {
-                        url,
-                        status: s.as_u16(),
-                    })
-                }
-                _ => {}
+            StatusCode::NOT_FOUND => {
+                return Err(OciError::NotFound {
+                    what: if reference.starts_with("sha256:") {
+                        format!("manifest {reference}")
+                    } else {
+                        format!("tag `{reference}`")
+                    },
+                    name: self.name(),
+                })
             }
-            let content_type = resp
-                .headers()
-                .get(reqwest::header::CONTENT_TYPE)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string);
-            let mut body = Vec::new();
-            while let Some(chunk) = resp.chunk().await.map_err(|source| OciError::Http {
-                url: url.clone(),
-                source,
-            })? {
-                body.extend_from_slice(&chunk);
-                if body.len() > MANIFEST_LIMIT {
-                    return Err(OciError::Format {
-                        what: format!("manifest {reference} of {}", self.name()),
-                        why: format!("is larger than {MANIFEST_LIMIT} bytes"),
-                    });
-                }
+            s if !s.is_success() => {
+                return Err(OciError::Status {
+                    url,
+                    status: s.as_u16(),
+                })
             }
-            let digest = format!("sha256:{}", hex::encode(Sha256::digest(&body)));
-            if reference.starts_with("sha256:") && digest != reference {
-                return Err(OciError::Digest {
-                    what: format!("manifest of {}", self.name()),
-                    expected: reference.to_string(),
-                    got: digest,
+            _ => {}
+        }
+        let content_type = resp
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let mut body = Vec::new();
+        while let Some(chunk) = resp.chunk().await.map_err(|source| OciError::Http {
+            url: url.clone(),
+            source,
+        })? {
+            body.extend_from_slice(&chunk);
+            if body.len() > MANIFEST_LIMIT {
+                return Err(OciError::Format {
+                    what: format!("manifest {reference} of {}", self.name()),
+                    why: format!("is larger than {MANIFEST_LIMIT} bytes"),
                 });
             }
-            return Ok((body, content_type, digest));
         }
+        let digest = format!("sha256:{}", hex::encode(Sha256::digest(&body)));
+        if reference.starts_with("sha256:") && digest != reference {
+            return Err(OciError::Digest {
+                what: format!("manifest of {}", self.name()),
+                expected: reference.to_string(),
+                got: digest,
+            });
+        }
+        Ok((body, content_type, digest))
     }
 }
 
