@@ -134,29 +134,40 @@ fn bad_images_are_refused_with_exact_errors_and_nothing_built() {
     assert!(find(ws.path(), "escaped").is_empty());
     assert!(find(reg.dir.path(), "escaped").is_empty());
 
-    // An image whose /etc is a symlink out of it: fort's own image.json is not written there.
+    // An image whose /etc and /sbin are absolute symlinks (to host paths): what fort writes
+    // there (its image config, an overlay, the agent) is resolved inside the image, as the
+    // guest will see it; the host paths stay untouched.
     let ws = Workspace::new();
     let outside = ws.path().join("outside");
     std::fs::create_dir(&outside).unwrap();
     let linked = Image::new(
         vec![(
-            tar_layer(&[Entry::Symlink("etc", outside.to_str().unwrap())]),
+            tar_layer(&[
+                Entry::Symlink("etc", outside.to_str().unwrap()),
+                Entry::Symlink("sbin", outside.to_str().unwrap()),
+            ]),
             LAYER_TAR,
         )],
         json!({}),
     );
-    let d = reg.push("linked", "v1", &linked);
-    ws.write_manifest(&rootfs_and_template(&format!("{host}/linked:v1"), ""));
-    let r = run(&ws, &["apply", "--yes"]);
-    r.code(1);
-    assert!(
-        both(&r).contains(&format!(
-            "{host}/linked:v1@{d}: refusing to write /etc/fort/image.json through the image's symlink `/etc`"
-        )),
-        "{}",
-        both(&r)
+    reg.push("linked", "v1", &linked);
+    ws.write_manifest(&format!(
+        "[rootfs.app]\nimage = \"{host}/linked:v1\"\n\n[template.t]\nrootfs = \"app\"\nsize = \"16MiB\"\nguest_agent = false\n[template.t.files]\n\"/sbin/tool\" = \"x\"\n"
+    ));
+    run(&ws, &["apply", "--yes"]).ok();
+    assert_eq!(
+        std::fs::read_dir(&outside).unwrap().count(),
+        0,
+        "nothing written outside"
     );
-    assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0);
+    let img = common::registry::template_image(&ws, "t");
+    let inside = outside.strip_prefix("/").unwrap().display().to_string();
+    let cfg = common::registry::debugfs(&img, &format!("cat /{inside}/fort/image.json"));
+    assert!(cfg.contains("\"image\": \""), "{cfg}");
+    assert_eq!(
+        common::registry::debugfs(&img, &format!("cat /{inside}/tool")),
+        "x"
+    );
 }
 
 fn find(dir: &Path, name: &str) -> Vec<PathBuf> {

@@ -153,7 +153,7 @@ fn build_image(
         template_rootfs::unpack_rootfs(spec, rootfs, &root)?;
         crate::crash::hit(crate::crash::Point::TemplateUnpacked);
         for (path, overlay) in &spec.files {
-            let dst = root.join(path.trim_start_matches('/'));
+            let dst = in_image(&root, path)?;
             let bytes = match &overlay.content {
                 OverlayContent::Inline(t) => t.clone().into_bytes(),
                 OverlayContent::Source { path: src, sha256 } => {
@@ -170,7 +170,7 @@ fn build_image(
             write_file(&dst, &bytes, overlay.mode)?;
         }
         if let Some(agent) = agent {
-            let init = root.join("sbin/init");
+            let init = in_image(&root, "/sbin/init")?;
             let bytes = std::fs::read(agent).map_err(io("cannot read", agent))?;
             write_file(&init, &bytes, 0o755)?;
         }
@@ -184,6 +184,12 @@ fn build_image(
     })();
     let _ = std::fs::remove_dir_all(&work);
     result
+}
+
+/// Where the image's `path` is under `root`, its own symlinks resolved inside it (never out).
+pub(super) fn in_image(root: &Path, path: &str) -> Result<PathBuf, ResourceError> {
+    crate::host::image::unpack::resolve_in_root(root, Path::new(path))
+        .map_err(|why| ResourceError::Check(format!("cannot write into the image: {why}")))
 }
 
 /// Write a file owned by root with `mode`, replacing whatever (e.g. a symlink) is there.

@@ -88,14 +88,11 @@ fn write_image_config(
         )));
     }
     if let Some(dir) = c.working_dir.as_deref().filter(|d| !d.is_empty()) {
-        // As a container runtime does: the working directory exists.
-        let rel = unpack::inside(Path::new(dir.trim_start_matches('/'))).map_err(|why| {
-            ResourceError::Check(format!("{}: WorkingDir `{dir}` {why}", image.image))
-        })?;
-        if unpack::through_symlink(root, &rel.join("x")).is_none() {
-            let p = root.join(rel);
-            std::fs::create_dir_all(&p).map_err(|e| ResourceError::io("cannot create", &p, e))?;
-        }
+        // As a container runtime does: the working directory exists (its path resolved
+        // inside the image, like every path fort writes there).
+        let probe = super::template::in_image(root, &format!("/{dir}/.probe"))?;
+        let p = probe.parent().unwrap_or(root);
+        std::fs::create_dir_all(p).map_err(|e| ResourceError::io("cannot create", p, e))?;
     }
     let doc = json!({
         "image": image.image,
@@ -107,13 +104,7 @@ fn write_image_config(
         "run_image_cmd": spec.run_image_cmd,
     });
     let text = serde_json::to_string_pretty(&doc).unwrap_or_default() + "\n";
-    // An image's own symlink (`etc -> /`) must not take this write out of the image.
-    if let Some(link) = unpack::through_symlink(root, Path::new(IMAGE_CONFIG)) {
-        return Err(ResourceError::Check(format!(
-            "{}: refusing to write /{IMAGE_CONFIG} through the image's symlink `/{}`",
-            image.image,
-            link.display()
-        )));
-    }
-    super::template::write_file(&root.join(IMAGE_CONFIG), text.as_bytes(), 0o644)
+    // Resolved inside the image: its own `etc -> /…` link must not take this write out.
+    let dst = super::template::in_image(root, &format!("/{IMAGE_CONFIG}"))?;
+    super::template::write_file(&dst, text.as_bytes(), 0o644)
 }

@@ -198,6 +198,74 @@ pub(crate) fn inside(p: &Path) -> Result<PathBuf, &'static str> {
     Ok(out)
 }
 
+/// Where `path` (absolute inside the image) is on the host, resolving the image's own
+/// symlinks as the guest will see them — an absolute link target starts again at `root`, `..`
+/// stops at `root` (like `openat2`'s `RESOLVE_IN_ROOT`) — so a file fort writes into an image
+/// (overlays, the agent, the image config) never lands outside it, whatever links the rootfs
+/// holds (`sbin -> /sbin`, `etc -> ../../..`). The last component is not followed: the
+/// writer replaces a link there.
+pub fn resolve_in_root(root: &Path, path: &Path) -> Result<PathBuf, String> {
+    use std::collections::VecDeque;
+    use std::ffi::OsString;
+    let name = path
+        .file_name()
+        .ok_or_else(|| format!("`{}` names no file", path.display()))?
+        .to_os_string();
+    let comps = |p: &Path| -> Vec<OsString> {
+        p.components()
+            .filter_map(|c| match c {
+                Component::Normal(n) => Some(n.to_os_string()),
+                Component::ParentDir => Some(OsString::from("..")),
+                _ => None,
+            })
+            .collect()
+    };
+    let mut todo: VecDeque<OsString> = path.parent().map(comps).unwrap_or_default().into();
+    let mut done: Vec<OsString> = Vec::new();
+    let mut hops = 0;
+    while let Some(c) = todo.pop_front() {
+        if c == ".." {
+            done.pop();
+            continue;
+        }
+        let mut here = root.to_path_buf();
+        here.extend(&done);
+        here.push(&c);
+        match std::fs::symlink_metadata(&here) {
+            Ok(m) if m.file_type().is_symlink() => {
+                hops += 1;
+                if hops > 40 {
+                    return Err(format!("`{}`: too many levels of symlinks", path.display()));
+                }
+                let target = std::fs::read_link(&here)
+                    .map_err(|e| format!("cannot read the link {}: {e}", here.display()))?;
+                if target.is_absolute() {
+                    done.clear();
+                }
+                for t in comps(&target).into_iter().rev() {
+                    todo.push_front(t);
+                }
+            }
+            Ok(m) if !m.is_dir() => {
+                return Err(format!(
+                    "`{}`: /{} is not a directory",
+                    path.display(),
+                    done.iter()
+                        .chain([&c])
+                        .map(|s| s.to_string_lossy())
+                        .collect::<Vec<_>>()
+                        .join("/")
+                ))
+            }
+            _ => done.push(c),
+        }
+    }
+    let mut out = root.to_path_buf();
+    out.extend(&done);
+    out.push(name);
+    Ok(out)
+}
+
 /// The first existing ancestor of `rel` (below `dest`) that is a symlink, if any: unpacking
 /// would follow it, possibly out of the image.
 pub(crate) fn through_symlink(dest: &Path, rel: &Path) -> Option<PathBuf> {
@@ -258,4 +326,35 @@ fn make_node<R: Read>(entry: &tar::Entry<'_, R>, out: &Path) -> Result<(), Unpac
         rustix::fs::AtFlags::empty(),
     )
     .map_err(|e| werr(e.into()))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_resolve_inside_the_root() {
+        let w = tempfile::tempdir().unwrap();
+        let root = w.path().join("root");
+        std::fs::create_dir_all(root.join("usr/sbin")).unwrap();
+        std::os::unix::fs::symlink("/usr/sbin", root.join("sbin")).unwrap();
+        std::os::unix::fs::symlink("../../../..", root.join("up")).unwrap();
+        std::os::unix::fs::symlink(w.path(), root.join("host")).unwrap();
+        std::fs::write(root.join("file"), b"").unwrap();
+        let r = |p: &str| resolve_in_root(&root, Path::new(p));
+        assert_eq!(r("/sbin/init").unwrap(), root.join("usr/sbin/init"));
+        assert_eq!(r("/up/etc/x").unwrap(), root.join("etc/x"));
+        assert_eq!(
+            r("/host/victim").unwrap(),
+            root.join(w.path().strip_prefix("/").unwrap())
+                .join("victim")
+        );
+        assert_eq!(r("/new/dir/f").unwrap(), root.join("new/dir/f"));
+        assert!(r("/file/x")
+            .unwrap_err()
+            .ends_with("/file is not a directory"));
+        std::os::unix::fs::symlink("loop", root.join("loop")).unwrap();
+        assert!(r("/loop/x").unwrap_err().contains("too many levels"));
+    }
 }
