@@ -338,9 +338,9 @@ fn overlays_and_the_agent_follow_the_rootfs_links_inside_the_image_only() {
     h.set_mtime(0);
     t.append_link(&mut h, "sbin", &host_dir).unwrap();
     std::fs::write(ws.path().join("linked.tar"), t.into_inner().unwrap()).unwrap();
-    ws.write_manifest(&format!(
-        "[rootfs.l]\nurl = \"linked.tar\"\n\n[template.t]\nrootfs = \"l\"\nsize = \"16MiB\"\n[template.t.files]\n\"/sbin/tool\" = \"x\"\n"
-    ));
+    ws.write_manifest(
+        "[rootfs.l]\nurl = \"linked.tar\"\n\n[template.t]\nrootfs = \"l\"\nsize = \"16MiB\"\n[template.t.files]\n\"/sbin/tool\" = \"x\"\n",
+    );
     let out = ws
         .command(&["apply", "--yes"])
         .env("FORT_GUEST_AGENT", static_agent())
