@@ -149,7 +149,9 @@ impl FetchError {
 pub struct Fetcher {
     client: reqwest::Client,
     cache: PathBuf,
-    progress: bool,
+    /// Progress bars on stderr (a terminal), one line per download running at once (an
+    /// image's layers download concurrently).
+    bars: Option<indicatif::MultiProgress>,
 }
 
 impl Fetcher {
@@ -173,7 +175,9 @@ impl Fetcher {
         Ok(Fetcher {
             client,
             cache: cache_dir,
-            progress,
+            bars: progress.then(|| {
+                indicatif::MultiProgress::with_draw_target(indicatif::ProgressDrawTarget::stderr())
+            }),
         })
     }
 
@@ -238,7 +242,10 @@ impl Fetcher {
         tracing::info!(label = req.label, url = %src.url, "downloading");
         let body = source::open(&self.client, &src.url, req.authorization).await?;
         let total = body.len();
-        let bar = self.progress.then(|| progress_bar(req.label, total));
+        let bar = self
+            .bars
+            .as_ref()
+            .map(|m| m.add(progress_bar(req.label, total)));
         let tmp_dir = self.cache.join("tmp");
         let job = pipeline::Job {
             tmp_dir: tmp_dir.clone(),
@@ -447,7 +454,6 @@ fn progress_bar(label: &str, total: Option<u64>) -> indicatif::ProgressBar {
     .progress_chars("=> ");
     bar.set_style(style);
     bar.set_prefix(label.to_string());
-    bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
     bar
 }
 
