@@ -30,6 +30,7 @@ fn req(src: &AssetSource) -> FetchRequest<'_> {
         member: None,
         executable: false,
         label: "kernel.k",
+        authorization: None,
     }
 }
 
@@ -199,6 +200,7 @@ async fn archive_members_are_picked_exactly() {
         member: Some(m),
         executable: true,
         label: "firecracker.fc",
+        authorization: None,
     };
     let got = f.fetch(&r).await.unwrap();
     assert_eq!(std::fs::read(&got.path).unwrap(), b"the binary");

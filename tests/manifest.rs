@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use fort::manifest::{self, Decompress, Dns, OverlayContent, Spec};
+use fort::manifest::{self, Decompress, Dns, OverlayContent, RootfsSpec, Spec};
 use fort::{Address, Kind};
 
 const H: &str = "[fort]\nversion = 1\n";
@@ -376,18 +376,20 @@ fn resolution() {
         s => panic!("{s:?}"),
     }
     match &get("rootfs.tgz").spec {
-        Spec::Rootfs(r) => {
+        Spec::Rootfs(RootfsSpec::Tarball { source }) => {
             assert_eq!(
-                r.source.decompress,
+                source.decompress,
                 Decompress::None,
                 "tarballs are kept as fetched"
             );
-            assert_eq!(r.source.sha256.as_deref(), Some(SHA));
+            assert_eq!(source.sha256.as_deref(), Some(SHA));
         }
         s => panic!("{s:?}"),
     }
     match &get("rootfs.r").spec {
-        Spec::Rootfs(r) => assert_eq!(r.source.url, "file:///srv/r.tar"),
+        Spec::Rootfs(RootfsSpec::Tarball { source }) => {
+            assert_eq!(source.url, "file:///srv/r.tar")
+        }
         s => panic!("{s:?}"),
     }
     match &get("firecracker.fc").spec {
@@ -462,8 +464,8 @@ fn directories_merge_their_toml_files_and_resolve_paths_per_file() {
         Some(dir.path().join("state").as_path())
     );
     match &m.resources[&Address::new(Kind::Rootfs, "r")].spec {
-        Spec::Rootfs(r) => assert_eq!(
-            r.source.url,
+        Spec::Rootfs(RootfsSpec::Tarball { source }) => assert_eq!(
+            source.url,
             format!("file://{}/images/r.tar", dir.path().display())
         ),
         s => panic!("{s:?}"),

@@ -319,3 +319,48 @@ fn a_build_killed_half_way_leaves_no_finished_image_and_the_next_apply_builds_it
     ws.run(&["plan", "--detailed-exitcode"]).code(0);
     assert_eq!(std::fs::read_dir(&tmp).unwrap().count(), 0);
 }
+
+#[test]
+fn overlays_and_the_agent_follow_the_rootfs_links_inside_the_image_only() {
+    // A rootfs whose /sbin is an absolute link to a host directory: the agent (/sbin/init)
+    // and an overlay below /sbin land inside the image (as the guest resolves the link), the
+    // host directory stays empty.
+    let ws = Workspace::new();
+    let host_dir = ws.path().join("host-sbin");
+    std::fs::create_dir(&host_dir).unwrap();
+    let mut t = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::Symlink);
+    h.set_size(0);
+    h.set_mode(0o777);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mtime(0);
+    t.append_link(&mut h, "sbin", &host_dir).unwrap();
+    std::fs::write(ws.path().join("linked.tar"), t.into_inner().unwrap()).unwrap();
+    ws.write_manifest(
+        "[rootfs.l]\nurl = \"linked.tar\"\n\n[template.t]\nrootfs = \"l\"\nsize = \"16MiB\"\n[template.t.files]\n\"/sbin/tool\" = \"x\"\n",
+    );
+    let out = ws
+        .command(&["apply", "--yes"])
+        .env("FORT_GUEST_AGENT", static_agent())
+        .output()
+        .unwrap();
+    common::fort::Run::from(out).ok();
+    assert_eq!(std::fs::read_dir(&host_dir).unwrap().count(), 0);
+    let show: serde_json::Value = serde_json::from_str(
+        &ws.run(&["state", "show", "template.t", "--json"])
+            .ok()
+            .stdout,
+    )
+    .unwrap();
+    let img = show["outputs"]["image"].as_str().unwrap().to_string();
+    let inside = host_dir.strip_prefix("/").unwrap().display().to_string();
+    let ls = Command::new("debugfs")
+        .args(["-R", &format!("ls /{inside}")])
+        .arg(&img)
+        .output()
+        .unwrap();
+    let ls = String::from_utf8_lossy(&ls.stdout);
+    assert!(ls.contains("init") && ls.contains("tool"), "{ls}");
+}

@@ -4,6 +4,7 @@
 //! targets and tests can drive request handling directly, without a socket or a VM.
 
 pub mod hello;
+pub mod image;
 pub mod init;
 pub mod rpc;
 pub mod server;

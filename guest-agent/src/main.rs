@@ -205,6 +205,9 @@ fn main() {
                 }
             }
         }
+        if let Some(cfg) = fort_guest_agent::image::get().filter(|c| c.run_image_cmd) {
+            tokio::spawn(fort_guest_agent::image::supervise(cfg));
+        }
         if pid1 {
             init::serve_as_init().await;
         }

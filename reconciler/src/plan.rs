@@ -181,7 +181,21 @@ pub struct Plan {
     /// Leftovers of interrupted runs no record owns (apply removes those it can).
     #[serde(default)]
     pub orphans: Vec<crate::orphans::Orphan>,
+    /// The image tags resolved to digests for this plan: applying it saved is refused when one
+    /// has moved since.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub images: Vec<ResolvedImage>,
     pub summary: Summary,
+}
+
+/// An image rootfs whose tag was resolved when the plan was made.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResolvedImage {
+    /// `rootfs.NAME`.
+    pub address: Address,
+    /// `registry/repository:tag` (or `oci-layout:PATH:tag`).
+    pub image: String,
+    pub digest: String,
 }
 
 impl Plan {

@@ -25,7 +25,8 @@ pub fn watched_files(m: &Manifest) -> BTreeSet<PathBuf> {
                     local(i);
                 }
             }
-            Spec::Rootfs(x) => local(&x.source),
+            Spec::Rootfs(crate::manifest::RootfsSpec::Tarball { source }) => local(source),
+            Spec::Rootfs(crate::manifest::RootfsSpec::Image { .. }) => {}
             Spec::Firecracker(f) => local(&f.source),
             Spec::Template(t) => {
                 for o in t.files.values() {

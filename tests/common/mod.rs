@@ -5,6 +5,8 @@ pub mod assets;
 pub mod fort;
 pub mod leaks;
 pub mod netns;
+pub mod oci_image;
+pub mod registry;
 pub mod rootfs;
 pub mod server;
 pub mod vms;

@@ -25,6 +25,8 @@ pub struct Args {
     command: Option<String>,
     cwd: Option<String>,
     env: Option<BTreeMap<String, String>>,
+    /// A user name or `uid[:gid]`; default: the image's `User`, else root.
+    user: Option<String>,
     stdin: Option<String>,
     timeout_secs: Option<f64>,
     max_output_bytes: Option<usize>,
@@ -75,6 +77,8 @@ pub struct Command {
     rest: Vec<String>,
     cwd: Option<String>,
     env: Option<BTreeMap<String, String>>,
+    /// Who to run as (resolved in the guest's /etc/passwd when the command runs).
+    user: Option<String>,
     stdin: Option<String>,
     /// As given, for the "timed out after" message.
     timeout: f64,
@@ -107,6 +111,7 @@ pub fn prepare(a: Args) -> Result<Command, ToolError> {
         rest,
         cwd: a.cwd,
         env: a.env,
+        user: a.user,
         stdin: a.stdin,
         timeout,
         deadline,
@@ -121,13 +126,31 @@ pub async fn run(a: Command, notify: Option<Notifier>) -> Result<Output, ToolErr
         rest,
         cwd,
         env,
+        user,
         stdin,
         timeout,
         deadline,
         cap,
         stream: streaming,
     } = a;
+    // An image's config (Env, WorkingDir, User) gives the defaults; explicit arguments win.
+    let image = crate::image::get();
+    let cwd = cwd.or_else(|| image.and_then(|i| i.working_dir.clone()));
+    let user = user.or_else(|| image.and_then(|i| i.user.clone()));
     let mut cmd = tokio::process::Command::new(&program);
+    if let Some(i) = image {
+        cmd.envs(i.env_pairs());
+    }
+    if let Some(u) = &user {
+        let id = crate::image::identity(u)
+            .map_err(|e| ToolError::Failed(format!("cannot run as `{u}`: {e}")))?;
+        cmd.uid(id.uid).gid(id.gid);
+        let home_set = env.as_ref().is_some_and(|e| e.contains_key("HOME"))
+            || image.is_some_and(|i| i.env_pairs().any(|(k, _)| k == "HOME"));
+        if !home_set {
+            cmd.env("HOME", id.home);
+        }
+    }
     cmd.args(&rest)
         .current_dir(cwd.as_deref().unwrap_or("/"))
         .envs(env.unwrap_or_default())

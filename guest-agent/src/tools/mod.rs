@@ -127,8 +127,9 @@ pub fn list() -> Value {
                 "properties": {
                     "argv": {"type": "array", "items": {"type": "string"}, "minItems": 1, "description": "Program and arguments, run without a shell"},
                     "command": {"type": "string", "description": "A shell command line for /bin/sh -c"},
-                    "cwd": {"type": "string", "description": "Working directory (default /)"},
-                    "env": {"type": "object", "additionalProperties": {"type": "string"}, "description": "Extra environment variables"},
+                    "cwd": {"type": "string", "description": "Working directory (default: the image's WorkingDir, else /)"},
+                    "env": {"type": "object", "additionalProperties": {"type": "string"}, "description": "Extra environment variables (over the image's Env)"},
+                    "user": {"type": "string", "description": "Run as this user: a name or uid[:gid] (default: the image's User, else root)"},
                     "stdin": {"type": "string", "description": "Text written to the program's stdin"},
                     "timeout_secs": {"type": "number", "minimum": 0, "description": "Kill after this many seconds (default 60)"},
                     "max_output_bytes": {"type": "integer", "minimum": 0, "description": "Cap per stream (default 1048576)"},

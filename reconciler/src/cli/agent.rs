@@ -70,6 +70,9 @@ pub async fn exec(cli: &Cli, a: &ExecArgs) -> Result<u8, CliError> {
     if let Some(c) = &a.cwd {
         args["cwd"] = json!(c);
     }
+    if let Some(u) = &a.user {
+        args["user"] = json!(u);
+    }
     let mut client = Client::connect(&ep, a.agent.connect_timeout).await?;
     // A drive the agent could not mount is said on every exec: the command may depend on it.
     for m in client.mounts() {

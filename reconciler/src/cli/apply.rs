@@ -5,25 +5,25 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use super::args::{ApplyArgs, DestroyArgs, RunArgs};
-use super::plan::make_plan;
+use super::plan::{make_plan, resolve_images};
 use super::{exit, session, term, Cli, CliError};
 use crate::apply::{self, ExecOptions, Outcome, Report};
 use crate::manifest::Manifest;
-use crate::plan::{self, render, Op, Plan, PlanOptions};
+use crate::plan::{self, render, Op, Plan, PlanOptions, ResolvedImage};
 use crate::state::{SqliteStore, StateLock, StateStore};
 
 pub async fn apply(cli: &Cli, args: &ApplyArgs) -> Result<u8, CliError> {
     if let Some(file) = &args.plan_file {
         return apply_saved(cli, args, file).await;
     }
-    let manifest = session::load_manifest(cli)?;
+    let (manifest, images) = resolve_images(session::load_manifest(cli)?).await?;
     let options = PlanOptions {
         targets: args.selection.targets.clone(),
         replace: args.replace.clone(),
         allow_data_loss: args.run.allow_data_loss,
         destroy: false,
     };
-    run(cli, &args.run, Some(&manifest), options, None).await
+    run(cli, &args.run, Some(&manifest), options, None, images).await
 }
 
 pub async fn destroy(cli: &Cli, args: &DestroyArgs) -> Result<u8, CliError> {
@@ -41,7 +41,16 @@ pub async fn destroy(cli: &Cli, args: &DestroyArgs) -> Result<u8, CliError> {
         destroy: true,
     };
     let state_dir = session::state_dir(cli, manifest.as_ref());
-    run_in(cli, &args.run, manifest.as_ref(), &state_dir, options, None).await
+    run_in(
+        cli,
+        &args.run,
+        manifest.as_ref(),
+        &state_dir,
+        options,
+        None,
+        vec![],
+    )
+    .await
 }
 
 async fn apply_saved(cli: &Cli, args: &ApplyArgs, file: &Path) -> Result<u8, CliError> {
@@ -67,11 +76,33 @@ async fn apply_saved(cli: &Cli, args: &ApplyArgs, file: &Path) -> Result<u8, Cli
         (Some(_), _) => Some(session::load_manifest(cli)?),
         (None, None) => None,
     };
+    // Tags are resolved again: one that moved since the plan makes it stale.
+    let (manifest, images) = match manifest {
+        Some(m) => {
+            let (m, images) = resolve_images(m).await?;
+            (Some(m), images)
+        }
+        None => (None, vec![]),
+    };
+    for then in &saved.images {
+        if let Some(now) = images
+            .iter()
+            .find(|i| i.address == then.address && i.digest != then.digest)
+        {
+            return Err(CliError::StalePlan {
+                path: file.to_path_buf(),
+                why: format!(
+                    "the tag {} of {} moved ({} → {})",
+                    then.image, then.address, then.digest, now.digest
+                ),
+            });
+        }
+    }
     let digest = manifest.as_ref().map_or_else(String::new, Manifest::digest);
     if digest != saved.manifest_digest {
         return Err(CliError::StalePlan {
             path: file.to_path_buf(),
-            why: "the manifest changed",
+            why: "the manifest changed".to_string(),
         });
     }
     let state_dir = saved.state_dir.clone();
@@ -83,6 +114,7 @@ async fn apply_saved(cli: &Cli, args: &ApplyArgs, file: &Path) -> Result<u8, Cli
         &state_dir,
         options,
         Some((file, saved)),
+        images,
     )
     .await
 }
@@ -93,11 +125,13 @@ async fn run(
     manifest: Option<&Manifest>,
     options: PlanOptions,
     saved: Option<(&Path, Plan)>,
+    images: Vec<ResolvedImage>,
 ) -> Result<u8, CliError> {
     let state_dir = session::state_dir(cli, manifest);
-    run_in(cli, run_args, manifest, &state_dir, options, saved).await
+    run_in(cli, run_args, manifest, &state_dir, options, saved, images).await
 }
 
+/// `images`: the tags resolved (and pinned into `manifest`) for this run.
 async fn run_in(
     cli: &Cli,
     run_args: &RunArgs,
@@ -105,6 +139,7 @@ async fn run_in(
     state_dir: &Path,
     options: PlanOptions,
     saved: Option<(&Path, Plan)>,
+    images: Vec<ResolvedImage>,
 ) -> Result<u8, CliError> {
     let command = command_line();
     // Lock before reading state: what we plan against must not change until we are done.
@@ -126,12 +161,12 @@ async fn run_in(
             if saved.state_digest != digest {
                 return Err(CliError::StalePlan {
                     path: file.to_path_buf(),
-                    why: "the recorded state changed",
+                    why: "the recorded state changed".to_string(),
                 });
             }
             saved
         }
-        None => make_plan(&ctx, manifest, &recorded, digest, options).await?,
+        None => make_plan(&ctx, manifest, &recorded, digest, options, images).await?,
     };
     // Losing a protected drive's data needs --allow-data-loss, given when the plan was made or
     // now (a saved plan made without it is then run with it, and recorded so). Checked before

@@ -108,6 +108,10 @@ pub struct ExecArgs {
     #[arg(long = "env", value_name = "KEY=VALUE")]
     pub env: Vec<String>,
 
+    /// Run as this user in the VM: a name or uid[:gid] (default: the image's User, else root).
+    #[arg(long)]
+    pub user: Option<String>,
+
     /// Kill the command (and its process group) after this many seconds.
     #[arg(long, value_name = "SECONDS", default_value_t = 600.0)]
     pub timeout: f64,

@@ -59,7 +59,13 @@ pub enum CliError {
         source: serde_json::Error,
     },
     #[error("saved plan {} is stale: {why} since it was made; run `fort plan -out {}` again", path.display(), path.display())]
-    StalePlan { path: PathBuf, why: &'static str },
+    StalePlan { path: PathBuf, why: String },
+    #[error("{address}")]
+    Image {
+        address: crate::address::Address,
+        #[source]
+        source: Box<crate::host::oci::OciError>,
+    },
     #[error("{0}")]
     Usage(String),
     #[error(transparent)]

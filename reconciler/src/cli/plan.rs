@@ -9,7 +9,7 @@ use super::{exit, term, Cli, CliError};
 use crate::address::Address;
 use crate::manifest::{Manifest, Resource};
 use crate::orphans;
-use crate::plan::{self, capacity, render, Plan, PlanInput, PlanOptions};
+use crate::plan::{self, capacity, render, Plan, PlanInput, PlanOptions, ResolvedImage};
 use crate::resources::{self, Ctx};
 use crate::state::{Record, StateStore};
 
@@ -43,13 +43,67 @@ pub fn validate(cli: &Cli) -> Result<u8, CliError> {
     Ok(exit::OK)
 }
 
+/// Resolve the tags of image rootfs to digests (a manifest request each, no layers) and pin
+/// them into the manifest, so the plan and everything built from it use exactly those.
+pub async fn resolve_images(
+    manifest: Manifest,
+) -> Result<(Manifest, Vec<ResolvedImage>), CliError> {
+    use crate::manifest::{RootfsSpec, Spec};
+    let unpinned: Vec<(&Address, &crate::manifest::ImageSource)> = manifest
+        .resources
+        .iter()
+        .filter_map(|(a, r)| match &r.spec {
+            Spec::Rootfs(RootfsSpec::Image { image }) if image.digest.is_none() => Some((a, image)),
+            _ => None,
+        })
+        .collect();
+    if unpinned.is_empty() {
+        return Ok((manifest, Vec::new()));
+    }
+    let lookups = unpinned.iter().map(|(a, image)| async move {
+        crate::host::oci::resolve(image)
+            .await
+            .map(|digest| ResolvedImage {
+                address: (*a).clone(),
+                image: image.name(),
+                digest,
+            })
+            .map_err(|source| CliError::Image {
+                address: (*a).clone(),
+                source: Box::new(source),
+            })
+    });
+    let images = futures_util::future::join_all(lookups)
+        .await
+        .into_iter()
+        .collect::<Result<Vec<_>, _>>()?;
+    let digests = images
+        .iter()
+        .map(|i| (i.address.name.clone(), i.digest.clone()))
+        .collect();
+    Ok((manifest.pin_images(&digests), images))
+}
+
+/// Say what each resolved tag names: under its rootfs's change, or as a note.
+fn show_images(images: &[ResolvedImage], changes: &mut [plan::Change], notes: &mut Vec<String>) {
+    for i in images {
+        let line = format!("image: {} → {}", i.image, i.digest);
+        match changes.iter_mut().find(|c| c.address == i.address) {
+            Some(c) => c.details.push(line),
+            None => notes.push(format!("{}: {line} (unchanged)", i.address)),
+        }
+    }
+}
+
 /// Observe and diff: the plan for `manifest` (None for destroy plans) against `recorded`.
+/// `images` are the tags `resolve_images` pinned into the manifest.
 pub async fn make_plan(
     ctx: &Ctx,
     manifest: Option<&Manifest>,
     recorded: &BTreeMap<Address, Record>,
     state_digest: String,
     options: PlanOptions,
+    images: Vec<ResolvedImage>,
 ) -> Result<Plan, CliError> {
     let empty = BTreeMap::new();
     let desired: &BTreeMap<Address, Resource> = manifest.map_or(&empty, |m| &m.resources);
@@ -72,6 +126,7 @@ pub async fn make_plan(
         options: &options,
     };
     let (mut changes, mut notes) = plan::diff(&input, &resources::kind)?;
+    show_images(&images, &mut changes, &mut notes);
     last_failures(ctx, recorded, &mut changes)?;
     preflight(ctx, desired, &changes).await?;
     init_details(desired, recorded, &mut changes)?;
@@ -113,6 +168,7 @@ pub async fn make_plan(
         changes,
         notes,
         orphans,
+        images,
     })
 }
 
@@ -218,8 +274,9 @@ fn init_details(
     recorded: &BTreeMap<Address, Record>,
     changes: &mut [plan::Change],
 ) -> Result<(), CliError> {
-    use crate::host::image::init::{detect, index_archive, InitError};
+    use crate::host::image::init::{detect, InitError};
     use crate::manifest::{InitMode, Spec};
+    use crate::resources::rootfs::RootfsOutputs;
     for c in changes.iter_mut() {
         if !matches!(
             c.op,
@@ -233,13 +290,11 @@ fn init_details(
         if t.init != InitMode::Distro || !t.guest_agent {
             continue;
         }
-        let cached = recorded
+        let rootfs = recorded
             .get(&Address::new(crate::Kind::Rootfs, &t.rootfs))
-            .and_then(|r| r.outputs.get("path"))
-            .and_then(|p| p.as_str())
-            .map(std::path::PathBuf::from)
-            .filter(|p| p.is_file());
-        let detail = match cached.map(|p| index_archive(&p).and_then(|tree| detect(&tree))) {
+            .and_then(|r| serde_json::from_value::<RootfsOutputs>(r.outputs.clone()).ok());
+        let detail = match rootfs.and_then(|r| cached_tree(&r).map(|t| t.and_then(|t| detect(&t))))
+        {
             None => "init: detected by apply once the rootfs is fetched".to_string(),
             Some(Ok(d)) => format!("init: {d}"),
             Some(Err(e @ InitError::Archive { .. })) => format!("init: unknown yet ({e})"),
@@ -254,6 +309,37 @@ fn init_details(
         c.details.push(detail);
     }
     Ok(())
+}
+
+/// The entry list of a rootfs whose content is all cached (a tarball, or every layer of an
+/// image), read from the cache only; `None` when something is not there yet.
+fn cached_tree(
+    rootfs: &crate::resources::rootfs::RootfsOutputs,
+) -> Option<Result<crate::host::image::init::IndexTree, crate::host::image::init::InitError>> {
+    use crate::host::image::init::{index_archive, index_layers, InitError};
+    use crate::resources::rootfs::RootfsOutputs;
+    match rootfs {
+        RootfsOutputs::Tarball(f) => f.path.is_file().then(|| index_archive(&f.path)),
+        RootfsOutputs::Image(i) => {
+            if !i.layers.iter().all(|l| l.file.path.is_file()) {
+                return None;
+            }
+            let mut readers = Vec::new();
+            for l in &i.layers {
+                let compression = crate::host::oci::media::compression_of(&l.media_type)?;
+                match crate::host::oci::flatten::layer_reader(&l.file.path, compression) {
+                    Ok(r) => readers.push((l.file.path.clone(), r)),
+                    Err(e) => {
+                        return Some(Err(InitError::Archive {
+                            archive: l.file.path.clone(),
+                            why: e.to_string(),
+                        }))
+                    }
+                }
+            }
+            Some(index_layers(readers))
+        }
+    }
 }
 
 /// Say once how the drives this plan creates from templates will be made on this host.
@@ -302,7 +388,7 @@ fn clone_note(
 }
 
 pub async fn plan(cli: &Cli, args: &PlanArgs) -> Result<u8, CliError> {
-    let manifest = session::load_manifest(cli)?;
+    let (manifest, images) = resolve_images(session::load_manifest(cli)?).await?;
     let state_dir = session::state_dir(cli, Some(&manifest));
     let store = crate::state::SqliteStore::open_readonly(&state_dir)?;
     let recorded = store.resources()?;
@@ -314,7 +400,7 @@ pub async fn plan(cli: &Cli, args: &PlanArgs) -> Result<u8, CliError> {
         allow_data_loss: args.allow_data_loss,
         destroy: args.destroy,
     };
-    let plan = make_plan(&ctx, Some(&manifest), &recorded, digest, options).await?;
+    let plan = make_plan(&ctx, Some(&manifest), &recorded, digest, options, images).await?;
     if let Some(out) = &args.out {
         save(&plan, out)?;
     }

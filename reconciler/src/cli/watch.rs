@@ -14,7 +14,7 @@ use notify::Watcher as _;
 use tokio::signal::unix::{signal, SignalKind};
 
 use super::args::WatchArgs;
-use super::plan::make_plan;
+use super::plan::{make_plan, resolve_images};
 use super::{exit, session, term, Cli, CliError};
 use crate::address::{Address, Kind};
 use crate::apply::{self, ExecOptions, Outcome};
@@ -130,8 +130,19 @@ impl Watch<'_> {
         let store = SqliteStore::open(state_dir)?;
         let recorded = store.resources()?;
         let digest = store.digest()?;
+        // Tags are resolved every pass: a moved tag is a change like any other.
+        let (resolved, images) = resolve_images(m.clone()).await?;
+        let m = &resolved;
         let ctx = session::ctx(state_dir, store, false, Some(m));
-        let mut plan = make_plan(&ctx, Some(m), &recorded, digest, PlanOptions::default()).await?;
+        let mut plan = make_plan(
+            &ctx,
+            Some(m),
+            &recorded,
+            digest,
+            PlanOptions::default(),
+            images,
+        )
+        .await?;
         // Crashed VMs: the restart policy and the backoff decide whether this pass restarts
         // them; each crash is counted once and written to the VM's history.
         let now = self.started.elapsed().as_secs();

@@ -7,6 +7,7 @@ pub mod confine;
 pub mod fetch;
 pub mod image;
 pub mod net;
+pub mod oci;
 pub mod procs;
 pub mod vmm;
 

@@ -4,6 +4,7 @@
 //! hashes are part of a template's spec). Every problem is a [`Diagnostic`] naming the file,
 //! line and column, and all of them are reported at once.
 
+pub mod image_ref;
 pub mod model;
 pub mod policy;
 pub mod ports;

@@ -58,6 +58,37 @@ impl Manifest {
     }
 }
 
+impl Manifest {
+    /// The same manifest with the digests that tags resolved to (`rootfs name → digest`)
+    /// written into the image rootfs specs and the specs of the templates built from them.
+    pub fn pin_images(&self, digests: &BTreeMap<String, String>) -> Manifest {
+        let mut out = self.clone();
+        for r in out.resources.values_mut() {
+            let spec = match &r.spec {
+                Spec::Rootfs(RootfsSpec::Image { image }) => match digests.get(&r.address.name) {
+                    Some(d) if image.digest.as_ref() != Some(d) => {
+                        let mut image = image.clone();
+                        image.digest = Some(d.clone());
+                        Spec::Rootfs(RootfsSpec::Image { image })
+                    }
+                    _ => continue,
+                },
+                Spec::Template(t) => match digests.get(&t.rootfs) {
+                    Some(d) if t.image_digest.as_ref() != Some(d) => {
+                        let mut t = t.clone();
+                        t.image_digest = Some(d.clone());
+                        Spec::Template(t)
+                    }
+                    _ => continue,
+                },
+                _ => continue,
+            };
+            *r = Resource::new(r.address.clone(), r.origin.clone(), spec, r.deps.clone());
+        }
+        out
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Resource {
     pub address: Address,
@@ -201,9 +232,82 @@ pub struct KernelSpec {
 
 pub const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k panic=1";
 
+/// A root filesystem: a tarball, or an OCI image. Serialized untagged, so a tarball's spec
+/// (`{"source": …}`) is what older forts recorded.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct RootfsSpec {
-    pub source: AssetSource,
+#[serde(untagged)]
+pub enum RootfsSpec {
+    Tarball { source: AssetSource },
+    Image { image: ImageSource },
+}
+
+impl RootfsSpec {
+    pub fn image(&self) -> Option<&ImageSource> {
+        match self {
+            RootfsSpec::Image { image } => Some(image),
+            RootfsSpec::Tarball { .. } => None,
+        }
+    }
+}
+
+/// Where an OCI image is: a registry repository, or an OCI image layout directory.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum ImageLocation {
+    Registry {
+        /// `host[:port]`; `docker.io` for Docker Hub.
+        registry: String,
+        /// `library/debian`.
+        repository: String,
+    },
+    Layout {
+        /// The layout directory (absolute).
+        layout: PathBuf,
+    },
+}
+
+/// An OCI image rootfs. `digest` is the image's manifest (or index) digest: written in the
+/// manifest (`@sha256:…`), or resolved from the tag when fort plans, so the spec (and every
+/// template built from it) changes when the tag moves.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageSource {
+    #[serde(flatten)]
+    pub location: ImageLocation,
+    pub tag: Option<String>,
+    pub digest: Option<String>,
+    /// Plain http allowed for a registry that is not on loopback.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub insecure: bool,
+    /// A docker `config.json` with credentials (absolute path; the credentials are read when
+    /// needed and never recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<PathBuf>,
+}
+
+impl ImageSource {
+    /// `registry/repository:tag` (or `oci-layout:PATH:tag`), without the digest.
+    pub fn name(&self) -> String {
+        let mut s = match &self.location {
+            ImageLocation::Registry {
+                registry,
+                repository,
+            } => format!("{registry}/{repository}"),
+            ImageLocation::Layout { layout } => format!("oci-layout:{}", layout.display()),
+        };
+        if let Some(t) = &self.tag {
+            s.push(':');
+            s.push_str(t);
+        }
+        s
+    }
+
+    /// The full reference: the name, and `@digest` when known.
+    pub fn reference(&self) -> String {
+        match &self.digest {
+            Some(d) => format!("{}@{d}", self.name()),
+            None => self.name(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -217,6 +321,13 @@ pub struct TemplateSpec {
     pub init: InitMode,
     /// Image path → overlay.
     pub files: BTreeMap<String, FileOverlay>,
+    /// The digest of the rootfs's OCI image (pinned, or resolved from its tag at plan time):
+    /// a moved tag is a change of every template built from it. Left out for tarballs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image_digest: Option<String>,
+    /// The guest agent runs the image's Entrypoint/Cmd as a supervised service.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub run_image_cmd: bool,
 }
 
 /// A template image's size: fixed, or measured from the files at build time.

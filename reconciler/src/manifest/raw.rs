@@ -29,10 +29,10 @@ pub struct RawFile {
     #[serde(default)]
     #[schemars(with = "BTreeMap<String, RawKernel>")]
     pub kernel: Table<RawKernel>,
-    /// Root filesystem tarballs, by name.
+    /// Root filesystems (tarballs or OCI images), by name.
     #[serde(default)]
-    #[schemars(with = "BTreeMap<String, RawAsset>")]
-    pub rootfs: Table<RawAsset>,
+    #[schemars(with = "BTreeMap<String, RawRootfs>")]
+    pub rootfs: Table<RawRootfs>,
     /// ext4 images built from a rootfs, by name.
     #[serde(default)]
     #[schemars(with = "BTreeMap<String, RawTemplate>")]
@@ -107,6 +107,37 @@ pub struct RawAsset {
     pub decompress: Option<Spanned<RawDecompress>>,
 }
 
+/// A root filesystem: a tarball (`url`, verified like any asset) or an OCI image (`image`).
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawRootfs {
+    /// A tarball: https://, http://, file:// or a path relative to this file.
+    #[schemars(with = "Option<String>")]
+    pub url: Option<Spanned<String>>,
+    /// sha256 of the tarball as fetched (required for remote URLs unless sha256_url is set).
+    #[schemars(with = "Option<String>")]
+    pub sha256: Option<Spanned<String>>,
+    /// The publisher's checksum file (sha256sum format).
+    #[schemars(with = "Option<String>")]
+    pub sha256_url: Option<Spanned<String>>,
+    /// A minisign signature to check.
+    #[schemars(with = "Option<RawMinisign>")]
+    pub minisign: Option<Spanned<RawMinisign>>,
+    /// Decompression (default: none; the template step reads .tar, .tar.gz, .tar.xz).
+    #[schemars(with = "Option<RawDecompress>")]
+    pub decompress: Option<Spanned<RawDecompress>>,
+    /// An OCI image instead of a tarball: "[REGISTRY/]REPOSITORY[:TAG][@sha256:DIGEST]" or
+    /// "oci-layout:PATH[:TAG]" (an OCI image layout directory, relative to this file).
+    #[schemars(with = "Option<String>")]
+    pub image: Option<Spanned<String>>,
+    /// Allow plain http to a registry that is not on loopback (default false).
+    #[schemars(with = "Option<bool>")]
+    pub insecure: Option<Spanned<bool>>,
+    /// Registry credentials: a docker `config.json`, relative to this file.
+    #[schemars(with = "Option<String>")]
+    pub auth: Option<Spanned<String>>,
+}
+
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawKernel {
@@ -164,6 +195,10 @@ pub struct RawTemplate {
     /// /sbin/init — systemd, OpenRC, busybox init — stays PID 1 and runs the agent as a service).
     #[schemars(with = "Option<InitSchema>")]
     pub init: Option<Spanned<String>>,
+    /// Run the image's Entrypoint/Cmd as a service the guest agent supervises (needs an
+    /// image rootfs; default false).
+    #[schemars(with = "Option<bool>")]
+    pub run_image_cmd: Option<Spanned<bool>>,
     /// Files to write into the image: path = text, or { source | content, mode }.
     #[serde(default)]
     #[schemars(with = "BTreeMap<String, OverlaySchema>")]

@@ -161,6 +161,10 @@ impl<'c, 'a, 'r> Resolver<'c, 'a, 'r> {
             .insert(address.clone(), Resource::new(address, origin, spec, deps));
     }
 
+    pub(super) fn resource(&self, address: &Address) -> Option<&Resource> {
+        self.resources.get(address)
+    }
+
     fn run(mut self, path: &Path) -> Manifest {
         let raws = self.raws;
         let (state_dir, uid_range) = self.fort_table();
@@ -226,18 +230,7 @@ impl<'c, 'a, 'r> Resolver<'c, 'a, 'r> {
             self.kernel(name, e);
         }
         for (name, e) in &rootfss {
-            let addr = format!("rootfs.{name}");
-            let f = asset_fields!(e.raw);
-            if let Some(source) = self.asset(e.file, &addr, &f, Infer::Never) {
-                let o = self.cx.origin(e.file, &e.span);
-                self.add(
-                    Kind::Rootfs,
-                    name,
-                    o,
-                    Spec::Rootfs(RootfsSpec { source }),
-                    vec![],
-                );
-            }
+            self.rootfs(name, e);
         }
         for (name, e) in &templates {
             self.template(name, e, &rootfss);
@@ -305,7 +298,7 @@ impl<'c, 'a, 'r> Resolver<'c, 'a, 'r> {
         &mut self,
         name: &str,
         e: &Entry<'_, RawTemplate>,
-        rootfss: &Entries<'_, RawAsset>,
+        rootfss: &Entries<'_, RawRootfs>,
     ) {
         let addr = format!("template.{name}");
         let mut ok = reference(
@@ -372,6 +365,21 @@ impl<'c, 'a, 'r> Resolver<'c, 'a, 'r> {
                 }
             },
         };
+        let image = self.rootfs_image(e.raw.rootfs.get_ref()).cloned();
+        let run_image_cmd = e.raw.run_image_cmd.as_ref().is_some_and(|r| *r.get_ref());
+        if let (Some(r), false) = (&e.raw.run_image_cmd, image.is_some()) {
+            if *r.get_ref() && rootfss.contains_key(e.raw.rootfs.get_ref()) {
+                self.cx.err(
+                    e.file,
+                    &r.span(),
+                    format!(
+                        "{addr}: run_image_cmd needs an OCI image rootfs (`image = \"…\"`), and rootfs.{} is a tarball",
+                        e.raw.rootfs.get_ref()
+                    ),
+                );
+                ok = false;
+            }
+        }
         let (true, Some(size)) = (ok, size) else {
             return;
         };
@@ -381,6 +389,8 @@ impl<'c, 'a, 'r> Resolver<'c, 'a, 'r> {
             guest_agent,
             init,
             files,
+            image_digest: image.and_then(|i| i.digest),
+            run_image_cmd,
         });
         let o = self.cx.origin(e.file, &e.span);
         let dep = Address::new(Kind::Rootfs, e.raw.rootfs.get_ref());

@@ -7,7 +7,7 @@ use super::model::*;
 use super::raw::*;
 use super::units::{check_minisign_key, check_sha256};
 use super::validate::{Entry, Resolver};
-use crate::address::Kind;
+use crate::address::{Address, Kind};
 
 /// Which decompression to assume when the manifest does not say.
 #[derive(Clone, Copy)]
@@ -138,6 +138,127 @@ impl Resolver<'_, '_, '_> {
             minisign,
             decompress,
         })
+    }
+
+    /// `[rootfs.NAME]`: exactly one of `url` (a tarball, with the asset keys) or `image` (an
+    /// OCI image, with `insecure` and `auth`).
+    pub(super) fn rootfs(&mut self, name: &str, e: &Entry<'_, RawRootfs>) {
+        let addr = format!("rootfs.{name}");
+        let r = e.raw;
+        let spec = match (&r.url, &r.image) {
+            (Some(_), Some(image)) => {
+                self.cx.err(
+                    e.file,
+                    &image.span(),
+                    format!("{addr}: set `url` (a tarball) or `image` (an OCI image), not both"),
+                );
+                return;
+            }
+            (None, None) => {
+                self.cx.err(
+                    e.file,
+                    &e.span,
+                    format!(
+                        "{addr}: needs `url` (a root filesystem tarball) or `image` (an OCI image)"
+                    ),
+                );
+                return;
+            }
+            (Some(url), None) => {
+                let mut ok = true;
+                for (key, span) in [
+                    ("insecure", r.insecure.as_ref().map(Spanned::span)),
+                    ("auth", r.auth.as_ref().map(Spanned::span)),
+                ] {
+                    if let Some(span) = span {
+                        self.cx.err(e.file, &span, format!("{addr}: `{key}` applies to `image` only (a registry's images), not to a tarball `url`"));
+                        ok = false;
+                    }
+                }
+                let f = AssetFields {
+                    url,
+                    sha256: &r.sha256,
+                    sha256_url: &r.sha256_url,
+                    minisign: &r.minisign,
+                    decompress: &r.decompress,
+                };
+                let source = self.asset(e.file, &addr, &f, Infer::Never);
+                match (ok, source) {
+                    (true, Some(source)) => RootfsSpec::Tarball { source },
+                    _ => return,
+                }
+            }
+            (None, Some(image)) => match self.image(e.file, &addr, r, image) {
+                Some(image) => RootfsSpec::Image { image },
+                None => return,
+            },
+        };
+        let o = self.cx.origin(e.file, &e.span);
+        self.add(Kind::Rootfs, name, o, Spec::Rootfs(spec), vec![]);
+    }
+
+    fn image(
+        &mut self,
+        file: usize,
+        addr: &str,
+        r: &RawRootfs,
+        image: &Spanned<String>,
+    ) -> Option<ImageSource> {
+        let mut ok = true;
+        for (key, span) in [
+            ("sha256", r.sha256.as_ref().map(Spanned::span)),
+            ("sha256_url", r.sha256_url.as_ref().map(Spanned::span)),
+            ("minisign", r.minisign.as_ref().map(Spanned::span)),
+            ("decompress", r.decompress.as_ref().map(Spanned::span)),
+        ] {
+            if let Some(span) = span {
+                self.cx.err(file, &span, format!("{addr}: `{key}` applies to a tarball `url`; an image is verified by its digest (pin it with `@sha256:…`)"));
+                ok = false;
+            }
+        }
+        let parsed = match super::image_ref::parse(image.get_ref(), self.cx.dir(file)) {
+            Ok(p) => Some(p),
+            Err(why) => {
+                self.cx.err(
+                    file,
+                    &image.span(),
+                    format!("{addr}: image `{}` {why}", image.get_ref()),
+                );
+                None
+            }
+        };
+        let layout = parsed
+            .as_ref()
+            .is_some_and(|p| matches!(p.location, ImageLocation::Layout { .. }));
+        if layout {
+            for (key, span) in [
+                ("insecure", r.insecure.as_ref().map(Spanned::span)),
+                ("auth", r.auth.as_ref().map(Spanned::span)),
+            ] {
+                if let Some(span) = span {
+                    self.cx.err(file, &span, format!("{addr}: `{key}` applies to registry images, not to an oci-layout: directory"));
+                    ok = false;
+                }
+            }
+        }
+        let auth = r.auth.as_ref().map(|a| self.cx.dir(file).join(a.get_ref()));
+        let parsed = parsed?;
+        ok.then(|| ImageSource {
+            location: parsed.location,
+            tag: parsed.tag,
+            digest: parsed.digest,
+            insecure: r.insecure.as_ref().is_some_and(|i| *i.get_ref()),
+            auth,
+        })
+    }
+
+    /// The image of `[rootfs.NAME]`, when it is one (rootfs resources are resolved before
+    /// templates).
+    pub(super) fn rootfs_image(&self, name: &str) -> Option<&ImageSource> {
+        match &self.resource(&Address::new(Kind::Rootfs, name))?.spec {
+            Spec::Rootfs(r) => r.image(),
+            _ => None,
+        }
     }
 
     pub(super) fn kernel(&mut self, name: &str, e: &Entry<'_, RawKernel>) {

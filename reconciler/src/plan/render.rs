@@ -248,6 +248,7 @@ mod tests {
             changes,
             notes: vec![],
             orphans: vec![],
+            images: vec![],
         }
     }
 

@@ -45,6 +45,7 @@ pub async fn fetch(
         member,
         executable,
         label: &label,
+        authorization: None,
     };
     Ok(ctx.fetcher()?.fetch(&req).await?.into())
 }
@@ -61,21 +62,8 @@ pub async fn observe(
         .then(|| source.url.strip_prefix("file://").map(PathBuf::from))
         .flatten();
     let run = move || -> Result<Observation, ResourceError> {
-        if !file.path.exists() {
-            return Ok(Observation::Missing {
-                what: format!("cache entry {} is missing", file.path.display()),
-            });
-        }
-        let got = fetch::stamp::sha256_stamped(&file.path)?;
-        if got != file.content_sha256 {
-            return Ok(Observation::Drifted {
-                what: format!(
-                    "cache entry {} was modified (sha256 {}, recorded {})",
-                    file.path.display(),
-                    short(&got),
-                    short(&file.content_sha256)
-                ),
-            });
+        if let Some(problem) = check_entry(&file)? {
+            return Ok(problem);
         }
         if let Some(src) = local_source {
             if !src.exists() {
@@ -94,6 +82,41 @@ pub async fn observe(
     tokio::task::spawn_blocking(run)
         .await
         .map_err(|e| ResourceError::Check(format!("observer task failed: {e}")))?
+}
+
+/// Is a cache entry missing or modified?
+fn check_entry(file: &CachedFile) -> Result<Option<Observation>, ResourceError> {
+    if !file.path.exists() {
+        return Ok(Some(Observation::Missing {
+            what: format!("cache entry {} is missing", file.path.display()),
+        }));
+    }
+    let got = fetch::stamp::sha256_stamped(&file.path)?;
+    if got != file.content_sha256 {
+        return Ok(Some(Observation::Drifted {
+            what: format!(
+                "cache entry {} was modified (sha256 {}, recorded {})",
+                file.path.display(),
+                short(&got),
+                short(&file.content_sha256)
+            ),
+        }));
+    }
+    Ok(None)
+}
+
+/// Are these cache entries (an image's blobs) all there and unchanged?
+pub async fn observe_entries(files: Vec<CachedFile>) -> Result<Observation, ResourceError> {
+    tokio::task::spawn_blocking(move || {
+        for f in &files {
+            if let Some(problem) = check_entry(f)? {
+                return Ok(problem);
+            }
+        }
+        Ok(Observation::Ok)
+    })
+    .await
+    .map_err(|e| ResourceError::Check(format!("observer task failed: {e}")))?
 }
 
 /// Is `path` (an image or drive file, `noun` in messages) there with the recorded size?

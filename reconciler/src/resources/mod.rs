@@ -13,6 +13,7 @@ pub mod kernel;
 pub mod network;
 pub mod rootfs;
 pub mod template;
+mod template_rootfs;
 pub mod vm;
 
 use std::collections::BTreeMap;
@@ -137,6 +138,8 @@ pub enum ResourceError {
     #[error(transparent)]
     Fetch(#[from] FetchError),
     #[error(transparent)]
+    Oci(#[from] crate::host::oci::OciError),
+    #[error(transparent)]
     State(#[from] StateError),
     #[error("{what} {}", path.display())]
     Io {
@@ -156,6 +159,7 @@ impl ResourceError {
     pub fn is_transient(&self) -> bool {
         match self {
             ResourceError::Fetch(e) => e.is_transient(),
+            ResourceError::Oci(e) => e.is_transient(),
             ResourceError::Io { source, .. } => matches!(
                 source.kind(),
                 std::io::ErrorKind::Interrupted | std::io::ErrorKind::WouldBlock

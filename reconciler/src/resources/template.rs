@@ -11,11 +11,13 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::asset::{self, CachedFile};
+use super::rootfs::RootfsOutputs;
+use super::template_rootfs;
 use super::{Ctx, ResourceError, ResourceKind};
 use crate::address::{Address, Kind};
+use crate::host::image::build;
 use crate::host::image::init::{self as image_init, DirTree};
 use crate::host::image::service::{self, Install};
-use crate::host::image::{build, unpack};
 use crate::manifest::{InitMode, OverlayContent, Resource, Spec, TemplateSpec};
 use crate::plan::{Effect, Observation};
 use crate::state::Record;
@@ -62,7 +64,7 @@ impl ResourceKind for Template {
         };
         let rootfs_addr = Address::new(Kind::Rootfs, &spec.rootfs);
         let rootfs = ctx.applied(&rootfs_addr)?;
-        let rootfs: CachedFile = asset::outputs(&rootfs_addr, &rootfs.outputs)?;
+        let rootfs: RootfsOutputs = asset::outputs(&rootfs_addr, &rootfs.outputs)?;
         let agent = if spec.guest_agent {
             Some(find_agent()?)
         } else {
@@ -87,23 +89,16 @@ impl ResourceKind for Template {
         let (size, init) = if let Some(len) = reuse {
             (len, known_init)
         } else {
-            let (spec, images, image, rootfs_path, agent) = (
+            let (spec, images, image, rootfs, agent) = (
                 spec.clone(),
                 images.clone(),
                 image.clone(),
-                rootfs.path.clone(),
+                rootfs.clone(),
                 agent.map(|a| a.0),
             );
             let key2 = key.clone();
             tokio::task::spawn_blocking(move || {
-                build_image(
-                    &spec,
-                    &images,
-                    &image,
-                    &key2,
-                    &rootfs_path,
-                    agent.as_deref(),
-                )
+                build_image(&spec, &images, &image, &key2, &rootfs, agent.as_deref())
             })
             .await
             .map_err(|e| ResourceError::Check(format!("image build task failed: {e}")))??
@@ -139,18 +134,22 @@ fn release(ctx: &Ctx, owner: &Address, image: &Path) -> Result<(), ResourceError
     asset::release(ctx, owner, &[file])
 }
 
-/// Every input of the image, hashed: rootfs content, size, overlays, the agent's bytes, and
-/// the init mode (only when "distro", so images built before it existed keep their key).
-fn image_key(spec: &TemplateSpec, rootfs: &CachedFile, agent_sha: Option<&str>) -> String {
+/// Every input of the image, hashed: rootfs content (an image's digest), size, overlays, the
+/// agent's bytes, and what only some templates have (the init mode when "distro",
+/// `run_image_cmd` when true), so images built before those existed keep their key.
+fn image_key(spec: &TemplateSpec, rootfs: &RootfsOutputs, agent_sha: Option<&str>) -> String {
     let mut inputs = serde_json::json!({
         "format": 1,
-        "rootfs": rootfs.content_sha256,
+        "rootfs": template_rootfs::key_input(rootfs),
         "size": spec.size,
         "files": spec.files,
         "agent": agent_sha,
     });
     if spec.init == InitMode::Distro {
         inputs["init"] = serde_json::json!("distro");
+    }
+    if spec.run_image_cmd {
+        inputs["run_image_cmd"] = true.into();
     }
     hex::encode(Sha256::digest(inputs.to_string().as_bytes()))[..32].to_string()
 }
@@ -164,7 +163,7 @@ fn build_image(
     images: &Path,
     image: &Path,
     key: &str,
-    rootfs: &Path,
+    rootfs: &RootfsOutputs,
     agent: Option<&Path>,
 ) -> Result<(u64, Option<String>), ResourceError> {
     let work = images.join("tmp").join(key);
@@ -174,8 +173,7 @@ fn build_image(
     let root = work.join("root");
     std::fs::create_dir_all(&root).map_err(io("cannot create", &root))?;
     let result = (|| {
-        unpack::unpack(rootfs, &root)
-            .map_err(|e| ResourceError::Check(crate::resources::error_chain(&e)))?;
+        template_rootfs::unpack_rootfs(spec, rootfs, &root)?;
         crate::crash::hit(crate::crash::Point::TemplateUnpacked);
         // Detected before anything is written into the tree: an image without an init fails
         // here with the same words `fort plan` uses when the rootfs is already cached.
@@ -187,7 +185,7 @@ fn build_image(
             _ => None,
         };
         for (path, overlay) in &spec.files {
-            let dst = root.join(path.trim_start_matches('/'));
+            let dst = in_image(&root, path)?;
             let bytes = match &overlay.content {
                 OverlayContent::Inline(t) => t.clone().into_bytes(),
                 OverlayContent::Source { path: src, sha256 } => {
@@ -206,7 +204,7 @@ fn build_image(
         if let Some(agent) = agent {
             let bytes = std::fs::read(agent).map_err(io("cannot read", agent))?;
             match &init {
-                None => write_file(&root.join("sbin/init"), &bytes, 0o755)?,
+                None => write_file(&in_image(&root, "/sbin/init")?, &bytes, 0o755)?,
                 Some(d) => install_service(&root, d.kind, &bytes)?,
             }
         }
@@ -229,11 +227,11 @@ fn install_service(
     kind: image_init::InitKind,
     agent: &[u8],
 ) -> Result<(), ResourceError> {
-    let inside = |p: &str| root.join(p.trim_start_matches('/'));
-    // Read through the tree's own paths only if they are plain files (a symlink planted by
-    // the image is not followed on the host).
+    // Every path is resolved inside the image: its own symlinks are followed as the guest
+    // would, never onto the host.
+    let inside = |p: &str| in_image(root, p);
     let read = |p: &str| {
-        let path = inside(p);
+        let path = inside(p).ok()?;
         std::fs::symlink_metadata(&path)
             .ok()
             .filter(|m| m.is_file())
@@ -243,14 +241,14 @@ fn install_service(
         inittab: read("/etc/inittab"),
         interfaces: read("/etc/network/interfaces"),
     };
-    write_file(&inside(service::AGENT_PATH), agent, 0o755)?;
+    write_file(&inside(service::AGENT_PATH)?, agent, 0o755)?;
     for i in service::installs(kind, &existing) {
         match i {
             Install::File { path, text, mode } => {
-                write_file(&inside(&path), text.as_bytes(), mode)?
+                write_file(&inside(&path)?, text.as_bytes(), mode)?
             }
             Install::Symlink { path, target } => {
-                let dst = inside(&path);
+                let dst = inside(&path)?;
                 if let Some(parent) = dst.parent() {
                     std::fs::create_dir_all(parent).map_err(io("cannot create", parent))?;
                 }
@@ -260,7 +258,7 @@ fn install_service(
                 std::os::unix::fs::symlink(&target, &dst).map_err(io("cannot link", &dst))?;
             }
             Install::Dir { path, mode } => {
-                let dst = inside(&path);
+                let dst = inside(&path)?;
                 if std::fs::symlink_metadata(&dst).is_err() {
                     std::fs::create_dir_all(&dst).map_err(io("cannot create", &dst))?;
                     std::fs::set_permissions(&dst, std::fs::Permissions::from_mode(mode))
@@ -272,8 +270,14 @@ fn install_service(
     Ok(())
 }
 
+/// Where the image's `path` is under `root`, its own symlinks resolved inside it (never out).
+pub(super) fn in_image(root: &Path, path: &str) -> Result<PathBuf, ResourceError> {
+    crate::host::image::unpack::resolve_in_root(root, Path::new(path))
+        .map_err(|why| ResourceError::Check(format!("cannot write into the image: {why}")))
+}
+
 /// Write a file owned by root with `mode`, replacing whatever (e.g. a symlink) is there.
-fn write_file(dst: &Path, bytes: &[u8], mode: u32) -> Result<(), ResourceError> {
+pub(super) fn write_file(dst: &Path, bytes: &[u8], mode: u32) -> Result<(), ResourceError> {
     if let Some(parent) = dst.parent() {
         std::fs::create_dir_all(parent).map_err(io("cannot create", parent))?;
     }

@@ -34,6 +34,8 @@ pub struct FetchRequest<'a> {
     pub executable: bool,
     /// `kernel.lts`: for progress bars and errors.
     pub label: &'a str,
+    /// An `Authorization` header for HTTP(S) sources (a registry's token); never recorded.
+    pub authorization: Option<&'a str>,
 }
 
 /// A valid cache entry.
@@ -147,7 +149,9 @@ impl FetchError {
 pub struct Fetcher {
     client: reqwest::Client,
     cache: PathBuf,
-    progress: bool,
+    /// Progress bars on stderr (a terminal), one line per download running at once (an
+    /// image's layers download concurrently).
+    bars: Option<indicatif::MultiProgress>,
 }
 
 impl Fetcher {
@@ -171,7 +175,9 @@ impl Fetcher {
         Ok(Fetcher {
             client,
             cache: cache_dir,
-            progress,
+            bars: progress.then(|| {
+                indicatif::MultiProgress::with_draw_target(indicatif::ProgressDrawTarget::stderr())
+            }),
         })
     }
 
@@ -234,9 +240,12 @@ impl Fetcher {
         };
 
         tracing::info!(label = req.label, url = %src.url, "downloading");
-        let body = source::open(&self.client, &src.url).await?;
+        let body = source::open(&self.client, &src.url, req.authorization).await?;
         let total = body.len();
-        let bar = self.progress.then(|| progress_bar(req.label, total));
+        let bar = self
+            .bars
+            .as_ref()
+            .map(|m| m.add(progress_bar(req.label, total)));
         let tmp_dir = self.cache.join("tmp");
         let job = pipeline::Job {
             tmp_dir: tmp_dir.clone(),
@@ -354,7 +363,7 @@ impl Fetcher {
         limit: u64,
         what: &'static str,
     ) -> Result<String, FetchError> {
-        let mut body = source::open(&self.client, url).await?;
+        let mut body = source::open(&self.client, url, None).await?;
         let mut buf = Vec::new();
         while let Some(chunk) = body.next_chunk().await? {
             buf.extend_from_slice(&chunk);
@@ -445,7 +454,6 @@ fn progress_bar(label: &str, total: Option<u64>) -> indicatif::ProgressBar {
     .progress_chars("=> ");
     bar.set_style(style);
     bar.set_prefix(label.to_string());
-    bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
     bar
 }
 

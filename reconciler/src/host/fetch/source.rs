@@ -22,17 +22,22 @@ enum Inner {
 
 const CHUNK: usize = 256 * 1024;
 
-/// Start reading `url` (http, https, file:// or an absolute path).
-pub async fn open(client: &reqwest::Client, url: &str) -> Result<Body, FetchError> {
+/// Start reading `url` (http, https, file:// or an absolute path), with an `Authorization`
+/// header for HTTP(S) when given.
+pub async fn open(
+    client: &reqwest::Client,
+    url: &str,
+    authorization: Option<&str>,
+) -> Result<Body, FetchError> {
     if url.starts_with("http://") || url.starts_with("https://") {
-        let resp = client
-            .get(url)
-            .send()
-            .await
-            .map_err(|source| FetchError::Http {
-                url: url.to_string(),
-                source,
-            })?;
+        let mut get = client.get(url);
+        if let Some(a) = authorization {
+            get = get.header(reqwest::header::AUTHORIZATION, a);
+        }
+        let resp = get.send().await.map_err(|source| FetchError::Http {
+            url: url.to_string(),
+            source,
+        })?;
         let status = resp.status();
         if !status.is_success() {
             return Err(FetchError::Status {

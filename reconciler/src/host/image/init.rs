@@ -113,13 +113,69 @@ impl IndexTree {
 
 /// Read the entry list of a (possibly compressed) tarball.
 pub fn index_archive(archive: &Path) -> Result<IndexTree, InitError> {
+    let reader = super::unpack::open(archive).map_err(|e| InitError::Archive {
+        archive: archive.to_path_buf(),
+        why: e.to_string(),
+    })?;
+    let mut tree = IndexTree::default();
+    index_into(&mut tree, archive, reader)?;
+    Ok(tree)
+}
+
+/// The entry list of an OCI image's layers (bottom first, each a tar stream), with their
+/// whiteouts applied: `.wh.NAME` hides NAME of the layers below, `.wh..wh..opq` everything
+/// below in its directory.
+pub fn index_layers(
+    layers: impl IntoIterator<Item = (std::path::PathBuf, Box<dyn std::io::Read>)>,
+) -> Result<IndexTree, InitError> {
+    let mut tree = IndexTree::default();
+    for (path, reader) in layers {
+        let mut layer = IndexTree::default();
+        index_into(&mut layer, &path, reader)?;
+        // Whiteouts hide what the layers below have, never this layer's own entries: all of
+        // them first, then this layer's entries on top.
+        let (whiteouts, entries): (Vec<_>, Vec<_>) = layer.0.into_iter().partition(|(p, _)| {
+            p.rsplit_once('/')
+                .is_some_and(|(_, name)| name.starts_with(".wh."))
+        });
+        for (p, _) in whiteouts {
+            let (dir, name) = p.rsplit_once('/').unwrap_or(("", p.as_str()));
+            if name == ".wh..wh..opq" {
+                let prefix = format!("{dir}/");
+                tree.0.retain(|k, _| !k.starts_with(&prefix));
+            } else if let Some(hidden) = name.strip_prefix(".wh.") {
+                let gone = format!("{dir}/{hidden}");
+                let under = format!("{gone}/");
+                tree.0.retain(|k, _| k != &gone && !k.starts_with(&under));
+            }
+        }
+        for (p, node) in entries {
+            // A directory this layer only implies (its entries' parents) leaves a lower
+            // layer's entry there alone (e.g. merged /usr's `/sbin -> usr/sbin`).
+            match node {
+                Node::Dir => {
+                    tree.0.entry(p).or_insert(Node::Dir);
+                }
+                n => {
+                    tree.0.insert(p, n);
+                }
+            }
+        }
+    }
+    Ok(tree)
+}
+
+/// Add the entries of the tar stream `reader` (read from `archive`) to `tree`.
+fn index_into(
+    tree: &mut IndexTree,
+    archive: &Path,
+    reader: Box<dyn std::io::Read>,
+) -> Result<(), InitError> {
     let fail = |why: String| InitError::Archive {
         archive: archive.to_path_buf(),
         why,
     };
-    let reader = super::unpack::open(archive).map_err(|e| fail(e.to_string()))?;
     let mut tar = tar::Archive::new(reader);
-    let mut tree = IndexTree::default();
     for entry in tar.entries().map_err(|e| fail(e.to_string()))? {
         let entry = entry.map_err(|e| fail(e.to_string()))?;
         let path = entry.path().map_err(|e| fail(e.to_string()))?;
@@ -134,7 +190,7 @@ pub fn index_archive(archive: &Path) -> Result<IndexTree, InitError> {
         };
         tree.insert(&path, node);
     }
-    Ok(tree)
+    Ok(())
 }
 
 /// An archive path (`./sbin/init`, `sbin/init`) as an absolute path with `.` and `..` folded;
@@ -308,6 +364,75 @@ mod tests {
         assert_eq!(
             detect(&DirTree(root)).map(|d| d.to_string()),
             Ok("systemd (/sbin/init → /usr/lib/systemd/systemd)".to_string())
+        );
+    }
+
+    fn layer(entries: &[(&str, Option<&str>)]) -> (std::path::PathBuf, Box<dyn std::io::Read>) {
+        let mut b = tar::Builder::new(Vec::new());
+        for (path, link) in entries {
+            let mut h = tar::Header::new_gnu();
+            match link {
+                Some(t) => {
+                    h.set_entry_type(tar::EntryType::Symlink);
+                    h.set_size(0);
+                    b.append_link(&mut h, path, t).unwrap();
+                }
+                None if path.ends_with('/') => {
+                    h.set_entry_type(tar::EntryType::Directory);
+                    h.set_size(0);
+                    h.set_mode(0o755);
+                    h.set_cksum();
+                    b.append_data(&mut h, path, &[][..]).unwrap();
+                }
+                None => {
+                    h.set_size(0);
+                    h.set_mode(0o644);
+                    h.set_cksum();
+                    b.append_data(&mut h, path, &[][..]).unwrap();
+                }
+            }
+        }
+        let bytes = b.into_inner().unwrap();
+        ("layer.tar".into(), Box::new(std::io::Cursor::new(bytes)))
+    }
+
+    #[test]
+    fn layers_index_with_their_whiteouts() {
+        let t = index_layers(vec![
+            layer(&[
+                ("sbin", Some("usr/sbin")),
+                ("usr/sbin/init", Some("../lib/systemd/systemd")),
+                ("usr/lib/systemd/systemd", None),
+                ("etc/old/a", None),
+                ("etc/gone", None),
+            ]),
+            layer(&[
+                ("etc/.wh.gone", None),
+                ("etc/old/.wh..wh..opq", None),
+                ("etc/old/-first", None),
+                ("usr/sbin/extra", None),
+            ]),
+        ])
+        .unwrap();
+        assert_eq!(t.node("/etc/gone"), None);
+        assert_eq!(t.node("/etc/old/a"), None);
+        assert_eq!(t.node("/etc/old/-first"), Some(Node::File));
+        assert_eq!(t.node("/etc/.wh.gone"), None);
+        // The upper layer only implies /usr/sbin's parents: the lower /sbin link stays.
+        assert_eq!(t.node("/sbin"), Some(Node::Link("usr/sbin".into())));
+        assert_eq!(
+            detect(&t).unwrap().to_string(),
+            "systemd (/sbin/init → /usr/lib/systemd/systemd)"
+        );
+        // A later layer deleting the init leaves none.
+        let none = index_layers(vec![
+            layer(&[("sbin/init", None)]),
+            layer(&[("sbin/.wh.init", None)]),
+        ])
+        .unwrap();
+        assert_eq!(
+            detect(&none).unwrap_err().to_string(),
+            "init = \"distro\" but the image has no init: /sbin/init does not exist (use init = \"agent\" to make fort's guest agent PID 1)"
         );
     }
 }

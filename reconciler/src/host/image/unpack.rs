@@ -67,72 +67,116 @@ pub fn unpack(archive: &Path, dest: &Path) -> Result<Stats, UnpackError> {
     tar.set_unpack_xattrs(false);
     tar.set_overwrite(true);
     let mut stats = Stats::default();
-    let unsafe_entry = |entry: &str, why: String| UnpackError::Unsafe {
+    for entry in tar.entries().map_err(read_err)? {
+        let mut entry = entry.map_err(read_err)?;
+        let Some((rel, shown)) = entry_path(&entry, dest, archive)? else {
+            continue; // "./" itself
+        };
+        create(&mut entry, dest, &rel, &shown, archive, &mut stats)?;
+    }
+    Ok(stats)
+}
+
+fn unsafe_entry(archive: &Path, entry: &str, why: String) -> UnpackError {
+    UnpackError::Unsafe {
         archive: archive.to_path_buf(),
         entry: entry.to_string(),
         why,
-    };
-    for entry in tar.entries().map_err(read_err)? {
-        let mut entry = entry.map_err(read_err)?;
-        let raw = entry.path().map_err(read_err)?.into_owned();
-        let shown = raw.display().to_string();
-        let rel = inside(&raw).map_err(|why| unsafe_entry(&shown, why.to_string()))?;
-        if rel.as_os_str().is_empty() {
-            continue; // "./" itself
-        }
-        if let Some(link) = through_symlink(dest, &rel) {
-            return Err(unsafe_entry(
-                &shown,
-                format!("would be written through the symlink `{}`", link.display()),
-            ));
-        }
-        let kind = entry.header().entry_type();
-        if kind.is_hard_link() {
-            let target = entry
-                .link_name()
-                .map_err(read_err)?
-                .unwrap_or_default()
-                .into_owned();
-            inside(&target).map_err(|why| {
-                unsafe_entry(
-                    &shown,
-                    format!("is a hard link to `{}`, which {why}", target.display()),
-                )
-            })?;
-        }
-        let out = dest.join(&rel);
-        if kind.is_character_special() || kind.is_block_special() || kind.is_fifo() {
-            make_node(&entry, &out)?;
-        } else if !entry.unpack_in(dest).map_err(|source| {
-            // The tar crate keeps the kind of the underlying error: a truncated or corrupt
-            // stream is the archive's fault, anything else is ours (disk, permissions).
-            if matches!(
-                source.kind(),
-                std::io::ErrorKind::UnexpectedEof
-                    | std::io::ErrorKind::InvalidData
-                    | std::io::ErrorKind::InvalidInput
-            ) {
-                read_err(source)
-            } else {
-                UnpackError::Write {
-                    path: out.clone(),
-                    source,
-                }
-            }
-        })? {
-            return Err(unsafe_entry(
-                &shown,
-                "was refused by the unpacker".to_string(),
-            ));
-        }
-        stats.entries += 1;
-        if kind.is_file() {
-            // The size the entry's data was read with: a PAX `size` record overrides the
-            // header's field, which may then be anything (up to u64::MAX) and must not count.
-            stats.bytes += entry.size();
-        }
     }
-    Ok(stats)
+}
+
+/// An entry's path relative to the image root (and as shown in errors), refused when it is
+/// absolute, has `..`, or goes through a symlink already under `dest`; `None` for the root
+/// itself.
+pub(crate) fn entry_path<R: Read>(
+    entry: &tar::Entry<'_, R>,
+    dest: &Path,
+    archive: &Path,
+) -> Result<Option<(PathBuf, String)>, UnpackError> {
+    let raw = entry
+        .path()
+        .map_err(|source| UnpackError::Archive {
+            archive: archive.to_path_buf(),
+            source,
+        })?
+        .into_owned();
+    let shown = raw.display().to_string();
+    let rel = inside(&raw).map_err(|why| unsafe_entry(archive, &shown, why.to_string()))?;
+    if rel.as_os_str().is_empty() {
+        return Ok(None);
+    }
+    if let Some(link) = through_symlink(dest, &rel) {
+        return Err(unsafe_entry(
+            archive,
+            &shown,
+            format!("would be written through the symlink `{}`", link.display()),
+        ));
+    }
+    Ok(Some((rel, shown)))
+}
+
+/// Create an entry whose path `entry_path` checked: a hard link must point inside the image;
+/// device nodes and fifos are made here, everything else by the tar crate. Counted in `stats`.
+pub(crate) fn create<R: Read>(
+    entry: &mut tar::Entry<'_, R>,
+    dest: &Path,
+    rel: &Path,
+    shown: &str,
+    archive: &Path,
+    stats: &mut Stats,
+) -> Result<(), UnpackError> {
+    let read_err = |source| UnpackError::Archive {
+        archive: archive.to_path_buf(),
+        source,
+    };
+    let kind = entry.header().entry_type();
+    if kind.is_hard_link() {
+        let target = entry
+            .link_name()
+            .map_err(read_err)?
+            .unwrap_or_default()
+            .into_owned();
+        inside(&target).map_err(|why| {
+            unsafe_entry(
+                archive,
+                shown,
+                format!("is a hard link to `{}`, which {why}", target.display()),
+            )
+        })?;
+    }
+    let out = dest.join(rel);
+    if kind.is_character_special() || kind.is_block_special() || kind.is_fifo() {
+        make_node(entry, &out)?;
+    } else if !entry.unpack_in(dest).map_err(|source| {
+        // The tar crate keeps the kind of the underlying error: a truncated or corrupt
+        // stream is the archive's fault, anything else is ours (disk, permissions).
+        if matches!(
+            source.kind(),
+            std::io::ErrorKind::UnexpectedEof
+                | std::io::ErrorKind::InvalidData
+                | std::io::ErrorKind::InvalidInput
+        ) {
+            read_err(source)
+        } else {
+            UnpackError::Write {
+                path: out.clone(),
+                source,
+            }
+        }
+    })? {
+        return Err(unsafe_entry(
+            archive,
+            shown,
+            "was refused by the unpacker".to_string(),
+        ));
+    }
+    stats.entries += 1;
+    if kind.is_file() {
+        // The size the entry's data was read with: a PAX `size` record overrides the
+        // header's field, which may then be anything (up to u64::MAX) and must not count.
+        stats.bytes += entry.size();
+    }
+    Ok(())
 }
 
 fn read_up_to(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
@@ -147,7 +191,7 @@ fn read_up_to(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
 }
 
 /// The entry's path relative to the image root, or why it leaves the image.
-fn inside(p: &Path) -> Result<PathBuf, &'static str> {
+pub(crate) fn inside(p: &Path) -> Result<PathBuf, &'static str> {
     let mut out = PathBuf::new();
     for c in p.components() {
         match c {
@@ -160,9 +204,77 @@ fn inside(p: &Path) -> Result<PathBuf, &'static str> {
     Ok(out)
 }
 
+/// Where `path` (absolute inside the image) is on the host, resolving the image's own
+/// symlinks as the guest will see them — an absolute link target starts again at `root`, `..`
+/// stops at `root` (like `openat2`'s `RESOLVE_IN_ROOT`) — so a file fort writes into an image
+/// (overlays, the agent, the image config) never lands outside it, whatever links the rootfs
+/// holds (`sbin -> /sbin`, `etc -> ../../..`). The last component is not followed: the
+/// writer replaces a link there.
+pub fn resolve_in_root(root: &Path, path: &Path) -> Result<PathBuf, String> {
+    use std::collections::VecDeque;
+    use std::ffi::OsString;
+    let name = path
+        .file_name()
+        .ok_or_else(|| format!("`{}` names no file", path.display()))?
+        .to_os_string();
+    let comps = |p: &Path| -> Vec<OsString> {
+        p.components()
+            .filter_map(|c| match c {
+                Component::Normal(n) => Some(n.to_os_string()),
+                Component::ParentDir => Some(OsString::from("..")),
+                _ => None,
+            })
+            .collect()
+    };
+    let mut todo: VecDeque<OsString> = path.parent().map(comps).unwrap_or_default().into();
+    let mut done: Vec<OsString> = Vec::new();
+    let mut hops = 0;
+    while let Some(c) = todo.pop_front() {
+        if c == ".." {
+            done.pop();
+            continue;
+        }
+        let mut here = root.to_path_buf();
+        here.extend(&done);
+        here.push(&c);
+        match std::fs::symlink_metadata(&here) {
+            Ok(m) if m.file_type().is_symlink() => {
+                hops += 1;
+                if hops > 40 {
+                    return Err(format!("`{}`: too many levels of symlinks", path.display()));
+                }
+                let target = std::fs::read_link(&here)
+                    .map_err(|e| format!("cannot read the link {}: {e}", here.display()))?;
+                if target.is_absolute() {
+                    done.clear();
+                }
+                for t in comps(&target).into_iter().rev() {
+                    todo.push_front(t);
+                }
+            }
+            Ok(m) if !m.is_dir() => {
+                return Err(format!(
+                    "`{}`: /{} is not a directory",
+                    path.display(),
+                    done.iter()
+                        .chain([&c])
+                        .map(|s| s.to_string_lossy())
+                        .collect::<Vec<_>>()
+                        .join("/")
+                ))
+            }
+            _ => done.push(c),
+        }
+    }
+    let mut out = root.to_path_buf();
+    out.extend(&done);
+    out.push(name);
+    Ok(out)
+}
+
 /// The first existing ancestor of `rel` (below `dest`) that is a symlink, if any: unpacking
 /// would follow it, possibly out of the image.
-fn through_symlink(dest: &Path, rel: &Path) -> Option<PathBuf> {
+pub(crate) fn through_symlink(dest: &Path, rel: &Path) -> Option<PathBuf> {
     let mut cur = dest.to_path_buf();
     let parent = rel.parent()?;
     for c in parent.components() {
@@ -220,4 +332,35 @@ fn make_node<R: Read>(entry: &tar::Entry<'_, R>, out: &Path) -> Result<(), Unpac
         rustix::fs::AtFlags::empty(),
     )
     .map_err(|e| werr(e.into()))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_resolve_inside_the_root() {
+        let w = tempfile::tempdir().unwrap();
+        let root = w.path().join("root");
+        std::fs::create_dir_all(root.join("usr/sbin")).unwrap();
+        std::os::unix::fs::symlink("/usr/sbin", root.join("sbin")).unwrap();
+        std::os::unix::fs::symlink("../../../..", root.join("up")).unwrap();
+        std::os::unix::fs::symlink(w.path(), root.join("host")).unwrap();
+        std::fs::write(root.join("file"), b"").unwrap();
+        let r = |p: &str| resolve_in_root(&root, Path::new(p));
+        assert_eq!(r("/sbin/init").unwrap(), root.join("usr/sbin/init"));
+        assert_eq!(r("/up/etc/x").unwrap(), root.join("etc/x"));
+        assert_eq!(
+            r("/host/victim").unwrap(),
+            root.join(w.path().strip_prefix("/").unwrap())
+                .join("victim")
+        );
+        assert_eq!(r("/new/dir/f").unwrap(), root.join("new/dir/f"));
+        assert!(r("/file/x")
+            .unwrap_err()
+            .ends_with("/file is not a directory"));
+        std::os::unix::fs::symlink("loop", root.join("loop")).unwrap();
+        assert!(r("/loop/x").unwrap_err().contains("too many levels"));
+    }
 }
