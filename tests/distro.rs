@@ -1,5 +1,6 @@
 //! Templates with `init = "distro"` as real VMs under QEMU/TCG: a Debian bookworm with systemd
-//! (built by scripts/build-debian-rootfs) and busybox init with an /etc/inittab — the image's
+//! (built by scripts/build-debian-rootfs, pulled as an OCI image from a registry on loopback,
+//! its data drive mounted at /data) and busybox init with an /etc/inittab — the image's
 //! init is PID 1, fort's agent runs as its service, stop goes through that init. Plus what the
 //! plan says about a template's init and the one error for an image without an init.
 
@@ -9,6 +10,8 @@ mod common;
 
 use common::fort::{Run, Workspace};
 use common::netns::in_netns;
+use common::oci_image::{Image, LAYER_TAR};
+use common::registry::{Auth, Registry};
 use common::rootfs::{busybox_rootfs, static_agent};
 use common::vms::{assets, debian_rootfs, processes_mentioning, ConsoleOnFailure, ONE_AT_A_TIME};
 
@@ -59,10 +62,22 @@ fn strip_ansi(s: &str) -> String {
 
 const HELLO_UNIT: &str = "[Unit]\nDescription=a service the template declares\n\n[Service]\nType=oneshot\nRemainAfterExit=yes\nExecStart=/bin/sh -c 'echo hello from $(hostname) > /run/hello'\n";
 
-fn debian_manifest(ws: &Workspace, tar: &std::path::Path, vm_state: &str, motd: &str) {
+/// The Debian rootfs as an image: its tarball is the one layer, pushed to `reg`. Its
+/// reference and digest.
+fn push_debian(reg: &Registry, tar: &std::path::Path) -> (String, String) {
+    let layer = std::fs::read(tar).unwrap();
+    let image = Image::new(
+        vec![(layer, LAYER_TAR)],
+        serde_json::json!({"Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]}),
+    );
+    let digest = reg.push("debian", "bookworm", &image);
+    (format!("{}/debian:bookworm", reg.host()), digest)
+}
+
+fn debian_manifest(ws: &Workspace, image: &str, vm_state: &str, motd: &str) {
     ws.write_manifest(&format!(
         r#"{kernel}[rootfs.debian]
-url = "file://{tar}"
+image = "{image}"
 
 [template.deb]
 rootfs = "debian"
@@ -90,7 +105,6 @@ network = "lan"
 state = "{vm_state}"
 "#,
         kernel = kernel(),
-        tar = tar.display(),
     ));
 }
 
@@ -101,9 +115,12 @@ fn debian_with_systemd_as_pid1() {
     let tar = debian_rootfs();
     in_netns(move || {
         std::env::set_var("FORT_GUEST_AGENT", &agent);
+        // Debian's tree as an OCI image in a registry on this namespace's loopback.
+        let reg = Registry::start(Auth::Anonymous);
+        let (image, digest) = push_debian(&reg, &tar);
         let ws = Workspace::new();
         let _console = ConsoleOnFailure(ws.state_dir().join("run"));
-        debian_manifest(&ws, &tar, "running", "one");
+        debian_manifest(&ws, &image, "running", "one");
 
         // Nothing cached yet: apply will detect the init after the fetch.
         let p = ws.run(&["plan"]);
@@ -121,7 +138,7 @@ fn debian_with_systemd_as_pid1() {
         p.ok();
         assert_eq!(
             p.stdout.trim(),
-            "No changes. The host matches the manifest."
+            format!("No changes. The host matches the manifest.\nnote: rootfs.debian: image: {image} → {digest} (unchanged)")
         );
 
         let t = state(&ws, "template.deb");
@@ -233,7 +250,7 @@ fn debian_with_systemd_as_pid1() {
         eprintln!("debian agent-ready boot_ms={boot_ms}");
 
         // Stop goes through systemd: its shutdown shows on the console, then the VM is gone.
-        debian_manifest(&ws, &tar, "stopped", "one");
+        debian_manifest(&ws, &image, "stopped", "one");
         ws.run(&["apply", "--yes"]).ok();
         let log = console(&ws, "x");
         assert!(
@@ -255,7 +272,7 @@ fn debian_with_systemd_as_pid1() {
         ws.run(&["plan", "--detailed-exitcode"]).ok();
 
         // Start again works, the data drive kept what was written; a second apply does nothing.
-        debian_manifest(&ws, &tar, "running", "one");
+        debian_manifest(&ws, &image, "running", "one");
         ws.run(&["apply", "--yes"]).ok();
         assert_eq!(
             exec(&ws, "vm.x", &["cat", "/proc/1/comm"]).ok().stdout,
@@ -272,7 +289,7 @@ fn debian_with_systemd_as_pid1() {
         assert!(again.stdout.contains("No changes"), "{}", again.stdout);
 
         // The rootfs is cached now: the plan of a changed template names its init.
-        debian_manifest(&ws, &tar, "running", "two");
+        debian_manifest(&ws, &image, "running", "two");
         let p = ws.run(&["plan"]);
         p.ok();
         assert!(
