@@ -36,7 +36,9 @@ pub struct Existing {
 }
 
 /// systemd: started before network-pre.target (so networkd and ifupdown find eth0 already
-/// configured), without the default dependencies on sysinit/basic (as early as possible),
+/// configured), without the default dependencies on sysinit/basic (as early as possible: only
+/// after the root filesystem has its fstab options — the initrd mounted it read-write — not
+/// after local-fs.target, which under TCG waits ~16 s for udev to announce the root disk),
 /// restarted if it dies, stopped only by the shutdown itself.
 pub fn systemd_unit() -> String {
     format!(
@@ -44,7 +46,7 @@ pub fn systemd_unit() -> String {
          [Unit]\n\
          Description=fort guest agent (MCP over vsock port 52)\n\
          DefaultDependencies=no\n\
-         After=local-fs.target\n\
+         After=systemd-remount-fs.service\n\
          Before=network-pre.target shutdown.target\n\
          Wants=network-pre.target\n\
          Conflicts=shutdown.target\n\
@@ -254,7 +256,7 @@ mod tests {
             systemd_unit(),
             "# Installed by fort (template init = \"distro\"): fort's guest agent, MCP over vsock.\n\
              [Unit]\nDescription=fort guest agent (MCP over vsock port 52)\nDefaultDependencies=no\n\
-             After=local-fs.target\nBefore=network-pre.target shutdown.target\nWants=network-pre.target\n\
+             After=systemd-remount-fs.service\nBefore=network-pre.target shutdown.target\nWants=network-pre.target\n\
              Conflicts=shutdown.target\n\n[Service]\nExecStart=/usr/local/sbin/fort-guest-agent --service systemd\n\
              Restart=always\nRestartSec=1\nStandardOutput=journal+console\nStandardError=journal+console\n\n\
              [Install]\nWantedBy=multi-user.target\n"
