@@ -4,6 +4,7 @@
 pub mod assets;
 pub mod fort;
 pub mod leaks;
+pub mod manifests;
 pub mod netns;
 pub mod oci_image;
 pub mod registry;
