@@ -138,6 +138,13 @@ fn tools_list_has_schemas() {
             "file_delete",
             "list_dir",
             "stat",
+            "process_start",
+            "process_output",
+            "process_input",
+            "process_signal",
+            "process_resize",
+            "process_list",
+            "port_check",
             "shutdown"
         ]
     );

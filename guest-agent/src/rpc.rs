@@ -4,16 +4,10 @@ use serde_json::{json, Value};
 
 use crate::tools;
 
-/// MCP revisions this agent speaks, newest first. `initialize` echoes the client's revision
-/// when it is one of these, else offers the newest.
-pub const PROTOCOL_VERSIONS: &[&str] = &["2025-11-25", "2025-06-18", "2025-03-26", "2024-11-05"];
-
-pub const PARSE_ERROR: i64 = -32700;
-pub const INVALID_REQUEST: i64 = -32600;
-pub const METHOD_NOT_FOUND: i64 = -32601;
-pub const INVALID_PARAMS: i64 = -32602;
-/// Like LSP's: a request other than `initialize`/`ping` before `initialize`.
-pub const NOT_INITIALIZED: i64 = -32002;
+pub use fort_agent_protocol::rpc::{
+    INVALID_PARAMS, INVALID_REQUEST, METHOD_NOT_FOUND, NOT_INITIALIZED, PARSE_ERROR,
+    PROTOCOL_VERSIONS,
+};
 
 /// Per-connection protocol state.
 #[derive(Debug, Default)]

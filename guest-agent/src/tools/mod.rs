@@ -44,18 +44,8 @@ pub(crate) fn args<T: DeserializeOwned>(v: Value) -> Result<T, ToolError> {
 /// The agent's shutdown request, observed by the server loop.
 pub static SHUTDOWN: tokio::sync::Notify = tokio::sync::Notify::const_new();
 
-const NAMES: &[&str] = &[
-    "run_command",
-    "file_read",
-    "file_write",
-    "file_delete",
-    "list_dir",
-    "stat",
-    "shutdown",
-];
-
 pub fn exists(name: &str) -> bool {
-    NAMES.contains(&name)
+    fort_agent_protocol::tools::NAMES.contains(&name)
 }
 
 /// A `tools/call` whose arguments were decoded and checked, not yet run.
@@ -115,104 +105,9 @@ pub async fn call(name: &str, a: Value, notify: Option<Notifier>) -> Result<Outp
 struct Empty {}
 
 /// `tools/list`: every tool with its input schema.
+/// `tools/list`: every tool with its input schema (the protocol crate's, shared with fort).
 pub fn list() -> Value {
-    let path = json!({"type": "string", "description": "Absolute path, or relative to /"});
-    json!([
-        {
-            "name": "run_command",
-            "title": "Run a command",
-            "description": "Run a program in the VM and return its exit code, stdout and stderr. Give `argv` (no shell) or `command` (run by /bin/sh -c). The whole process group is killed at `timeout_secs`. Output beyond `max_output_bytes` per stream is dropped and flagged.",
-            "inputSchema": {
-                "type": "object",
-                "properties": {
-                    "argv": {"type": "array", "items": {"type": "string"}, "minItems": 1, "description": "Program and arguments, run without a shell"},
-                    "command": {"type": "string", "description": "A shell command line for /bin/sh -c"},
-                    "cwd": {"type": "string", "description": "Working directory (default: the image's WorkingDir, else /)"},
-                    "env": {"type": "object", "additionalProperties": {"type": "string"}, "description": "Extra environment variables (over the image's Env)"},
-                    "user": {"type": "string", "description": "Run as this user: a name or uid[:gid] (default: the image's User, else root)"},
-                    "stdin": {"type": "string", "description": "Text written to the program's stdin"},
-                    "timeout_secs": {"type": "number", "minimum": 0, "description": "Kill after this many seconds (default 60)"},
-                    "max_output_bytes": {"type": "integer", "minimum": 0, "description": "Cap per stream (default 1048576)"},
-                    "stream": {"type": "boolean", "description": "Also send output as it comes, in notifications/fort/output {requestId, stream, data} (default false)"}
-                },
-                "additionalProperties": false
-            }
-        },
-        {
-            "name": "file_read",
-            "title": "Read a file",
-            "description": "Read part or all of a file, as UTF-8 text or base64.",
-            "inputSchema": {
-                "type": "object",
-                "properties": {
-                    "path": path,
-                    "offset": {"type": "integer", "minimum": 0, "description": "Byte offset (default 0)"},
-                    "length": {"type": "integer", "minimum": 0, "description": "Bytes to read (default and maximum 4194304)"},
-                    "encoding": {"type": "string", "enum": ["utf-8", "base64"], "description": "default utf-8"}
-                },
-                "required": ["path"],
-                "additionalProperties": false
-            }
-        },
-        {
-            "name": "file_write",
-            "title": "Write a file",
-            "description": "Write a file, atomically replacing it by default (write to a temp file, then rename), or append.",
-            "inputSchema": {
-                "type": "object",
-                "properties": {
-                    "path": path,
-                    "content": {"type": "string"},
-                    "encoding": {"type": "string", "enum": ["utf-8", "base64"], "description": "of `content`, default utf-8"},
-                    "mode": {"type": "string", "description": "Octal permissions for a new file, e.g. \"0644\""},
-                    "create_parents": {"type": "boolean", "description": "Create missing parent directories (default false)"},
-                    "append": {"type": "boolean", "description": "Append instead of replacing (default false)"},
-                    "atomic": {"type": "boolean", "description": "Replace via temp file + rename (default true; ignored when appending)"}
-                },
-                "required": ["path", "content"],
-                "additionalProperties": false
-            }
-        },
-        {
-            "name": "file_delete",
-            "title": "Delete a file or directory",
-            "description": "Delete a file, symlink or empty directory; a non-empty directory needs `recursive`.",
-            "inputSchema": {
-                "type": "object",
-                "properties": {"path": path, "recursive": {"type": "boolean", "description": "default false"}},
-                "required": ["path"],
-                "additionalProperties": false
-            }
-        },
-        {
-            "name": "list_dir",
-            "title": "List a directory",
-            "description": "Entries of a directory with their type, size, mode and modification time.",
-            "inputSchema": {
-                "type": "object",
-                "properties": {"path": path},
-                "required": ["path"],
-                "additionalProperties": false
-            }
-        },
-        {
-            "name": "stat",
-            "title": "Stat a path",
-            "description": "Type, size, mode, owner and modification time of a path (symlinks are not followed).",
-            "inputSchema": {
-                "type": "object",
-                "properties": {"path": path},
-                "required": ["path"],
-                "additionalProperties": false
-            }
-        },
-        {
-            "name": "shutdown",
-            "title": "Power off the VM",
-            "description": "Stop every process, sync and unmount filesystems, and power the VM off (used by the host to stop it).",
-            "inputSchema": {"type": "object", "properties": {}, "additionalProperties": false}
-        }
-    ])
+    fort_agent_protocol::schema::tools()
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 
 /// The vsock port the agent listens on inside VMs.
-pub const AGENT_PORT: u32 = 52;
+pub use fort_agent_protocol::AGENT_PORT;
 
 /// Where the agent is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -220,7 +220,7 @@ impl Client {
         };
         c.initialized = c.request(
             "initialize",
-            json!({"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "fort", "version": crate::VERSION}}),
+            json!({"protocolVersion": fort_agent_protocol::rpc::HOST_PROTOCOL_VERSION, "capabilities": {}, "clientInfo": {"name": "fort", "version": crate::VERSION}}),
         )
         .await?;
         c.writer

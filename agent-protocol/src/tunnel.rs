@@ -1,0 +1,25 @@
+//! `fort/tunnel`: turn a fresh agent connection into a raw byte stream to a TCP address in the
+//! guest (what `fort port-forward` does per accepted connection).
+//!
+//! It must be the first request on its connection and needs no `initialize`:
+//! `{"jsonrpc":"2.0","id":1,"method":"fort/tunnel","params":{"port":80}}\n`. The agent
+//! connects to `host:port` (default 127.0.0.1) and answers one line: a result
+//! `{"connected":true}` after which every byte is the TCP stream's, both ways (a half-close
+//! on one side is passed on to the other), or an error ([`crate::rpc::TUNNEL_FAILED`], the
+//! reason in the message) after which the agent closes the connection.
+
+use serde::{Deserialize, Serialize};
+
+pub const METHOD: &str = "fort/tunnel";
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Tunnel {
+    pub port: u16,
+    /// An address in the guest (default 127.0.0.1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+}
+
+/// The default guest address of a tunnel or `port_check`.
+pub const DEFAULT_HOST: &str = "127.0.0.1";
