@@ -28,7 +28,7 @@ if [ "$(ip -4 route show | wc -l)" != 0 ]; then echo "soak: the namespace has ro
 
 target=$(scripts/cargo-target-dir)
 FORT="$target/release/fort"
-export FORT_GUEST_AGENT="$target/x86_64-unknown-linux-gnu/release/fort-guest-agent"
+export FORT_GUEST_AGENT="$target/x86_64-unknown-linux-gnu/agent/fort-guest-agent"
 [ -x "$FORT_GUEST_AGENT" ] || FORT_GUEST_AGENT="$target/release/fort-guest-agent"
 A=${FORT_TEST_ASSETS:-/var/cache/fort-assets}
 W=$(mktemp -d /tmp/fort-soak.XXXXXX)
