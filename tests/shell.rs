@@ -542,3 +542,56 @@ fn exec_whose_agent_dies_says_how_to_reattach() {
         unsafe { libc::kill(pid, libc::SIGKILL) };
     }
 }
+
+#[test]
+fn shell_sigterm_to_fort_restores_the_terminal_and_hangs_up_the_guest_shell() {
+    let agent = AgentProcess::start();
+    let mut pty = Pty::open(24, 80);
+    let before = pty.mode();
+    let mut child = pty.spawn(&[
+        "shell",
+        "--connect",
+        &agent.endpoint(),
+        "--",
+        "sh",
+        "-c",
+        "echo waiting; exec sleep 4444",
+    ]);
+    pty.expect("waiting\r\n");
+    wait_until("sleep 4444 to run", || process_running(&["sleep", "4444"]));
+    // SAFETY: kill(2) of the fort this test started.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    assert_eq!(child.wait().unwrap().code(), Some(128 + 15));
+    assert_eq!(pty.mode(), before, "the terminal's mode was not restored");
+    // The guest's program got SIGHUP, as from a terminal that went away.
+    wait_until("sleep 4444 to end", || !process_running(&["sleep", "4444"]));
+}
+
+#[test]
+fn exec_passes_ctrl_c_on_to_the_command() {
+    let agent = AgentProcess::start();
+    let mut child = Command::new(FORT)
+        .args([
+            "exec",
+            "--connect",
+            &agent.endpoint(),
+            "--",
+            "sh",
+            "-c",
+            "trap 'echo got INT; exit 7' INT; echo ready; while :; do sleep 0.05; done",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+    assert_eq!(line, "ready\n");
+    // SAFETY: kill(2) of the fort this test started.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
+    let mut rest = String::new();
+    out.read_to_string(&mut rest).unwrap();
+    assert_eq!(rest, "got INT\n");
+    assert_eq!(child.wait().unwrap().code(), Some(7));
+}
