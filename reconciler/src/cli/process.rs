@@ -31,7 +31,8 @@ pub enum Ended {
     /// The connection to the agent was lost; the process may still run in the guest.
     Lost(AgentError),
     /// fort got SIGTERM or SIGHUP while the local terminal was raw (the process got SIGHUP, as
-    /// from a terminal that went away).
+    /// from a terminal that went away), or its stdout was closed (SIGPIPE; the process got
+    /// SIGTERM).
     Signalled(i32),
 }
 
@@ -190,7 +191,16 @@ async fn print_output(client: &Client, id: ProcessId, mut cursor: u64) -> Result
                     o.write_all(&bytes).and_then(|()| o.flush())
                 }
             };
-            written.map_err(CliError::Output)?;
+            match written {
+                Ok(()) => {}
+                // The reader went away (`fort exec … | head -1`): as a local command would die
+                // of SIGPIPE, the guest's is ended and fort exits 128 + SIGPIPE, quietly.
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+                    send_signal(client, id, "TERM").await;
+                    return Ok(Ended::Signalled(libc::SIGPIPE));
+                }
+                Err(e) => return Err(CliError::Output(e)),
+            }
         }
         cursor = out.cursor;
         if out.eof {
