@@ -433,3 +433,19 @@ fn exec_whose_reader_goes_away_ends_the_command_like_sigpipe() {
     assert_eq!(stderr_of(&mut child), "");
     wait_until("yes to end", || !process_running(&["yes", "fort-epipe"]));
 }
+
+#[test]
+fn exec_it_on_a_terminal_is_raw_and_ctrl_d_ends_input() {
+    let agent = AgentProcess::start();
+    let mut pty = Pty::open(24, 80);
+    let before = pty.mode();
+    let mut child = pty.spawn(&["exec", "--connect", &agent.endpoint(), "-it", "--", "cat"]);
+    // cat echoes what the guest's terminal passed on; the local one is raw meanwhile.
+    pty.send(b"abc\r");
+    pty.expect("abc\r\nabc\r\n");
+    assert_ne!(pty.mode(), before);
+    pty.send(b"\x04");
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+    assert_eq!(stderr_of(&mut child), "");
+    assert_eq!(pty.mode(), before, "the terminal's mode was not restored");
+}
