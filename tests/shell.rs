@@ -306,6 +306,11 @@ fn exec_detach_then_attach() {
             "error: no process 987654 (process_list shows the ids; finished processes are kept for 10 minutes)\n"
         )
     );
+    let r = fort(&["exec", "--connect", &ep, "--cursor", "3", "--", "true"]);
+    assert_eq!(
+        (r.code, r.stderr.as_str()),
+        (1, "error: --cursor N needs --attach ID\n")
+    );
     let r = fort(&["exec", "--connect", &ep, "--attach", "1", "--", "true"]);
     assert_eq!(r.code, 2, "{r:?}");
     assert!(

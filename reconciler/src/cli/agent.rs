@@ -73,6 +73,10 @@ pub fn named(target: Option<&str>, a: &AgentArgs) -> String {
 /// `fort exec`: start the command with `process_start` (or `--attach` to one) and follow its
 /// output to its end; `--detach` only starts it.
 pub async fn exec(cli: &Cli, a: &ExecArgs) -> Result<u8, CliError> {
+    // clap's `requires` does not hold --cursor to --attach next to the `last` CMD.
+    if a.cursor.is_some() && a.attach.is_none() {
+        return Err(CliError::Usage("--cursor N needs --attach ID".into()));
+    }
     let ep = endpoint(cli, a.target.as_deref(), &a.agent)?;
     let mut env = process::env(&a.process)?;
     // The terminal's own raw mode only when there is one to type on and its bytes go in.

@@ -129,7 +129,7 @@ pub struct ExecArgs {
     pub attach: Option<u64>,
 
     /// With --attach: the output position to start from (0: everything the agent kept).
-    #[arg(long, value_name = "N", requires = "attach")]
+    #[arg(long, value_name = "N")]
     pub cursor: Option<u64>,
 
     /// The program and its arguments (after --).
