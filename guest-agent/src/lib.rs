@@ -6,6 +6,7 @@
 pub mod hello;
 pub mod image;
 pub mod init;
+pub mod process;
 pub mod rpc;
 pub mod server;
 pub mod tools;

@@ -41,11 +41,13 @@ macro_rules! accept_loop {
 
 fn usage() -> ! {
     eprintln!(
-        "usage: fort-guest-agent [--listen unix:PATH | tcp:ADDR:PORT | vsock:PORT]... [--allow-remote]\n\
+        "usage: fort-guest-agent [--listen unix:PATH | tcp:ADDR:PORT | vsock:PORT]... [--allow-remote] [--output-buffer BYTES]\n\
          \x20      fort-guest-agent --service systemd|openrc|busybox [--listen …]\n\
          \n\
          Serves MCP (JSON-RPC 2.0, one JSON object per line) with the tools run_command,\n\
-         file_read, file_write, file_delete, list_dir, stat and shutdown.\n\
+         file_read, file_write, file_delete, list_dir, stat, process_start, process_output,\n\
+         process_input, process_signal, process_resize, process_list, port_check and shutdown.\n\
+         --output-buffer: the output kept per background process (default 8 MiB).\n\
          tcp: addresses must be loopback unless --allow-remote is given. As PID 1 (in a fort VM)\n\
          it also does init's work and listens on vsock:52 by default. With --service it runs\n\
          under that init (configures the network, listens on vsock:52, powers off through it)."
@@ -90,6 +92,19 @@ fn parse_args() -> (Vec<Listen>, Option<InitKind>) {
                 }
             }
             "--allow-remote" => allow_remote = true,
+            "--output-buffer" => {
+                let Some(v) = args.next() else { usage() };
+                let max = fort_agent_protocol::process::MAX_BUFFER_BYTES;
+                match v.parse::<usize>() {
+                    Ok(n) if (1..=max).contains(&n) => {
+                        fort_guest_agent::process::set_default_buffer(n)
+                    }
+                    _ => {
+                        eprintln!("fort-guest-agent: --output-buffer takes a byte count from 1 to {max}, got `{v}`");
+                        std::process::exit(2)
+                    }
+                }
+            }
             "--service" => {
                 let Some(v) = args.next() else { usage() };
                 let Some(k) = InitKind::parse(&v) else {
@@ -142,6 +157,8 @@ fn main() {
         init::boot();
     }
     let (listen, service) = parse_args();
+    // Background processes hold descriptors (pipes, terminals) for as long as they run.
+    fort_guest_agent::process::raise_nofile_limit();
     if let (Some(_), false) = (service, pid1) {
         // The distro's init mounted its filesystems; we own the network settings fort chose
         // and the drives the manifest mounts (also written into its fstab).

@@ -7,6 +7,7 @@ pub mod leaks;
 pub mod manifests;
 pub mod netns;
 pub mod oci_image;
+pub mod pty;
 pub mod registry;
 pub mod rootfs;
 pub mod server;

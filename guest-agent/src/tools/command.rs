@@ -6,7 +6,7 @@ use std::os::unix::process::ExitStatusExt;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use serde::Deserialize;
+use fort_agent_protocol::tools::RunCommand;
 use serde_json::json;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
@@ -17,22 +17,6 @@ const DEFAULT_CAP: usize = 1 << 20;
 /// After the program exits, how long stragglers it left behind (holding its stdout) may keep
 /// the call open before the group is killed.
 const GRACE: Duration = Duration::from_secs(2);
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Args {
-    argv: Option<Vec<String>>,
-    command: Option<String>,
-    cwd: Option<String>,
-    env: Option<BTreeMap<String, String>>,
-    /// A user name or `uid[:gid]`; default: the image's `User`, else root.
-    user: Option<String>,
-    stdin: Option<String>,
-    timeout_secs: Option<f64>,
-    max_output_bytes: Option<usize>,
-    #[serde(default)]
-    stream: bool,
-}
 
 /// Read everything, keeping the first `cap` bytes; with a notifier, also send every chunk as
 /// it comes.
@@ -87,7 +71,7 @@ pub struct Command {
     stream: bool,
 }
 
-pub fn prepare(a: Args) -> Result<Command, ToolError> {
+pub fn prepare(a: RunCommand) -> Result<Command, ToolError> {
     let (program, rest): (String, Vec<String>) = match (a.argv, a.command) {
         (Some(v), None) if !v.is_empty() => (v[0].clone(), v[1..].to_vec()),
         (None, Some(c)) => ("/bin/sh".into(), vec!["-c".into(), c]),

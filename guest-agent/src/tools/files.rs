@@ -6,7 +6,7 @@ use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use base64::Engine;
-use serde::Deserialize;
+use fort_agent_protocol::tools::{Encoding, FileDelete, FileRead, FileWrite, PathArgs};
 use serde_json::{json, Value};
 
 use super::{Output, ToolError};
@@ -14,15 +14,6 @@ use super::{Output, ToolError};
 /// The most `file_read` returns in one call (more: read again with `offset`).
 pub const READ_CAP: u64 = 4 << 20;
 const LIST_CAP: usize = 10_000;
-
-#[derive(Deserialize, Clone, Copy, Default, PartialEq)]
-pub enum Encoding {
-    #[default]
-    #[serde(rename = "utf-8")]
-    Utf8,
-    #[serde(rename = "base64")]
-    Base64,
-}
 
 fn abs(p: &str) -> PathBuf {
     Path::new("/").join(p)
@@ -45,17 +36,7 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| ToolError::Failed(format!("internal error: {e}")))?
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ReadArgs {
-    path: String,
-    offset: Option<u64>,
-    length: Option<u64>,
-    #[serde(default)]
-    encoding: Encoding,
-}
-
-pub async fn read(a: ReadArgs) -> Result<Output, ToolError> {
+pub async fn read(a: FileRead) -> Result<Output, ToolError> {
     let path = abs(&a.path);
     blocking(move || {
         let meta = fs::metadata(&path).map_err(|e| io_err("cannot read", &path, e))?;
@@ -112,21 +93,6 @@ pub async fn read(a: ReadArgs) -> Result<Output, ToolError> {
     .await
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct WriteArgs {
-    path: String,
-    content: String,
-    #[serde(default)]
-    encoding: Encoding,
-    mode: Option<String>,
-    #[serde(default)]
-    create_parents: bool,
-    #[serde(default)]
-    append: bool,
-    atomic: Option<bool>,
-}
-
 /// A `file_write` with its content decoded and its mode parsed.
 pub struct WriteFile {
     path: PathBuf,
@@ -137,7 +103,7 @@ pub struct WriteFile {
     atomic: Option<bool>,
 }
 
-pub fn prepare_write(a: WriteArgs) -> Result<WriteFile, ToolError> {
+pub fn prepare_write(a: FileWrite) -> Result<WriteFile, ToolError> {
     let path = abs(&a.path);
     let data = match a.encoding {
         Encoding::Utf8 => a.content.into_bytes(),
@@ -254,15 +220,7 @@ pub async fn write(a: WriteFile) -> Result<Output, ToolError> {
     .await
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DeleteArgs {
-    path: String,
-    #[serde(default)]
-    recursive: bool,
-}
-
-pub async fn delete(a: DeleteArgs) -> Result<Output, ToolError> {
+pub async fn delete(a: FileDelete) -> Result<Output, ToolError> {
     let path = abs(&a.path);
     blocking(move || {
         if path == Path::new("/") {
@@ -291,12 +249,6 @@ pub async fn delete(a: DeleteArgs) -> Result<Output, ToolError> {
         })
     })
     .await
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PathArgs {
-    path: String,
 }
 
 fn kind(ft: fs::FileType) -> &'static str {

@@ -2,7 +2,10 @@
 
 mod command;
 mod files;
+mod port;
 
+use crate::process::tools as pt;
+use fort_agent_protocol::tools as t;
 use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
 
@@ -51,11 +54,13 @@ pub fn exists(name: &str) -> bool {
 /// A `tools/call` whose arguments were decoded and checked, not yet run.
 pub enum Request {
     RunCommand(command::Command),
-    FileRead(files::ReadArgs),
+    FileRead(t::FileRead),
     FileWrite(files::WriteFile),
-    FileDelete(files::DeleteArgs),
-    ListDir(files::PathArgs),
-    Stat(files::PathArgs),
+    FileDelete(t::FileDelete),
+    ListDir(t::PathArgs),
+    Stat(t::PathArgs),
+    Process(crate::process::tools::Request),
+    PortCheck(fort_agent_protocol::process::PortCheck),
     Shutdown,
 }
 
@@ -69,8 +74,18 @@ pub fn prepare(name: &str, a: Value) -> Result<Request, ToolError> {
         "file_delete" => Request::FileDelete(args(a)?),
         "list_dir" => Request::ListDir(args(a)?),
         "stat" => Request::Stat(args(a)?),
+        t::PROCESS_START => Request::Process(pt::prepare_start(args(a)?)?),
+        t::PROCESS_OUTPUT => Request::Process(pt::prepare_output(args(a)?)?),
+        t::PROCESS_INPUT => Request::Process(pt::prepare_input(args(a)?)?),
+        t::PROCESS_SIGNAL => Request::Process(pt::prepare_signal(args(a)?)?),
+        t::PROCESS_RESIZE => Request::Process(pt::prepare_resize(args(a)?)?),
+        t::PROCESS_LIST => {
+            let _: t::Empty = args(a)?;
+            Request::Process(pt::Request::List)
+        }
+        t::PORT_CHECK => Request::PortCheck(args(a)?),
         "shutdown" => {
-            let _: Empty = args(a)?;
+            let _: t::Empty = args(a)?;
             Request::Shutdown
         }
         other => return Err(ToolError::Params(format!("unknown tool \"{other}\""))),
@@ -86,6 +101,8 @@ pub async fn run(req: Request, notify: Option<Notifier>) -> Result<Output, ToolE
         Request::FileDelete(a) => files::delete(a).await,
         Request::ListDir(a) => files::list_dir(a).await,
         Request::Stat(a) => files::stat(a).await,
+        Request::Process(r) => crate::process::tools::run(r).await,
+        Request::PortCheck(a) => port::check(a).await,
         Request::Shutdown => {
             SHUTDOWN.notify_one();
             Ok(Output {
@@ -100,11 +117,6 @@ pub async fn call(name: &str, a: Value, notify: Option<Notifier>) -> Result<Outp
     run(prepare(name, a)?, notify).await
 }
 
-#[derive(serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Empty {}
-
-/// `tools/list`: every tool with its input schema.
 /// `tools/list`: every tool with its input schema (the protocol crate's, shared with fort).
 pub fn list() -> Value {
     fort_agent_protocol::schema::tools()

@@ -1,20 +1,24 @@
 //! `fort exec`, `fort cp` and `fort mcp`: the human and MCP-client shortcuts to a VM's guest
-//! agent.
+//! agent (what `fort exec` shares with `fort shell` is in `process`).
 
-use std::io::Write;
 use std::path::Path;
 
 use base64::Engine;
+use fort_agent_protocol::process::{ProcessStart, PtySize, Started};
+use fort_agent_protocol::tools;
 use serde_json::{json, Value};
 
 use super::args::{AgentArgs, CpArgs, ExecArgs, McpArgs};
-use super::{exit, session, Cli, CliError};
+use super::{exit, process, rawterm, session, Cli, CliError};
 use crate::address::{Address, Kind};
 use crate::host::agent::{self, Client, Endpoint};
 use crate::state::{SqliteStore, StateStore};
 
 /// Bytes per file_read/file_write call in `fort cp`.
 const CHUNK: usize = 4 << 20;
+
+/// `fort exec --timeout` when none is given (and the command is neither detached nor typed in).
+const DEFAULT_TIMEOUT_SECS: f64 = 600.0;
 
 /// Where the agent of `target` (vm.NAME) is, or `--connect`.
 /// `target` as a VM address, and one string output of its record (if recorded).
@@ -38,7 +42,7 @@ fn vm_output(cli: &Cli, target: &str, key: &str) -> Result<(Address, Option<Stri
     Ok((addr, value))
 }
 
-fn endpoint(cli: &Cli, target: Option<&str>, a: &AgentArgs) -> Result<Endpoint, CliError> {
+pub fn endpoint(cli: &Cli, target: Option<&str>, a: &AgentArgs) -> Result<Endpoint, CliError> {
     if let Some(c) = &a.connect {
         return Ok(c.parse()?);
     }
@@ -56,81 +60,98 @@ fn endpoint(cli: &Cli, target: Option<&str>, a: &AgentArgs) -> Result<Endpoint, 
     }
 }
 
+/// How the user named the agent, for the commands fort suggests: `vm.NAME`, or
+/// `--connect ENDPOINT`.
+pub fn named(target: Option<&str>, a: &AgentArgs) -> String {
+    match (&a.connect, target) {
+        (Some(c), _) => format!("--connect {c}"),
+        (None, Some(t)) => t.to_string(),
+        (None, None) => "vm.NAME".to_string(),
+    }
+}
+
+/// `fort exec`: start the command with `process_start` (or `--attach` to one) and follow its
+/// output to its end; `--detach` only starts it.
 pub async fn exec(cli: &Cli, a: &ExecArgs) -> Result<u8, CliError> {
+    // clap's `requires` does not hold --cursor to --attach next to the `last` CMD.
+    if a.cursor.is_some() && a.attach.is_none() {
+        return Err(CliError::Usage("--cursor N needs --attach ID".into()));
+    }
     let ep = endpoint(cli, a.target.as_deref(), &a.agent)?;
-    let mut env = serde_json::Map::new();
-    for kv in &a.env {
-        let Some((k, v)) = kv.split_once('=') else {
-            return Err(CliError::Usage(format!("--env {kv}: expected KEY=VALUE")));
-        };
-        env.insert(k.to_string(), json!(v));
-    }
-    let mut args =
-        json!({"argv": a.command, "timeout_secs": a.timeout, "env": env, "stream": true});
-    if let Some(c) = &a.cwd {
-        args["cwd"] = json!(c);
-    }
-    if let Some(u) = &a.user {
-        args["user"] = json!(u);
-    }
-    let mut client = Client::connect(&ep, a.agent.connect_timeout).await?;
-    // A drive the agent could not mount is said on every exec: the command may depend on it.
-    for m in client.mounts() {
-        if let Some(e) = &m.error {
-            eprintln!(
-                "fort: warning: drive.{} is not mounted at {}: {e}",
-                m.drive, m.path
-            );
-        }
-    }
-    // Output is printed as the agent streams it, not when the command ends.
-    let mut print = |n: &Value| {
-        if n.get("method").and_then(Value::as_str) != Some("notifications/fort/output") {
-            return;
-        }
-        let data = n
-            .pointer("/params/data")
-            .and_then(Value::as_str)
-            .unwrap_or("");
-        let _ = match n.pointer("/params/stream").and_then(Value::as_str) {
-            Some("stderr") => std::io::stderr().write_all(data.as_bytes()),
-            _ => {
-                let mut o = std::io::stdout();
-                o.write_all(data.as_bytes()).and_then(|()| o.flush())
+    let mut env = process::env(&a.process)?;
+    // The terminal's own raw mode only when there is one to type on and its bytes go in.
+    let raw = a.tty && a.interactive && rawterm::stdin_is_tty();
+    let signals = process::Signals::register()?;
+    let client = Client::connect(&ep, a.agent.connect_timeout).await?;
+    process::warn_unmounted(&client);
+    let (id, cursor, pty) = match a.attach {
+        Some(id) => (id, a.cursor.unwrap_or(0), false),
+        None => {
+            let pty = a.tty.then(|| {
+                // The guest's programs draw for the host's terminal (default xterm-256color).
+                if let Ok(t) = std::env::var("TERM") {
+                    env.entry("TERM".to_string()).or_insert(t);
+                }
+                rawterm::window_size().unwrap_or(PtySize { rows: 24, cols: 80 })
+            });
+            // Sessions a person types in and detached servers run until they end.
+            let timeout = a
+                .timeout
+                .or((!a.detach && !raw).then_some(DEFAULT_TIMEOUT_SECS));
+            let start = ProcessStart {
+                argv: Some(a.command.clone()),
+                cwd: a.process.cwd.clone(),
+                env: (!env.is_empty()).then_some(env),
+                user: a.process.user.clone(),
+                pty,
+                stdin: Some(a.interactive || a.tty),
+                timeout_secs: timeout,
+                ..ProcessStart::default()
+            };
+            let started: Started = client.tool(tools::PROCESS_START, &start).await?;
+            if a.detach {
+                println!("{}", started.id);
+                return Ok(exit::OK);
             }
-        };
-    };
-    let r = client.call_with("run_command", args, &mut print).await?;
-    if r.is_error {
-        return Err(CliError::Usage(r.text));
-    }
-    let s = &r.structured;
-    for (flag, stream) in [
-        ("stdout_truncated", "stdout"),
-        ("stderr_truncated", "stderr"),
-    ] {
-        if s.get(flag).and_then(Value::as_bool) == Some(true) {
-            eprintln!("fort: {stream} was truncated by the agent's output cap");
+            (started.id, 0, started.pty)
         }
+    };
+    let guard = raw.then(rawterm::RawMode::enter).transpose()?;
+    let follow = process::Follow {
+        client,
+        id,
+        cursor,
+        input: a.interactive,
+        pty,
+        raw,
+    };
+    let ended = process::follow(follow, signals).await;
+    drop(guard);
+    let nl = if raw { "\n" } else { "" };
+    match ended? {
+        process::Ended::Exit(e) => {
+            if e.timed_out {
+                match a
+                    .timeout
+                    .or((a.attach.is_none()).then_some(DEFAULT_TIMEOUT_SECS))
+                {
+                    Some(t) => {
+                        eprintln!("{nl}fort: the command timed out after {t}s and was killed")
+                    }
+                    None => eprintln!("{nl}fort: the command timed out and was killed"),
+                }
+            }
+            Ok(process::exit_code(&e))
+        }
+        process::Ended::Lost(_) => {
+            eprintln!(
+                "{nl}fort: lost the connection to the guest agent; the command goes on in the VM: reattach with fort exec {} --attach {id}",
+                named(a.target.as_deref(), &a.agent)
+            );
+            Ok(exit::LOST)
+        }
+        process::Ended::Signalled(sig) => Ok(128u8.saturating_add(sig as u8)),
     }
-    if s.get("timed_out").and_then(Value::as_bool) == Some(true) {
-        eprintln!(
-            "fort: the command timed out after {}s and was killed",
-            a.timeout
-        );
-        return Ok(124);
-    }
-    // Like a shell: the exit code, or 128 + the signal that killed it.
-    Ok(
-        match (
-            s.get("exit_code").and_then(Value::as_i64),
-            s.get("signal").and_then(Value::as_i64),
-        ) {
-            (Some(c), _) => u8::try_from(c).unwrap_or(exit::ERROR),
-            (None, Some(sig)) => u8::try_from(128 + sig).unwrap_or(exit::ERROR),
-            _ => exit::ERROR,
-        },
-    )
 }
 
 /// `TARGET:/path` → (TARGET, /path); a local path → None.
@@ -156,22 +177,15 @@ pub async fn cp(cli: &Cli, a: &CpArgs) -> Result<u8, CliError> {
                     )
                 })
                 .ok();
-            let mut client = Client::connect(&ep, a.agent.connect_timeout).await?;
+            let client = Client::connect(&ep, a.agent.connect_timeout).await?;
             let b64 = base64::engine::general_purpose::STANDARD;
             let mut chunks = data.chunks(CHUNK).peekable();
             let mut first = true;
             if chunks.peek().is_none() {
-                write_chunk(&mut client, path, "", true, mode.as_deref()).await?;
+                write_chunk(&client, path, "", true, mode.as_deref()).await?;
             }
             for chunk in chunks {
-                write_chunk(
-                    &mut client,
-                    path,
-                    &b64.encode(chunk),
-                    first,
-                    mode.as_deref(),
-                )
-                .await?;
+                write_chunk(&client, path, &b64.encode(chunk), first, mode.as_deref()).await?;
                 first = false;
             }
             eprintln!("copied {} bytes to {}", data.len(), a.dst);
@@ -179,7 +193,7 @@ pub async fn cp(cli: &Cli, a: &CpArgs) -> Result<u8, CliError> {
         }
         (Some((t, path)), None) => {
             let ep = endpoint(cli, Some(t), &a.agent)?;
-            let mut client = Client::connect(&ep, a.agent.connect_timeout).await?;
+            let client = Client::connect(&ep, a.agent.connect_timeout).await?;
             let mut out = Vec::new();
             loop {
                 let r = client
@@ -220,7 +234,7 @@ pub async fn cp(cli: &Cli, a: &CpArgs) -> Result<u8, CliError> {
 }
 
 async fn write_chunk(
-    client: &mut Client,
+    client: &Client,
     path: &str,
     b64: &str,
     first: bool,

@@ -64,6 +64,8 @@ pub enum Command {
     Schema,
     /// Run a command in a VM through its guest agent; its exit code becomes fort's.
     Exec(ExecArgs),
+    /// An interactive shell (or CMD) on a terminal in a VM, like `ssh` or `docker exec -it`.
+    Shell(ShellArgs),
     /// Copy a file between the host and a VM: `fort cp ./f vm.a:/root/f` or the reverse.
     Cp(CpArgs),
     /// Serve MCP on stdin/stdout, relayed to a VM's guest agent (for MCP clients).
@@ -100,6 +102,44 @@ pub struct ExecArgs {
     #[command(flatten)]
     pub agent: AgentArgs,
 
+    #[command(flatten)]
+    pub process: ProcessArgs,
+
+    /// Kill the command (and its process group) after this many seconds [default: 600, none
+    /// with --detach or -it].
+    #[arg(long, value_name = "SECONDS")]
+    pub timeout: Option<f64>,
+
+    /// Forward stdin to the command (EOF closes its stdin; on a terminal: sends ^D).
+    #[arg(short = 'i', long, conflicts_with = "detach")]
+    pub interactive: bool,
+
+    /// Run the command on a terminal (PTY) in the VM; with -i and a terminal on stdin, the
+    /// local terminal is put in raw mode as `fort shell` does.
+    #[arg(short = 't', long)]
+    pub tty: bool,
+
+    /// Start the command, print its id and return; `--attach ID` follows it later.
+    #[arg(short = 'd', long)]
+    pub detach: bool,
+
+    /// Follow a process started earlier (by `--detach`, or an exec that lost its connection)
+    /// from --cursor to its end; its exit code becomes fort's.
+    #[arg(long, value_name = "ID", conflicts_with_all = ["command", "detach", "tty", "cwd", "env", "user", "timeout"])]
+    pub attach: Option<u64>,
+
+    /// With --attach: the output position to start from (0: everything the agent kept).
+    #[arg(long, value_name = "N")]
+    pub cursor: Option<u64>,
+
+    /// The program and its arguments (after --).
+    #[arg(last = true, required_unless_present = "attach", value_name = "CMD")]
+    pub command: Vec<String>,
+}
+
+/// How a process is started in the VM (`fort exec`, `fort shell`).
+#[derive(Debug, Args, Clone)]
+pub struct ProcessArgs {
     /// Working directory in the VM.
     #[arg(long)]
     pub cwd: Option<String>,
@@ -111,14 +151,6 @@ pub struct ExecArgs {
     /// Run as this user in the VM: a name or uid[:gid] (default: the image's User, else root).
     #[arg(long)]
     pub user: Option<String>,
-
-    /// Kill the command (and its process group) after this many seconds.
-    #[arg(long, value_name = "SECONDS", default_value_t = 600.0)]
-    pub timeout: f64,
-
-    /// The program and its arguments (after --).
-    #[arg(last = true, required = true, value_name = "CMD")]
-    pub command: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -140,6 +172,24 @@ pub struct McpArgs {
 
     #[command(flatten)]
     pub agent: AgentArgs,
+}
+
+// `fort shell` (issue 15).
+#[derive(Debug, Args)]
+pub struct ShellArgs {
+    /// The VM (vm.NAME); omit it with --connect.
+    #[arg(value_name = "TARGET")]
+    pub target: Option<String>,
+
+    #[command(flatten)]
+    pub agent: AgentArgs,
+
+    #[command(flatten)]
+    pub process: ProcessArgs,
+
+    /// What to run instead of the user's login shell (after --).
+    #[arg(last = true, value_name = "CMD")]
+    pub command: Vec<String>,
 }
 
 #[derive(Debug, Args)]

@@ -7,7 +7,10 @@ pub mod args;
 pub mod doctor;
 mod doctor_confine;
 pub mod plan;
+pub mod process;
+pub mod rawterm;
 pub mod session;
+pub mod shell;
 pub mod state;
 pub mod status;
 pub mod term;
@@ -29,6 +32,12 @@ pub mod exit {
     pub const CHANGES: u8 = 2;
     /// Interrupted (Ctrl-C / SIGTERM) after finishing the running actions.
     pub const INTERRUPTED: u8 = 130;
+    /// `fort exec`/`fort shell`: the command was killed at its `--timeout` (as timeout(1)).
+    pub const TIMED_OUT: u8 = 124;
+    /// `fort exec`/`fort shell`: the connection to the guest agent was lost (as ssh's 255).
+    pub const LOST: u8 = 255;
+    /// `fort shell` without a terminal (a usage error, as clap's).
+    pub const USAGE: u8 = 2;
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -70,6 +79,13 @@ pub enum CliError {
     Usage(String),
     #[error(transparent)]
     Agent(#[from] crate::host::agent::AgentError),
+    // `fort exec` and `fort shell` (issue 15).
+    #[error(transparent)]
+    Terminal(#[from] rawterm::TerminalError),
+    #[error("cannot write the command's output")]
+    Output(#[source] std::io::Error),
+    #[error("cannot watch for signals")]
+    Signals(#[source] std::io::Error),
 }
 
 impl CliError {
@@ -102,6 +118,7 @@ pub async fn run(cli: Cli) -> Result<u8, CliError> {
         Command::State(s) => state::state(&cli, s),
         Command::History(h) => state::history(&cli, h),
         Command::Exec(a) => agent::exec(&cli, a).await,
+        Command::Shell(a) => shell::shell(&cli, a).await,
         Command::Cp(a) => agent::cp(&cli, a).await,
         Command::Mcp(a) => agent::mcp(&cli, a).await,
         Command::Doctor => doctor::doctor(&cli).await,

@@ -459,7 +459,7 @@ pub(super) async fn wait_ready(
         // first attempts allow for the vsock handshake, and must not fail every one of them.
         let connect = Duration::from_secs((2 * attempt).min(16));
         let once = async {
-            let mut c = Client::connect(&ep, connect).await.ok()?;
+            let c = Client::connect(&ep, connect).await.ok()?;
             c.request("ping", serde_json::json!({})).await.ok()?;
             Some(c.mounts())
         };

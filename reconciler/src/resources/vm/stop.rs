@@ -14,7 +14,7 @@ pub(super) async fn stop(out: &VmOutputs) {
         if started.vmm.alive() {
             let ep = Endpoint::VsockUds(out.vsock_uds.clone());
             let asked = async {
-                let mut c = Client::connect(&ep, Duration::from_secs(2)).await.ok()?;
+                let c = Client::connect(&ep, Duration::from_secs(2)).await.ok()?;
                 c.call("shutdown", serde_json::json!({})).await.ok()
             };
             let vmm = started.vmm;

@@ -1,11 +1,14 @@
 //! The host side of the guest agent: reach it (Firecracker-style hybrid vsock socket, unix or
-//! tcp), retrying while a VM boots, and speak MCP to it.
+//! tcp), retrying while a VM boots; the MCP session over that stream is [`client`]'s.
+
+mod client;
+
+pub use client::{Client, MountStatus, ToolResult};
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// The vsock port the agent listens on inside VMs.
 pub use fort_agent_protocol::AGENT_PORT;
@@ -75,6 +78,19 @@ pub enum AgentError {
         code: i64,
         message: String,
     },
+    /// A tool answered with `isError` (its text says why, e.g. "cannot run `x`: …").
+    #[error("{message}")]
+    Tool { tool: String, message: String },
+    #[error("the guest agent's {tool} result does not match the protocol: {error}")]
+    Result { tool: String, error: String },
+}
+
+impl AgentError {
+    /// The connection itself failed (the agent or the VM went away), as opposed to a request
+    /// the agent refused: what `fort exec` and `fort shell` answer with exit code 255.
+    pub fn is_lost(&self) -> bool {
+        matches!(self, AgentError::Closed | AgentError::Io(_))
+    }
 }
 
 /// A byte stream to the agent.
@@ -186,140 +202,6 @@ pub fn handshake_reply(bytes: &[u8]) -> Option<(Result<(), String>, usize)> {
         .iter()
         .enumerate()
         .find_map(|(i, &b)| reply.push(b).map(|v| (v, i + 1)))
-}
-
-/// An initialized MCP session with the agent (one request at a time).
-pub struct Client {
-    reader: BufReader<tokio::io::ReadHalf<Box<dyn Io>>>,
-    writer: tokio::io::WriteHalf<Box<dyn Io>>,
-    next: i64,
-    /// The agent's `initialize` result (its `_meta["fort/mounts"]`: see [`Client::mounts`]).
-    pub initialized: Value,
-}
-
-/// One data drive as the agent reported it at boot (docs/guest-agent.md, "Mounted drives").
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct MountStatus {
-    pub drive: String,
-    pub path: String,
-    #[serde(default)]
-    pub device: Option<String>,
-    pub mounted: bool,
-    #[serde(default)]
-    pub error: Option<String>,
-}
-
-impl Client {
-    pub async fn connect(endpoint: &Endpoint, timeout: Duration) -> Result<Client, AgentError> {
-        let (r, w) = tokio::io::split(connect(endpoint, timeout).await?);
-        let mut c = Client {
-            reader: BufReader::new(r),
-            writer: w,
-            next: 1,
-            initialized: Value::Null,
-        };
-        c.initialized = c.request(
-            "initialize",
-            json!({"protocolVersion": fort_agent_protocol::rpc::HOST_PROTOCOL_VERSION, "capabilities": {}, "clientInfo": {"name": "fort", "version": crate::VERSION}}),
-        )
-        .await?;
-        c.writer
-            .write_all(b"{\"jsonrpc\":\"2.0\",\"method\":\"notifications/initialized\"}\n")
-            .await?;
-        Ok(c)
-    }
-
-    /// The data drives the agent mounted (or failed to) at boot; empty for a VM without
-    /// mounts or an agent that predates them.
-    pub fn mounts(&self) -> Vec<MountStatus> {
-        self.initialized
-            .pointer("/_meta/fort~1mounts")
-            .and_then(|v| serde_json::from_value(v.clone()).ok())
-            .unwrap_or_default()
-    }
-
-    pub async fn request(&mut self, method: &str, params: Value) -> Result<Value, AgentError> {
-        self.request_with(method, params, &mut |_| {}).await
-    }
-
-    /// A request; notifications that arrive meanwhile go to `on_notification`.
-    pub async fn request_with(
-        &mut self,
-        method: &str,
-        params: Value,
-        on_notification: &mut (dyn FnMut(&Value) + Send),
-    ) -> Result<Value, AgentError> {
-        let id = self.next;
-        self.next += 1;
-        let mut line =
-            json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params}).to_string();
-        line.push('\n');
-        self.writer.write_all(line.as_bytes()).await?;
-        loop {
-            let mut buf = String::new();
-            if self.reader.read_line(&mut buf).await? == 0 {
-                return Err(AgentError::Closed);
-            }
-            let v: Value =
-                serde_json::from_str(&buf).map_err(|e| AgentError::Protocol(e.to_string()))?;
-            if v.get("id") != Some(&json!(id)) {
-                if v.get("method").is_some() && v.get("id").is_none() {
-                    on_notification(&v);
-                }
-                continue;
-            }
-            if let Some(e) = v.get("error") {
-                return Err(AgentError::Rpc {
-                    method: method.to_string(),
-                    code: e.get("code").and_then(Value::as_i64).unwrap_or(0),
-                    message: e
-                        .get("message")
-                        .and_then(Value::as_str)
-                        .unwrap_or("")
-                        .to_string(),
-                });
-            }
-            return Ok(v.get("result").cloned().unwrap_or(Value::Null));
-        }
-    }
-
-    /// Call a tool.
-    pub async fn call(&mut self, tool: &str, args: Value) -> Result<ToolResult, AgentError> {
-        self.call_with(tool, args, &mut |_| {}).await
-    }
-
-    /// Call a tool, handing notifications about it (e.g. `notifications/fort/output` of a
-    /// streaming `run_command`) to `on_notification`.
-    pub async fn call_with(
-        &mut self,
-        tool: &str,
-        args: Value,
-        on_notification: &mut (dyn FnMut(&Value) + Send),
-    ) -> Result<ToolResult, AgentError> {
-        let r = self
-            .request_with(
-                "tools/call",
-                json!({"name": tool, "arguments": args}),
-                on_notification,
-            )
-            .await?;
-        Ok(ToolResult {
-            is_error: r.get("isError").and_then(Value::as_bool).unwrap_or(false),
-            text: r
-                .pointer("/content/0/text")
-                .and_then(Value::as_str)
-                .unwrap_or("")
-                .to_string(),
-            structured: r.get("structuredContent").cloned().unwrap_or(Value::Null),
-        })
-    }
-}
-
-#[derive(Debug, Clone)]
-pub struct ToolResult {
-    pub is_error: bool,
-    pub text: String,
-    pub structured: Value,
 }
 
 #[cfg(test)]
