@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use common::fort::{sha256_hex, Workspace};
 use common::netns::in_netns;
+use common::pty::Pty;
 use common::rootfs::static_agent;
 use common::server::{Reply, Server};
 use common::vms::{assets, kernel_file, vmm, ConsoleOnFailure, ONE_AT_A_TIME};
@@ -103,7 +104,10 @@ impl Mcp {
         .unwrap();
         loop {
             let mut line = String::new();
-            assert!(self.stdout.read_line(&mut line).unwrap() > 0, "fort mcp closed");
+            assert!(
+                self.stdout.read_line(&mut line).unwrap() > 0,
+                "fort mcp closed"
+            );
             let v: Value = serde_json::from_str(&line).unwrap();
             if v["id"] == id {
                 return v;
@@ -124,7 +128,10 @@ impl Mcp {
         let mut chunks = 0;
         let t = Instant::now();
         loop {
-            assert!(t.elapsed() < Duration::from_secs(120), "process {id}: {text}");
+            assert!(
+                t.elapsed() < Duration::from_secs(120),
+                "process {id}: {text}"
+            );
             let o = self.call(
                 "process_output",
                 json!({"id": id, "cursor": *cursor, "wait_ms": 5000}),
@@ -266,6 +273,38 @@ fn processes_shell_and_port_forwarding_in_real_vms() {
         let (out, _, end) = m.read(cat, &mut 0, None);
         assert_eq!(out, "through the VM\n");
         assert_eq!(end["exit"]["exit_code"], 0, "{end}");
+
+        // fort shell on a guest PTY: size, resize, Ctrl-C, exit status, the terminal restored.
+        let mut pty = Pty::open(30, 100);
+        let before = pty.mode();
+        let (manifest, state) = (
+            ws.manifest().display().to_string(),
+            ws.state_dir().display().to_string(),
+        );
+        let mut shell = pty.spawn(&["-f", &manifest, "--state-dir", &state, "shell", "vm.n"]);
+        pty.wait_ready();
+        let out = pty.run("tty", 1);
+        assert!(
+            out.lines().any(|l| l.starts_with("/dev/pts/")),
+            "no /dev/pts path in {out:?}"
+        );
+        assert!(pty.run("stty size", 2).contains("\r\n30 100\r\n"));
+        pty.resize(40, 120);
+        let mut n = 10;
+        while !pty.run("stty size", n).contains("\r\n40 120\r\n") {
+            assert!(n < 60, "the new size never reached the guest");
+            n += 2;
+        }
+        pty.send(b"sleep 100\r");
+        pty.expect("sleep 100\r\n");
+        pty.send(b"\x03");
+        // The shell answers within PATIENCE (30 s), well before the 100 s are up.
+        assert!(pty
+            .run("echo still here", 100)
+            .contains("\r\nstill here\r\n"));
+        pty.send(b"exit 3\r");
+        assert_eq!(shell.wait().unwrap().code(), Some(3));
+        assert_eq!(pty.mode(), before, "the terminal's mode was not restored");
 
         // Port forwarding to busybox httpd, with a network (vm.a) and without (vm.n).
         for vm in ["vm.a", "vm.n"] {
