@@ -350,7 +350,7 @@ fn exec_whose_agent_dies_says_how_to_reattach() {
     assert_eq!(child.wait().unwrap().code(), Some(255));
     assert_eq!(
         stderr_of(&mut child),
-        format!("fort: lost the connection to the guest agent; the command goes on in the VM: reattach with fort exec --connect {ep} --attach {id}\n")
+        format!("fort: lost the connection to the guest agent; the command goes on in the VM: reattach with fort exec --connect {ep} --attach {id} --cursor 8\n")
     );
     // The agent's children may outlive it here (a VM would have stopped): clean up.
     for pid in pids_of(&["sleep", "4343"]) {

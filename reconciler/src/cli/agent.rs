@@ -143,9 +143,15 @@ pub async fn exec(cli: &Cli, a: &ExecArgs) -> Result<u8, CliError> {
             }
             Ok(process::exit_code(&e))
         }
-        process::Ended::Lost(_) => {
+        process::Ended::Lost { cursor, .. } => {
+            // With the cursor, reattaching prints only what this run did not.
+            let from = if cursor > 0 {
+                format!(" --cursor {cursor}")
+            } else {
+                String::new()
+            };
             eprintln!(
-                "{nl}fort: lost the connection to the guest agent; the command goes on in the VM: reattach with fort exec {} --attach {id}",
+                "{nl}fort: lost the connection to the guest agent; the command goes on in the VM: reattach with fort exec {} --attach {id}{from}",
                 named(a.target.as_deref(), &a.agent)
             );
             Ok(exit::LOST)

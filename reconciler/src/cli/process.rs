@@ -28,8 +28,9 @@ const WAIT_MS: u64 = 30_000;
 pub enum Ended {
     /// The process ended and all its output was printed.
     Exit(Exit),
-    /// The connection to the agent was lost; the process may still run in the guest.
-    Lost(AgentError),
+    /// The connection to the agent was lost; the process may still run in the guest. `cursor`
+    /// is where printing stopped (what `--cursor` continues from).
+    Lost { error: AgentError, cursor: u64 },
     /// fort got SIGTERM or SIGHUP while the local terminal was raw (the process got SIGHUP, as
     /// from a terminal that went away), or its stdout was closed (SIGPIPE; the process got
     /// SIGTERM).
@@ -170,7 +171,7 @@ async fn print_output(client: &Client, id: ProcessId, mut cursor: u64) -> Result
         };
         let out: Output = match client.tool(tools::PROCESS_OUTPUT, &ask).await {
             Ok(o) => o,
-            Err(e) if e.is_lost() => return Ok(Ended::Lost(e)),
+            Err(error) if error.is_lost() => return Ok(Ended::Lost { error, cursor }),
             Err(e) => return Err(e.into()),
         };
         if out.dropped > 0 {

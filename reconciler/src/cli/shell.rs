@@ -53,7 +53,7 @@ pub async fn shell(cli: &Cli, a: &ShellArgs) -> Result<u8, CliError> {
     drop(guard);
     match ended? {
         process::Ended::Exit(e) => Ok(process::exit_code(&e)),
-        process::Ended::Lost(_) => {
+        process::Ended::Lost { .. } => {
             let whose = match &a.agent.connect {
                 Some(c) => format!("the agent at {c}"),
                 None => format!("{who}'s agent"),
