@@ -633,3 +633,37 @@ fn idle_rss_stays_small_with_ten_finished_processes() {
         "RSS {before} KiB before, {rss} KiB with 10 finished processes"
     );
 }
+
+#[test]
+fn port_check_finds_listeners_and_explains_a_wrong_address() {
+    let agent = Agent::start();
+    let mut c = agent.session();
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let r = c.call("port_check", json!({"port": port}));
+    assert_eq!(
+        r["result"]["structuredContent"],
+        json!({"port": port, "host": "127.0.0.1", "listeners": [format!("127.0.0.1:{port}")], "connectable": true})
+    );
+    assert_eq!(
+        r["result"]["content"][0]["text"],
+        format!("listening on 127.0.0.1:{port}; connected to 127.0.0.1:{port}")
+    );
+    // Listening on loopback only; the VM's other address (here 127.0.0.2) is not served.
+    let r = c.call("port_check", json!({"port": port, "host": "127.0.0.2"}));
+    assert_eq!(r["result"]["structuredContent"]["connectable"], false);
+    assert_eq!(
+        r["result"]["content"][0]["text"],
+        format!("listening on 127.0.0.1:{port} only, not on 127.0.0.2:{port}'s address, so connecting to 127.0.0.2:{port} failed: connection refused; bind the server to 0.0.0.0 (or to 127.0.0.2), or check one of its addresses")
+    );
+    drop(l);
+    let r = c.call("port_check", json!({"port": port}));
+    assert_eq!(
+        r["result"]["content"][0]["text"],
+        format!("nothing is listening on TCP port {port} in the VM (connecting to 127.0.0.1:{port}: connection refused): start the server, or check which port it uses")
+    );
+    assert_eq!(
+        params_error(&mut c, "port_check", json!({"port": 70000})),
+        "invalid value: integer `70000`, expected u16"
+    );
+}
