@@ -411,8 +411,9 @@ async fn input(a: p::ProcessInput, data: Vec<u8>) -> Result<Output, ToolError> {
 
 fn signal(id: ProcessId, sig: Signal, process_only: bool) -> Result<Output, ToolError> {
     let p = find(id)?;
-    // Checked under the state lock: the exit is recorded under it right after the wait, so
-    // a pid that may have been reused is never signalled.
+    // Checked under the state lock, and the exit is recorded under it as soon as the wait
+    // returns: a pid is not signalled once it is known to be gone (and reuse within the
+    // microseconds between the reap and the record would need the pid counter to wrap).
     let st = p.state();
     if st.exit.is_some() {
         return Err(ToolError::Failed(format!(
