@@ -200,6 +200,7 @@ fn the_official_python_sdk_talks_to_the_agent_through_fort_mcp() {
         "initialized: fort-guest-agent protocol 2025-11-25\n\
          tools: run_command,file_read,file_write,file_delete,list_dir,stat,process_start,process_output,process_input,process_signal,process_resize,process_list,port_check,shutdown\n\
          run_command stdout: hello from the agent\n\
+         process_output: ['one', 'two'] exit code 0\n\
          file_read: read me\n\
          ok\n"
     );

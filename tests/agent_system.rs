@@ -74,6 +74,22 @@ fn the_release_build_is_static_small_and_lean() {
         next: 1,
     };
     c.request("initialize", json!({"protocolVersion": "2025-11-25"}));
+    // Idle with 10 finished background processes retained (their output kept, ~9 KiB each).
+    for _ in 0..10 {
+        let r = c.call("process_start", json!({"command": "seq 1 2000"}));
+        let id = r["result"]["structuredContent"]["id"].clone();
+        while c.call("process_output", json!({"id": id, "wait_ms": 10_000}))["result"]
+            ["structuredContent"]["eof"]
+            != true
+        {}
+    }
+    let list = c.call("process_list", json!({}));
+    assert_eq!(
+        list["result"]["structuredContent"]["processes"]
+            .as_array()
+            .map(Vec::len),
+        Some(10)
+    );
     std::thread::sleep(Duration::from_millis(500));
     let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap();
     let rss: u64 = status
@@ -87,7 +103,10 @@ fn the_release_build_is_static_small_and_lean() {
         .unwrap();
     let _ = child.kill();
     let _ = child.wait();
-    assert!(rss < 5 * 1024, "idle RSS {rss} KiB (target < 5 MiB)");
+    assert!(
+        rss < 5 * 1024,
+        "idle RSS {rss} KiB with 10 finished processes (target < 5 MiB)"
+    );
 }
 
 fn static_agent() -> PathBuf {

@@ -3,7 +3,8 @@
 usage: python3 tests/mcp_client.py FORT_BINARY ENDPOINT WORKDIR
 ENDPOINT is an agent endpoint (`fort mcp --connect ENDPOINT`) or a VM address such as `vm.a`
 (`fort mcp vm.a`; the manifest and state dir come from FORT_MANIFEST and FORT_STATE_DIR).
-Prints one line per check; exits non-zero on the first failure.
+Also starts a background process (`process_start`) and reads it to its end with
+`process_output`. Prints one line per check; exits non-zero on the first failure.
 """
 import asyncio
 import os
@@ -32,6 +33,26 @@ async def main(fort: str, endpoint: str, workdir: str) -> None:
             out = result.structured_content["stdout"]
             print(f"run_command stdout: {out.strip()}")
             assert out == "hello from the agent\n", out
+
+            # A background process, read incrementally from a cursor until its end.
+            result = await session.call_tool(
+                "process_start", {"command": "echo one; sleep 0.3; echo two"}
+            )
+            assert not result.is_error, result
+            pid = result.structured_content["id"]
+            cursor, text = 0, ""
+            while True:
+                result = await session.call_tool(
+                    "process_output", {"id": pid, "cursor": cursor, "wait_ms": 10000}
+                )
+                assert not result.is_error, result
+                out = result.structured_content
+                text += "".join(c["data"] for c in out["chunks"])
+                cursor = out["cursor"]
+                if out["eof"]:
+                    break
+            print(f"process_output: {text.split()} exit code {out['exit']['exit_code']}")
+            assert text == "one\ntwo\n", text
 
             if vm:
                 result = await session.call_tool("run_command", {"argv": ["uname", "-r"]})

@@ -125,7 +125,7 @@ fn two_real_vms_from_manifest_to_destroy() {
         );
         assert!(
             stdout.contains(
-                "tools: run_command,file_read,file_write,file_delete,list_dir,stat,shutdown\n"
+                "tools: run_command,file_read,file_write,file_delete,list_dir,stat,process_start,process_output,process_input,process_signal,process_resize,process_list,port_check,shutdown\n"
             ),
             "{stdout}"
         );

@@ -53,10 +53,13 @@ impl PtySize {
     }
 }
 
-/// `process_start`: start a process and return its id at once.
+/// `process_start`: start a process and return its id at once. Give `argv` or `command`; with
+/// `pty` and neither, the login shell of the user it runs as (its /etc/passwd shell, else
+/// `/bin/sh`, with argv[0] `-NAME` so it acts as a login shell).
 #[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ProcessStart {
+    /// Program and arguments, run without a shell.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub argv: Option<Vec<String>>,
     /// A shell line for `/bin/sh -c`.

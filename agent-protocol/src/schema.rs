@@ -97,7 +97,7 @@ pub fn tools() -> Value {
         {
             "name": "process_start",
             "title": "Start a background process",
-            "description": "Start a program and return its id at once; it keeps running after this call and after the client disconnects. Read its output with process_output, write to it with process_input, signal it with process_signal; process_list shows every process (running, and finished ones for 10 minutes). Give `argv` (no shell) or `command` (run by /bin/sh -c). With `pty` it gets a pseudo-terminal (for shells and programs that want a TTY). Output is kept in a ring of `buffer_bytes` (default 8 MiB): the oldest is dropped first, and process_output says how much.",
+            "description": "Start a program and return its id at once; it keeps running after this call and after the client disconnects. Read its output with process_output, write to it with process_input, signal it with process_signal; process_list shows every process (running, and finished ones for 10 minutes). Give `argv` (no shell) or `command` (run by /bin/sh -c). With `pty` it gets a pseudo-terminal (for shells and programs that want a TTY); with `pty` and neither `argv` nor `command` it runs the user's login shell (from /etc/passwd, else /bin/sh). Output is kept in a ring of `buffer_bytes` (default 8 MiB): the oldest is dropped first, and process_output says how much.",
             "inputSchema": {
                 "type": "object",
                 "properties": {
@@ -106,7 +106,7 @@ pub fn tools() -> Value {
                     "cwd": {"type": "string", "description": "Working directory (default: the image's WorkingDir, else /)"},
                     "env": {"type": "object", "additionalProperties": {"type": "string"}, "description": "Extra environment variables (over the image's Env)"},
                     "user": {"type": "string", "description": "Run as this user: a name or uid[:gid] (default: the image's User, else root)"},
-                    "pty": {"type": "object", "properties": {"rows": {"type": "integer", "minimum": 1, "maximum": 10000}, "cols": {"type": "integer", "minimum": 1, "maximum": 10000}}, "required": ["rows", "cols"], "additionalProperties": false, "description": "Run on a pseudo-terminal of this size; output then comes as stream \"pty\""},
+                    "pty": {"type": "object", "properties": {"rows": {"type": "integer", "minimum": 1, "maximum": 10000}, "cols": {"type": "integer", "minimum": 1, "maximum": 10000}}, "required": ["rows", "cols"], "additionalProperties": false, "description": "Run on a pseudo-terminal of this size (TERM defaults to xterm-256color); output then comes as stream \"pty\". Without argv and command: the user's login shell"},
                     "stdin": {"type": "boolean", "description": "Keep stdin open for process_input (default true; false: /dev/null)"},
                     "buffer_bytes": {"type": "integer", "minimum": 1, "maximum": 67108864, "description": "Output kept for process_output (default 8388608)"},
                     "timeout_secs": {"type": "number", "minimum": 0, "description": "Kill the process group after this many seconds (default: never)"}
@@ -134,7 +134,7 @@ pub fn tools() -> Value {
         {
             "name": "process_input",
             "title": "Write to a process's stdin",
-            "description": "Write `data` to a process's stdin (or its terminal), and with `close` close stdin afterwards (EOF).",
+            "description": "Write `data` to a process's stdin (or its terminal), and with `close` close stdin afterwards (EOF; on a terminal `close` sends ^D, which ends input at the start of a line).",
             "inputSchema": {
                 "type": "object",
                 "properties": {

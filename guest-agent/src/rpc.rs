@@ -99,7 +99,7 @@ pub fn parse(session: &mut Session, line: &[u8]) -> Parsed {
                 .unwrap_or(PROTOCOL_VERSIONS[0]);
             session.initialized = true;
             let mounts = crate::init::mounts::reports();
-            let mut instructions = String::from("A fort VM. run_command runs programs; file_read, file_write, file_delete, list_dir and stat work on its filesystem.");
+            let mut instructions = String::from("A fort VM. run_command runs a program to its end; process_start runs one in the background (a server, a watcher, a shell with `pty`): it outlives this connection, process_output reads its output from a cursor, process_input writes to it, process_signal stops it, process_list shows them all. file_read, file_write, file_delete, list_dir and stat work on its filesystem; port_check says whether a port is listening and reachable.");
             for m in &mounts {
                 match &m.error {
                     None => instructions

@@ -113,3 +113,63 @@ impl Conn {
         self.request("tools/call", json!({"name": tool, "arguments": args}))
     }
 }
+
+impl Agent {
+    /// An agent started with extra command-line arguments (e.g. `--output-buffer`).
+    pub fn start_with(args: &[&str]) -> Agent {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("agent.sock");
+        let child = Command::new(env!("CARGO_BIN_EXE_fort-guest-agent"))
+            .arg("--listen")
+            .arg(format!("unix:{}", socket.display()))
+            .args(args)
+            .spawn()
+            .unwrap();
+        let t = Instant::now();
+        while UnixStream::connect(&socket).is_err() {
+            assert!(t.elapsed() < Duration::from_secs(10), "agent did not start");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Agent {
+            child,
+            socket,
+            _dir: dir,
+        }
+    }
+
+    /// An agent started with a soft open-files limit of `soft` (through `sh -c 'ulimit -Sn'`,
+    /// which then execs the agent, so `child` is the agent).
+    pub fn start_with_nofile(soft: u64) -> Agent {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("agent.sock");
+        let child = Command::new("sh")
+            .arg("-c")
+            .arg(format!("ulimit -Sn {soft} && exec \"$0\" \"$@\""))
+            .arg(env!("CARGO_BIN_EXE_fort-guest-agent"))
+            .arg("--listen")
+            .arg(format!("unix:{}", socket.display()))
+            .spawn()
+            .unwrap();
+        let t = Instant::now();
+        while UnixStream::connect(&socket).is_err() {
+            assert!(t.elapsed() < Duration::from_secs(10), "agent did not start");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Agent {
+            child,
+            socket,
+            _dir: dir,
+        }
+    }
+
+    /// A line of /proc/PID/status in KiB (`VmRSS`, `VmHWM`: the peak).
+    pub fn status_kib(&self, field: &str) -> u64 {
+        let s = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        s.lines()
+            .find(|l| l.starts_with(field) && l[field.len()..].starts_with(':'))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .unwrap()
+            .parse()
+            .unwrap()
+    }
+}

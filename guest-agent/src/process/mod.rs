@@ -38,15 +38,26 @@ pub fn default_buffer() -> usize {
     DEFAULT_BUFFER.load(Ordering::Relaxed)
 }
 
+/// The open-files limit the agent started with, which its children get back.
+static CHILD_NOFILE: Mutex<Option<rustix::process::Rlimit>> = Mutex::new(None);
+
 /// Raise the soft open-files limit to the hard one: every running process holds up to three
 /// descriptors, and 256 of them exceed the common default of 1024 with what else is open.
 pub fn raise_nofile_limit() {
     use rustix::process::{getrlimit, setrlimit, Resource};
     let mut l = getrlimit(Resource::Nofile);
     if l.current != l.maximum {
+        *lock(&CHILD_NOFILE) = Some(l);
         l.current = l.maximum;
         let _ = setrlimit(Resource::Nofile, l);
     }
+}
+
+/// The limit a child should run with (like systemd, children get the usual soft limit back:
+/// programs that use select(2) or close every descriptor up to the limit misbehave with a
+/// huge one). `None`: unchanged.
+fn child_nofile() -> Option<rustix::process::Rlimit> {
+    *lock(&CHILD_NOFILE)
 }
 
 fn now_ms() -> u64 {
@@ -229,8 +240,12 @@ async fn supervise(
         reg.running = reg.running.saturating_sub(1);
     }
     p.changed.send_replace(());
-    // The process is gone: its stdin with it (a write would only fail).
-    *p.input.lock().await = Input::None;
+    // The process is gone: its stdin with it (a write would only fail). Not waited for: a
+    // `process_input` stuck writing to a pipe that a leftover child holds but never reads
+    // must not keep the process from finishing.
+    if let Ok(mut input) = p.input.try_lock() {
+        *input = Input::None;
+    }
     let drain = Readers(readers);
     tokio::pin!(drain);
     if tokio::time::timeout(GRACE, &mut drain).await.is_err() {

@@ -102,6 +102,16 @@ pub fn spawn(plan: Plan) -> Result<Spawned, ToolError> {
         // The agent owns these processes: they outlive the call and the connection.
         .kill_on_drop(false);
 
+    if let Some(limit) = super::child_nofile() {
+        // SAFETY: runs in the forked child before exec; setrlimit is one async-signal-safe
+        // system call on a value computed before the fork (no allocation, no locks).
+        unsafe {
+            cmd.pre_exec(move || {
+                rustix::process::setrlimit(rustix::process::Resource::Nofile, limit)?;
+                Ok(())
+            });
+        }
+    }
     let fail = |e: std::io::Error| ToolError::Failed(format!("cannot run `{program}`: {e}"));
     let mut master = None;
     match plan.pty {

@@ -278,11 +278,14 @@ fn look(
         .ring
         .read(cursor, a.max_bytes.unwrap_or(p::DEFAULT_MAX_BYTES));
     // A character cut at the end of the range may still be completed: return it next time
-    // (unless it is all there is, or nothing more can come).
+    // (unless nothing more can come).
+    // When the range was cut by `max_bytes`, only if something else remains (a tiny
+    // `max_bytes` must still make progress).
     if a.encoding == Encoding::Utf8 && (!complete || slice.to < end) {
         if let Some(last) = slice.runs.last_mut() {
             let cut = ring::incomplete_utf8_tail(&last.2);
-            if cut > 0 && (slice.to - slice.from) as usize > cut {
+            let waiting = slice.to == end;
+            if cut > 0 && (waiting || (slice.to - slice.from) as usize > cut) {
                 last.2.truncate(last.2.len() - cut);
                 slice.to -= cut as u64;
                 if last.2.is_empty() {
@@ -408,8 +411,9 @@ async fn input(a: p::ProcessInput, data: Vec<u8>) -> Result<Output, ToolError> {
 
 fn signal(id: ProcessId, sig: Signal, process_only: bool) -> Result<Output, ToolError> {
     let p = find(id)?;
-    // Checked under the state lock: the exit is recorded under it right after the wait, so
-    // a pid that may have been reused is never signalled.
+    // Checked under the state lock, and the exit is recorded under it as soon as the wait
+    // returns: a pid is not signalled once it is known to be gone (and reuse within the
+    // microseconds between the reap and the record would need the pid counter to wrap).
     let st = p.state();
     if st.exit.is_some() {
         return Err(ToolError::Failed(format!(
