@@ -38,7 +38,11 @@ fn vm_output(cli: &Cli, target: &str, key: &str) -> Result<(Address, Option<Stri
     Ok((addr, value))
 }
 
-fn endpoint(cli: &Cli, target: Option<&str>, a: &AgentArgs) -> Result<Endpoint, CliError> {
+pub(super) fn endpoint(
+    cli: &Cli,
+    target: Option<&str>,
+    a: &AgentArgs,
+) -> Result<Endpoint, CliError> {
     if let Some(c) = &a.connect {
         return Ok(c.parse()?);
     }
