@@ -66,11 +66,11 @@ fn ip(s: &str) -> Option<IpAddr> {
     if s == "localhost" {
         return Some(IpAddr::V4(Ipv4Addr::LOCALHOST));
     }
-    let inner = s
-        .strip_prefix('[')
-        .and_then(|r| r.strip_suffix(']'))
-        .unwrap_or(s);
-    inner.parse().ok()
+    // Brackets are for IPv6 only (`[1.2.3.4]` is a typo, not an address).
+    match s.strip_prefix('[').and_then(|r| r.strip_suffix(']')) {
+        Some(inner) => inner.parse::<std::net::Ipv6Addr>().ok().map(IpAddr::V6),
+        None => s.parse().ok(),
+    }
 }
 
 /// Digits only (`u16::from_str` would take `+80`).
