@@ -6,7 +6,10 @@ use fort::cli::forward_spec::{parse, parse_address, SpecError};
 
 const LO: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
-fn ok(spec: &str, default: IpAddr) -> (SocketAddr, Option<IpAddr>, u16) {
+/// Where it listens, the guest address given (if any), the guest port.
+type Parsed = (SocketAddr, Option<IpAddr>, u16);
+
+fn ok(spec: &str, default: IpAddr) -> Parsed {
     let f = parse(spec, default).unwrap_or_else(|e| panic!("{spec}: {e}"));
     assert_eq!(f.text, spec);
     (f.listen, f.guest_addr, f.guest_port)
@@ -21,7 +24,7 @@ fn forms() {
     let any = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
     let v6 = IpAddr::V6(Ipv6Addr::LOCALHOST);
     let ten: IpAddr = "10.0.0.5".parse().unwrap();
-    let table: &[(&str, IpAddr, (SocketAddr, Option<IpAddr>, u16))] = &[
+    let table: &[(&str, IpAddr, Parsed)] = &[
         ("80", LO, (sa("127.0.0.1:80"), None, 80)),
         ("8080:80", LO, (sa("127.0.0.1:8080"), None, 80)),
         ("0:80", LO, (sa("127.0.0.1:0"), None, 80)),
