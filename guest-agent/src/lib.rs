@@ -9,5 +9,6 @@ pub mod image;
 pub mod init;
 pub mod rpc;
 pub mod server;
+pub mod splice;
 pub mod tools;
 pub mod tunnel;

@@ -110,7 +110,7 @@ pub async fn connect(addr: SocketAddr) -> Result<TcpStream, (String, FailReason)
 /// are the first bytes of the stream.
 pub async fn serve<S>(mut stream: S, pending: Vec<u8>, req: Request)
 where
-    S: AsyncRead + AsyncWrite + Unpin,
+    S: AsyncRead + AsyncWrite + Unpin + 'static,
 {
     let tcp = match req.params.and_then(|t| target(&t)) {
         Err(msg) => {
@@ -137,8 +137,14 @@ where
     if !pending.is_empty() && tcp.write_all(&pending).await.is_err() {
         return;
     }
-    // EOF on one side becomes shutdown(Write) on the other while the other direction goes on
-    // (copy_bidirectional's contract): half-closed protocols keep working.
+    // EOF on one side becomes shutdown(Write) on the other while the other direction goes on:
+    // half-closed protocols keep working. A unix socket (the agent outside a VM) is spliced
+    // without copies through user space; other streams (vsock) are copied.
+    let any: &mut dyn std::any::Any = &mut stream;
+    if let Some(unix) = any.downcast_mut::<tokio::net::UnixStream>() {
+        let _ = crate::splice::both_ways(unix, &tcp).await;
+        return;
+    }
     let _ = tokio::io::copy_bidirectional_with_sizes(
         &mut stream,
         &mut tcp,

@@ -123,11 +123,11 @@ async fn accept_loop(listener: TcpListener, fwd: Arc<Forward>, endpoint: Arc<End
 
 /// One accepted connection: a tunnel of its own, then the splice. A failure is one line on
 /// stderr and the host connection is closed; the forward goes on.
-async fn connection(mut conn: tokio::net::TcpStream, fwd: Arc<Forward>, endpoint: Arc<Endpoint>) {
+async fn connection(conn: tokio::net::TcpStream, fwd: Arc<Forward>, endpoint: Arc<Endpoint>) {
     let host = fwd.spec.guest_addr.map(|a| a.to_string());
     match forward::open(&endpoint, TUNNEL_CONNECT_TIMEOUT, fwd.spec.guest(), host).await {
-        Ok(mut tunnel) => {
-            if let Err(e) = forward::splice(&mut conn, &mut tunnel).await {
+        Ok(tunnel) => {
+            if let Err(e) = forward::splice(&conn, &tunnel).await {
                 tracing::debug!("{}: connection ended: {e}", fwd.to);
             }
         }

@@ -8,14 +8,14 @@ use std::time::Duration;
 use fort_agent_protocol::rpc::TUNNEL_FAILED;
 use fort_agent_protocol::tunnel::{FailData, FailReason, Tunnel, METHOD};
 use serde_json::{json, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use super::agent::{self, AgentError, Endpoint, Io};
+use super::agent::{self, AgentError, Endpoint, Stream};
 
-/// Bytes per read in each direction of a splice: 64 KiB+ reads keep bulk transfers from
-/// being syscall-bound (docs/benchmarks.md, "Port forwarding").
-pub const SPLICE_BUFFER: usize = 256 * 1024;
+/// The agent's zero-copy socket splice, shared (one implementation, tested once).
+#[path = "../../../guest-agent/src/splice.rs"]
+mod splice;
 
 /// The longest `fort/tunnel` reply accepted (one short JSON line; more is a broken agent).
 const MAX_REPLY: usize = 64 * 1024;
@@ -70,8 +70,21 @@ pub async fn open(
     timeout: Duration,
     guest: SocketAddr,
     host: Option<String>,
-) -> Result<Box<dyn Io>, ForwardError> {
-    let mut s = agent::connect(endpoint, timeout).await?;
+) -> Result<Stream, ForwardError> {
+    let mut stream = agent::connect_stream(endpoint, timeout).await?;
+    match &mut stream {
+        Stream::Unix(s) => handshake(s, guest, host).await?,
+        Stream::Tcp(s) => handshake(s, guest, host).await?,
+    }
+    Ok(stream)
+}
+
+/// Send the `fort/tunnel` request and read its reply line.
+async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
+    s: &mut S,
+    guest: SocketAddr,
+    host: Option<String>,
+) -> Result<(), ForwardError> {
     let params = Tunnel {
         port: guest.port(),
         host,
@@ -98,8 +111,7 @@ pub async fn open(
         }
         reply.push(b[0]);
     }
-    verdict(&reply, guest)?;
-    Ok(s)
+    verdict(&reply, guest)
 }
 
 /// What a `fort/tunnel` reply line says: connected, or why not.
@@ -132,12 +144,14 @@ pub fn verdict(reply: &[u8], guest: SocketAddr) -> Result<(), ForwardError> {
 }
 
 /// Copy both ways until both directions ended: EOF from one side becomes shutdown(Write) on
-/// the other while the other direction goes on (tokio's copy_bidirectional contract).
-pub async fn splice(host: &mut TcpStream, tunnel: &mut Box<dyn Io>) -> std::io::Result<()> {
+/// the other while the other direction goes on. splice(2), so no byte passes through fort.
+pub async fn splice(host: &TcpStream, tunnel: &Stream) -> std::io::Result<()> {
     let _ = host.set_nodelay(true);
-    tokio::io::copy_bidirectional_with_sizes(host, tunnel, SPLICE_BUFFER, SPLICE_BUFFER)
-        .await
-        .map(|_| ())
+    match tunnel {
+        Stream::Unix(t) => splice::both_ways(host, t).await,
+        Stream::Tcp(t) => splice::both_ways(host, t).await,
+    }
+    .map(|_| ())
 }
 
 /// An error with its causes, `: `-joined (the CLI prints per-connection failures itself).
