@@ -33,10 +33,15 @@ struct Forward {
 
 impl Forward {
     fn start(agent: &AgentProcess, args: &[&str]) -> Forward {
+        Forward::at(&agent.endpoint(), args)
+    }
+
+    /// `fort port-forward --connect ENDPOINT ARGS…`, once it printed its forwards.
+    fn at(endpoint: &str, args: &[&str]) -> Forward {
         let dir = tempfile::tempdir().unwrap();
         let stderr = dir.path().join("stderr");
         let mut child = Command::new(FORT)
-            .args(["port-forward", "--connect", &agent.endpoint()])
+            .args(["port-forward", "--connect", endpoint])
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -189,6 +194,29 @@ fn a_half_close_reaches_the_guest_server_and_its_answer_comes_back() {
     c.read_to_string(&mut answer).unwrap();
     assert_eq!(answer, "got 26 bytes: a request without a length");
     server.join().unwrap();
+}
+
+#[test]
+fn an_agent_on_tcp_forwards_and_half_closes_too() {
+    // Both relays splice TCP to TCP here (fort's tunnel and the agent's connection).
+    let ep_port = free_port();
+    // fort's start-up check retries until the agent listens.
+    let mut agent = Command::new(common::fort::agent_binary())
+        .args(["--listen", &format!("tcp:127.0.0.1:{ep_port}")])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let (port, server) = read_all_then_answer();
+    let fwd = Forward::at(&format!("tcp:127.0.0.1:{ep_port}"), &[&format!("0:{port}")]);
+    let mut c = TcpStream::connect(("127.0.0.1", fwd.ports[0])).unwrap();
+    c.write_all(b"over tcp").unwrap();
+    c.shutdown(Shutdown::Write).unwrap();
+    let mut answer = String::new();
+    c.read_to_string(&mut answer).unwrap();
+    assert_eq!(answer, "got 8 bytes: over tcp");
+    server.join().unwrap();
+    let _ = agent.kill();
+    let _ = agent.wait();
 }
 
 #[test]

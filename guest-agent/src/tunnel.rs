@@ -138,11 +138,15 @@ where
         return;
     }
     // EOF on one side becomes shutdown(Write) on the other while the other direction goes on:
-    // half-closed protocols keep working. A unix socket (the agent outside a VM) is spliced
-    // without copies through user space; other streams (vsock) are copied.
+    // half-closed protocols keep working. Unix and TCP connections (the agent outside a VM)
+    // are spliced without copies through user space; other streams (vsock) are copied.
     let any: &mut dyn std::any::Any = &mut stream;
     if let Some(unix) = any.downcast_mut::<tokio::net::UnixStream>() {
         let _ = crate::splice::both_ways(unix, &tcp).await;
+        return;
+    }
+    if let Some(t) = any.downcast_mut::<TcpStream>() {
+        let _ = crate::splice::both_ways(t, &tcp).await;
         return;
     }
     let _ = tokio::io::copy_bidirectional_with_sizes(
