@@ -105,17 +105,64 @@ pub async fn connect(addr: SocketAddr) -> Result<TcpStream, (String, FailReason)
     }
 }
 
+/// A byte stream of any type, behind one vtable.
+pub trait Duplex: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Duplex for T {}
+
+/// A client connection by socket type: unix and TCP ones (the agent outside a VM) are
+/// spliced, the rest (vsock) copied. Sorting it out once keeps the tunnel code from being
+/// compiled per stream type (the agent must stay under 3 MiB).
+enum Conn {
+    Unix(tokio::net::UnixStream),
+    Tcp(TcpStream),
+    Other(Box<dyn Duplex>),
+}
+
+impl Conn {
+    fn of<S: Duplex + 'static>(stream: S) -> Conn {
+        let mut slot = Some(stream);
+        let any: &mut dyn std::any::Any = &mut slot;
+        if let Some(u) = any
+            .downcast_mut::<Option<tokio::net::UnixStream>>()
+            .and_then(Option::take)
+        {
+            return Conn::Unix(u);
+        }
+        if let Some(t) = any
+            .downcast_mut::<Option<TcpStream>>()
+            .and_then(Option::take)
+        {
+            return Conn::Tcp(t);
+        }
+        match slot {
+            Some(s) => Conn::Other(Box::new(s)),
+            // Taken only by a downcast that returned above.
+            None => unreachable!("a downcast took the stream and returned"),
+        }
+    }
+
+    fn io(&mut self) -> &mut dyn Duplex {
+        match self {
+            Conn::Unix(s) => s,
+            Conn::Tcp(s) => s,
+            Conn::Other(s) => s,
+        }
+    }
+}
+
 /// Serve a tunnel on `stream`: connect, answer one line, then splice. `pending` are bytes the
 /// client sent after its request line that the server's line reader already took in: they
 /// are the first bytes of the stream.
-pub async fn serve<S>(mut stream: S, pending: Vec<u8>, req: Request)
-where
-    S: AsyncRead + AsyncWrite + Unpin + 'static,
-{
+pub async fn serve<S: Duplex + 'static>(stream: S, pending: Vec<u8>, req: Request) {
+    serve_conn(Conn::of(stream), pending, req).await;
+}
+
+async fn serve_conn(mut conn: Conn, pending: Vec<u8>, req: Request) {
+    let stream = conn.io();
     let tcp = match req.params.and_then(|t| target(&t)) {
         Err(msg) => {
             let line = rpc::error(req.id, INVALID_PARAMS, format!("invalid params: {msg}"));
-            answer_and_close(&mut stream, line).await;
+            answer_and_close(stream, line).await;
             return;
         }
         Ok(addr) => match connect(addr).await {
@@ -123,7 +170,7 @@ where
             Err((msg, why)) => {
                 let mut line = rpc::error(req.id, TUNNEL_FAILED, msg);
                 line["error"]["data"] = json!({ "reason": why });
-                answer_and_close(&mut stream, line).await;
+                answer_and_close(stream, line).await;
                 return;
             }
         },
@@ -131,41 +178,32 @@ where
     let mut tcp = tcp;
     let _ = tcp.set_nodelay(true);
     let ok = json!({"jsonrpc": "2.0", "id": req.id, "result": {"connected": true}});
-    if write_line(&mut stream, &ok).await.is_err() {
+    if write_line(stream, &ok).await.is_err() {
         return;
     }
     if !pending.is_empty() && tcp.write_all(&pending).await.is_err() {
         return;
     }
     // EOF on one side becomes shutdown(Write) on the other while the other direction goes on:
-    // half-closed protocols keep working. Unix and TCP connections (the agent outside a VM)
-    // are spliced without copies through user space; other streams (vsock) are copied.
-    let any: &mut dyn std::any::Any = &mut stream;
-    if let Some(unix) = any.downcast_mut::<tokio::net::UnixStream>() {
-        let _ = crate::splice::both_ways(unix, &tcp).await;
-        return;
-    }
-    if let Some(t) = any.downcast_mut::<TcpStream>() {
-        let _ = crate::splice::both_ways(t, &tcp).await;
-        return;
-    }
-    let _ = tokio::io::copy_bidirectional_with_sizes(
-        &mut stream,
-        &mut tcp,
-        SPLICE_BUFFER,
-        SPLICE_BUFFER,
-    )
-    .await;
+    // half-closed protocols keep working.
+    let _ = match &mut conn {
+        Conn::Unix(u) => crate::splice::both_ways(u, &tcp).await,
+        Conn::Tcp(t) => crate::splice::both_ways(t, &tcp).await,
+        Conn::Other(s) => {
+            tokio::io::copy_bidirectional_with_sizes(s, &mut tcp, SPLICE_BUFFER, SPLICE_BUFFER)
+                .await
+        }
+    };
 }
 
-async fn write_line<S: AsyncWrite + Unpin>(stream: &mut S, msg: &Value) -> std::io::Result<()> {
+async fn write_line(stream: &mut dyn Duplex, msg: &Value) -> std::io::Result<()> {
     let mut line = msg.to_string();
     line.push('\n');
     stream.write_all(line.as_bytes()).await?;
     stream.flush().await
 }
 
-async fn answer_and_close<S: AsyncWrite + Unpin>(stream: &mut S, msg: Value) {
+async fn answer_and_close(stream: &mut dyn Duplex, msg: Value) {
     if write_line(stream, &msg).await.is_ok() {
         let _ = stream.shutdown().await;
     }
