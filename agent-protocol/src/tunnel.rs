@@ -6,7 +6,9 @@
 //! connects to `host:port` (default 127.0.0.1) and answers one line: a result
 //! `{"connected":true}` after which every byte is the TCP stream's, both ways (a half-close
 //! on one side is passed on to the other), or an error ([`crate::rpc::TUNNEL_FAILED`], the
-//! reason in the message) after which the agent closes the connection.
+//! reason in the message, its kind as `data.reason`: [`FailReason`]) after which the agent
+//! closes the connection. Bytes the client sends right after the request line (before the
+//! reply) are the stream's first bytes.
 
 use serde::{Deserialize, Serialize};
 
@@ -23,3 +25,22 @@ pub struct Tunnel {
 
 /// The default guest address of a tunnel or `port_check`.
 pub const DEFAULT_HOST: &str = "127.0.0.1";
+
+/// Why a tunnel did not connect: `error.data.reason` of a [`crate::rpc::TUNNEL_FAILED`] reply,
+/// so the host can say "nothing listens there" without parsing the message.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum FailReason {
+    /// Nothing listens on that port (the connect was refused).
+    Refused,
+    /// The connect did not complete in time (a filtered port, an address nobody answers).
+    TimedOut,
+    /// Anything else (no route, address not available, …): the message says what.
+    Other,
+}
+
+/// The `data` of a [`crate::rpc::TUNNEL_FAILED`] error.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FailData {
+    pub reason: FailReason,
+}

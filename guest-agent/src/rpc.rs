@@ -123,6 +123,12 @@ pub fn parse(session: &mut Session, line: &[u8]) -> Parsed {
             Parsed::Reply(result(id, r))
         }
         "ping" => Parsed::Reply(result(id, json!({}))),
+        // A tunnel is a whole connection (server.rs turns a first line into one).
+        fort_agent_protocol::tunnel::METHOD => Parsed::Reply(error(
+            id,
+            INVALID_REQUEST,
+            "invalid request: fort/tunnel must be the first request on a new connection",
+        )),
         _ if !session.initialized => Parsed::Reply(error(
             id,
             NOT_INITIALIZED,

@@ -8,19 +8,32 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader
 use tokio::sync::mpsc;
 
 use crate::rpc::{self, Parsed, Session};
-use crate::tools;
+use crate::{tools, tunnel};
 
 /// The longest request line accepted (a `file_write` of ~6 MiB of data in base64 fits).
 pub const MAX_LINE: usize = 8 << 20;
 
-/// Serve one connection until the peer closes it.
+/// Serve one connection until the peer closes it. A connection whose first line is
+/// `fort/tunnel` becomes a raw stream instead (`tunnel`).
 pub async fn connection<S>(stream: S)
 where
-    S: AsyncRead + AsyncWrite + Send + 'static,
+    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
-    let (r, mut w) = tokio::io::split(stream);
+    let (r, w) = tokio::io::split(stream);
+    let mut reader = BufReader::with_capacity(64 * 1024, r);
+    let first = read_line(&mut reader).await;
+    if let Ok(Line::Data(line)) = &first {
+        if let Some(req) = tunnel::request(line) {
+            // What the client pipelined after its request line is already in our buffer:
+            // it belongs to the stream.
+            let pending = reader.buffer().to_vec();
+            tunnel::serve(reader.into_inner().unsplit(w), pending, req).await;
+            return;
+        }
+    }
     let (tx, mut rx) = mpsc::channel::<Value>(64);
     let writer = tokio::spawn(async move {
+        let mut w = w;
         while let Some(msg) = rx.recv().await {
             let mut line = msg.to_string();
             line.push('\n');
@@ -30,11 +43,15 @@ where
         }
         let _ = w.shutdown().await;
     });
-    let mut reader = BufReader::with_capacity(64 * 1024, r);
     let mut session = Session::default();
     let calls = Arc::new(tokio::sync::Semaphore::new(64));
+    let mut first = Some(first);
     loop {
-        let line = match read_line(&mut reader).await {
+        let next = match first.take() {
+            Some(f) => f,
+            None => read_line(&mut reader).await,
+        };
+        let line = match next {
             Ok(Line::Data(l)) => l,
             Ok(Line::TooLong) => {
                 let msg = rpc::error(

@@ -70,6 +70,9 @@ pub enum Command {
     Cp(CpArgs),
     /// Serve MCP on stdin/stdout, relayed to a VM's guest agent (for MCP clients).
     Mcp(McpArgs),
+    /// Forward host ports to TCP ports in a VM through its guest agent (no network needed):
+    /// `fort port-forward vm.a 8080:80`.
+    PortForward(PortForwardArgs),
     /// One table of every recorded resource and its state on the host now.
     Status,
     /// Apply, then apply again whenever a watched file changes and every --interval (drift).
@@ -190,6 +193,25 @@ pub struct ShellArgs {
     /// What to run instead of the user's login shell (after --).
     #[arg(last = true, value_name = "CMD")]
     pub command: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+#[command(
+    override_usage = "fort port-forward vm.NAME SPEC... [OPTIONS]\n       fort port-forward --connect ENDPOINT [vm.NAME] SPEC... [OPTIONS]"
+)]
+pub struct PortForwardArgs {
+    /// The VM (vm.NAME; optional with --connect), then one or more SPECs:
+    /// [BIND_ADDR:]HOST_PORT:[GUEST_ADDR:]GUEST_PORT, or GUEST_PORT for the same port on
+    /// the host. HOST_PORT 0 picks a free port; IPv6 addresses go in brackets ([::1]:8080:80).
+    #[arg(value_name = "VM_AND_SPECS", required = true)]
+    pub args: Vec<String>,
+
+    #[command(flatten)]
+    pub agent: AgentArgs,
+
+    /// Where SPECs without a BIND_ADDR listen [default: 127.0.0.1].
+    #[arg(long, value_name = "ADDR")]
+    pub address: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -6,6 +6,8 @@ pub mod apply;
 pub mod args;
 pub mod doctor;
 mod doctor_confine;
+pub mod forward;
+pub mod forward_spec;
 pub mod plan;
 pub mod process;
 pub mod rawterm;
@@ -86,6 +88,10 @@ pub enum CliError {
     Output(#[source] std::io::Error),
     #[error("cannot watch for signals")]
     Signals(#[source] std::io::Error),
+    #[error(transparent)]
+    Forward(#[from] crate::host::forward::ForwardError),
+    #[error(transparent)]
+    ForwardSpec(#[from] forward_spec::SpecError),
 }
 
 impl CliError {
@@ -121,6 +127,7 @@ pub async fn run(cli: Cli) -> Result<u8, CliError> {
         Command::Shell(a) => shell::shell(&cli, a).await,
         Command::Cp(a) => agent::cp(&cli, a).await,
         Command::Mcp(a) => agent::mcp(&cli, a).await,
+        Command::PortForward(a) => forward::port_forward(&cli, a).await,
         Command::Doctor => doctor::doctor(&cli).await,
         Command::Console(a) => agent::console(&cli, a).await,
         Command::Watch(a) => watch::watch(&cli, a).await,

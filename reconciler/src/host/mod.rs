@@ -5,6 +5,7 @@ pub mod agent_ready;
 pub mod cgroup;
 pub mod confine;
 pub mod fetch;
+pub mod forward;
 pub mod image;
 pub mod net;
 pub mod oci;

@@ -100,6 +100,21 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 /// Open a stream to the agent, retrying every 100 ms (each attempt bounded to 1 s) until
 /// `timeout`: while a VM boots its socket may be missing, refuse, or reset the CONNECT.
 pub async fn connect(endpoint: &Endpoint, timeout: Duration) -> Result<Box<dyn Io>, AgentError> {
+    Ok(match connect_stream(endpoint, timeout).await? {
+        Stream::Unix(s) => Box::new(s),
+        Stream::Tcp(s) => Box::new(s),
+    })
+}
+
+/// A stream to the agent as its socket type (every endpoint is one or the other; a hybrid
+/// vsock socket is a unix socket after its handshake): port forwarding splices its fd.
+pub enum Stream {
+    Unix(tokio::net::UnixStream),
+    Tcp(tokio::net::TcpStream),
+}
+
+/// [`connect`], keeping the socket's type.
+pub async fn connect_stream(endpoint: &Endpoint, timeout: Duration) -> Result<Stream, AgentError> {
     let start = Instant::now();
     // Each try is bounded, and the bound doubles (1 s, 2 s, 4 s…, never past the deadline):
     // a guest that is not listening yet answers at once (reset, empty read) and is retried
@@ -131,10 +146,12 @@ pub async fn connect(endpoint: &Endpoint, timeout: Duration) -> Result<Box<dyn I
     }
 }
 
-async fn connect_once(endpoint: &Endpoint) -> Result<Box<dyn Io>, AgentError> {
+async fn connect_once(endpoint: &Endpoint) -> Result<Stream, AgentError> {
     match endpoint {
-        Endpoint::Unix(p) => Ok(Box::new(tokio::net::UnixStream::connect(p).await?)),
-        Endpoint::Tcp(a) => Ok(Box::new(tokio::net::TcpStream::connect(a.as_str()).await?)),
+        Endpoint::Unix(p) => Ok(Stream::Unix(tokio::net::UnixStream::connect(p).await?)),
+        Endpoint::Tcp(a) => Ok(Stream::Tcp(
+            tokio::net::TcpStream::connect(a.as_str()).await?,
+        )),
         Endpoint::VsockUds(p) => {
             let mut s = tokio::net::UnixStream::connect(p).await?;
             s.write_all(format!("CONNECT {AGENT_PORT}\n").as_bytes())
@@ -160,7 +177,7 @@ async fn connect_once(endpoint: &Endpoint) -> Result<Box<dyn Io>, AgentError> {
                     answer,
                 });
             }
-            Ok(Box::new(s))
+            Ok(Stream::Unix(s))
         }
     }
 }
