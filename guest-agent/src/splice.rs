@@ -59,9 +59,21 @@ const UNIX_SNDBUF: usize = 4 << 20;
 /// Copy both ways until both directions ended; EOF on one side is shutdown(SHUT_WR) on the
 /// other while the other direction goes on. Returns the bytes copied (a to b, b to a).
 pub async fn both_ways<A: Socket, B: Socket>(a: &A, b: &B) -> io::Result<(u64, u64)> {
+    both_ways_with(a, b, true).await
+}
+
+/// [`both_ways`], but `a`'s EOF is passed on to `b` only when `eof_to_b`: over a vsock
+/// backend a half-close toward the guest becomes a full close there (vhost-device-vsock 0.3
+/// sends SHUTDOWN with both flags when its host socket reads EOF), which would cut off the
+/// guest server's answer still on its way.
+pub async fn both_ways_with<A: Socket, B: Socket>(
+    a: &A,
+    b: &B,
+    eof_to_b: bool,
+) -> io::Result<(u64, u64)> {
     a.tune();
     b.tune();
-    tokio::try_join!(one_way(a, b), one_way(b, a))
+    tokio::try_join!(one_way(a, b, eof_to_b), one_way(b, a, true))
 }
 
 fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
@@ -72,9 +84,9 @@ fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
 }
 
 /// Move bytes from `from` to `to` through a pipe until `from` ends, then shut `to`'s
-/// sending side. The pipe is drained before it is filled again, so EAGAIN always means the
+/// sending side (unless `!pass_eof`). The pipe is drained before it is filled again, so EAGAIN always means the
 /// socket (not the pipe) is not ready, which is what `try_io` must be told.
-async fn one_way<A: Socket, B: Socket>(from: &A, to: &B) -> io::Result<u64> {
+async fn one_way<A: Socket, B: Socket>(from: &A, to: &B, pass_eof: bool) -> io::Result<u64> {
     let (pr, pw) = pipe()?;
     let flags = SpliceFlags::MOVE | SpliceFlags::NONBLOCK;
     let mut total = 0u64;
@@ -104,6 +116,8 @@ async fn one_way<A: Socket, B: Socket>(from: &A, to: &B) -> io::Result<u64> {
         total += n as u64;
     }
     // A peer that is already gone (reset) cannot be told; the other direction ends on its own.
-    let _ = rustix::net::shutdown(to.as_fd(), rustix::net::Shutdown::Write);
+    if pass_eof {
+        let _ = rustix::net::shutdown(to.as_fd(), rustix::net::Shutdown::Write);
+    }
     Ok(total)
 }

@@ -190,10 +190,38 @@ async fn serve_conn(mut conn: Conn, pending: Vec<u8>, req: Request) {
         Conn::Unix(u) => crate::splice::both_ways(u, &tcp).await,
         Conn::Tcp(t) => crate::splice::both_ways(t, &tcp).await,
         Conn::Other(s) => {
-            tokio::io::copy_bidirectional_with_sizes(s, &mut tcp, SPLICE_BUFFER, SPLICE_BUFFER)
-                .await
+            vsock_relay(s, tcp).await;
+            Ok((0, 0))
         }
     };
+}
+
+/// Relay over vsock. The vsock backends pass no half-close from the guest to the host
+/// (vhost-device-vsock 0.3 acts on a SHUTDOWN only when it carries both flags), so a
+/// shutdown(SHUT_WR) here would leave the host side waiting forever for the end of an answer
+/// that has ended (an HTTP server closing after its reply). So: once the guest server has
+/// sent everything and closed, the whole tunnel is closed; the host's EOF is passed to the
+/// server as shutdown(Write) while its answer goes on.
+async fn vsock_relay(s: &mut Box<dyn Duplex>, tcp: TcpStream) {
+    let (sr, mut sw) = tokio::io::split(s);
+    let (tr, mut tw) = tcp.into_split();
+    let to_server = async {
+        let mut sr = tokio::io::BufReader::with_capacity(SPLICE_BUFFER, sr);
+        if tokio::io::copy_buf(&mut sr, &mut tw).await.is_ok() {
+            let _ = tw.shutdown().await;
+        }
+        // The answer may still be coming: only the other direction ends the tunnel.
+        std::future::pending::<()>().await
+    };
+    let to_host = async {
+        let mut tr = tokio::io::BufReader::with_capacity(SPLICE_BUFFER, tr);
+        let _ = tokio::io::copy_buf(&mut tr, &mut sw).await;
+        let _ = sw.flush().await;
+    };
+    tokio::select! {
+        () = to_server => {}
+        () = to_host => {}
+    }
 }
 
 async fn write_line(stream: &mut dyn Duplex, msg: &Value) -> std::io::Result<()> {

@@ -67,6 +67,8 @@ pub async fn port_forward(cli: &Cli, a: &PortForwardArgs) -> Result<u8, CliError
         Some(t) => format!("fort: {t}: "),
         None => "fort: ".to_string(),
     };
+    // Before the first line is printed: whoever waits for it may signal us right away.
+    let interrupted = interrupted()?;
     let endpoint = Arc::new(endpoint);
     for (listener, spec) in listeners.into_iter().zip(specs) {
         let local = listener
@@ -80,24 +82,22 @@ pub async fn port_forward(cli: &Cli, a: &PortForwardArgs) -> Result<u8, CliError
         println!("Forwarding from {local} -> {}", fwd.to);
         tokio::spawn(accept_loop(listener, fwd, endpoint.clone()));
     }
-    interrupted().await;
+    interrupted.await;
     Ok(exit::OK)
 }
 
-/// Until SIGINT or SIGTERM (the way a port-forward ends).
-async fn interrupted() {
+/// A future for the next SIGINT or SIGTERM (the way a port-forward ends), with both handlers
+/// installed when this returns.
+fn interrupted() -> Result<impl std::future::Future<Output = ()>, CliError> {
     use tokio::signal::unix::{signal, SignalKind};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
+    let mut term = signal(SignalKind::terminate()).map_err(CliError::Signals)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(CliError::Signals)?;
+    Ok(async move {
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
         }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
+    })
 }
 
 async fn accept_loop(listener: TcpListener, fwd: Arc<Forward>, endpoint: Arc<Endpoint>) {
@@ -127,7 +127,9 @@ async fn connection(conn: tokio::net::TcpStream, fwd: Arc<Forward>, endpoint: Ar
     let host = fwd.spec.guest_addr.map(|a| a.to_string());
     match forward::open(&endpoint, TUNNEL_CONNECT_TIMEOUT, fwd.spec.guest(), host).await {
         Ok(tunnel) => {
-            if let Err(e) = forward::splice(&conn, &tunnel).await {
+            if let Err(e) =
+                forward::splice(&conn, &tunnel, matches!(*endpoint, Endpoint::VsockUds(_))).await
+            {
                 tracing::debug!("{}: connection ended: {e}", fwd.to);
             }
         }

@@ -145,10 +145,14 @@ pub fn verdict(reply: &[u8], guest: SocketAddr) -> Result<(), ForwardError> {
 
 /// Copy both ways until both directions ended: EOF from one side becomes shutdown(Write) on
 /// the other while the other direction goes on. splice(2), so no byte passes through fort.
-pub async fn splice(host: &TcpStream, tunnel: &Stream) -> std::io::Result<()> {
+/// Through a VM's vsock (`over_vsock`) the host client's EOF is not passed on: the vsock
+/// backends turn a half-close into a full close in the guest, which would cut off the
+/// answer still coming (docs/cli.md, "fort port-forward"); the guest side's close ends the
+/// connection.
+pub async fn splice(host: &TcpStream, tunnel: &Stream, over_vsock: bool) -> std::io::Result<()> {
     let _ = host.set_nodelay(true);
     match tunnel {
-        Stream::Unix(t) => splice::both_ways(host, t).await,
+        Stream::Unix(t) => splice::both_ways_with(host, t, !over_vsock).await,
         Stream::Tcp(t) => splice::both_ways(host, t).await,
     }
     .map(|_| ())
