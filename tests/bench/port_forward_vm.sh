@@ -41,7 +41,7 @@ f cp "$W/www/big" vm.p:/www/big >/dev/null 2>&1
 f exec -d vm.p -- /bin/busybox httpd -f -p 80 -h /www >/dev/null
 busybox httpd -f -p 127.0.0.1:18380 -h "$W/www" &
 pids+=($!)
-f port-forward vm.p 0:80 >"$W/fwd.out" &
+"$FORT" -f "$W" --state-dir "$W/state" port-forward vm.p 0:80 >"$W/fwd.out" &   # not via f(): $! must be fort
 pids+=($!)
 for _ in $(seq 300); do [ -s "$W/fwd.out" ] && break; sleep 0.1; done
 FWD=$(sed -n 's/^Forwarding from 127\.0\.0\.1:\([0-9]*\) .*/\1/p' "$W/fwd.out")
