@@ -32,6 +32,7 @@ export FORT_GUEST_AGENT="$target/x86_64-unknown-linux-gnu/agent/fort-guest-agent
 [ -x "$FORT_GUEST_AGENT" ] || FORT_GUEST_AGENT="$target/release/fort-guest-agent"
 A=${FORT_TEST_ASSETS:-/var/cache/fort-assets}
 W=$(mktemp -d /tmp/fort-soak.XXXXXX)
+chmod 711 "$W"   # confined VMMs run as their own uid and must reach the state dir
 S="$W/state"
 LOG="$W/watch.log"
 say() { echo "soak: $(date +%T) $*" >&2; }

@@ -22,6 +22,7 @@ A=/var/cache/fort-assets
 scripts/build-vm-assets "$A" 2>/dev/null
 
 W=$(mktemp -d /tmp/fort-bench-ports.XXXXXX)
+chmod 711 "$W"   # confined VMMs run as their own uid and must reach the state dir
 trap '"$FORT" -f "$W" --state-dir "$W/state" destroy --yes >/dev/null 2>&1 || true; rm -rf "$W"' EXIT
 { printf '[fort]\nversion = 1\n[kernel.k]\nurl = "%s/vmlinuz"\ninitrd = { url = "%s/initrd.cpio.gz" }\n' "$A" "$A"
   printf '[rootfs.r]\nurl = "%s/rootfs.tar.gz"\n[template.t]\nrootfs = "r"\nsize = "128MiB"\n' "$A"

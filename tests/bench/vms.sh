@@ -21,6 +21,7 @@ A=/var/cache/fort-assets
 scripts/build-vm-assets "$A" 2>/dev/null
 
 W=$(mktemp -d /tmp/fort-bench-vms.XXXXXX)
+chmod 711 "$W"   # confined VMMs run as their own uid and must reach the state dir
 trap '"$FORT" -f "$W" --state-dir "$W/state" destroy --yes >/dev/null 2>&1 || true; rm -rf "$W"' EXIT
 vm() { printf '[vm.%s]\nvmm = "qemu"\nkernel = "k"\nroot = { template = "t", size = "256MiB" }\nmemory = "256MiB"\nnetwork = "lan"\nstate = "%s"\n' "$1" "$2"; }
 write() {  # write STATE_A STATE_B
