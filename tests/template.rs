@@ -139,9 +139,25 @@ fn too_small_a_size_says_what_is_needed_and_leaves_nothing() {
         .unwrap();
     let stdout = String::from_utf8_lossy(&apply.stdout);
     assert_eq!(apply.status.code(), Some(1));
+    // What the files need follows the busybox and agent binaries' sizes (the agent shrank
+    // with its build profile): read the figure, then check the whole line is exactly that.
+    let prefix = "template.agent: creating failed: the files need about ";
+    let n: u64 = stdout
+        .split_once(prefix)
+        .and_then(|(_, rest)| rest.split_once("MiB"))
+        .and_then(|(n, _)| n.parse().ok())
+        .unwrap_or_else(|| panic!("{stdout}"));
     assert!(
-        stdout.contains("template.agent: creating failed: the files need about 11MiB but the image size is 2MiB: raise `size` to at least 11MiB"),
+        stdout.contains(&format!(
+            "{prefix}{n}MiB but the image size is 2MiB: raise `size` to at least {n}MiB\n"
+        )),
         "{stdout}"
+    );
+    let binaries =
+        std::fs::metadata("/bin/busybox").unwrap().len() + std::fs::metadata(&agent).unwrap().len();
+    assert!(
+        n > binaries >> 20 && n < (binaries >> 20) + 8,
+        "{n} MiB for {binaries} bytes of binaries"
     );
     let images: Vec<_> = std::fs::read_dir(ws.state_dir().join("images"))
         .unwrap()
