@@ -74,6 +74,14 @@ crash_points! {
         "vhost-device-vsock runs; its PID is not recorded",
     VmSpawned = "vm.spawned":
         "the VMM runs; its PID is not recorded and the guest is booting",
+    VmPaused = "vm.paused":
+        "the VM's vCPUs are stopped (or running again); not recorded",
+    VmSnapshotIntent = "vm.snapshot-intent":
+        "a suspend's temporary snapshot directory is named (or an interrupted one cleared); not recorded",
+    VmSnapshotWritten = "vm.snapshot-written":
+        "the snapshot is complete in snapshots/NAME/suspend (or deleted); not recorded, the VMM still runs",
+    VmResuming = "vm.resuming":
+        "the snapshot is loaded and recorded as used; the guest has not run yet",
     ReplaceDestroyed = "replace.destroyed":
         "a replace's destroy half is done; the resource is gone from the host, its row not cleared",
     ActionDone = "action.done":

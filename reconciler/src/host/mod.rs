@@ -10,6 +10,7 @@ pub mod image;
 pub mod net;
 pub mod oci;
 pub mod procs;
+pub mod snapshot;
 pub mod vmm;
 
 /// A command for a helper tool fort waits for (mke2fs, e2fsck, resize2fs): the kernel kills

@@ -447,6 +447,10 @@ pub enum Vmm {
 pub enum VmState {
     Running,
     Stopped,
+    /// vCPUs stopped, memory kept (docs/snapshots.md).
+    Paused,
+    /// Memory and device state in `state_dir/snapshots/VM/suspend/`, the VMM gone.
+    Suspended,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

@@ -258,6 +258,10 @@ pub enum RawVmm {
 pub enum RawVmState {
     Running,
     Stopped,
+    /// vCPUs stopped, memory kept.
+    Paused,
+    /// A full snapshot on disk, the VMM gone.
+    Suspended,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, JsonSchema, PartialEq, Eq)]

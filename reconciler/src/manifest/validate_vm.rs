@@ -419,7 +419,9 @@ pub(super) fn vms(
                 tap: net.as_ref().map(|_| format!("fort-{inst}")),
                 state: match raw.state {
                     Some(RawVmState::Stopped) => VmState::Stopped,
-                    _ => VmState::Running,
+                    Some(RawVmState::Paused) => VmState::Paused,
+                    Some(RawVmState::Suspended) => VmState::Suspended,
+                    Some(RawVmState::Running) | None => VmState::Running,
                 },
                 restart: match raw.restart {
                     Some(RawRestart::Always) => RestartPolicy::Always,

@@ -32,7 +32,10 @@ pub struct Host {
 
 fn vm_memory(r: &Resource) -> Option<(u64, bool)> {
     match &r.spec {
-        Spec::Vm(v) => Some((v.memory, v.state == VmState::Running)),
+        Spec::Vm(v) => Some((
+            v.memory,
+            matches!(v.state, VmState::Running | VmState::Paused),
+        )),
         _ => None,
     }
 }

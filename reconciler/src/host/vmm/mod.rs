@@ -7,6 +7,8 @@ pub mod firecracker;
 pub mod jailer;
 pub mod process;
 pub mod qemu;
+pub mod qemu_snapshot;
+pub mod qmp;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -201,6 +203,18 @@ pub trait Vmm: Send + Sync {
     /// Write the VMM's config and start it detached; returns once the process runs (not once
     /// the guest is ready).
     fn start_vmm(&self, cfg: &VmConfig) -> Result<Proc, VmmError>;
+    /// Start the VMM to load a snapshot into (QEMU: `-incoming defer -S`); the caller loads
+    /// it (`qemu_snapshot::restore`).
+    fn start_vmm_incoming(&self, _cfg: &VmConfig) -> Result<Proc, VmmError> {
+        Err(VmmError::Unusable(format!(
+            "{} cannot restore snapshots in fort yet",
+            self.name()
+        )))
+    }
+    /// The VMM's version, recorded with snapshots.
+    fn version(&self) -> String {
+        String::new()
+    }
     /// Problems the VMM reported in this boot's log that leave the VM useless though it keeps
     /// running.
     fn fatal_log(&self, run_dir: &Path) -> Option<String>;

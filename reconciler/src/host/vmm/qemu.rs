@@ -8,6 +8,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use super::process::{jail, spawn_detached, Proc};
+use super::qemu_snapshot::{VSOCK_ADDR, VSOCK_CHARDEV, VSOCK_ID};
 use super::{hardware_kvm, which, RunDir, VmConfig, Vmm, VmmError};
 
 pub struct Qemu;
@@ -17,7 +18,11 @@ pub const VHOST: &str = "vhost-device-vsock";
 
 /// QEMU's arguments for `cfg` (pure, so tests can compare them). `tap_fd`: the TAP as a
 /// descriptor fort opened (a confined QEMU cannot open `/dev/net/tun`), else by name.
-pub fn args(cfg: &VmConfig, kvm: bool, tap_fd: Option<i32>) -> Vec<String> {
+/// `incoming`: started to load a snapshot (`-incoming defer -S`, no vsock device: it cannot
+/// migrate, and is plugged in after the load, see `qemu_snapshot`). Every PCI device has a
+/// fixed slot, so a VM restored without its vsock device has the others where the snapshot
+/// put them.
+pub fn args(cfg: &VmConfig, kvm: bool, tap_fd: Option<i32>, incoming: bool) -> Vec<String> {
     let run = RunDir(&cfg.run_dir);
     let mut a: Vec<String> = Vec::new();
     let mut push = |s: &[&str]| a.extend(s.iter().map(|x| x.to_string()));
@@ -36,12 +41,23 @@ pub fn args(cfg: &VmConfig, kvm: bool, tap_fd: Option<i32>) -> Vec<String> {
         "-numa",
         "node,memdev=mem",
     ]);
-    push(&[
-        "-chardev",
-        &format!("socket,id=vsock,path={}", run.vhost().display()),
-        "-device",
-        "vhost-user-vsock-pci,chardev=vsock",
-    ]);
+    if !incoming {
+        push(&[
+            "-chardev",
+            &format!("socket,id={VSOCK_CHARDEV},path={}", run.vhost().display()),
+            "-device",
+            &format!(
+                "vhost-user-vsock-pci,chardev={VSOCK_CHARDEV},id={VSOCK_ID},addr={VSOCK_ADDR}"
+            ),
+        ]);
+    }
+    // Slot 2 is the vsock device's, whether plugged or not.
+    let mut slot = 3u32;
+    let mut addr = || {
+        let a = format!("addr=0x{slot:x}");
+        slot += 1;
+        a
+    };
     // Explicit devices (not `if=virtio`, which QEMU creates after every `-device`): PCI order
     // is command-line order, so the root is vda and data drives follow in manifest order.
     push(&[
@@ -51,10 +67,10 @@ pub fn args(cfg: &VmConfig, kvm: bool, tap_fd: Option<i32>) -> Vec<String> {
             cfg.root.display()
         ),
         "-device",
-        "virtio-blk-pci,drive=root",
+        &format!("virtio-blk-pci,drive=root,{}", addr()),
     ]);
     for (i, d) in cfg.drives.iter().enumerate() {
-        let mut dev = format!("virtio-blk-pci,drive=data{i}");
+        let mut dev = format!("virtio-blk-pci,drive=data{i},{}", addr());
         if let Some(s) = cfg.serials.get(i) {
             dev.push_str(&format!(",serial={s}"));
         }
@@ -77,7 +93,7 @@ pub fn args(cfg: &VmConfig, kvm: bool, tap_fd: Option<i32>) -> Vec<String> {
             "-netdev",
             &netdev,
             "-device",
-            &format!("virtio-net-pci,netdev=net0,mac={}", n.mac),
+            &format!("virtio-net-pci,netdev=net0,mac={},{}", n.mac, addr()),
         ]);
     }
     push(&[
@@ -109,6 +125,9 @@ pub fn args(cfg: &VmConfig, kvm: bool, tap_fd: Option<i32>) -> Vec<String> {
         // miss its window and panic ("IO-APIC + timer doesn't work!"): skip it, as cloud
         // images do for virtual machines.
         push(&["-append", &format!("{} no_timer_check", cfg.cmdline)]);
+    }
+    if incoming {
+        push(&["-incoming", "defer", "-S"]);
     }
     if cfg.confine.is_some() {
         // QEMU's own seccomp sandbox, on top of fort's deny-list: no obsolete syscalls, no
@@ -175,26 +194,11 @@ impl Vmm for Qemu {
     }
 
     fn start_vmm(&self, cfg: &VmConfig) -> Result<Proc, VmmError> {
-        self.check(cfg)?;
-        let run = RunDir(&cfg.run_dir);
-        let mut jail = jail(cfg)?;
-        let mut tap_fd = None;
-        if let (Some(j), Some(n)) = (jail.as_mut(), &cfg.net) {
-            use std::os::fd::AsRawFd;
-            let f = crate::host::net::tap::open_for_vmm(&n.tap)
-                .map_err(|e| VmmError::Unusable(crate::resources::error_chain(&e)))?;
-            tap_fd = Some(f.as_raw_fd());
-            j.pass_fds.push(f.into());
-        }
-        let args = args(cfg, hardware_kvm(), tap_fd);
-        std::fs::write(
-            run.config(),
-            serde_json::to_string_pretty(&serde_json::json!({ "qemu": args })).unwrap_or_default(),
-        )
-        .map_err(|e| VmmError::io("cannot write", &run.config(), e))?;
-        let mut qemu = Command::new(QEMU);
-        qemu.args(&args);
-        spawn_detached(qemu, &run.vmm_log(), QEMU, jail.as_ref())
+        start(cfg, false)
+    }
+
+    fn start_vmm_incoming(&self, cfg: &VmConfig) -> Result<Proc, VmmError> {
+        start(cfg, true)
     }
 
     fn fatal_log(&self, run_dir: &Path) -> Option<String> {
@@ -207,6 +211,48 @@ impl Vmm for Qemu {
             })
             .map(|l| format!("QEMU: {}", l.trim()))
     }
+
+    fn version(&self) -> String {
+        version()
+    }
+}
+
+/// QEMU's `--version` first line (a snapshot stream is only loaded by the same build).
+pub fn version() -> String {
+    static V: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    V.get_or_init(|| {
+        Command::new(QEMU)
+            .arg("--version")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8(o.stdout).ok())
+            .and_then(|s| s.lines().next().map(str::to_string))
+            .unwrap_or_else(|| "unknown".to_string())
+    })
+    .clone()
+}
+
+fn start(cfg: &VmConfig, incoming: bool) -> Result<Proc, VmmError> {
+    Qemu.check(cfg)?;
+    let run = RunDir(&cfg.run_dir);
+    let mut jail = jail(cfg)?;
+    let mut tap_fd = None;
+    if let (Some(j), Some(n)) = (jail.as_mut(), &cfg.net) {
+        use std::os::fd::AsRawFd;
+        let f = crate::host::net::tap::open_for_vmm(&n.tap)
+            .map_err(|e| VmmError::Unusable(crate::resources::error_chain(&e)))?;
+        tap_fd = Some(f.as_raw_fd());
+        j.pass_fds.push(f.into());
+    }
+    let args = args(cfg, hardware_kvm(), tap_fd, incoming);
+    std::fs::write(
+        run.config(),
+        serde_json::to_string_pretty(&serde_json::json!({ "qemu": args })).unwrap_or_default(),
+    )
+    .map_err(|e| VmmError::io("cannot write", &run.config(), e))?;
+    let mut qemu = Command::new(QEMU);
+    qemu.args(&args);
+    spawn_detached(qemu, &run.vmm_log(), QEMU, jail.as_ref())
 }
 
 #[cfg(test)]
@@ -236,18 +282,26 @@ mod tests {
             confine: None,
         };
         assert_eq!(
-            args(&cfg, false, None).join(" "),
+            args(&cfg, false, None, false).join(" "),
             "-accel tcg,tb-size=64 -cpu max -M pc -smp 1 -m 256 \
              -object memory-backend-memfd,id=mem,size=256M,share=on -numa node,memdev=mem \
-             -chardev socket,id=vsock,path=/s/run/a/vhost.sock -device vhost-user-vsock-pci,chardev=vsock \
-             -drive file=/s/drives/a-root.ext4,format=raw,if=none,id=root,cache=writeback -device virtio-blk-pci,drive=root \
-             -drive file=/s/drives/data.ext4,format=raw,if=none,id=data0,cache=writeback -device virtio-blk-pci,drive=data0,serial=fort-data \
-             -netdev tap,id=net0,ifname=fort-a,script=no,downscript=no -device virtio-net-pci,netdev=net0,mac=02:fc:0a:4d:00:02 \
+             -chardev socket,id=vsock,path=/s/run/a/vhost.sock -device vhost-user-vsock-pci,chardev=vsock,id=vsock0,addr=0x2 \
+             -drive file=/s/drives/a-root.ext4,format=raw,if=none,id=root,cache=writeback -device virtio-blk-pci,drive=root,addr=0x3 \
+             -drive file=/s/drives/data.ext4,format=raw,if=none,id=data0,cache=writeback -device virtio-blk-pci,drive=data0,addr=0x4,serial=fort-data \
+             -netdev tap,id=net0,ifname=fort-a,script=no,downscript=no -device virtio-net-pci,netdev=net0,mac=02:fc:0a:4d:00:02,addr=0x5 \
              -qmp unix:/s/run/a/qmp.sock,server=on,wait=off \
              -nographic -no-reboot -nodefaults -serial file:/s/run/a/console.log \
              -kernel /s/cache/vmlinuz -initrd /s/cache/initrd -append console=ttyS0 fort.hostname=a no_timer_check"
         );
-        let kvm = args(&cfg, true, None).join(" ");
+        // Restoring: no vsock device (plugged in after the load), the others in their slots.
+        let inc = args(&cfg, false, None, true).join(" ");
+        assert!(!inc.contains("vhost-user-vsock"), "{inc}");
+        assert!(
+            inc.contains("-device virtio-blk-pci,drive=root,addr=0x3 "),
+            "{inc}"
+        );
+        assert!(inc.ends_with(" no_timer_check -incoming defer -S"), "{inc}");
+        let kvm = args(&cfg, true, None, false).join(" ");
         assert!(kvm.starts_with("-accel kvm -cpu host "), "{kvm}");
         // The timer check is skipped only under TCG, and never twice.
         assert!(
@@ -258,7 +312,7 @@ mod tests {
             cmdline: "console=ttyS0 no_timer_check".into(),
             ..cfg.clone()
         };
-        assert!(args(&once, false, None)
+        assert!(args(&once, false, None, false)
             .join(" ")
             .ends_with("-append console=ttyS0 no_timer_check"));
         // Confined: the TAP comes as a descriptor, and QEMU's sandbox is on.
@@ -274,7 +328,7 @@ mod tests {
             }),
             ..cfg
         };
-        let a = args(&confined, false, Some(7)).join(" ");
+        let a = args(&confined, false, Some(7), false).join(" ");
         assert!(
             a.contains(" -netdev tap,id=net0,fd=7 -device virtio-net-pci"),
             "{a}"

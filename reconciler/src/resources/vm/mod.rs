@@ -9,6 +9,7 @@
 
 mod confine;
 mod ports;
+mod snapshot;
 mod steps;
 mod stop;
 
@@ -72,6 +73,15 @@ pub struct VmOutputs {
     /// Drive files given to the VM's uid (root's again when the VM is destroyed).
     #[serde(default)]
     pub owned: Vec<PathBuf>,
+    /// fort stopped the VM's vCPUs (`state = "paused"`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub paused: bool,
+    /// The snapshot a suspended VM resumes from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub suspended: Option<snapshot::SuspendRecord>,
+    /// A suspend in progress: its temporary directory, named before it exists.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshotting: Option<PathBuf>,
     /// What the agent reported of its data-drive mounts when this boot became ready.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub mounts: Vec<crate::host::agent::MountStatus>,
@@ -137,6 +147,7 @@ impl ResourceKind for Vm {
                     let opts = m.options.as_deref().unwrap_or("rw");
                     format!("mounts drive.{} at {} ({opts})", m.drive, m.path)
                 }));
+                c.details.extend(snapshot::plan_details(v, recorded, c.op));
             }
         }
         Ok(change)
@@ -171,8 +182,43 @@ impl ResourceKind for Vm {
                 what: left_behind(&out),
             });
         }
-        let stopped = record.spec.get("state").and_then(|s| s.as_str()) == Some("stopped");
+        let state = record.spec.get("state").and_then(|s| s.as_str());
+        let stopped = state == Some("stopped");
         let alive = out.started.is_some_and(|s| s.alive());
+        if out.snapshotting.is_some() {
+            return Ok(Observation::Drifted {
+                what: "a suspend was interrupted: its unfinished snapshot is removed".into(),
+            });
+        }
+        if state == Some("suspended") {
+            return Ok(if alive {
+                Observation::Drifted {
+                    what: "it is running but should be suspended".into(),
+                }
+            } else if out.suspended.is_none() {
+                Observation::Drifted {
+                    what: "it has no snapshot: it boots and is suspended".into(),
+                }
+            } else if let Some(why) = snapshot::unusable(&out, &restart_relevant(&record.spec)) {
+                Observation::Drifted {
+                    what: format!("its snapshot cannot be resumed ({why}): it will boot from its drives and be suspended again"),
+                }
+            } else {
+                Observation::Ok
+            });
+        }
+        if let Some(why) = out
+            .suspended
+            .as_ref()
+            .filter(|_| !alive)
+            .and_then(|_| snapshot::unusable(&out, &restart_relevant(&record.spec)))
+        {
+            return Ok(Observation::Missing {
+                what: format!(
+                    "its snapshot cannot be resumed ({why}): it will boot from its drives"
+                ),
+            });
+        }
         if stopped {
             return Ok(if alive {
                 Observation::Drifted {
@@ -214,6 +260,17 @@ impl ResourceKind for Vm {
         if let Some(what) = ports::observe(&out).await? {
             return Ok(Observation::Drifted { what });
         }
+        let vcpus_stopped = steps::vcpus_stopped(&out).await;
+        if state == Some("paused") && !vcpus_stopped && out.vmm == "qemu" {
+            return Ok(Observation::Drifted {
+                what: "its vCPUs run but it should be paused".into(),
+            });
+        }
+        if state != Some("paused") && vcpus_stopped {
+            return Ok(Observation::Drifted {
+                what: "its vCPUs are stopped".into(),
+            });
+        }
         Ok(Observation::Ok)
     }
 
@@ -230,60 +287,41 @@ impl ResourceKind for Vm {
             Some(o) => o,
             None => steps::intent(ctx, desired, spec)?,
         };
+        snapshot::recover(ctx, addr, &mut out).await?;
         if spec.state == VmState::Stopped {
             steps::stop(ctx, addr, &mut out).await?;
+            // Its memory is gone with it: a snapshot would resume a guest its drives moved past.
+            snapshot::discard(ctx, addr, &mut out)?;
             // Ports follow the address lease, which a stopped VM keeps.
             ports::publish(ctx, addr, spec, &mut out).await?;
             confine::release_cgroup(&mut out)?;
             return to_json(&out);
         }
         let want = restart_relevant(&desired.spec_json());
-        // What runs was started with an older fort that did not record `booted`: its row's
-        // spec is what it runs.
-        let booted = out.booted.clone().or_else(|| {
-            recorded
-                .filter(|r| r.applied_once())
-                .map(|r| restart_relevant(&r.spec))
-        });
-        if out.started.is_some_and(|s| s.alive()) && booted.as_ref() == Some(&want) {
-            // Adopt what runs: keep its attachment intact, and unless its last apply finished,
-            // wait for its agent as a boot would.
-            steps::attach(ctx, desired, spec, &mut out).await?;
-            ports::publish(ctx, addr, spec, &mut out).await?;
-            let finished = recorded.is_some_and(|r| r.status == Status::Ready);
-            let ready = if finished {
-                true
-            } else if let Ok(m) = steps::wait_ready(spec, &out).await {
-                steps::warn_unmounted(addr, &m);
-                out.mounts = m;
-                true
-            } else {
-                false
-            };
-            if ready {
-                out.booted = Some(want);
-                return to_json(&out);
-            }
-            tracing::warn!(
-                "{addr}: the VM an interrupted apply started does not answer: restarting it"
-            );
-        }
-        // Restarting, or starting after a crash: whatever is left of the previous run (e.g.
-        // the vsock helper of a VMM that was killed) goes first.
-        steps::stop(ctx, addr, &mut out).await?;
-        match steps::boot(ctx, desired, spec, &mut out, want).await {
-            Ok(()) => to_json(&out),
-            Err(e) => {
-                // A VM that never came up leaves nothing behind but its logs; a restarted one
-                // keeps its TAP and lease for the next try.
-                steps::stop(ctx, addr, &mut out).await?;
-                confine::release_cgroup(&mut out)?;
-                if fresh {
-                    steps::detach(ctx, addr, &mut out).await?;
+        if spec.state == VmState::Suspended && out.suspended.is_some() && !out.has_processes() {
+            match snapshot::unusable(&out, &want) {
+                None => {
+                    ports::publish(ctx, addr, spec, &mut out).await?;
+                    confine::release_cgroup(&mut out)?;
+                    return to_json(&out);
                 }
-                Err(e)
+                Some(why) => {
+                    tracing::warn!("{addr}: its snapshot is not resumed ({why}): it boots and is suspended again");
+                    snapshot::discard(ctx, addr, &mut out)?;
+                }
             }
         }
+        run(ctx, desired, recorded, spec, &mut out, want, fresh).await?;
+        match spec.state {
+            VmState::Paused if !out.paused => snapshot::pause(ctx, addr, spec, &mut out).await?,
+            VmState::Running if out.paused => snapshot::unpause(ctx, addr, &mut out).await?,
+            VmState::Suspended => {
+                snapshot::suspend(ctx, addr, spec, &mut out).await?;
+                confine::release_cgroup(&mut out)?;
+            }
+            _ => {}
+        }
+        to_json(&out)
     }
 
     async fn destroy(&self, ctx: &Ctx, recorded: &Record) -> Result<(), ResourceError> {
@@ -302,6 +340,94 @@ impl ResourceKind for Vm {
         }
         // Last: until here the uid's files and cgroup existed, and the row kept it.
         ctx.with_store(|s| s.release_uid(&recorded.address.to_string()))
+    }
+}
+
+/// Leave the VM running what `want` says: adopted when it already does, else resumed from
+/// its snapshot when it has a usable one, else booted.
+async fn run(
+    ctx: &Ctx,
+    desired: &Resource,
+    recorded: Option<&Record>,
+    spec: &VmSpec,
+    out: &mut VmOutputs,
+    want: serde_json::Value,
+    fresh: bool,
+) -> Result<(), ResourceError> {
+    let addr = &desired.address;
+    // What runs was started with an older fort that did not record `booted`: its row's
+    // spec is what it runs.
+    let booted = out.booted.clone().or_else(|| {
+        recorded
+            .filter(|r| r.applied_once())
+            .map(|r| restart_relevant(&r.spec))
+    });
+    let alive = out.started.is_some_and(|s| s.alive());
+    // A resume interrupted before its stream was loaded: that QEMU is of no use.
+    let half_loaded = alive && out.suspended.is_some();
+    if alive && !half_loaded && booted.as_ref() == Some(&want) {
+        // Adopt what runs: keep its attachment intact, and unless its last apply finished,
+        // wait for its agent as a boot would.
+        steps::attach(ctx, desired, spec, out).await?;
+        ports::publish(ctx, addr, spec, out).await?;
+        let finished = recorded.is_some_and(|r| r.status == Status::Ready);
+        // Stopped vCPUs — paused by fort, or a resume killed after its load — run again,
+        // unless the VM stays paused.
+        if (!finished || spec.state != VmState::Paused) && steps::vcpus_stopped(out).await {
+            snapshot::unpause(ctx, addr, out).await?;
+        }
+        let ready = if finished {
+            true
+        } else if let Ok(m) = steps::wait_ready(spec, out).await {
+            steps::warn_unmounted(addr, &m);
+            out.mounts = m;
+            true
+        } else {
+            false
+        };
+        if ready {
+            out.booted = Some(want);
+            return Ok(());
+        }
+        tracing::warn!(
+            "{addr}: the VM an interrupted apply started does not answer: restarting it"
+        );
+    }
+    // Restarting, or starting after a crash: whatever is left of the previous run (e.g.
+    // the vsock helper of a VMM that was killed) goes first.
+    steps::stop(ctx, addr, out).await?;
+    if out.suspended.is_some() {
+        match snapshot::unusable(out, &want) {
+            None => match snapshot::resume(ctx, desired, spec, out, want.clone()).await {
+                Ok(()) => return Ok(()),
+                Err(e) => {
+                    tracing::warn!(
+                        "{addr}: {}: it boots from its drives instead",
+                        super::error_chain(&e)
+                    );
+                    steps::stop(ctx, addr, out).await?;
+                }
+            },
+            Some(why) => {
+                tracing::warn!(
+                    "{addr}: its snapshot is not resumed ({why}): it boots from its drives"
+                )
+            }
+        }
+        snapshot::discard(ctx, addr, out)?;
+    }
+    match steps::boot(ctx, desired, spec, out, want).await {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            // A VM that never came up leaves nothing behind but its logs; a restarted one
+            // keeps its TAP and lease for the next try.
+            steps::stop(ctx, addr, out).await?;
+            confine::release_cgroup(out)?;
+            if fresh {
+                steps::detach(ctx, addr, out).await?;
+            }
+            Err(e)
+        }
     }
 }
 

@@ -67,6 +67,9 @@ pub(super) fn intent(
         cgroup: None,
         owned: Vec::new(),
         mounts: Vec::new(),
+        paused: false,
+        suspended: None,
+        snapshotting: None,
         run_dir,
     };
     ctx.step(&desired.address, Point::VmIntent, &out)?;
@@ -110,6 +113,20 @@ fn allocate_cid(ctx: &Ctx, addr: &Address) -> Result<u32, ResourceError> {
     Ok(cid)
 }
 
+/// Are the VM's vCPUs stopped (QEMU's `query-status`: paused by fort, or loaded from a
+/// snapshot and not yet continued)?
+pub(super) async fn vcpus_stopped(out: &VmOutputs) -> bool {
+    if out.vmm != "qemu" {
+        return false;
+    }
+    let run = out.run_dir.clone();
+    tokio::task::spawn_blocking(move || crate::host::vmm::qmp::status(&run))
+        .await
+        .ok()
+        .flatten()
+        .is_some_and(|s| s == "paused" || s == "prelaunch")
+}
+
 /// Step `vm.stopped`: whatever of the VM runs is stopped (agent, power button, signals).
 pub(super) async fn stop(
     ctx: &Ctx,
@@ -118,6 +135,13 @@ pub(super) async fn stop(
 ) -> Result<(), ResourceError> {
     if out.started.is_none() && out.helper.is_none() {
         return Ok(());
+    }
+    if out.paused || vcpus_stopped(out).await {
+        // A paused guest cannot shut itself down.
+        let run = out.run_dir.clone();
+        let _ = tokio::task::spawn_blocking(move || crate::host::vmm::qemu_snapshot::resume(&run))
+            .await;
+        out.paused = false;
     }
     stopping::stop(out).await;
     out.started = None;
@@ -321,13 +345,77 @@ pub(super) fn mount_params(spec: &VmSpec) -> String {
     out
 }
 
-async fn blocking<T: Send + 'static>(
+pub(super) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, crate::host::vmm::VmmError> + Send + 'static,
 ) -> Result<T, ResourceError> {
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| ResourceError::Check(format!("VMM start task failed: {e}")))?
         .map_err(|e| ResourceError::Check(super::super::error_chain(&e)))
+}
+
+/// Everything before a VMM starts: attached, ports published, confined, run dir prepared;
+/// the VMM's config and backend.
+pub(super) async fn prepare_boot(
+    ctx: &Ctx,
+    desired: &Resource,
+    spec: &VmSpec,
+    out: &mut VmOutputs,
+) -> Result<(VmConfig, std::sync::Arc<dyn crate::host::vmm::Vmm>), ResourceError> {
+    let addr = &desired.address;
+    attach(ctx, desired, spec, out).await?;
+    super::ports::publish(ctx, addr, spec, out).await?;
+    let mut cfg = config(ctx, desired, spec, out)?;
+    cfg.confine = super::confine::prepare(ctx, addr, spec, out, &cfg)?;
+    let vmm: std::sync::Arc<dyn crate::host::vmm::Vmm> = backend(ctx, spec)?.into();
+    vmm.check(&cfg)
+        .map_err(|e| ResourceError::Check(super::super::error_chain(&e)))?;
+    RunDir(&cfg.run_dir)
+        .prepare()
+        .map_err(|e| ResourceError::Check(super::super::error_chain(&e)))?;
+    Ok((cfg, vmm))
+}
+
+/// After a restore: the guest's clock is the snapshot's, its RNG state another boot's. The
+/// agent steps the clock to the host's and reseeds its RNG (`fort/identity`). Best effort:
+/// a guest that cannot do it is named in a warning, and keeps running.
+pub(super) async fn after_restore(addr: &Address, out: &VmOutputs) {
+    use base64::Engine;
+    let mut entropy = [0u8; 64];
+    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
+        use std::io::Read;
+        let _ = f.read_exact(&mut entropy);
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    let ep = Endpoint::VsockUds(out.vsock_uds.clone());
+    let asked = async {
+        let c = Client::connect(&ep, Duration::from_secs(5)).await.ok()?;
+        c.request(
+            "fort/identity",
+            serde_json::json!({
+                "time_unix_ns": now,
+                "entropy": base64::engine::general_purpose::STANDARD.encode(entropy),
+            }),
+        )
+        .await
+        .ok()
+    };
+    match tokio::time::timeout(Duration::from_secs(10), asked).await {
+        Ok(Some(r)) => {
+            tracing::info!("{addr}: restored; the guest's clock was stepped: {r}");
+            if let Some(errs) = r.get("errors").and_then(|e| e.as_array()) {
+                for e in errs {
+                    tracing::warn!("{addr}: after the restore: {e}");
+                }
+            }
+        }
+        _ => tracing::warn!(
+            "{addr}: the agent did not take the host's time after the restore: the guest's clock is the snapshot's"
+        ),
+    }
 }
 
 /// Attach, prepare the run dir, spawn the helper and the VMM (each recorded the moment it
@@ -340,16 +428,7 @@ pub(super) async fn boot(
     booted: serde_json::Value,
 ) -> Result<(), ResourceError> {
     let addr = &desired.address;
-    attach(ctx, desired, spec, out).await?;
-    super::ports::publish(ctx, addr, spec, out).await?;
-    let mut cfg = config(ctx, desired, spec, out)?;
-    cfg.confine = super::confine::prepare(ctx, addr, spec, out, &cfg)?;
-    let vmm: std::sync::Arc<dyn crate::host::vmm::Vmm> = backend(ctx, spec)?.into();
-    vmm.check(&cfg)
-        .map_err(|e| ResourceError::Check(super::super::error_chain(&e)))?;
-    RunDir(&cfg.run_dir)
-        .prepare()
-        .map_err(|e| ResourceError::Check(super::super::error_chain(&e)))?;
+    let (cfg, vmm) = prepare_boot(ctx, desired, spec, out).await?;
     let t0 = Instant::now();
 
     let (v, c) = (vmm.clone(), cfg.clone());

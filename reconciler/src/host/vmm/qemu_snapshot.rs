@@ -1,0 +1,281 @@
+//! QEMU's pause, suspend and restore over QMP. QEMU refuses to migrate a VM with a
+//! vhost-user-vsock device ("State blocked by non-migratable device"), so suspending unplugs
+//! it first (ACPI hot-unplug: the guest's agent keeps listening) and restoring plugs a fresh
+//! one in, served by a new vhost-device-vsock. The state stream goes through a pipe fort
+//! reads, hashing it as it writes the file; restoring feeds the file back the same way and
+//! checks the hash before the guest runs a single instruction.
+
+use std::io::{Read, Write};
+use std::os::fd::AsFd;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use sha2::{Digest, Sha256};
+
+use super::qmp::Qmp;
+use super::RunDir;
+use crate::host::snapshot::{free_bytes, SnapshotError, STATE_FILE};
+use crate::manifest::units::human_size;
+
+/// The vsock device's id and PCI slot (QEMU's args give every device a fixed slot, so the
+/// restored VM's devices sit where the snapshot expects them without it).
+pub const VSOCK_ID: &str = "vsock0";
+pub const VSOCK_CHARDEV: &str = "vsock";
+pub const VSOCK_ADDR: &str = "0x2";
+
+const UNPLUG_TIMEOUT: Duration = Duration::from_secs(20);
+const STREAM_TIMEOUT: Duration = Duration::from_secs(600);
+
+fn qmp(run_dir: &Path) -> Result<Qmp, SnapshotError> {
+    Ok(Qmp::connect(
+        &RunDir(run_dir).qmp(),
+        Duration::from_secs(5),
+    )?)
+}
+
+/// Stop the vCPUs (memory kept).
+pub fn pause(run_dir: &Path) -> Result<(), SnapshotError> {
+    qmp(run_dir)?.execute("stop", json!({}))?;
+    Ok(())
+}
+
+/// Let the vCPUs run again.
+pub fn resume(run_dir: &Path) -> Result<(), SnapshotError> {
+    qmp(run_dir)?.execute("cont", json!({}))?;
+    Ok(())
+}
+
+/// Plug a vsock device in, on the vhost-user socket of the run dir (a new
+/// vhost-device-vsock, or the one the device was unplugged from).
+pub fn plug_vsock(q: &mut Qmp, run_dir: &Path) -> Result<(), SnapshotError> {
+    let _ = q.execute("chardev-remove", json!({ "id": VSOCK_CHARDEV }));
+    let path = RunDir(run_dir).vhost();
+    q.execute(
+        "chardev-add",
+        json!({ "id": VSOCK_CHARDEV, "backend": { "type": "socket", "data": {
+            "addr": { "type": "unix", "data": { "path": path.display().to_string() } },
+            "server": false } } }),
+    )?;
+    q.execute(
+        "device_add",
+        json!({ "driver": "vhost-user-vsock-pci", "chardev": VSOCK_CHARDEV, "id": VSOCK_ID, "addr": VSOCK_ADDR }),
+    )?;
+    Ok(())
+}
+
+fn unplug_vsock(q: &mut Qmp) -> Result<(), SnapshotError> {
+    if !q.has_device(VSOCK_ID)? {
+        return Ok(());
+    }
+    q.execute("device_del", json!({ "id": VSOCK_ID }))?;
+    let end = Instant::now() + UNPLUG_TIMEOUT;
+    while q.has_device(VSOCK_ID)? {
+        if Instant::now() > end {
+            return Err(SnapshotError::Failed(format!(
+                "the guest did not release its vsock device within {}s (ACPI hot-unplug)",
+                UNPLUG_TIMEOUT.as_secs()
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
+/// Poll `query-migrate` until the stream is done; its final `status`.
+fn wait_migration(q: &mut Qmp, end: Instant) -> Result<serde_json::Value, SnapshotError> {
+    loop {
+        let r = q.execute("query-migrate", json!({}))?;
+        match r.get("status").and_then(|s| s.as_str()) {
+            Some("completed") | Some("failed") | Some("cancelled") => return Ok(r),
+            _ if Instant::now() > end => {
+                return Err(SnapshotError::Failed(
+                    "the snapshot stream did not finish in time".into(),
+                ))
+            }
+            _ => std::thread::sleep(Duration::from_millis(10)),
+        }
+    }
+}
+
+/// What a snapshot stream came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stream {
+    pub bytes: u64,
+    pub sha256: String,
+}
+
+/// Write a full snapshot of the running VM to `dir/vmstate` (created, fsynced by the caller's
+/// commit). On success the VM is left stopped (the caller ends QEMU); on failure it runs
+/// again with its vsock device back, and the partial file is removed.
+pub fn suspend(run_dir: &Path, dir: &Path, memory_bytes: u64) -> Result<Stream, SnapshotError> {
+    let mut q = qmp(run_dir)?;
+    let was_running = q.status()? == "running";
+    unplug_vsock(&mut q)?;
+    let out = suspend_stream(&mut q, dir, memory_bytes);
+    if out.is_err() {
+        let _ = std::fs::remove_file(dir.join(STATE_FILE));
+        // Back as it was: a failed suspend loses nothing.
+        let _ = plug_vsock(&mut q, run_dir);
+        if was_running {
+            let _ = q.execute("cont", json!({}));
+        }
+    }
+    out
+}
+
+fn suspend_stream(q: &mut Qmp, dir: &Path, memory_bytes: u64) -> Result<Stream, SnapshotError> {
+    q.execute("stop", json!({}))?;
+    // QEMU's default bandwidth cap (32 MiB/s) is for live migration over a network.
+    q.execute(
+        "migrate-set-parameters",
+        json!({ "max-bandwidth": 64u64 << 30 }),
+    )?;
+    let path = dir.join(STATE_FILE);
+    let free = free_bytes(dir);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&path)
+        .map_err(|e| SnapshotError::io("cannot create", &path, e))?;
+    let (rx, tx) = rustix::pipe::pipe()
+        .map_err(|e| SnapshotError::io("cannot make a pipe for", &path, e.into()))?;
+    q.execute_with_fd("getfd", json!({ "fdname": "fort-snapshot" }), tx.as_fd())?;
+    drop(tx);
+    let writer = std::thread::spawn(move || -> Result<Stream, (std::io::Error, u64)> {
+        let mut rx = std::fs::File::from(rx);
+        let mut h = Sha256::new();
+        let mut buf = vec![0u8; 1 << 20];
+        let mut bytes = 0u64;
+        loop {
+            let n = rx.read(&mut buf).map_err(|e| (e, bytes))?;
+            if n == 0 {
+                break;
+            }
+            file.write_all(&buf[..n]).map_err(|e| (e, bytes))?;
+            h.update(&buf[..n]);
+            bytes += n as u64;
+        }
+        Ok(Stream {
+            bytes,
+            sha256: hex::encode(h.finalize()),
+        })
+    });
+    let started = q.execute("migrate", json!({ "uri": "fd:fort-snapshot" }));
+    if let Err(e) = started {
+        let _ = q.execute("closefd", json!({ "fdname": "fort-snapshot" }));
+        let _ = writer.join();
+        return Err(e.into());
+    }
+    let r = wait_migration(q, Instant::now() + STREAM_TIMEOUT);
+    let written = writer
+        .join()
+        .map_err(|_| SnapshotError::Failed("the snapshot writer panicked".into()))?;
+    let r = r?;
+    match written {
+        Err((e, bytes)) if e.raw_os_error() == Some(libc::ENOSPC) => Err(SnapshotError::DiskFull {
+            needed: human_size(memory_bytes),
+            written: human_size(bytes),
+            free: human_size(free.saturating_sub(bytes)),
+            path,
+        }),
+        Err((e, _)) => Err(SnapshotError::io("cannot write", &path, e)),
+        Ok(s) => {
+            let status = r.get("status").and_then(|s| s.as_str()).unwrap_or("?");
+            if status != "completed" {
+                let why = r
+                    .get("error-desc")
+                    .and_then(|s| s.as_str())
+                    .unwrap_or(status);
+                return Err(SnapshotError::Failed(format!(
+                    "QEMU could not write the snapshot: {why}"
+                )));
+            }
+            Ok(s)
+        }
+    }
+}
+
+/// Load a snapshot into a QEMU started with `-incoming defer -S` (see `qemu::args`), check
+/// the stream's checksum and plug a vsock device in; the guest stays stopped until
+/// [`resume`]. On error the caller stops that QEMU (it never ran the guest).
+pub fn load(
+    run_dir: &Path,
+    dir: &Path,
+    sha256: &str,
+    alive: impl Fn() -> bool,
+) -> Result<(), SnapshotError> {
+    let path = dir.join(STATE_FILE);
+    let mut file =
+        std::fs::File::open(&path).map_err(|e| SnapshotError::io("cannot open", &path, e))?;
+    let mut q = qmp(run_dir)?;
+    let (rx, tx) = rustix::pipe::pipe()
+        .map_err(|e| SnapshotError::io("cannot make a pipe for", &path, e.into()))?;
+    q.execute_with_fd("getfd", json!({ "fdname": "fort-snapshot" }), rx.as_fd())?;
+    drop(rx);
+    let feeder = std::thread::spawn(move || -> std::io::Result<String> {
+        let mut tx = std::fs::File::from(tx);
+        let mut h = Sha256::new();
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = file.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            h.update(&buf[..n]);
+            // A QEMU that gave up on a bad stream closes its end: the rest is not needed.
+            if tx.write_all(&buf[..n]).is_err() {
+                // Still hash the whole file, so a corrupt one is named as such.
+                loop {
+                    let n = file.read(&mut buf)?;
+                    if n == 0 {
+                        break;
+                    }
+                    h.update(&buf[..n]);
+                }
+                break;
+            }
+        }
+        Ok(hex::encode(h.finalize()))
+    });
+    q.execute("migrate-incoming", json!({ "uri": "fd:fort-snapshot" }))?;
+    let end = Instant::now() + STREAM_TIMEOUT;
+    let loaded = loop {
+        if !alive() {
+            break Err(SnapshotError::Failed(
+                "QEMU exited while loading the snapshot".into(),
+            ));
+        }
+        match q.status() {
+            Ok(s) if s == "inmigrate" => {}
+            Ok(_) => break Ok(()),
+            Err(e) => break Err(e.into()),
+        }
+        if Instant::now() > end {
+            break Err(SnapshotError::Failed(
+                "loading the snapshot did not finish in time".into(),
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let hash = feeder
+        .join()
+        .map_err(|_| SnapshotError::Failed("the snapshot reader panicked".into()))?
+        .map_err(|e| SnapshotError::io("cannot read", &path, e))?;
+    if hash != sha256 {
+        return Err(SnapshotError::Failed(format!(
+            "{} is corrupt: its sha256 is {hash}, the snapshot recorded {sha256}",
+            path.display()
+        )));
+    }
+    loaded?;
+    let r = q.execute("query-migrate", json!({}))?;
+    if let Some(s) = r.get("status").and_then(|s| s.as_str()) {
+        if s != "completed" {
+            return Err(SnapshotError::Failed(format!(
+                "QEMU could not load the snapshot: {s}"
+            )));
+        }
+    }
+    plug_vsock(&mut q, run_dir)
+}
