@@ -114,10 +114,9 @@ mod tests {
 
     #[test]
     fn defaults() {
-        let a: IdentityArgs = serde_json::from_value(
-            json!({"time_unix_ns": 7, "network": {"mac": "m", "ip": "i"}}),
-        )
-        .unwrap();
+        let a: IdentityArgs =
+            serde_json::from_value(json!({"time_unix_ns": 7, "network": {"mac": "m", "ip": "i"}}))
+                .unwrap();
         assert_eq!(a.entropy, "");
         assert_eq!(a.hostname, None);
         assert_eq!(a.machine_id, None);
