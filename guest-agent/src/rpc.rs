@@ -225,6 +225,7 @@ mod tests {
             Parsed::Reply(v) => v,
             Parsed::Nothing => panic!("no reply to {line}"),
             Parsed::Call { .. } => panic!("a call from {line}"),
+            Parsed::Identity { .. } => panic!("an identity call from {line}"),
         }
     }
 
