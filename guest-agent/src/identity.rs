@@ -521,10 +521,10 @@ mod tests {
             assert!(r.reseeded);
             assert_eq!(r.hostname.as_deref(), Some("clone-7"));
             assert_eq!(r.machine_id.as_deref(), Some(id));
-            assert_eq!(
-                std::fs::read_to_string("/sys/class/net/eth0/address").unwrap(),
-                "02:fc:00:00:00:07\n"
-            );
+            // Not /sys/class/net: sysfs shows the namespace it was mounted in (the host's).
+            let link: serde_json::Value =
+                serde_json::from_str(&sh("ip -j link show dev eth0")).unwrap();
+            assert_eq!(link[0]["address"], "02:fc:00:00:00:07");
             let addrs: serde_json::Value =
                 serde_json::from_str(&sh("ip -j -4 addr show dev eth0")).unwrap();
             let got: Vec<String> = addrs[0]["addr_info"]
