@@ -6,6 +6,7 @@
 //! Dependencies stay at serde and serde_json: this crate is linked into the static agent,
 //! which must stay small (docs/guest-agent.md).
 
+pub mod identity;
 pub mod process;
 pub mod rpc;
 pub mod schema;

@@ -7,7 +7,7 @@
 //! agent keeps serving.
 
 pub mod mounts;
-mod net;
+pub(crate) mod net;
 pub mod service;
 
 use std::collections::HashSet;
@@ -113,21 +113,27 @@ pub fn configure(fstab: Option<&std::path::Path>) {
     // Before the listeners: the first `initialize` already carries the mount reports.
     mounts::mount_all(&params, fstab);
     if !params.dns.is_empty() {
-        let text: String = params
-            .dns
-            .iter()
-            .map(|a| format!("nameserver {a}\n"))
-            .collect();
-        let _ = std::fs::create_dir_all("/etc");
-        // A distro's resolv.conf may be a link into /run (systemd-resolved, resolvconf) that
-        // does not exist yet: fort's servers replace it with a plain file.
-        if std::fs::symlink_metadata("/etc/resolv.conf").is_ok_and(|m| m.file_type().is_symlink()) {
-            let _ = std::fs::remove_file("/etc/resolv.conf");
-        }
-        if let Err(e) = std::fs::write("/etc/resolv.conf", text) {
+        if let Err(e) = write_resolv_conf(std::path::Path::new("/"), &params.dns) {
             log(format!("cannot write /etc/resolv.conf: {e}"));
         }
     }
+}
+
+/// Write `root`/etc/resolv.conf naming `dns` (at boot and for `fort/identity`).
+pub(crate) fn write_resolv_conf(
+    root: &std::path::Path,
+    dns: &[std::net::IpAddr],
+) -> std::io::Result<()> {
+    let text: String = dns.iter().map(|a| format!("nameserver {a}\n")).collect();
+    let etc = root.join("etc");
+    let _ = std::fs::create_dir_all(&etc);
+    let path = etc.join("resolv.conf");
+    // A distro's resolv.conf may be a link into /run (systemd-resolved, resolvconf) that
+    // does not exist yet: fort's servers replace it with a plain file.
+    if std::fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_symlink()) {
+        let _ = std::fs::remove_file(&path);
+    }
+    std::fs::write(&path, text)
 }
 
 fn mount_basics() {

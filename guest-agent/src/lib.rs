@@ -5,6 +5,7 @@
 //! targets and tests can drive request handling directly, without a socket or a VM.
 
 pub mod hello;
+pub mod identity;
 pub mod image;
 pub mod init;
 pub mod process;

@@ -35,6 +35,12 @@ pub enum Parsed {
         name: String,
         args: Value,
     },
+    /// `fort/identity` (no `initialize` needed): apply it (it changes the system), then answer
+    /// with `identity_result`. Parsing never applies it, so fuzzing `parse` is harmless.
+    Identity {
+        id: Value,
+        args: fort_agent_protocol::identity::IdentityArgs,
+    },
 }
 
 /// JSON-RPC ids this agent answers with: strings and integers (null is only for errors).
@@ -129,6 +135,11 @@ pub fn parse(session: &mut Session, line: &[u8]) -> Parsed {
             INVALID_REQUEST,
             "invalid request: fort/tunnel must be the first request on a new connection",
         )),
+        // fort's readiness code calls it on a fresh connection, before any `initialize`.
+        fort_agent_protocol::identity::METHOD => match serde_json::from_value(params) {
+            Ok(args) => Parsed::Identity { id, args },
+            Err(e) => Parsed::Reply(error(id, INVALID_PARAMS, format!("invalid params: {e}"))),
+        },
         _ if !session.initialized => Parsed::Reply(error(
             id,
             NOT_INITIALIZED,
@@ -175,6 +186,11 @@ pub fn parse(session: &mut Session, line: &[u8]) -> Parsed {
     }
 }
 
+/// The response to a finished `fort/identity`.
+pub fn identity_result(id: Value, r: &fort_agent_protocol::identity::IdentityResult) -> Value {
+    result(id, serde_json::to_value(r).unwrap_or(Value::Null))
+}
+
 /// The response to a finished tool call.
 pub fn call_result(id: Value, outcome: Result<tools::Output, tools::ToolError>) -> Value {
     match outcome {
@@ -209,6 +225,7 @@ mod tests {
             Parsed::Reply(v) => v,
             Parsed::Nothing => panic!("no reply to {line}"),
             Parsed::Call { .. } => panic!("a call from {line}"),
+            Parsed::Identity { .. } => panic!("an identity call from {line}"),
         }
     }
 
@@ -227,5 +244,27 @@ mod tests {
         // Valid ids are still echoed.
         assert_eq!(reply(r#"{"jsonrpc":"2.0","id":7}"#)["id"], json!(7));
         assert_eq!(reply(r#"{"id":"a"}"#)["id"], json!("a"));
+    }
+
+    /// `fort/identity` needs no `initialize`; bad params are refused without applying anything.
+    #[test]
+    fn identity_needs_no_initialize_and_checks_its_params() {
+        let mut s = Session::default();
+        let line =
+            br#"{"jsonrpc":"2.0","id":3,"method":"fort/identity","params":{"time_unix_ns":5}}"#;
+        match parse(&mut s, line) {
+            Parsed::Identity { id, args } => {
+                assert_eq!(id, json!(3));
+                assert_eq!(args.time_unix_ns, 5);
+            }
+            _ => panic!("not an identity call"),
+        }
+        let v = reply(
+            r#"{"jsonrpc":"2.0","id":4,"method":"fort/identity","params":{"time_unix_ns":5,"x":1}}"#,
+        );
+        assert_eq!(v["error"]["code"], json!(INVALID_PARAMS));
+        assert!(!s.initialized);
+        let tools = serde_json::to_string(&tools::list()).unwrap_or_default();
+        assert!(!tools.contains("fort/identity"));
     }
 }

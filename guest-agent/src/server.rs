@@ -76,6 +76,28 @@ where
                     break;
                 }
             }
+            Parsed::Identity { id, args } => {
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    let r = tokio::task::spawn_blocking(move || {
+                        crate::identity::apply(
+                            &args,
+                            std::path::Path::new("/"),
+                            &crate::identity::SystemClock,
+                        )
+                    })
+                    .await;
+                    let msg = match r {
+                        Ok(r) => rpc::identity_result(id, &r),
+                        Err(e) => rpc::error(
+                            id,
+                            rpc::INVALID_REQUEST,
+                            format!("fort/identity failed: {e}"),
+                        ),
+                    };
+                    let _ = tx.send(msg).await;
+                });
+            }
             Parsed::Call { id, name, args } => {
                 let tx = tx.clone();
                 // Bound the calls in flight per connection so a flood cannot exhaust memory.
