@@ -419,8 +419,7 @@ pub fn record_version(dir: &Path, version: &str) -> Result<(), VmmError> {
 /// supports (docs/snapshotting/versioning.md), and a refused load ends the process.
 pub fn check_version(dir: &Path, version: &str) -> Result<(), VmmError> {
     let f = dir.join(VERSION_FILE);
-    let recorded =
-        std::fs::read_to_string(&f).map_err(|e| VmmError::io("cannot read", &f, e))?;
+    let recorded = std::fs::read_to_string(&f).map_err(|e| VmmError::io("cannot read", &f, e))?;
     let (recorded, version) = (recorded.trim(), version.trim());
     if recorded != version {
         return Err(VmmError::Unusable(format!(
