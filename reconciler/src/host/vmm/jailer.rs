@@ -86,6 +86,24 @@ pub fn config(cfg: &VmConfig, jail: &Jail) -> Value {
 /// differ from one controller to the next and so is not one `--parent-cgroup`: no cgroup
 /// arguments then, fort's placement stands.
 pub fn args(jail: &Jail, confine: &Confine) -> Vec<String> {
+    let mut a = jailer_args(jail, confine);
+    for s in [
+        "--",
+        "--config-file",
+        "/config.json",
+        "--api-sock",
+        "/api.sock",
+        "--log-path",
+        "/vmm.log",
+    ] {
+        a.push(s.into());
+    }
+    a
+}
+
+/// The jailer's own arguments (everything before `--`), shared by a boot ([`args`]) and a
+/// snapshot restore (`firecracker_snapshot::jailed_restore_args`).
+pub(crate) fn jailer_args(jail: &Jail, confine: &Confine) -> Vec<String> {
     let mut a: Vec<String> = vec![
         "--id".into(),
         jail.id.clone(),
@@ -119,17 +137,6 @@ pub fn args(jail: &Jail, confine: &Confine) -> Vec<String> {
             a.push(format!("{file}={value}"));
         }
     }
-    for s in [
-        "--",
-        "--config-file",
-        "/config.json",
-        "--api-sock",
-        "/api.sock",
-        "--log-path",
-        "/vmm.log",
-    ] {
-        a.push(s.into());
-    }
     a
 }
 
@@ -139,7 +146,7 @@ fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> 
 
 /// Hard-link `from` to `to`, replacing `to`; across filesystems a hard link cannot be made,
 /// which for a drive is an error (a copy would not be the drive).
-fn link(from: &Path, to: &Path) -> Result<(), VmmError> {
+pub(crate) fn link(from: &Path, to: &Path) -> Result<(), VmmError> {
     match std::fs::remove_file(to) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
             return Err(io("cannot remove", to)(e))
@@ -159,7 +166,7 @@ fn link(from: &Path, to: &Path) -> Result<(), VmmError> {
     })
 }
 
-fn chown(path: &Path, uid: u32, gid: u32) -> Result<(), VmmError> {
+pub(crate) fn chown(path: &Path, uid: u32, gid: u32) -> Result<(), VmmError> {
     std::os::unix::fs::chown(path, Some(uid), Some(gid)).map_err(io("cannot chown", path))
 }
 
@@ -221,4 +228,4 @@ pub fn prepare(cfg: &VmConfig, confine: &Confine, binary: &Path) -> Result<Jail,
 
 #[cfg(test)]
 #[path = "jailer_tests.rs"]
-mod tests;
+pub(crate) mod tests;

@@ -18,7 +18,7 @@ fn golden(name: &str) -> String {
     std::fs::read_to_string(&p).unwrap()
 }
 
-fn confine(version: u8) -> Confine {
+pub(crate) fn confine(version: u8) -> Confine {
     Confine {
         uid: 2_000_000_007,
         gid: 2_000_000_007,

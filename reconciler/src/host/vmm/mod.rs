@@ -4,6 +4,7 @@
 //! the agent client, `fort exec`, `fort mcp` and `fort console` work the same on both.
 
 pub mod firecracker;
+pub mod firecracker_snapshot;
 pub mod jailer;
 pub mod process;
 pub mod qemu;
@@ -32,6 +33,22 @@ pub enum VmmError {
     },
     #[error("{0}")]
     Unusable(String),
+    /// Firecracker answered an API request with an error status and its `fault_message`.
+    #[error("Firecracker refused {method} {path}: {fault} (HTTP {status})")]
+    Api {
+        method: &'static str,
+        path: &'static str,
+        status: u16,
+        fault: String,
+    },
+    #[error("Firecracker did not answer {method} {path} within {after:?}")]
+    ApiTimeout {
+        method: &'static str,
+        path: &'static str,
+        after: Duration,
+    },
+    #[error("Firecracker's API socket {} did not appear within {after:?}", path.display())]
+    NoApiSocket { path: PathBuf, after: Duration },
 }
 
 impl VmmError {
@@ -245,18 +262,11 @@ pub fn hardware_kvm() -> bool {
 pub async fn request_poweroff(run_dir: &Path) -> bool {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let run = RunDir(run_dir);
-    if let Ok(mut s) = tokio::net::UnixStream::connect(run.api()).await {
-        let body = r#"{"action_type":"SendCtrlAltDel"}"#;
-        let req = format!(
-            "PUT /actions HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        );
-        if s.write_all(req.as_bytes()).await.is_ok() {
-            let mut buf = [0u8; 64];
-            let n = s.read(&mut buf).await.unwrap_or(0);
-            return String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 204");
-        }
-        return false;
+    if let Ok(s) = tokio::net::UnixStream::connect(run.api()).await {
+        let req = firecracker_snapshot::ctrl_alt_del();
+        return firecracker_snapshot::call_on(s, &run.api(), &req, Duration::from_secs(10))
+            .await
+            .is_ok();
     }
     if let Ok(mut s) = tokio::net::UnixStream::connect(run.qmp()).await {
         let mut buf = vec![0u8; 4096];
