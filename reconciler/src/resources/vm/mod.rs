@@ -332,6 +332,14 @@ impl ResourceKind for Vm {
         crate::crash::hit(Point::VmDetached);
         confine::undo(&mut out)?;
         crate::crash::hit(Point::VmUnconfined);
+        // Its snapshots describe a VM that is gone.
+        let snaps = crate::host::snapshot::vm_dir(&ctx.state_dir, &recorded.address.name);
+        match std::fs::remove_dir_all(&snaps) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(ResourceError::io("cannot remove", &snaps, e))
+            }
+            _ => {}
+        }
         match std::fs::remove_dir_all(&out.run_dir) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
                 return Err(ResourceError::io("cannot remove", &out.run_dir, e))
