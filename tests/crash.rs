@@ -45,6 +45,11 @@ enum Trigger {
     Leftover,
     /// `fort destroy` (with a leftover temp file when asked).
     Destroy { leftover: bool },
+    /// vm.a goes to `state = "paused"` (or `"suspended"`); once that converged, back to
+    /// running.
+    State(&'static str),
+    /// vm.a is suspended, then resumed from its snapshot (the crash is in the resume).
+    Resume,
 }
 
 /// The case for each point. No wildcard: a new point needs a case here.
@@ -67,6 +72,9 @@ fn trigger(p: Point) -> Trigger {
         | Point::VmHelper
         | Point::VmSpawned => Trigger::Replace("vm.a"),
         Point::VmStopped => Trigger::RestartVm,
+        Point::VmPaused => Trigger::State("paused"),
+        Point::VmSnapshotIntent | Point::VmSnapshotWritten => Trigger::State("suspended"),
+        Point::VmResuming => Trigger::Resume,
         Point::ReplaceDestroyed => Trigger::Replace("firecracker.fc"),
         Point::ActionDone => Trigger::Replace("kernel.deb"),
         Point::OrphansRemoved => Trigger::Leftover,
@@ -94,6 +102,8 @@ struct Matrix {
     scratch_mib: u32,
     memory_mib: u32,
     data_sha: Option<String>,
+    /// vm.a's `state`.
+    vm_state: &'static str,
 }
 
 impl Matrix {
@@ -147,6 +157,7 @@ drives = ["data"]
 memory = "{memory}MiB"
 network = "lan"
 ports = ["18080:80"]
+state = "{vm_state}"
 "#,
             url = self.srv.url("").trim_end_matches('/'),
             fc = sha256_hex(&fc_tgz()),
@@ -156,6 +167,7 @@ ports = ["18080:80"]
             overlay = self.overlay,
             scratch = self.scratch_mib,
             memory = self.memory_mib,
+            vm_state = self.vm_state,
         ));
     }
 
@@ -238,6 +250,11 @@ fn assert_converged(m: &Matrix, case: &str) {
     assert!(
         rows.iter().all(|r| r["status"] == "ready"),
         "{case}: {rows:?}"
+    );
+    assert!(
+        !state.join("snapshots/a/suspend").exists()
+            && !state.join("snapshots/a/.suspend.tmp").exists(),
+        "{case}: a snapshot of the running vm.a is left"
     );
     let vm = rows.iter().find(|r| r["address"] == "vm.a").unwrap();
     let started = &vm["outputs"]["started"];
@@ -377,6 +394,7 @@ fn every_crash_point_converges_and_leaks_nothing() {
             scratch_mib: 256,
             memory_mib: 192,
             data_sha: None,
+            vm_state: "running",
         };
         let _console = ConsoleOnFailure(m.state().join("run"));
         m.write();
@@ -432,11 +450,48 @@ fn every_crash_point_converges_and_leaks_nothing() {
                     m.temp_leftover();
                     vec!["apply".into(), "--yes".into()]
                 }
+                Trigger::State(s) => {
+                    m.vm_state = s;
+                    m.write();
+                    vec!["apply".into(), "--yes".into()]
+                }
+                Trigger::Resume => {
+                    m.vm_state = "suspended";
+                    m.write();
+                    m.ok(&["apply", "--yes"]);
+                    m.vm_state = "running";
+                    m.write();
+                    vec!["apply".into(), "--yes".into()]
+                }
             };
             let args: Vec<&str> = args.iter().map(String::as_str).collect();
             let t0 = std::time::Instant::now();
             m.crash(&args, p);
             m.ok(&["apply", "--yes"]);
+            if let Trigger::State(s) = t {
+                // Converged to the state it was killed on the way to: nothing more to do, no
+                // unfinished snapshot left; then back to running for the common checks.
+                let plan = m.fort(&["plan", "--detailed-exitcode"], None);
+                assert_eq!(
+                    plan.status.code(),
+                    Some(0),
+                    "{case}: the plan after converging to {s} is not empty:\n{}",
+                    String::from_utf8_lossy(&plan.stdout)
+                );
+                let snaps = m.state().join("snapshots/a");
+                assert!(
+                    !snaps.join(".suspend.tmp").exists(),
+                    "{case}: a temporary snapshot is left"
+                );
+                assert_eq!(
+                    snaps.join("suspend/snapshot.json").exists(),
+                    s == "suspended",
+                    "{case}"
+                );
+                m.vm_state = "running";
+                m.write();
+                m.ok(&["apply", "--yes"]);
+            }
             assert_converged(&m, &case);
             if p == Point::DriveResizing {
                 // The killed resize is finished: the filesystem fills the longer file.

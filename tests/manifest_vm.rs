@@ -168,3 +168,35 @@ fn mounted_drives_resolve_and_bad_mounts_name_the_line() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+#[test]
+fn paused_and_suspended_states_and_the_vmms_that_can_do_them() {
+    let vm = |vmm: &str, state: &str| {
+        base(&format!(
+            "[vm.a]\nvmm = \"{vmm}\"\nkernel = \"k\"\nroot = {{ template = \"t\", size = \"2GiB\" }}\nstate = \"{state}\"\n"
+        ))
+    };
+    for (state, want) in [
+        ("paused", manifest::VmState::Paused),
+        ("suspended", manifest::VmState::Suspended),
+    ] {
+        let m = load(&vm("qemu", state)).unwrap();
+        match &m.resources[&Address::new(Kind::Vm, "a")].spec {
+            Spec::Vm(v) => assert_eq!(v.state, want),
+            s => panic!("{s:?}"),
+        }
+        let e = load(&vm("firecracker", state)).unwrap_err();
+        assert!(
+            e.ends_with(&format!("vm.a: state = \"{state}\" needs vmm = \"qemu\": fort does not drive Firecracker's pause and snapshot API yet (docs/snapshots.md)")),
+            "{e}"
+        );
+        assert!(e.contains("fort.toml:"), "{e}");
+    }
+    let e = load(&vm("qemu", "asleep")).unwrap_err();
+    assert!(
+        e.contains(
+            "unknown variant `asleep`, expected one of `running`, `stopped`, `paused`, `suspended`"
+        ),
+        "{e}"
+    );
+}

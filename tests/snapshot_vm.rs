@@ -61,7 +61,10 @@ fn exec(ws: &Workspace, cmd: &str) -> String {
 
 fn counter(ws: &Workspace) -> (u64, Instant) {
     let v = exec(ws, "cat /tmp/c");
-    (v.parse().unwrap_or_else(|_| panic!("counter: {v:?}")), Instant::now())
+    (
+        v.parse().unwrap_or_else(|_| panic!("counter: {v:?}")),
+        Instant::now(),
+    )
 }
 
 fn qemu_pid(ws: &Workspace) -> Option<u32> {
@@ -72,8 +75,10 @@ fn qemu_pid(ws: &Workspace) -> Option<u32> {
 
 /// Running (a zombie waiting for its reaper is not).
 fn alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .is_ok_and(|s| s.rsplit_once(") ").is_some_and(|(_, rest)| !rest.starts_with('Z')))
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        s.rsplit_once(") ")
+            .is_some_and(|(_, rest)| !rest.starts_with('Z'))
+    })
 }
 
 fn plan_is_empty(ws: &Workspace) {
@@ -82,7 +87,10 @@ fn plan_is_empty(ws: &Workspace) {
 }
 
 fn host_now() -> f64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs_f64()
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
 }
 
 #[test]
@@ -99,12 +107,20 @@ fn pause_suspend_resume_and_a_corrupt_snapshot_in_a_real_vm() {
         exec(&ws, "busybox --install -s /bin");
         // A counter every 100 ms, a file in tmpfs, a long sleep, and data on the root drive.
         ws.run(&[
-            "exec", "-d", "vm.s", "--", "sh", "-c",
+            "exec",
+            "-d",
+            "vm.s",
+            "--",
+            "sh",
+            "-c",
             "i=0; while true; do i=$((i+1)); echo $i > /tmp/c; sleep 0.1; done",
         ])
         .ok();
         ws.run(&["exec", "-d", "vm.s", "--", "sleep", "1000"]).ok();
-        exec(&ws, "echo kept > /tmp/f; echo on-disk > /root/persist; sync");
+        exec(
+            &ws,
+            "echo kept > /tmp/f; echo on-disk > /root/persist; sync",
+        );
         let sleep_pid = exec(&ws, "pidof sleep | tr ' ' '\\n' | while read p; do [ \"$(cat /proc/$p/cmdline | tr '\\0' ' ')\" = 'sleep 1000 ' ] && echo $p; done");
         assert!(sleep_pid.parse::<u32>().is_ok(), "{sleep_pid:?}");
 
@@ -142,20 +158,30 @@ fn pause_suspend_resume_and_a_corrupt_snapshot_in_a_real_vm() {
         // Suspend: QEMU ends, the snapshot is on disk, the plan is empty.
         manifest(&ws, &srv, "suspended");
         let plan = ws.run(&["plan"]).ok().stdout.clone();
-        assert!(plan.contains("suspends: writes up to 192MiB (its memory) to snapshots/s/suspend/"), "{plan}");
+        assert!(
+            plan.contains("suspends: writes up to 192MiB (its memory) to snapshots/s/suspend/"),
+            "{plan}"
+        );
         ws.run(&["apply", "--yes"]).ok();
         assert!(!alive(pid), "QEMU {pid} still runs after the suspend");
         assert_eq!(qemu_pid(&ws), None);
         let snap = ws.state_dir().join("snapshots/s/suspend");
         let size = std::fs::metadata(snap.join("vmstate")).unwrap().len();
-        assert!(size > 1 << 20 && size < 192 << 20, "snapshot of {size} bytes");
+        assert!(
+            size > 1 << 20 && size < 192 << 20,
+            "snapshot of {size} bytes"
+        );
         let meta: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(snap.join("snapshot.json")).unwrap()).unwrap();
+            serde_json::from_str(&std::fs::read_to_string(snap.join("snapshot.json")).unwrap())
+                .unwrap();
         assert_eq!(meta["state_bytes"], size);
         assert!(!ws.state_dir().join("snapshots/s/.suspend.tmp").exists());
         plan_is_empty(&ws);
         ws.run(&["apply", "--yes"]).ok();
-        assert!(!ws.state_dir().join("run/s/pid").exists(), "a second apply started it");
+        assert!(
+            !ws.state_dir().join("run/s/pid").exists(),
+            "a second apply started it"
+        );
 
         // Resume: the same processes, the tmpfs file, the clock stepped.
         manifest(&ws, &srv, "running");
@@ -164,7 +190,13 @@ fn pause_suspend_resume_and_a_corrupt_snapshot_in_a_real_vm() {
         ws.run(&["apply", "--yes"]).ok();
         assert!(!snap.exists(), "the used snapshot is kept");
         assert_eq!(exec(&ws, "cat /tmp/f"), "kept");
-        assert_eq!(exec(&ws, &format!("cat /proc/{sleep_pid}/cmdline | tr '\\0' ' '")), "sleep 1000");
+        assert_eq!(
+            exec(
+                &ws,
+                &format!("cat /proc/{sleep_pid}/cmdline | tr '\\0' ' '")
+            ),
+            "sleep 1000"
+        );
         let before = host_now();
         // busybox's date has whole seconds only.
         let guest: f64 = exec(&ws, "date +%s").parse().unwrap();
@@ -176,7 +208,10 @@ fn pause_suspend_resume_and_a_corrupt_snapshot_in_a_real_vm() {
         let (r0, _) = counter(&ws);
         std::thread::sleep(Duration::from_secs(1));
         let (r1, _) = counter(&ws);
-        assert!(r1 > r0, "the counter did not go on after the resume: {r0} → {r1}");
+        assert!(
+            r1 > r0,
+            "the counter did not go on after the resume: {r0} → {r1}"
+        );
         plan_is_empty(&ws);
 
         // A corrupt snapshot is never loaded: the VM boots from its drives, which kept their data.
@@ -190,7 +225,10 @@ fn pause_suspend_resume_and_a_corrupt_snapshot_in_a_real_vm() {
         manifest(&ws, &srv, "running");
         let applied = ws.run(&["apply", "--yes"]).ok().stderr.clone();
         assert!(applied.contains("is corrupt: its sha256 is"), "{applied}");
-        assert_eq!(exec(&ws, "cat /tmp/f 2>&1 || echo gone"), "cat: can't open '/tmp/f': No such file or directory\ngone");
+        assert_eq!(
+            exec(&ws, "cat /tmp/f 2>&1 || echo gone"),
+            "cat: can't open '/tmp/f': No such file or directory\ngone"
+        );
         assert_eq!(exec(&ws, "cat /root/persist"), "on-disk");
         assert!(!snap.exists());
         plan_is_empty(&ws);
