@@ -139,6 +139,8 @@ fn pause_suspend_resume_and_a_corrupt_snapshot_in_a_real_vm() {
         ws.run(&["apply", "--yes"]).ok();
         plan_is_empty(&ws);
         let paused_at = Instant::now();
+        let status = ws.run(&["status"]).ok().stdout.clone();
+        assert!(status.contains("paused (up "), "{status}");
         std::thread::sleep(Duration::from_secs(4));
         assert_eq!(qemu_pid(&ws), Some(pid));
         manifest(&ws, &srv, "running");
@@ -176,6 +178,8 @@ fn pause_suspend_resume_and_a_corrupt_snapshot_in_a_real_vm() {
                 .unwrap();
         assert_eq!(meta["state_bytes"], size);
         assert!(!ws.state_dir().join("snapshots/s/.suspend.tmp").exists());
+        let status = ws.run(&["status"]).ok().stdout.clone();
+        assert!(status.contains("suspended ("), "{status}");
         plan_is_empty(&ws);
         ws.run(&["apply", "--yes"]).ok();
         assert!(

@@ -60,7 +60,9 @@ pub fn status(cli: &Cli) -> Result<u8, CliError> {
                         row["uptime_secs"] = json!(up);
                         row["pid"] = json!(p.pid);
                         // Started by an apply that has not seen its agent answer (yet).
-                        let what = if rec.status == crate::state::Status::Ready {
+                        let what = if o.get("paused").and_then(Value::as_bool) == Some(true) {
+                            "paused"
+                        } else if rec.status == crate::state::Status::Ready {
                             "running"
                         } else {
                             "starting"
@@ -74,7 +76,21 @@ pub fn status(cli: &Cli) -> Result<u8, CliError> {
                         }
                         "crashed".to_string()
                     }
-                    None => "stopped".to_string(),
+                    None => match o.get("suspended").filter(|s| !s.is_null()) {
+                        Some(s) => {
+                            row["snapshot"] = s.clone();
+                            let bytes = s.get("bytes").and_then(Value::as_u64).unwrap_or(0);
+                            let created =
+                                s.get("created_unix").and_then(Value::as_u64).unwrap_or(0);
+                            let age = crate::host::snapshot::now_unix().saturating_sub(created);
+                            format!(
+                                "suspended ({}, {} old)",
+                                crate::manifest::units::human_size(bytes),
+                                human_secs(age)
+                            )
+                        }
+                        None => "stopped".to_string(),
+                    },
                 };
                 let mut detail = format!(
                     "{} ip {ip}, restarts {restarts}",

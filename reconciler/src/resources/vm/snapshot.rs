@@ -244,7 +244,7 @@ pub(super) async fn resume(
     crate::crash::hit(Point::VmResuming);
     let run = out.run_dir.clone();
     blocking(move || qemu_snapshot::resume(&run)).await?;
-    out.mounts = steps::wait_ready(spec, out).await?;
+    out.mounts = steps::wait_ready_gated(spec, out, false).await?;
     out.boot_ms = Some(t0.elapsed().as_millis() as u64);
     steps::after_restore(addr, out).await;
     Ok(())

@@ -481,6 +481,17 @@ pub(super) async fn wait_ready(
     spec: &VmSpec,
     out: &VmOutputs,
 ) -> Result<Vec<MountStatus>, ResourceError> {
+    wait_ready_gated(spec, out, true).await
+}
+
+/// `booting`: wait for the guest's sign that its vsock device is up before connecting (see
+/// `host::agent_ready`). A resumed guest gives no such sign — its agent has long been
+/// listening — so it is connected to at once.
+pub(super) async fn wait_ready_gated(
+    spec: &VmSpec,
+    out: &VmOutputs,
+    booting: bool,
+) -> Result<Vec<MountStatus>, ResourceError> {
     let Some(started) = out.started else {
         return Err(ResourceError::Check("the VM is not running".into()));
     };
@@ -496,7 +507,8 @@ pub(super) async fn wait_ready(
     let timeout = boot_timeout(vmm.slow());
     let deadline = Instant::now() + timeout;
     let ep = Endpoint::VsockUds(out.vsock_uds.clone());
-    let mut gate = ReadyGate::open(&out.vsock_uds, AGENT_PORT, &run.console(), timeout / 3);
+    let fallback = if booting { timeout / 3 } else { Duration::ZERO };
+    let mut gate = ReadyGate::open(&out.vsock_uds, AGENT_PORT, &run.console(), fallback);
     let mut attempt = 0u64;
     loop {
         if let Some(fatal) = vmm.fatal_log(&out.run_dir) {
