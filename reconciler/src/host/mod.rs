@@ -12,6 +12,7 @@ pub mod oci;
 pub mod procs;
 pub mod snapshot;
 pub mod vmm;
+pub mod warm;
 
 /// A command for a helper tool fort waits for (mke2fs, e2fsck, resize2fs): the kernel kills
 /// it when the thread that started it dies, so a killed fort never leaves one writing into

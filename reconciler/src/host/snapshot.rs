@@ -180,7 +180,13 @@ pub fn commit(tmp: &Path, dest: &Path, meta: &Meta) -> Result<(), SnapshotError>
     f.write_all(text.as_bytes())
         .and_then(|()| f.sync_all())
         .map_err(|e| SnapshotError::io("cannot write", &mp, e))?;
-    fsync(&tmp.join(STATE_FILE))?;
+    // The stream and whatever else the snapshot holds (a warm template's root image).
+    let entries = std::fs::read_dir(tmp).map_err(|e| SnapshotError::io("cannot read", tmp, e))?;
+    for e in entries.flatten() {
+        if e.file_type().is_ok_and(|t| t.is_file()) {
+            fsync(&e.path())?;
+        }
+    }
     fsync(tmp)?;
     remove(dest)?;
     std::fs::rename(tmp, dest)

@@ -495,6 +495,10 @@ pub struct VmSpec {
     /// (and hashes) of VMs without ports are what older forts recorded.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub ports: Vec<String>,
+    /// The warm template its first boot is restored from (`[template.T] warm = true`, an
+    /// inline root of T, QEMU, no data drives); `None`: it boots. Left out when `None`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warm: Option<String>,
 }
 
 /// The serial number a data drive is given (QEMU: virtio-blk `serial=`, seen by the guest in

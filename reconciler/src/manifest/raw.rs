@@ -203,6 +203,9 @@ pub struct RawTemplate {
     #[serde(default)]
     #[schemars(with = "BTreeMap<String, OverlaySchema>")]
     pub files: BTreeMap<Spanned<String>, Spanned<RawOverlay>>,
+    /// Start new QEMU VMs of this template (root = { template = … }, no data drives) from a
+    /// snapshot of one booted VM instead of booting each (default false; docs/snapshots.md).
+    pub warm: Option<bool>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]

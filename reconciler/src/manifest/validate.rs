@@ -243,6 +243,11 @@ impl<'c, 'a, 'r> Resolver<'c, 'a, 'r> {
             fcs: fcs.keys().cloned().collect(),
             kernels: kernels.keys().cloned().collect(),
             templates: templates.keys().cloned().collect(),
+            warm: templates
+                .iter()
+                .filter(|(_, e)| e.raw.warm == Some(true))
+                .map(|(n, _)| n.clone())
+                .collect(),
             drives: drives
                 .iter()
                 .map(|(n, e)| (n.clone(), (e.file, e.span.clone())))
@@ -520,6 +525,8 @@ pub(super) struct Refs {
     pub fcs: Vec<String>,
     pub kernels: Vec<String>,
     pub templates: Vec<String>,
+    /// The templates with `warm = true`.
+    pub warm: Vec<String>,
     pub drives: BTreeMap<String, (usize, Range<usize>)>,
     pub vms: BTreeMap<String, (usize, Range<usize>)>,
     pub nets: BTreeMap<String, NetInfo>,

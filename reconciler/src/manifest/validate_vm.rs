@@ -445,6 +445,12 @@ pub(super) fn vms(
                 },
                 pool,
                 ports: ports.get(i).cloned().unwrap_or_default(),
+                warm: inline_root
+                    .as_ref()
+                    .map(|(t, _)| t)
+                    .filter(|t| refs.warm.contains(t))
+                    .filter(|_| vmm == Vmm::Qemu && data.is_empty())
+                    .cloned(),
             });
             let address = Address::new(Kind::Vm, &inst);
             resources.push((

@@ -119,6 +119,8 @@ impl ResourceKind for Template {
 
     async fn destroy(&self, ctx: &Ctx, recorded: &Record) -> Result<(), ResourceError> {
         let out: TemplateOutputs = asset::outputs(&recorded.address, &recorded.outputs)?;
+        // Its warm snapshots are of VMs no template makes any more.
+        crate::host::warm::remove_template(&ctx.state_dir, &recorded.address.name);
         release(ctx, &recorded.address, &out.image)
     }
 }

@@ -119,6 +119,8 @@ pub struct Limits {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NetConfig {
+    /// Empty: a NIC on no network (QEMU `-netdev hubport`), for a warm template's builder,
+    /// whose clones get a TAP each.
     pub tap: String,
     pub mac: String,
 }

@@ -86,6 +86,7 @@ pub fn args(cfg: &VmConfig, kvm: bool, tap_fd: Option<i32>, incoming: bool) -> V
     }
     if let Some(n) = &cfg.net {
         let netdev = match tap_fd {
+            _ if n.tap.is_empty() => "hubport,id=net0,hubid=0".to_string(),
             Some(fd) => format!("tap,id=net0,fd={fd}"),
             None => format!("tap,id=net0,ifname={},script=no,downscript=no", n.tap),
         };
@@ -237,7 +238,10 @@ fn start(cfg: &VmConfig, incoming: bool) -> Result<Proc, VmmError> {
     let run = RunDir(&cfg.run_dir);
     let mut jail = jail(cfg)?;
     let mut tap_fd = None;
-    if let (Some(j), Some(n)) = (jail.as_mut(), &cfg.net) {
+    if let (Some(j), Some(n)) = (
+        jail.as_mut(),
+        cfg.net.as_ref().filter(|n| !n.tap.is_empty()),
+    ) {
         use std::os::fd::AsRawFd;
         let f = crate::host::net::tap::open_for_vmm(&n.tap)
             .map_err(|e| VmmError::Unusable(crate::resources::error_chain(&e)))?;

@@ -12,6 +12,7 @@ mod ports;
 mod snapshot;
 mod steps;
 mod stop;
+mod warm;
 
 use std::path::PathBuf;
 
@@ -148,6 +149,7 @@ impl ResourceKind for Vm {
                     format!("mounts drive.{} at {} ({opts})", m.drive, m.path)
                 }));
                 c.details.extend(snapshot::plan_details(v, recorded, c.op));
+                c.details.extend(warm::plan_details(v, c.op));
             }
         }
         Ok(change)
@@ -169,7 +171,7 @@ impl ResourceKind for Vm {
     fn field_effect(&self, field: &str) -> Effect {
         match field {
             // Ports are DNAT rules on the host: the running VM is not touched.
-            "state" | "restart" | "ports" => Effect::Update,
+            "state" | "restart" | "ports" | "warm" => Effect::Update,
             _ => Effect::Restart,
         }
     }
@@ -423,6 +425,15 @@ async fn run(
             }
         }
         snapshot::discard(ctx, addr, out)?;
+    }
+    if let (true, Some(t)) = (fresh, spec.warm.as_deref()) {
+        match warm::start(ctx, desired, spec, out, want.clone(), t).await {
+            Ok(()) => return Ok(()),
+            Err(e) => {
+                tracing::warn!("{addr}: {}: it boots instead", super::error_chain(&e));
+                steps::stop(ctx, addr, out).await?;
+            }
+        }
     }
     match steps::boot(ctx, desired, spec, out, want).await {
         Ok(()) => Ok(()),

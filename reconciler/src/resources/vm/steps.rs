@@ -30,6 +30,8 @@ pub fn restart_relevant(v: &serde_json::Value) -> serde_json::Value {
         o.remove("state");
         o.remove("restart");
         o.remove("ports");
+        // Only how a VM first starts.
+        o.remove("warm");
     }
     v
 }
@@ -262,29 +264,35 @@ fn backend(ctx: &Ctx, spec: &VmSpec) -> Result<Box<dyn crate::host::vmm::Vmm>, R
     })
 }
 
-fn drive_path(ctx: &Ctx, name: &str) -> Result<PathBuf, ResourceError> {
+pub(super) fn drive_path(ctx: &Ctx, name: &str) -> Result<PathBuf, ResourceError> {
     let a = Address::new(Kind::Drive, name);
     let rec = ctx.applied(&a)?;
     let out: DriveOutputs = super::super::asset::outputs(&a, &rec.outputs)?;
     Ok(out.path)
 }
 
-/// Everything the VMM needs, from the records of the VM's dependencies and its attachment.
-fn config(
-    ctx: &Ctx,
-    desired: &Resource,
-    spec: &VmSpec,
-    out: &VmOutputs,
-) -> Result<VmConfig, ResourceError> {
+/// The VM's kernel (and initrd) and the command line its kernel resource gives it.
+pub(super) fn kernel(ctx: &Ctx, spec: &VmSpec) -> Result<(KernelOutputs, String), ResourceError> {
     let k = Address::new(Kind::Kernel, &spec.kernel);
     let krec = ctx.applied(&k)?;
     let kernel: KernelOutputs = super::super::asset::outputs(&k, &krec.outputs)?;
-    let base_cmdline = krec
+    let base = krec
         .spec
         .get("cmdline")
         .and_then(|c| c.as_str())
         .unwrap_or(crate::manifest::DEFAULT_CMDLINE)
         .to_string();
+    Ok((kernel, base))
+}
+
+/// Everything the VMM needs, from the records of the VM's dependencies and its attachment.
+pub(super) fn config(
+    ctx: &Ctx,
+    desired: &Resource,
+    spec: &VmSpec,
+    out: &VmOutputs,
+) -> Result<VmConfig, ResourceError> {
+    let (kernel, base_cmdline) = kernel(ctx, spec)?;
     let mut cmdline = format!("{base_cmdline} fort.hostname={}", desired.address.name);
     if let Some(a) = &out.network {
         cmdline.push_str(&format!(
@@ -380,6 +388,12 @@ pub(super) async fn prepare_boot(
 /// agent steps the clock to the host's and reseeds its RNG (`fort/identity`). Best effort:
 /// a guest that cannot do it is named in a warning, and keeps running.
 pub(super) async fn after_restore(addr: &Address, out: &VmOutputs) {
+    identify(addr, out, serde_json::json!({})).await;
+}
+
+/// `fort/identity` with the host's time, fresh entropy and `extra` (a clone's hostname,
+/// network and machine-id).
+pub(super) async fn identify(addr: &Address, out: &VmOutputs, extra: serde_json::Value) {
     use base64::Engine;
     let mut entropy = [0u8; 64];
     if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
@@ -393,15 +407,14 @@ pub(super) async fn after_restore(addr: &Address, out: &VmOutputs) {
     let ep = Endpoint::VsockUds(out.vsock_uds.clone());
     let asked = async {
         let c = Client::connect(&ep, Duration::from_secs(5)).await.ok()?;
-        c.request(
-            "fort/identity",
-            serde_json::json!({
-                "time_unix_ns": now,
-                "entropy": base64::engine::general_purpose::STANDARD.encode(entropy),
-            }),
-        )
-        .await
-        .ok()
+        let mut args = serde_json::json!({
+            "time_unix_ns": now,
+            "entropy": base64::engine::general_purpose::STANDARD.encode(entropy),
+        });
+        if let (Some(a), Some(e)) = (args.as_object_mut(), extra.as_object()) {
+            a.extend(e.clone());
+        }
+        c.request("fort/identity", args).await.ok()
     };
     match tokio::time::timeout(Duration::from_secs(10), asked).await {
         Ok(Some(r)) => {

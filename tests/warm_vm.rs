@@ -1,0 +1,161 @@
+//! Issue 16, warm templates, in real VMs (QEMU under TCG): a pool of 3 from a `warm = true`
+//! template is restored from one snapshot of a booted VM — the three have that boot's kernel
+//! command line — and each has its own hostname, MAC, address (it reaches the
+//! gateway with them), machine-id and random numbers, and its own root drive.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::collections::BTreeSet;
+
+use common::fort::{sha256_hex, Workspace};
+use common::netns::in_netns;
+use common::rootfs::static_agent;
+use common::server::{Reply, Server};
+use common::vms::{assets, kernel_file, ConsoleOnFailure, ONE_AT_A_TIME};
+
+fn manifest(ws: &Workspace, srv: &Server, count: u32, memory: &str) {
+    let dir = assets();
+    let rootfs = std::fs::read(dir.join("rootfs.tar.gz")).unwrap();
+    let sha = sha256_hex(&rootfs);
+    srv.route("/rootfs.tar.gz", Reply::ok(rootfs));
+    ws.write_manifest(&format!(
+        r#"[kernel.deb]
+url = "file://{k}"
+initrd = {{ url = "file://{i}" }}
+
+[rootfs.bb]
+url = "{url}/rootfs.tar.gz"
+sha256 = "{sha}"
+
+[template.base]
+rootfs = "bb"
+size = "128MiB"
+warm = true
+
+[network.lan]
+cidr = "10.81.0.0/24"
+
+[vm.w]
+count = {count}
+vmm = "qemu"
+kernel = "deb"
+root = {{ template = "base", size = "256MiB" }}
+memory = "{memory}"
+network = "lan"
+"#,
+        k = dir.join(kernel_file()).display(),
+        i = dir.join("initrd.cpio.gz").display(),
+        url = srv.url("").trim_end_matches('/'),
+    ));
+}
+
+fn exec(ws: &Workspace, vm: &str, cmd: &str) -> String {
+    ws.run(&["exec", vm, "--", "sh", "-c", cmd])
+        .ok()
+        .stdout
+        .trim()
+        .to_string()
+}
+
+fn warm_snapshots(ws: &Workspace) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(ws.state_dir().join("warm"))
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().to_string())
+                .filter(|n| !n.ends_with(".lock"))
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+#[test]
+fn a_warm_pool_of_three_has_one_snapshot_and_three_identities() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let agent = static_agent();
+    in_netns(move || {
+        std::env::set_var("FORT_GUEST_AGENT", &agent);
+        let srv = Server::start();
+        let ws = Workspace::new();
+        let _console = ConsoleOnFailure(ws.state_dir().join("run"));
+        manifest(&ws, &srv, 3, "192MiB");
+        let plan = ws.run(&["plan"]).ok().stdout.clone();
+        assert!(
+            plan.contains("starts warm: restored from template.base's snapshot"),
+            "{plan}"
+        );
+        ws.run(&["apply", "--yes"]).ok();
+        let snaps = warm_snapshots(&ws);
+        assert_eq!(snaps.len(), 1, "one snapshot for the pool: {snaps:?}");
+        let vms = ["vm.w-0", "vm.w-1", "vm.w-2"];
+        for vm in vms {
+            exec(&ws, vm, "busybox --install -s /bin");
+        }
+        let read = |cmd: &str| -> Vec<String> { vms.iter().map(|v| exec(&ws, v, cmd)).collect() };
+        let distinct = |what: &str, v: &[String]| {
+            let set: BTreeSet<&String> = v.iter().collect();
+            assert_eq!(set.len(), v.len(), "{what} must differ: {v:?}");
+            assert!(v.iter().all(|s| !s.is_empty()), "{what}: {v:?}");
+        };
+        // Restored, not booted: the kernel's command line is the builder's, in all three.
+        for c in read("cat /proc/cmdline") {
+            assert!(c.contains("fort.hostname=fort-warm"), "{c}");
+        }
+        // Each its own identity.
+        let hostnames = read("hostname");
+        assert_eq!(hostnames, ["w-0", "w-1", "w-2"]);
+        distinct("machine-ids", &read("cat /etc/machine-id"));
+        distinct("MACs", &read("cat /sys/class/net/eth0/address"));
+        let ips = read("ip -4 -o addr show eth0 | awk '{print $4}'");
+        distinct("addresses", &ips);
+        for ip in &ips {
+            assert!(ip.starts_with("10.81.0.") && ip.ends_with("/24"), "{ips:?}");
+        }
+        distinct(
+            "random bytes",
+            &read("head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \\n'"),
+        );
+        // Their new MACs and addresses work: each reaches the gateway through its TAP (QEMU
+        // delivers the replies to the MAC the guest set).
+        for vm in vms {
+            let r = ws.run(&["exec", vm, "--", "ping", "-c", "1", "-W", "5", "10.81.0.1"]);
+            assert!(
+                r.stdout.contains("1 packets received"),
+                "{vm}: {}",
+                r.stdout
+            );
+        }
+        // Their own root drives.
+        exec(&ws, "vm.w-0", "echo mine > /root-mark && sync");
+        for vm in &vms[1..] {
+            assert_eq!(
+                exec(&ws, vm, "cat /root-mark 2>/dev/null || echo absent"),
+                "absent"
+            );
+        }
+        let plan = ws.run(&["plan"]).ok().stdout.clone();
+        assert!(plan.contains("No changes."), "plan after apply:\n{plan}");
+
+        // A fourth instance is restored from the same snapshot.
+        manifest(&ws, &srv, 4, "192MiB");
+        ws.run(&["apply", "--yes"]).ok();
+        assert_eq!(warm_snapshots(&ws), snaps);
+        assert!(exec(&ws, "vm.w-3", "cat /proc/cmdline").contains("fort.hostname=fort-warm"));
+        assert_eq!(
+            exec(&ws, "vm.w-3", "cat /root-mark 2>/dev/null || echo absent"),
+            "absent"
+        );
+        // The earlier instances keep running (restarting them would be a cold boot of theirs).
+        assert_eq!(exec(&ws, "vm.w-0", "cat /root-mark"), "mine");
+
+        ws.run(&["destroy", "--yes"]).ok();
+        assert!(
+            warm_snapshots(&ws).is_empty(),
+            "destroying the template removes its warm snapshots: {:?}",
+            warm_snapshots(&ws)
+        );
+    });
+}
