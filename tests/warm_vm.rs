@@ -13,7 +13,7 @@ use common::fort::{sha256_hex, Workspace};
 use common::netns::in_netns;
 use common::rootfs::static_agent;
 use common::server::{Reply, Server};
-use common::vms::{assets, kernel_file, ConsoleOnFailure, ONE_AT_A_TIME};
+use common::vms::{assets, kernel_file, processes_mentioning, ConsoleOnFailure, ONE_AT_A_TIME};
 
 fn manifest(ws: &Workspace, srv: &Server, count: u32, memory: &str) {
     let dir = assets();
@@ -87,9 +87,35 @@ fn a_warm_pool_of_three_has_one_snapshot_and_three_identities() {
             plan.contains("starts warm: restored from template.base's snapshot"),
             "{plan}"
         );
+        // Killed while the builder runs, then after it was saved but before its snapshot was
+        // committed: neither is ever used, and the next apply converges.
+        let state = ws.state_dir().display().to_string();
+        for (point, builder_runs) in [("vm.spawned", true), ("vm.stopped", false)] {
+            let out = ws
+                .command(&["apply", "--yes"])
+                .env("FORT_CRASH_AT", point)
+                .output()
+                .unwrap();
+            use std::os::unix::process::ExitStatusExt;
+            assert_eq!(out.status.signal(), Some(9), "{point}: {out:?}");
+            let snaps = warm_snapshots(&ws);
+            assert!(
+                snaps.len() == 1 && snaps[0].ends_with(".tmp"),
+                "{point}: only an unfinished build: {snaps:?}"
+            );
+            let qemus = processes_mentioning(&format!("{state}/warm/"));
+            assert_eq!(qemus.len(), usize::from(builder_runs), "{point}: {qemus:?}");
+        }
         ws.run(&["apply", "--yes"]).ok();
         let snaps = warm_snapshots(&ws);
-        assert_eq!(snaps.len(), 1, "one snapshot for the pool: {snaps:?}");
+        assert!(
+            processes_mentioning(&format!("{state}/warm/")).is_empty(),
+            "no builder is left running"
+        );
+        assert!(
+            snaps.len() == 1 && !snaps[0].ends_with(".tmp"),
+            "one snapshot for the pool, no unfinished build: {snaps:?}"
+        );
         let vms = ["vm.w-0", "vm.w-1", "vm.w-2"];
         for vm in vms {
             exec(&ws, vm, "busybox --install -s /bin");
