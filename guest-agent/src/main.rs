@@ -205,6 +205,7 @@ fn main() {
                     eprintln!("fort-guest-agent: listening on vsock:{port}");
                     accept_loop!(listener);
                     tokio::spawn(hello::announce(port));
+                    hello::announce_on_rebind(port);
                 }
                 Listen::Tcp(addr) => {
                     let listener = match tokio::net::TcpListener::bind(addr).await {

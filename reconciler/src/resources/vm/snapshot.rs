@@ -242,9 +242,10 @@ pub(super) async fn resume(
     }
     discard(ctx, addr, out)?;
     crate::crash::hit(Point::VmResuming);
+    let gate = steps::ready_gate(out, steps::RESTORE_FALLBACK);
     let run = out.run_dir.clone();
     blocking(move || qemu_snapshot::resume(&run)).await?;
-    out.mounts = steps::wait_ready_gated(spec, out, false).await?;
+    out.mounts = steps::wait_ready_with(spec, out, Some(gate)).await?;
     out.boot_ms = Some(t0.elapsed().as_millis() as u64);
     steps::after_restore(addr, out).await;
     Ok(())

@@ -489,21 +489,34 @@ pub(super) fn warn_unmounted(addr: &Address, mounts: &[MountStatus]) {
     }
 }
 
-/// The agent's mount reports come with its answer.
+/// The agent's mount reports come with its answer. A booting guest is connected to once
+/// its vsock device is surely up (see `host::agent_ready`).
 pub(super) async fn wait_ready(
     spec: &VmSpec,
     out: &VmOutputs,
 ) -> Result<Vec<MountStatus>, ResourceError> {
-    wait_ready_gated(spec, out, true).await
+    let slow = out.vmm == "qemu" && !crate::host::vmm::hardware_kvm();
+    let gate = ready_gate(out, boot_timeout(slow) / 3);
+    wait_ready_with(spec, out, Some(gate)).await
 }
 
-/// `booting`: wait for the guest's sign that its vsock device is up before connecting (see
-/// `host::agent_ready`). A resumed guest gives no such sign — its agent has long been
-/// listening — so it is connected to at once.
-pub(super) async fn wait_ready_gated(
+/// How long a restored guest's gate waits for its hello before connecting anyway (an agent
+/// too old to say hello again after a restore): its vsock device is long up by then.
+pub(super) const RESTORE_FALLBACK: Duration = Duration::from_secs(10);
+
+/// The gate a boot waits behind (see `host::agent_ready`), open for `fallback` at most. A
+/// restored guest says hello again when its fresh vsock device is bound, so a restore opens
+/// it before the guest continues.
+pub(super) fn ready_gate(out: &VmOutputs, fallback: Duration) -> ReadyGate {
+    let run = RunDir(&out.run_dir);
+    ReadyGate::open(&out.vsock_uds, AGENT_PORT, &run.console(), fallback)
+}
+
+/// Wait behind `gate` (`None`: connect at once) until the agent answers.
+pub(super) async fn wait_ready_with(
     spec: &VmSpec,
     out: &VmOutputs,
-    booting: bool,
+    gate: Option<ReadyGate>,
 ) -> Result<Vec<MountStatus>, ResourceError> {
     let Some(started) = out.started else {
         return Err(ResourceError::Check("the VM is not running".into()));
@@ -520,8 +533,7 @@ pub(super) async fn wait_ready_gated(
     let timeout = boot_timeout(vmm.slow());
     let deadline = Instant::now() + timeout;
     let ep = Endpoint::VsockUds(out.vsock_uds.clone());
-    let fallback = if booting { timeout / 3 } else { Duration::ZERO };
-    let mut gate = ReadyGate::open(&out.vsock_uds, AGENT_PORT, &run.console(), fallback);
+    let mut gate = gate.unwrap_or_else(|| ready_gate(out, Duration::ZERO));
     let mut attempt = 0u64;
     loop {
         if let Some(fatal) = vmm.fatal_log(&out.run_dir) {

@@ -139,9 +139,10 @@ pub(super) async fn start(
         )));
     }
     let loaded = t0.elapsed();
+    let gate = steps::ready_gate(out, steps::RESTORE_FALLBACK);
     let run = out.run_dir.clone();
     blocking(move || qemu_snapshot::resume(&run)).await?;
-    out.mounts = steps::wait_ready_gated(spec, out, false).await?;
+    out.mounts = steps::wait_ready_with(spec, out, Some(gate)).await?;
     let ready = t0.elapsed();
     steps::identify(addr, out, identity(desired, spec, out)).await;
     // Ready once it is itself: its address, hostname and entropy are the builder's before.
