@@ -10,6 +10,7 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
+use super::super::blocking;
 use super::super::{Ctx, ResourceError};
 use super::{steps, VmOutputs};
 use crate::address::Address;
@@ -42,15 +43,6 @@ fn require_qemu(addr: &Address, spec: &VmSpec, what: &str) -> Result<(), Resourc
     Ok(())
 }
 
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, snapshot::SnapshotError> + Send + 'static,
-) -> Result<T, ResourceError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| ResourceError::Check(format!("snapshot task failed: {e}")))?
-        .map_err(err)
-}
-
 /// An interrupted suspend: its unfinished files go, and the VM it was taking runs on
 /// (vsock device back, vCPUs continued) — or, if its VMM is gone, it boots as a dead VM does.
 pub(super) async fn recover(
@@ -73,7 +65,7 @@ pub(super) async fn recover(
                 qemu_snapshot::plug_vsock(&mut q, &run)?;
             }
             q.execute("cont", serde_json::json!({}))?;
-            Ok(())
+            Ok::<_, snapshot::SnapshotError>(())
         })
         .await;
         if let Err(e) = undone {

@@ -345,14 +345,7 @@ pub(super) fn mount_params(spec: &VmSpec) -> String {
     out
 }
 
-pub(super) async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, crate::host::vmm::VmmError> + Send + 'static,
-) -> Result<T, ResourceError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| ResourceError::Check(format!("VMM start task failed: {e}")))?
-        .map_err(|e| ResourceError::Check(super::super::error_chain(&e)))
-}
+pub(super) use super::super::blocking;
 
 /// Everything before a VMM starts: attached, ports published, confined, run dir prepared;
 /// the VMM's config and backend.
