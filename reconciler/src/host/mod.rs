@@ -10,6 +10,7 @@ pub mod image;
 pub mod net;
 pub mod oci;
 pub mod procs;
+pub mod checkpoint;
 pub mod snapshot;
 pub mod vmm;
 
