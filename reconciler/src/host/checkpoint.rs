@@ -176,9 +176,7 @@ pub fn list(state_dir: &Path, vm: &str) -> Result<Vec<Checkpoint>, CheckpointErr
         }
         out.push(read(&e.path())?);
     }
-    out.sort_by(|a, b| {
-        (a.meta.created_unix, &a.label).cmp(&(b.meta.created_unix, &b.label))
-    });
+    out.sort_by(|a, b| (a.meta.created_unix, &a.label).cmp(&(b.meta.created_unix, &b.label)));
     Ok(out)
 }
 
@@ -263,11 +261,8 @@ pub fn put_back(cp: &Checkpoint, drives: &[(String, PathBuf)]) -> Result<(), Che
         if let Ok(old) = std::fs::metadata(dst) {
             std::os::unix::fs::chown(&tmp, Some(old.uid()), Some(old.gid()))
                 .map_err(io("cannot chown", &tmp))?;
-            std::fs::set_permissions(
-                &tmp,
-                std::fs::Permissions::from_mode(old.mode() & 0o7777),
-            )
-            .map_err(io("cannot chmod", &tmp))?;
+            std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(old.mode() & 0o7777))
+                .map_err(io("cannot chmod", &tmp))?;
         }
         fsync(&tmp)?;
         std::fs::rename(&tmp, dst).map_err(io("cannot rename into place", dst))?;

@@ -3,6 +3,7 @@
 pub mod agent;
 pub mod agent_ready;
 pub mod cgroup;
+pub mod checkpoint;
 pub mod confine;
 pub mod fetch;
 pub mod forward;
@@ -10,7 +11,6 @@ pub mod image;
 pub mod net;
 pub mod oci;
 pub mod procs;
-pub mod checkpoint;
 pub mod snapshot;
 pub mod vmm;
 

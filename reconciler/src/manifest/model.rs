@@ -495,6 +495,10 @@ pub struct VmSpec {
     /// (and hashes) of VMs without ports are what older forts recorded.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub ports: Vec<String>,
+    /// Checkpoints kept (`keep`; `None`: all). Left out when unset, so the specs (and hashes)
+    /// of VMs without it are what older forts recorded.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub keep: Option<u32>,
 }
 
 /// The serial number a data drive is given (QEMU: virtio-blk `serial=`, seen by the guest in

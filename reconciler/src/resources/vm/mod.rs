@@ -169,7 +169,8 @@ impl ResourceKind for Vm {
     fn field_effect(&self, field: &str) -> Effect {
         match field {
             // Ports are DNAT rules on the host: the running VM is not touched.
-            "state" | "restart" | "ports" => Effect::Update,
+            // `keep` only prunes checkpoints.
+            "state" | "restart" | "ports" | "keep" => Effect::Update,
             _ => Effect::Restart,
         }
     }

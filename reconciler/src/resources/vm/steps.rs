@@ -23,13 +23,15 @@ use crate::manifest::{data_drive_device, drive_serial, Resource, VmSpec, Vmm};
 use crate::state::leases::PoolSlot;
 use crate::state::StateStore;
 
-/// The spec without the fields that never need a restart (`ports` are host rules).
+/// The spec without the fields that never need a restart (`ports` are host rules, `keep`
+/// counts checkpoints).
 pub fn restart_relevant(v: &serde_json::Value) -> serde_json::Value {
     let mut v = v.clone();
     if let Some(o) = v.as_object_mut() {
         o.remove("state");
         o.remove("restart");
         o.remove("ports");
+        o.remove("keep");
     }
     v
 }
