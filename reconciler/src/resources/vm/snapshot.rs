@@ -199,6 +199,27 @@ pub(super) async fn resume(
         return Err(ResourceError::Check(format!("{addr} has no snapshot")));
     };
     let meta = snapshot::read_meta(&rec.dir).map_err(err)?;
+    let t0 = load(ctx, desired, spec, out, want, &rec.dir, &meta.state_sha256).await?;
+    // Marked used before the guest runs: from here its drives move on, and the stream must
+    // never be loaded again.
+    discard(ctx, addr, out)?;
+    crate::crash::hit(Point::VmResuming);
+    run_loaded(addr, spec, out, t0).await
+}
+
+/// Start a QEMU waiting for a stream (helper and QEMU each recorded as they run) and load the
+/// snapshot in `dir` into it, checked against `sha256`; the guest has not run yet. Returns
+/// when the start began, for `boot_ms`.
+pub(super) async fn load(
+    ctx: &Ctx,
+    desired: &Resource,
+    spec: &VmSpec,
+    out: &mut VmOutputs,
+    want: serde_json::Value,
+    dir: &std::path::Path,
+    sha256: &str,
+) -> Result<Instant, ResourceError> {
+    let addr = &desired.address;
     let t0 = Instant::now();
     let (cfg, vmm) = steps::prepare_boot(ctx, desired, spec, out).await?;
     let (v, c) = (vmm.clone(), cfg.clone());
@@ -216,24 +237,26 @@ pub(super) async fn resume(
     out.boot_ms = None;
     ctx.step(addr, Point::VmSpawned, out)?;
     super::write_pid_file(out)?;
-    // Marked used before the guest runs: from here its drives move on, and the stream must
-    // never be loaded again.
-    let (run, dir, sha) = (
-        out.run_dir.clone(),
-        rec.dir.clone(),
-        meta.state_sha256.clone(),
-    );
+    let (run, d, sha) = (out.run_dir.clone(), dir.to_path_buf(), sha256.to_string());
     let alive = move || proc.alive();
-    let loaded = blocking(move || qemu_snapshot::load(&run, &dir, &sha, alive)).await;
+    let loaded = blocking(move || qemu_snapshot::load(&run, &d, &sha, alive)).await;
     if let Err(e) = loaded {
         return Err(ResourceError::Check(format!(
             "cannot resume from the snapshot in {}: {}",
-            rec.dir.display(),
+            dir.display(),
             super::super::error_chain(&e)
         )));
     }
-    discard(ctx, addr, out)?;
-    crate::crash::hit(Point::VmResuming);
+    Ok(t0)
+}
+
+/// Let a loaded guest run: vCPUs continued, its agent reached, its clock stepped.
+pub(super) async fn run_loaded(
+    addr: &Address,
+    spec: &VmSpec,
+    out: &mut VmOutputs,
+    t0: Instant,
+) -> Result<(), ResourceError> {
     let run = out.run_dir.clone();
     blocking(move || qemu_snapshot::resume(&run)).await?;
     out.mounts = steps::wait_ready_gated(spec, out, false).await?;

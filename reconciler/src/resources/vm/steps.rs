@@ -72,6 +72,7 @@ pub(super) fn intent(
         paused: false,
         suspended: None,
         snapshotting: None,
+        restoring: None,
         run_dir,
     };
     ctx.step(&desired.address, Point::VmIntent, &out)?;
@@ -264,7 +265,7 @@ fn backend(ctx: &Ctx, spec: &VmSpec) -> Result<Box<dyn crate::host::vmm::Vmm>, R
     })
 }
 
-fn drive_path(ctx: &Ctx, name: &str) -> Result<PathBuf, ResourceError> {
+pub(super) fn drive_path(ctx: &Ctx, name: &str) -> Result<PathBuf, ResourceError> {
     let a = Address::new(Kind::Drive, name);
     let rec = ctx.applied(&a)?;
     let out: DriveOutputs = super::super::asset::outputs(&a, &rec.outputs)?;
