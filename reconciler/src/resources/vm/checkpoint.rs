@@ -24,9 +24,11 @@ fn check(s: String) -> ResourceError {
 }
 
 fn outputs(ctx: &Ctx, addr: &Address) -> Result<VmOutputs, ResourceError> {
-    let rec = ctx
-        .record(addr)?
-        .ok_or_else(|| check(format!("{addr} is not recorded in state: run fort apply first")))?;
+    let rec = ctx.record(addr)?.ok_or_else(|| {
+        check(format!(
+            "{addr} is not recorded in state: run fort apply first"
+        ))
+    })?;
     super::super::asset::outputs(addr, &rec.outputs)
 }
 

@@ -193,12 +193,15 @@ impl ResourceKind for Vm {
         let alive = out.started.is_some_and(|s| s.alive());
         if out.snapshotting.is_some() {
             return Ok(Observation::Drifted {
-                what: "a suspend or checkpoint was interrupted: its unfinished snapshot is removed".into(),
+                what: "a suspend or checkpoint was interrupted: its unfinished snapshot is removed"
+                    .into(),
             });
         }
         if let Some(label) = &out.restoring {
             return Ok(Observation::Drifted {
-                what: format!("a restore of checkpoint \"{label}\" was interrupted: it is done again"),
+                what: format!(
+                    "a restore of checkpoint \"{label}\" was interrupted: it is done again"
+                ),
             });
         }
         if state == Some("suspended") {
