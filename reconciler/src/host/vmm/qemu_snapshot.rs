@@ -65,6 +65,14 @@ pub fn plug_vsock(q: &mut Qmp, run_dir: &Path) -> Result<(), SnapshotError> {
     Ok(())
 }
 
+/// Unplug the vsock device and plug a fresh one in, the vCPUs running: for a guest that
+/// missed the last hot-plug (its agent unreachable after a snapshot).
+pub fn replug_vsock(run_dir: &Path) -> Result<(), SnapshotError> {
+    let mut q = qmp(run_dir)?;
+    unplug_vsock(&mut q)?;
+    plug_vsock(&mut q, run_dir)
+}
+
 fn unplug_vsock(q: &mut Qmp) -> Result<(), SnapshotError> {
     if !q.has_device(VSOCK_ID)? {
         return Ok(());

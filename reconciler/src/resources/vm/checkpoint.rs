@@ -129,7 +129,13 @@ pub async fn take(
     let _ = crate::host::snapshot::remove(&tmp);
     out.snapshotting = None;
     record(ctx, addr, "vm.checkpoint-done", &out)?;
+    let back = if out.paused {
+        Ok(())
+    } else {
+        agent_back(addr, &out).await
+    };
     let cp = made?;
+    back?;
     note(
         ctx,
         addr,
@@ -141,6 +147,44 @@ pub async fn take(
         None => Vec::new(),
     };
     Ok((cp, pruned))
+}
+
+/// Does the agent answer a ping within `wait`?
+async fn answers(out: &VmOutputs, wait: Duration) -> bool {
+    use crate::host::agent::{Client, Endpoint};
+    let ep = Endpoint::VsockUds(out.vsock_uds.clone());
+    let end = Instant::now() + wait;
+    while Instant::now() < end {
+        let once = async {
+            let c = Client::connect(&ep, Duration::from_secs(2)).await.ok()?;
+            c.request("ping", serde_json::json!({})).await.ok()
+        };
+        if let Ok(Some(_)) = tokio::time::timeout(Duration::from_secs(5), once).await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    false
+}
+
+/// After the vsock device was plugged back into a running guest (a checkpoint, a failed
+/// suspend): wait until its agent answers again. A guest that missed the hot-plug (seen once
+/// under TCG after a failed suspend: no PCI enumeration, every connection reset) gets the
+/// device unplugged and plugged again, once.
+pub(super) async fn agent_back(addr: &Address, out: &VmOutputs) -> Result<(), ResourceError> {
+    if answers(out, Duration::from_secs(20)).await {
+        return Ok(());
+    }
+    tracing::warn!("{addr}: the agent does not answer after the vsock device was plugged back: plugging it again");
+    let run = out.run_dir.clone();
+    blocking(move || qemu_snapshot::replug_vsock(&run)).await?;
+    if answers(out, Duration::from_secs(30)).await {
+        return Ok(());
+    }
+    Err(check(format!(
+        "{addr}: the guest agent does not answer since its vsock device was plugged back (the VM runs; console log: {})",
+        out.console_log.display()
+    )))
 }
 
 async fn write(

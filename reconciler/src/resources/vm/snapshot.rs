@@ -129,6 +129,12 @@ pub(super) async fn suspend(
             let _ = snapshot::remove(&tmp);
             out.snapshotting = None;
             ctx.step(addr, Point::VmSnapshotIntent, out)?;
+            // The VM runs on: its agent must be reachable again, as before the suspend.
+            if !out.paused {
+                if let Err(back) = super::checkpoint::agent_back(addr, out).await {
+                    tracing::warn!("{}", super::super::error_chain(&back));
+                }
+            }
             return Err(e);
         }
     };
