@@ -41,6 +41,10 @@ size = "128MiB"
 cidr = "10.79.1.0/24"
 isolated = true
 
+[drive.data]
+size = "64MiB"
+protect = true
+
 [vm.a]
 vmm = "qemu"
 kernel = "deb"
@@ -49,6 +53,7 @@ memory = "192MiB"
 network = "lan"
 state = "{state}"
 keep = 5
+drives = [{{ drive = "data", mount = "/data" }}]
 "#,
         k = dir.join(kernel_file()).display(),
         i = dir.join("initrd.cpio.gz").display(),
@@ -92,6 +97,25 @@ fn fails(ws: &Workspace, args: &[&str]) -> String {
         r.stdout, r.stderr
     );
     r.stderr.trim().to_string()
+}
+
+/// Run fort and SIGKILL it as soon as `when` holds (polled every 5 ms, at most 120 s).
+fn killed_when(ws: &Workspace, args: &[&str], when: impl Fn() -> bool) {
+    let mut child = ws.command(args).spawn().unwrap();
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while !when() {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "fort {args:?} ended before it could be killed"
+        );
+        assert!(
+            std::time::Instant::now() < end,
+            "fort {args:?} never reached the point to kill it at"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
 }
 
 /// The regular files below `dir`.
@@ -166,7 +190,7 @@ fn checkpoint_restore_and_full_disks_in_a_real_vm() {
         ws.run(&["exec", "-d", "vm.a", "--", "sleep", "1000"]).ok();
         exec(
             &ws,
-            "echo on-disk > /root/persist; echo in-ram > /tmp/t; sync",
+            "echo on-disk > /root/persist; echo in-ram > /tmp/t; echo data > /data/d; sync",
         );
         let sleep_pid = exec(&ws, "for p in $(pidof sleep); do [ \"$(tr '\\0' ' ' < /proc/$p/cmdline)\" = 'sleep 1000 ' ] && echo $p; done");
         assert!(sleep_pid.parse::<u32>().is_ok(), "{sleep_pid:?}");
@@ -194,7 +218,13 @@ fn checkpoint_restore_and_full_disks_in_a_real_vm() {
         names.sort();
         assert_eq!(
             names,
-            ["drives.json", "drives/a-root", "snapshot.json", "vmstate"]
+            [
+                "drives.json",
+                "drives/a-root",
+                "drives/data",
+                "snapshot.json",
+                "vmstate"
+            ]
         );
         plan_is_empty(&ws);
         let shown = ws.run(&["state", "show", "vm.a"]).ok().stdout.clone();
@@ -215,13 +245,28 @@ fn checkpoint_restore_and_full_disks_in_a_real_vm() {
         // Break things, then restore: files and process are back.
         exec(
             &ws,
-            &format!("rm /root/persist /tmp/t; kill {sleep_pid}; sync"),
+            &format!("rm /root/persist /tmp/t /data/d; kill {sleep_pid}; sync"),
         );
         assert_eq!(
             exec(&ws, "cat /root/persist 2>/dev/null || echo gone"),
             "gone"
         );
-        let restored = ws.run(&["restore", "vm.a", "before"]).ok().stdout.clone();
+        // drive.data is protected: its newer data would be lost.
+        let err = fails(&ws, &["restore", "vm.a", "before"]);
+        assert!(
+            err.starts_with("error: refused: drive.data is protected (protect = true) and restoring vm.a to checkpoint \"before\" would put back its contents of "),
+            "{err}"
+        );
+        assert!(
+            err.ends_with(" ago, losing its newer data; re-run with --allow-data-loss if that is what you want"),
+            "{err}"
+        );
+        assert_eq!(qemu_pid(&ws), Some(pid));
+        let restored = ws
+            .run(&["restore", "vm.a", "before", "--allow-data-loss"])
+            .ok()
+            .stdout
+            .clone();
         assert!(
             restored.starts_with("vm.a: restored to checkpoint \"before\" in "),
             "{restored}"
@@ -234,6 +279,46 @@ fn checkpoint_restore_and_full_disks_in_a_real_vm() {
             exec(&ws, &format!("tr '\\0' ' ' < /proc/{sleep_pid}/cmdline")),
             "sleep 1000"
         );
+        assert_eq!(exec(&ws, "cat /data/d"), "data");
+        plan_is_empty(&ws);
+
+        // fort killed mid-checkpoint (the stream being written, the vCPUs stopped, no vsock
+        // device): the next apply removes the temporary directory and the VM runs on.
+        let tmp = state.join("snapshots/a/checkpoints/.crash.tmp");
+        killed_when(&ws, &["snapshot", "vm.a", "--name", "crash"], || {
+            tmp.join("vmstate").exists()
+        });
+        let plan = ws.run(&["plan"]).ok().stdout.clone();
+        assert!(
+            plan.contains(
+                "a suspend or checkpoint was interrupted: its unfinished snapshot is removed"
+            ),
+            "{plan}"
+        );
+        ws.run(&["apply", "--yes"]).ok();
+        assert!(!tmp.exists());
+        assert!(!state.join("snapshots/a/checkpoints/crash").exists());
+        assert_eq!(qemu_pid(&ws), Some(pid));
+        assert_eq!(exec(&ws, "cat /tmp/t"), "in-ram");
+        plan_is_empty(&ws);
+
+        // fort killed mid-restore (the old QEMU gone): the next apply does it again.
+        exec(&ws, "rm /tmp/t; sync");
+        killed_when(
+            &ws,
+            &["restore", "vm.a", "before", "--allow-data-loss"],
+            || !alive(pid),
+        );
+        let plan = ws.run(&["plan"]).ok().stdout.clone();
+        assert!(
+            plan.contains("a restore of checkpoint \"before\" was interrupted: it is done again"),
+            "{plan}"
+        );
+        ws.run(&["apply", "--yes"]).ok();
+        let pid = qemu_pid(&ws).unwrap();
+        assert!(alive(pid));
+        assert_eq!(exec(&ws, "cat /tmp/t"), "in-ram");
+        assert_eq!(exec(&ws, "cat /root/persist"), "on-disk");
         plan_is_empty(&ws);
         // The checkpoint stays reusable.
         assert!(cp.join("drives/a-root").exists());
@@ -249,7 +334,7 @@ fn checkpoint_restore_and_full_disks_in_a_real_vm() {
         let mid = bytes.len() / 2;
         bytes[mid] ^= 0xff;
         std::fs::write(&vmstate, &bytes).unwrap();
-        let err = fails(&ws, &["restore", "vm.a", "second"]);
+        let err = fails(&ws, &["restore", "vm.a", "second", "--allow-data-loss"]);
         let prefix = format!(
             "error: cannot restore vm.a to checkpoint \"second\": {} is corrupt: its sha256 is {}, the snapshot recorded ",
             vmstate.display(),
@@ -333,7 +418,7 @@ fn checkpoint_restore_and_full_disks_in_a_real_vm() {
         drop(_tmpfs);
 
         manifest(&ws, &srv, "running");
-        ws.run(&["destroy", "--yes"]).ok();
+        ws.run(&["destroy", "--yes", "--allow-data-loss"]).ok();
         assert!(!state.join("snapshots/a").exists());
     });
 }

@@ -52,6 +52,12 @@ pub fn resume(run_dir: &Path) -> Result<(), SnapshotError> {
 pub fn plug_vsock(q: &mut Qmp, run_dir: &Path) -> Result<(), SnapshotError> {
     let _ = q.execute("chardev-remove", json!({ "id": VSOCK_CHARDEV }));
     let path = RunDir(run_dir).vhost();
+    // vhost-device-vsock binds its socket again after QEMU's last connection went: right
+    // after an unplug it may not be there yet.
+    let end = Instant::now() + Duration::from_secs(5);
+    while !path.exists() && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(10));
+    }
     q.execute(
         "chardev-add",
         json!({ "id": VSOCK_CHARDEV, "backend": { "type": "socket", "data": {

@@ -172,7 +172,7 @@ async fn answers(out: &VmOutputs, wait: Duration) -> bool {
 /// under TCG after a failed suspend: no PCI enumeration, every connection reset) gets the
 /// device unplugged and plugged again, once.
 pub(super) async fn agent_back(addr: &Address, out: &VmOutputs) -> Result<(), ResourceError> {
-    if answers(out, Duration::from_secs(20)).await {
+    if answers(out, Duration::from_secs(10)).await {
         return Ok(());
     }
     tracing::warn!("{addr}: the agent does not answer after the vsock device was plugged back: plugging it again");
