@@ -202,6 +202,7 @@ fn checkpoint_restore_and_full_disks_in_a_real_vm() {
             .ok()
             .stdout
             .clone();
+        eprintln!("{took}");
         assert!(
             took.starts_with("vm.a: checkpoint \"before\" taken in "),
             "{took}"
@@ -262,11 +263,25 @@ fn checkpoint_restore_and_full_disks_in_a_real_vm() {
             "{err}"
         );
         assert_eq!(qemu_pid(&ws), Some(pid));
+        // A checkpoint of another spec: refused, nothing touched.
+        let text = std::fs::read_to_string(ws.manifest()).unwrap();
+        std::fs::write(
+            ws.manifest(),
+            text.replace("memory = \"192MiB\"", "memory = \"256MiB\""),
+        )
+        .unwrap();
+        assert_eq!(
+            fails(&ws, &["restore", "vm.a", "before", "--allow-data-loss"]),
+            "error: vm.a: checkpoint \"before\" cannot be restored: the VM's memory changed since it was made"
+        );
+        std::fs::write(ws.manifest(), text).unwrap();
+        assert_eq!(qemu_pid(&ws), Some(pid));
         let restored = ws
             .run(&["restore", "vm.a", "before", "--allow-data-loss"])
             .ok()
             .stdout
             .clone();
+        eprintln!("{restored}");
         assert!(
             restored.starts_with("vm.a: restored to checkpoint \"before\" in "),
             "{restored}"
