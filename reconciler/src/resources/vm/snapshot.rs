@@ -68,11 +68,19 @@ pub(super) async fn recover(
             Ok::<_, snapshot::SnapshotError>(())
         })
         .await;
-        if let Err(e) = undone {
-            tracing::warn!(
-                "{addr}: the VM an interrupted suspend left cannot run on ({e}): it is restarted"
-            );
-            steps::stop(ctx, addr, out).await?;
+        match undone {
+            // Its agent must answer again before the VM is adopted as it is.
+            Ok(()) => {
+                if let Err(e) = super::checkpoint::agent_back(addr, out).await {
+                    tracing::warn!("{e}");
+                }
+            }
+            Err(e) => {
+                tracing::warn!(
+                    "{addr}: the VM an interrupted suspend left cannot run on ({e}): it is restarted"
+                );
+                steps::stop(ctx, addr, out).await?;
+            }
         }
     }
     out.snapshotting = None;
