@@ -168,6 +168,8 @@ fn errors() {
          "fort.toml:11:8: network.lan: 10.77.0.0/24 has room for 253 VMs but 300 are attached (vm.w ×300)"),
         (base("[vm.w]\ncount = 0\nkernel = \"k\"\nroot = { template = \"t\", size = \"2GiB\" }\n"),
          "fort.toml:13:9: vm.w: count must be between 1 and 1000, got 0"),
+        (base("[vm.w]\nkeep = 0\nkernel = \"k\"\nroot = { template = \"t\", size = \"2GiB\" }\n"),
+         "fort.toml:13:8: vm.w: keep must be between 1 and 1000 (checkpoints kept), got 0"),
         (base("[drive.d]\nsize = \"1GiB\"\n[vm.w]\ncount = 2\nkernel = \"k\"\nroot = \"d\"\n"),
          "fort.toml:17:8: vm.w: a pool (count) needs a root drive per instance: use root = { template = \"…\", size = \"…\" }"),
         (base("[vm.w]\ncount = 2\nkernel = \"k\"\nroot = { template = \"t\", size = \"2GiB\" }\nip = \"10.77.0.9\"\nnetwork = \"lan\"\n"),

@@ -79,6 +79,11 @@ pub enum Command {
     Watch(WatchArgs),
     /// Print a VM's serial console log (`--follow` keeps printing what the guest writes).
     Console(ConsoleArgs),
+    /// Checkpoint a running VM (memory + drives; it runs on), or --list / --prune its
+    /// checkpoints: `fort snapshot vm.a --name before`.
+    Snapshot(SnapshotArgs),
+    /// Put a VM back to a checkpoint (memory, processes and drives): `fort restore vm.a before`.
+    Restore(RestoreArgs),
     /// Check what this host can do for fort (netlink, nftables, forwarding, TAPs, drive
     /// clones); every failed check prints its fix. Exit code 1 when a check fails.
     Doctor,
@@ -234,6 +239,53 @@ pub struct WatchArgs {
 
     /// Wait this long for the state directory's lock (a `fort apply` beside the watch).
     #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
+    pub lock_timeout: Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct SnapshotArgs {
+    /// The VM (vm.NAME).
+    #[arg(value_name = "TARGET")]
+    pub target: String,
+
+    /// The checkpoint's label [default: the time, e.g. 2026-12-02T01-30-00Z].
+    #[arg(long, value_name = "LABEL", conflicts_with_all = ["prune", "list"])]
+    pub name: Option<String>,
+
+    /// Remove old checkpoints instead of taking one: all but the newest --keep (default: the
+    /// VM's `keep`).
+    #[arg(long, conflicts_with = "list")]
+    pub prune: bool,
+
+    /// With --prune: how many to keep.
+    #[arg(long, value_name = "N", requires = "prune")]
+    pub keep: Option<usize>,
+
+    /// List the VM's checkpoints.
+    #[arg(long)]
+    pub list: bool,
+
+    /// Wait this long for an apply or watch holding the state directory.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    pub lock_timeout: Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    /// The VM (vm.NAME).
+    #[arg(value_name = "TARGET")]
+    pub target: String,
+
+    /// The checkpoint's label (`fort snapshot vm.NAME --list`).
+    #[arg(value_name = "LABEL")]
+    pub label: String,
+
+    /// Allow putting back a protected drive (its newer data is lost).
+    #[arg(long)]
+    pub allow_data_loss: bool,
+
+    /// Wait this long for an apply or watch holding the state directory.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
     pub lock_timeout: Duration,
 }
 

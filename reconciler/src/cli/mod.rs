@@ -4,6 +4,7 @@
 pub mod agent;
 pub mod apply;
 pub mod args;
+pub mod checkpoint;
 pub mod doctor;
 mod doctor_confine;
 pub mod forward;
@@ -132,6 +133,8 @@ pub async fn run(cli: Cli) -> Result<u8, CliError> {
         Command::Console(a) => agent::console(&cli, a).await,
         Command::Watch(a) => watch::watch(&cli, a).await,
         Command::Status => status::status(&cli),
+        Command::Snapshot(a) => checkpoint::snapshot(&cli, a).await,
+        Command::Restore(a) => checkpoint::restore(&cli, a).await,
         Command::Schema => {
             print!("{}", crate::manifest::json_schema_string());
             Ok(exit::OK)

@@ -57,8 +57,29 @@ pub fn state(cli: &Cli, cmd: &StateCommand) -> Result<u8, CliError> {
                     "{address} is not recorded in state"
                 )));
             };
+            let checkpoints = if address.kind == crate::address::Kind::Vm {
+                let manifest = session::load_manifest(cli).ok();
+                let dir = session::state_dir(cli, manifest.as_ref());
+                crate::host::checkpoint::list(&dir, &address.name).unwrap_or_default()
+            } else {
+                Vec::new()
+            };
             if cli.json {
-                println!("{}", serde_json::to_string_pretty(&r).unwrap_or_default());
+                let mut v = serde_json::to_value(&r).unwrap_or_default();
+                if let Some(o) = v.as_object_mut() {
+                    let list: Vec<_> = checkpoints
+                        .iter()
+                        .map(|c| {
+                            serde_json::json!({
+                                "label": c.label, "dir": c.dir,
+                                "created_unix": c.meta.created_unix,
+                                "state_bytes": c.meta.state_bytes, "drives": c.drives,
+                            })
+                        })
+                        .collect();
+                    o.insert("checkpoints".into(), list.into());
+                }
+                println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
             } else {
                 println!("address:  {}", r.address);
                 println!("status:   {}", r.status.as_str());
@@ -83,6 +104,12 @@ pub fn state(cli: &Cli, cmd: &StateCommand) -> Result<u8, CliError> {
                     "outputs:  {}",
                     serde_json::to_string_pretty(&r.outputs).unwrap_or_default()
                 );
+                if !checkpoints.is_empty() {
+                    println!("checkpoints:");
+                    for c in &checkpoints {
+                        println!("  {}  {}", c.label, c.summary());
+                    }
+                }
             }
         }
     }

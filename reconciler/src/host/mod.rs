@@ -3,6 +3,7 @@
 pub mod agent;
 pub mod agent_ready;
 pub mod cgroup;
+pub mod checkpoint;
 pub mod confine;
 pub mod fetch;
 pub mod forward;

@@ -499,6 +499,10 @@ pub struct VmSpec {
     /// inline root of T, QEMU, no data drives); `None`: it boots. Left out when `None`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub warm: Option<String>,
+    /// Checkpoints kept (`keep`; `None`: all). Left out when unset, so the specs (and hashes)
+    /// of VMs without it are what older forts recorded.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub keep: Option<u32>,
 }
 
 /// The serial number a data drive is given (QEMU: virtio-blk `serial=`, seen by the guest in

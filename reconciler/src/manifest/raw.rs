@@ -317,6 +317,10 @@ pub struct RawVm {
     /// port per instance ("8000-8009:80").
     #[schemars(with = "Option<Vec<String>>")]
     pub ports: Option<Vec<Spanned<String>>>,
+    /// How many checkpoints (`fort snapshot vm.NAME`) to keep: after a new one, the oldest
+    /// beyond this are removed (1 to 1000; default: all are kept).
+    #[schemars(with = "Option<u32>")]
+    pub keep: Option<Spanned<i64>>,
 }
 
 /// A size: a string with a binary unit, or a number of bytes.

@@ -129,6 +129,23 @@ pub(super) fn vms(
         };
         ok &= reference(cx, file, &addr, "kernel", &raw.kernel, refs.kernels.iter());
 
+        let keep = match &raw.keep {
+            Some(k) => {
+                let n = *k.get_ref();
+                if !(1..=1000).contains(&n) {
+                    cx.err(
+                        file,
+                        &k.span(),
+                        format!(
+                            "{addr}: keep must be between 1 and 1000 (checkpoints kept), got {n}"
+                        ),
+                    );
+                    ok = false;
+                }
+                Some(n.clamp(1, 1000) as u32)
+            }
+            None => None,
+        };
         let vcpus = match &raw.vcpus {
             Some(v) => {
                 let n = *v.get_ref();
@@ -451,6 +468,7 @@ pub(super) fn vms(
                     .filter(|t| refs.warm.contains(t))
                     .filter(|_| vmm == Vmm::Qemu && data.is_empty())
                     .cloned(),
+                keep,
             });
             let address = Address::new(Kind::Vm, &inst);
             resources.push((

@@ -273,6 +273,21 @@ pub async fn observe_all(
 }
 
 /// `err: cause: cause…` on one line.
+/// Run blocking host work (QMP, process starts, file copies) off the async runtime; its
+/// error becomes a check failure carrying the whole cause chain.
+pub(crate) async fn blocking<T, E>(
+    f: impl FnOnce() -> Result<T, E> + Send + 'static,
+) -> Result<T, ResourceError>
+where
+    T: Send + 'static,
+    E: std::error::Error + Send + 'static,
+{
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ResourceError::Check(format!("a background task failed: {e}")))?
+        .map_err(|e| ResourceError::Check(error_chain(&e)))
+}
+
 pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();

@@ -3,7 +3,8 @@
 //! it first (ACPI hot-unplug: the guest's agent keeps listening) and restoring plugs a fresh
 //! one in, served by a new vhost-device-vsock. The state stream goes through a pipe fort
 //! reads, hashing it as it writes the file; restoring feeds the file back the same way and
-//! checks the hash before the guest runs a single instruction.
+//! checks the hash before the guest runs a single instruction. A checkpoint is a suspend
+//! whose VM runs on: the drives are copied while the vCPUs are stopped, then it continues.
 
 use std::io::{Read, Write};
 use std::os::fd::AsFd;
@@ -51,6 +52,12 @@ pub fn resume(run_dir: &Path) -> Result<(), SnapshotError> {
 pub fn plug_vsock(q: &mut Qmp, run_dir: &Path) -> Result<(), SnapshotError> {
     let _ = q.execute("chardev-remove", json!({ "id": VSOCK_CHARDEV }));
     let path = RunDir(run_dir).vhost();
+    // vhost-device-vsock binds its socket again after QEMU's last connection went: right
+    // after an unplug it may not be there yet.
+    let end = Instant::now() + Duration::from_secs(5);
+    while !path.exists() && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(10));
+    }
     q.execute(
         "chardev-add",
         json!({ "id": VSOCK_CHARDEV, "backend": { "type": "socket", "data": {
@@ -62,6 +69,14 @@ pub fn plug_vsock(q: &mut Qmp, run_dir: &Path) -> Result<(), SnapshotError> {
         json!({ "driver": "vhost-user-vsock-pci", "chardev": VSOCK_CHARDEV, "id": VSOCK_ID, "addr": VSOCK_ADDR }),
     )?;
     Ok(())
+}
+
+/// Unplug the vsock device and plug a fresh one in, the vCPUs running: for a guest that
+/// missed the last hot-plug (its agent unreachable after a snapshot).
+pub fn replug_vsock(run_dir: &Path) -> Result<(), SnapshotError> {
+    let mut q = qmp(run_dir)?;
+    unplug_vsock(&mut q)?;
+    plug_vsock(&mut q, run_dir)
 }
 
 fn unplug_vsock(q: &mut Qmp) -> Result<(), SnapshotError> {
@@ -105,6 +120,38 @@ pub struct Stream {
     pub sha256: String,
 }
 
+/// Copy `from` to `to` until `from` ends, hashing what was read (sha256). A read error, or a
+/// write error unless `drain`, ends the copy with the bytes copied so far; with `drain` a
+/// failed write only stops the writing, and the rest of `from` is read and hashed.
+fn hashed_copy(
+    from: &mut impl Read,
+    to: &mut impl Write,
+    drain: bool,
+) -> Result<Stream, (std::io::Error, u64)> {
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let (mut bytes, mut writing) = (0u64, true);
+    loop {
+        let n = from.read(&mut buf).map_err(|e| (e, bytes))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+        if writing {
+            match to.write_all(&buf[..n]) {
+                Ok(()) => {}
+                Err(_) if drain => writing = false,
+                Err(e) => return Err((e, bytes)),
+            }
+        }
+        bytes += n as u64;
+    }
+    Ok(Stream {
+        bytes,
+        sha256: hex::encode(h.finalize()),
+    })
+}
+
 /// Write a full snapshot of the running VM to `dir/vmstate` (created, fsynced by the caller's
 /// commit). On success the VM is left stopped (the caller ends QEMU); on failure it runs
 /// again with its vsock device back, and the partial file is removed.
@@ -122,6 +169,39 @@ pub fn suspend(run_dir: &Path, dir: &Path, memory_bytes: u64) -> Result<Stream, 
         }
     }
     out
+}
+
+/// A checkpoint of the running VM: its state stream written to `dir/vmstate` as a suspend
+/// writes it, then `while_stopped` (the drive copies) while the vCPUs are still stopped —
+/// QEMU flushed and released its drives when the stream completed, so they hold what the
+/// memory describes — and then the vsock device is plugged back and the vCPUs continue (if
+/// they ran before). The VM runs on in the same QEMU either way; on error the partial
+/// stream file is removed.
+pub fn checkpoint(
+    run_dir: &Path,
+    dir: &Path,
+    memory_bytes: u64,
+    while_stopped: impl FnOnce() -> Result<(), SnapshotError>,
+) -> Result<Stream, SnapshotError> {
+    let mut q = qmp(run_dir)?;
+    let was_running = q.status()? == "running";
+    unplug_vsock(&mut q)?;
+    let out = suspend_stream(&mut q, dir, memory_bytes).and_then(|s| while_stopped().map(|()| s));
+    if out.is_err() {
+        let _ = std::fs::remove_file(dir.join(STATE_FILE));
+    }
+    let plugged = plug_vsock(&mut q, run_dir);
+    let continued = if was_running {
+        q.execute("cont", json!({}))
+            .map(|_| ())
+            .map_err(SnapshotError::from)
+    } else {
+        Ok(())
+    };
+    let s = out?;
+    plugged?;
+    continued?;
+    Ok(s)
 }
 
 fn suspend_stream(q: &mut Qmp, dir: &Path, memory_bytes: u64) -> Result<Stream, SnapshotError> {
@@ -142,25 +222,9 @@ fn suspend_stream(q: &mut Qmp, dir: &Path, memory_bytes: u64) -> Result<Stream, 
         .map_err(|e| SnapshotError::io("cannot make a pipe for", &path, e.into()))?;
     q.execute_with_fd("getfd", json!({ "fdname": "fort-snapshot" }), tx.as_fd())?;
     drop(tx);
-    let writer = std::thread::spawn(move || -> Result<Stream, (std::io::Error, u64)> {
-        let mut rx = std::fs::File::from(rx);
-        let mut h = Sha256::new();
-        let mut buf = vec![0u8; 1 << 20];
-        let mut bytes = 0u64;
-        loop {
-            let n = rx.read(&mut buf).map_err(|e| (e, bytes))?;
-            if n == 0 {
-                break;
-            }
-            file.write_all(&buf[..n]).map_err(|e| (e, bytes))?;
-            h.update(&buf[..n]);
-            bytes += n as u64;
-        }
-        Ok(Stream {
-            bytes,
-            sha256: hex::encode(h.finalize()),
-        })
-    });
+    // The stream is written as QEMU sends it; a write error (ENOSPC) ends the copy.
+    let writer =
+        std::thread::spawn(move || hashed_copy(&mut std::fs::File::from(rx), &mut file, false));
     let started = q.execute("migrate", json!({ "uri": "fd:fort-snapshot" }));
     if let Err(e) = started {
         let _ = q.execute("closefd", json!({ "fdname": "fort-snapshot" }));
@@ -196,6 +260,27 @@ fn suspend_stream(q: &mut Qmp, dir: &Path, memory_bytes: u64) -> Result<Stream, 
     }
 }
 
+fn corrupt(path: &Path, hash: &str, sha256: &str) -> Result<(), SnapshotError> {
+    if hash != sha256 {
+        return Err(SnapshotError::Failed(format!(
+            "{} is corrupt: its sha256 is {hash}, the snapshot recorded {sha256}",
+            path.display()
+        )));
+    }
+    Ok(())
+}
+
+/// Check `dir/vmstate` against its recorded sha256 without loading it (before a restore
+/// stops the VM that runs, so a corrupt checkpoint leaves it as it was).
+pub fn verify(dir: &Path, sha256: &str) -> Result<(), SnapshotError> {
+    let path = dir.join(STATE_FILE);
+    let mut file =
+        std::fs::File::open(&path).map_err(|e| SnapshotError::io("cannot open", &path, e))?;
+    let s = hashed_copy(&mut file, &mut std::io::sink(), false)
+        .map_err(|(e, _)| SnapshotError::io("cannot read", &path, e))?;
+    corrupt(&path, &s.sha256, sha256)
+}
+
 /// Load a snapshot into a QEMU started with `-incoming defer -S` (see `qemu::args`), check
 /// the stream's checksum and plug a vsock device in; the guest stays stopped until
 /// [`resume`]. On error the caller stops that QEMU (it never ran the guest).
@@ -214,18 +299,11 @@ pub fn load(
     q.execute_with_fd("getfd", json!({ "fdname": "fort-snapshot" }), file.as_fd())?;
     drop(file);
     let p = path.clone();
-    let feeder = std::thread::spawn(move || -> std::io::Result<String> {
+    let feeder = std::thread::spawn(move || {
         let mut f = std::fs::File::open(&p)?;
-        let mut h = Sha256::new();
-        let mut buf = vec![0u8; 1 << 20];
-        loop {
-            let n = f.read(&mut buf)?;
-            if n == 0 {
-                break;
-            }
-            h.update(&buf[..n]);
-        }
-        Ok(hex::encode(h.finalize()))
+        hashed_copy(&mut f, &mut std::io::sink(), false)
+            .map(|s| s.sha256)
+            .map_err(|(e, _)| e)
     });
     q.execute("migrate-incoming", json!({ "uri": "fd:fort-snapshot" }))?;
     let end = Instant::now() + STREAM_TIMEOUT;
@@ -251,12 +329,7 @@ pub fn load(
         .join()
         .map_err(|_| SnapshotError::Failed("the snapshot reader panicked".into()))?
         .map_err(|e| SnapshotError::io("cannot read", &path, e))?;
-    if hash != sha256 {
-        return Err(SnapshotError::Failed(format!(
-            "{} is corrupt: its sha256 is {hash}, the snapshot recorded {sha256}",
-            path.display()
-        )));
-    }
+    corrupt(&path, &hash, sha256)?;
     loaded?;
     let r = q.execute("query-migrate", json!({}))?;
     if let Some(s) = r.get("status").and_then(|s| s.as_str()) {

@@ -7,6 +7,7 @@
 //! process the moment it is spawned — so a fort killed at any instant leaves a row that says
 //! what runs, and the next apply adopts it (its agent answers) or stops it.
 
+pub mod checkpoint;
 mod confine;
 mod ports;
 mod snapshot;
@@ -80,9 +81,13 @@ pub struct VmOutputs {
     /// The snapshot a suspended VM resumes from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub suspended: Option<snapshot::SuspendRecord>,
-    /// A suspend in progress: its temporary directory, named before it exists.
+    /// A suspend or a checkpoint in progress: its temporary directory, named before it exists.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub snapshotting: Option<PathBuf>,
+    /// A `fort restore` in progress: the checkpoint's label, recorded before anything is
+    /// stopped, so an interrupted restore is finished by the next apply.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restoring: Option<String>,
     /// What the agent reported of its data-drive mounts when this boot became ready.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub mounts: Vec<crate::host::agent::MountStatus>,
@@ -171,7 +176,8 @@ impl ResourceKind for Vm {
     fn field_effect(&self, field: &str) -> Effect {
         match field {
             // Ports are DNAT rules on the host: the running VM is not touched.
-            "state" | "restart" | "ports" | "warm" => Effect::Update,
+            // `keep` only prunes checkpoints; `warm` is how a VM first starts.
+            "state" | "restart" | "ports" | "keep" | "warm" => Effect::Update,
             _ => Effect::Restart,
         }
     }
@@ -189,7 +195,15 @@ impl ResourceKind for Vm {
         let alive = out.started.is_some_and(|s| s.alive());
         if out.snapshotting.is_some() {
             return Ok(Observation::Drifted {
-                what: "a suspend was interrupted: its unfinished snapshot is removed".into(),
+                what: "a suspend or checkpoint was interrupted: its unfinished snapshot is removed"
+                    .into(),
+            });
+        }
+        if let Some(label) = &out.restoring {
+            return Ok(Observation::Drifted {
+                what: format!(
+                    "a restore of checkpoint \"{label}\" was interrupted: it is done again"
+                ),
             });
         }
         if state == Some("suspended") {
@@ -290,6 +304,7 @@ impl ResourceKind for Vm {
             None => steps::intent(ctx, desired, spec)?,
         };
         snapshot::recover(ctx, addr, &mut out).await?;
+        checkpoint::on_apply(ctx, desired, spec, &mut out).await?;
         if spec.state == VmState::Stopped {
             steps::stop(ctx, addr, &mut out).await?;
             // Its memory is gone with it: a snapshot would resume a guest its drives moved past.

@@ -10,6 +10,7 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
+use super::super::blocking;
 use super::super::{Ctx, ResourceError};
 use super::{steps, VmOutputs};
 use crate::address::Address;
@@ -42,15 +43,6 @@ fn require_qemu(addr: &Address, spec: &VmSpec, what: &str) -> Result<(), Resourc
     Ok(())
 }
 
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, snapshot::SnapshotError> + Send + 'static,
-) -> Result<T, ResourceError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| ResourceError::Check(format!("snapshot task failed: {e}")))?
-        .map_err(err)
-}
-
 /// An interrupted suspend: its unfinished files go, and the VM it was taking runs on
 /// (vsock device back, vCPUs continued) — or, if its VMM is gone, it boots as a dead VM does.
 pub(super) async fn recover(
@@ -73,14 +65,22 @@ pub(super) async fn recover(
                 qemu_snapshot::plug_vsock(&mut q, &run)?;
             }
             q.execute("cont", serde_json::json!({}))?;
-            Ok(())
+            Ok::<_, snapshot::SnapshotError>(())
         })
         .await;
-        if let Err(e) = undone {
-            tracing::warn!(
-                "{addr}: the VM an interrupted suspend left cannot run on ({e}): it is restarted"
-            );
-            steps::stop(ctx, addr, out).await?;
+        match undone {
+            // Its agent must answer again before the VM is adopted as it is.
+            Ok(()) => {
+                if let Err(e) = super::checkpoint::agent_back(addr, out).await {
+                    tracing::warn!("{e}");
+                }
+            }
+            Err(e) => {
+                tracing::warn!(
+                    "{addr}: the VM an interrupted suspend left cannot run on ({e}): it is restarted"
+                );
+                steps::stop(ctx, addr, out).await?;
+            }
         }
     }
     out.snapshotting = None;
@@ -137,6 +137,12 @@ pub(super) async fn suspend(
             let _ = snapshot::remove(&tmp);
             out.snapshotting = None;
             ctx.step(addr, Point::VmSnapshotIntent, out)?;
+            // The VM runs on: its agent must be reachable again, as before the suspend.
+            if !out.paused {
+                if let Err(back) = super::checkpoint::agent_back(addr, out).await {
+                    tracing::warn!("{}", super::super::error_chain(&back));
+                }
+            }
             return Err(e);
         }
     };
@@ -207,6 +213,27 @@ pub(super) async fn resume(
         return Err(ResourceError::Check(format!("{addr} has no snapshot")));
     };
     let meta = snapshot::read_meta(&rec.dir).map_err(err)?;
+    let t0 = load(ctx, desired, spec, out, want, &rec.dir, &meta.state_sha256).await?;
+    // Marked used before the guest runs: from here its drives move on, and the stream must
+    // never be loaded again.
+    discard(ctx, addr, out)?;
+    crate::crash::hit(Point::VmResuming);
+    run_loaded(addr, spec, out, t0).await
+}
+
+/// Start a QEMU waiting for a stream (helper and QEMU each recorded as they run) and load the
+/// snapshot in `dir` into it, checked against `sha256`; the guest has not run yet. Returns
+/// when the start began, for `boot_ms`.
+pub(super) async fn load(
+    ctx: &Ctx,
+    desired: &Resource,
+    spec: &VmSpec,
+    out: &mut VmOutputs,
+    want: serde_json::Value,
+    dir: &std::path::Path,
+    sha256: &str,
+) -> Result<Instant, ResourceError> {
+    let addr = &desired.address;
     let t0 = Instant::now();
     let (cfg, vmm) = steps::prepare_boot(ctx, desired, spec, out).await?;
     let (v, c) = (vmm.clone(), cfg.clone());
@@ -224,24 +251,26 @@ pub(super) async fn resume(
     out.boot_ms = None;
     ctx.step(addr, Point::VmSpawned, out)?;
     super::write_pid_file(out)?;
-    // Marked used before the guest runs: from here its drives move on, and the stream must
-    // never be loaded again.
-    let (run, dir, sha) = (
-        out.run_dir.clone(),
-        rec.dir.clone(),
-        meta.state_sha256.clone(),
-    );
+    let (run, d, sha) = (out.run_dir.clone(), dir.to_path_buf(), sha256.to_string());
     let alive = move || proc.alive();
-    let loaded = blocking(move || qemu_snapshot::load(&run, &dir, &sha, alive)).await;
+    let loaded = blocking(move || qemu_snapshot::load(&run, &d, &sha, alive)).await;
     if let Err(e) = loaded {
         return Err(ResourceError::Check(format!(
             "cannot resume from the snapshot in {}: {}",
-            rec.dir.display(),
+            dir.display(),
             super::super::error_chain(&e)
         )));
     }
-    discard(ctx, addr, out)?;
-    crate::crash::hit(Point::VmResuming);
+    Ok(t0)
+}
+
+/// Let a loaded guest run: vCPUs continued, its agent reached, its clock stepped.
+pub(super) async fn run_loaded(
+    addr: &Address,
+    spec: &VmSpec,
+    out: &mut VmOutputs,
+    t0: Instant,
+) -> Result<(), ResourceError> {
     let gate = steps::ready_gate(out, steps::RESTORE_FALLBACK);
     let run = out.run_dir.clone();
     blocking(move || qemu_snapshot::resume(&run)).await?;

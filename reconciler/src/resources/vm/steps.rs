@@ -23,7 +23,8 @@ use crate::manifest::{data_drive_device, drive_serial, Resource, VmSpec, Vmm};
 use crate::state::leases::PoolSlot;
 use crate::state::StateStore;
 
-/// The spec without the fields that never need a restart (`ports` are host rules).
+/// The spec without the fields that never need a restart (`ports` are host rules, `keep`
+/// counts checkpoints).
 pub fn restart_relevant(v: &serde_json::Value) -> serde_json::Value {
     let mut v = v.clone();
     if let Some(o) = v.as_object_mut() {
@@ -32,6 +33,7 @@ pub fn restart_relevant(v: &serde_json::Value) -> serde_json::Value {
         o.remove("ports");
         // Only how a VM first starts.
         o.remove("warm");
+        o.remove("keep");
     }
     v
 }
@@ -72,6 +74,7 @@ pub(super) fn intent(
         paused: false,
         suspended: None,
         snapshotting: None,
+        restoring: None,
         run_dir,
     };
     ctx.step(&desired.address, Point::VmIntent, &out)?;
@@ -353,14 +356,7 @@ pub(super) fn mount_params(spec: &VmSpec) -> String {
     out
 }
 
-pub(super) async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, crate::host::vmm::VmmError> + Send + 'static,
-) -> Result<T, ResourceError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| ResourceError::Check(format!("VMM start task failed: {e}")))?
-        .map_err(|e| ResourceError::Check(super::super::error_chain(&e)))
-}
+pub(super) use super::super::blocking;
 
 /// Everything before a VMM starts: attached, ports published, confined, run dir prepared;
 /// the VMM's config and backend.
