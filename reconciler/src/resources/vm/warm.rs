@@ -11,7 +11,6 @@
 //! boots from it like any VM.
 
 use std::path::Path;
-use std::time::Instant;
 
 use serde_json::{json, Value};
 
@@ -105,39 +104,24 @@ pub(super) async fn start(
     blocking(move || install_root(&src, &root)).await?;
     drop(lock);
 
-    let t0 = Instant::now();
-    let (cfg, vmm) = steps::prepare_boot(ctx, desired, spec, out).await?;
-    let (v, c) = (vmm.clone(), cfg.clone());
-    out.helper = steps::blocking(move || v.start_helper(&c)).await?;
-    if out.helper.is_some() {
-        ctx.step(addr, Point::VmHelper, out)?;
-    }
-    let (v, c) = (vmm.clone(), cfg.clone());
-    let proc = steps::blocking(move || v.start_vmm_incoming(&c)).await?;
-    out.started = Some(Started {
-        vmm: proc,
-        helper: out.helper.take(),
-    });
-    out.booted = Some(want);
-    out.boot_ms = None;
-    ctx.step(addr, Point::VmSpawned, out)?;
-    super::write_pid_file(out)?;
-    let spawned = t0.elapsed();
-    let (run, dir, sha) = (out.run_dir.clone(), dest.clone(), meta.state_sha256.clone());
-    let alive = move || proc.alive();
-    if let Err(e) = blocking(move || qemu_snapshot::load(&run, &dir, &sha, alive)).await {
-        // A snapshot that does not load is of no use to the next VM either.
-        let state = ctx.state_dir.clone();
-        let _ = blocking(move || {
-            let _l = warm::lock(&state, &key)?;
-            snapshot::remove(&dest)
-        })
-        .await;
-        return Err(ResourceError::Check(format!(
-            "cannot start from template.{template}'s warm snapshot: {}",
-            super::super::error_chain(&e)
-        )));
-    }
+    let loaded =
+        super::snapshot::load(ctx, desired, spec, out, want, &dest, &meta.state_sha256).await;
+    let t0 = match loaded {
+        Ok(t0) => t0,
+        Err(e) => {
+            // A snapshot that does not load is of no use to the next VM either.
+            let state = ctx.state_dir.clone();
+            let _ = blocking(move || {
+                let _l = warm::lock(&state, &key)?;
+                snapshot::remove(&dest)
+            })
+            .await;
+            return Err(ResourceError::Check(format!(
+                "cannot start from template.{template}'s warm snapshot: {}",
+                super::super::error_chain(&e)
+            )));
+        }
+    };
     let loaded = t0.elapsed();
     let gate = steps::ready_gate(out, steps::RESTORE_FALLBACK);
     let run = out.run_dir.clone();
@@ -149,10 +133,9 @@ pub(super) async fn start(
     out.boot_ms = Some(t0.elapsed().as_millis() as u64);
     // Where the time goes (docs/benchmarks.md).
     tracing::info!(
-        "{addr}: started warm from template.{template} in {} ms: attached and VMM started {} ms, state loaded {} ms, agent answered {} ms, identity {} ms",
+        "{addr}: started warm from template.{template} in {} ms: attached, VMM started and state loaded {} ms, agent answered {} ms, identity {} ms",
         t0.elapsed().as_millis(),
-        spawned.as_millis(),
-        (loaded - spawned).as_millis(),
+        loaded.as_millis(),
         (ready - loaded).as_millis(),
         (t0.elapsed() - ready).as_millis()
     );
