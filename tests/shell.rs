@@ -364,6 +364,8 @@ fn shell_sigterm_to_fort_restores_the_terminal_and_hangs_up_the_guest_shell() {
     let agent = AgentProcess::start();
     let mut pty = Pty::open(24, 80);
     let before = pty.mode();
+    // Its own sleep: one another run left behind must not count.
+    let before_pids = pids_of(&["sleep", "4444"]);
     let mut child = pty.spawn(&[
         "shell",
         "--connect",
@@ -374,13 +376,35 @@ fn shell_sigterm_to_fort_restores_the_terminal_and_hangs_up_the_guest_shell() {
         "echo waiting; exec sleep 4444",
     ]);
     pty.expect("waiting\r\n");
-    wait_until("sleep 4444 to run", || process_running(&["sleep", "4444"]));
+    wait_until("sleep 4444 to run", || {
+        pids_of(&["sleep", "4444"]).len() > before_pids.len()
+    });
+    let ours: Vec<i32> = pids_of(&["sleep", "4444"])
+        .into_iter()
+        .filter(|p| !before_pids.contains(p))
+        .collect();
     // SAFETY: kill(2) of the fort this test started.
     assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
     assert_eq!(child.wait().unwrap().code(), Some(128 + 15));
     assert_eq!(pty.mode(), before, "the terminal's mode was not restored");
     // The guest's program got SIGHUP, as from a terminal that went away.
-    wait_until("sleep 4444 to end", || !process_running(&["sleep", "4444"]));
+    let status = |p: i32| std::fs::read_to_string(format!("/proc/{p}/status")).unwrap_or_default();
+    let t = std::time::Instant::now();
+    while ours
+        .iter()
+        .any(|p| !status(*p).is_empty() && !status(*p).contains("State:\tZ"))
+    {
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(30),
+            "sleep 4444 {ours:?} did not end after fort's SIGTERM; its status:\n{}",
+            ours.iter().map(|p| status(*p)).collect::<String>()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    for p in ours {
+        // SAFETY: kill(2) of the sleep this test started (a no-op when it ended).
+        unsafe { libc::kill(p, libc::SIGKILL) };
+    }
 }
 
 #[test]
