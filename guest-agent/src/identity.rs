@@ -277,19 +277,24 @@ pub fn apply(args: &IdentityArgs, root: &Path, clock: &dyn Clock) -> IdentityRes
     r
 }
 
-/// Bounce the interface with its new MAC, replace its addresses, its default route and
+/// Give the interface its new MAC, replace its addresses, its default route and
 /// resolv.conf. No gratuitous ARP: the clone's new IP and MAC are new to its network.
 fn network(n: &Net, root: &Path, errors: &mut Vec<String>) {
     let dev = n.interface.as_str();
-    if let Err(e) = net::down(dev) {
-        errors.push(format!("network: cannot bring {dev} down: {e}"));
-    }
     let mac = n.mac.map(|b| format!("{b:02x}")).join(":");
-    if let Err(e) = net::set_mac(dev, n.mac) {
-        errors.push(format!("mac: cannot set {mac}: {e}"));
-    }
-    if let Err(e) = net::up(dev) {
-        errors.push(format!("network: cannot bring {dev} up: {e}"));
+    // virtio-net (and veth) change their address while up; bouncing the link costs a
+    // driver close and open (its receive ring refilled), most of this call's time under
+    // TCG. A driver that refuses (EBUSY) gets the bounce.
+    if net::set_mac(dev, n.mac).is_err() {
+        if let Err(e) = net::down(dev) {
+            errors.push(format!("network: cannot bring {dev} down: {e}"));
+        }
+        if let Err(e) = net::set_mac(dev, n.mac) {
+            errors.push(format!("mac: cannot set {mac}: {e}"));
+        }
+        if let Err(e) = net::up(dev) {
+            errors.push(format!("network: cannot bring {dev} up: {e}"));
+        }
     }
     if let Err(e) = net::flush_ipv4(dev) {
         errors.push(format!("ip: cannot remove the old addresses of {dev}: {e}"));

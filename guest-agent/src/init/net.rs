@@ -93,7 +93,7 @@ pub(crate) fn down(dev: &str) -> std::io::Result<()> {
     ioctl(libc::SIOCSIFFLAGS, &mut r)
 }
 
-/// Set `dev`'s Ethernet address (the interface should be down).
+/// Set `dev`'s Ethernet address (down, or up if its driver allows a live change).
 pub(crate) fn set_mac(dev: &str, mac: [u8; 6]) -> std::io::Result<()> {
     let mut r = ifreq(dev);
     // SAFETY: sockaddr is plain old data; all-zero is a valid value.

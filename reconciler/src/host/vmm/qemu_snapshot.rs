@@ -291,9 +291,11 @@ pub fn load(
     alive: impl Fn() -> bool,
 ) -> Result<(), SnapshotError> {
     let path = dir.join(STATE_FILE);
+    let t0 = Instant::now();
     let file =
         std::fs::File::open(&path).map_err(|e| SnapshotError::io("cannot open", &path, e))?;
     let mut q = qmp(run_dir)?;
+    let connected = t0.elapsed();
     // QEMU reads the file itself (no pipe to copy through); fort hashes it from its own
     // descriptor meanwhile, and the guest runs only once both are done.
     q.execute_with_fd("getfd", json!({ "fdname": "fort-snapshot" }), file.as_fd())?;
@@ -325,6 +327,7 @@ pub fn load(
         }
         std::thread::sleep(Duration::from_millis(5));
     };
+    let streamed = t0.elapsed();
     let hash = feeder
         .join()
         .map_err(|_| SnapshotError::Failed("the snapshot reader panicked".into()))?
@@ -339,5 +342,11 @@ pub fn load(
             )));
         }
     }
-    plug_vsock(&mut q, run_dir)
+    let hashed = t0.elapsed();
+    let plugged = plug_vsock(&mut q, run_dir);
+    tracing::debug!(
+        "snapshot load: QMP {connected:?}, stream in {streamed:?}, hashed {hashed:?}, vsock plugged {:?}",
+        t0.elapsed()
+    );
+    plugged
 }

@@ -9,6 +9,7 @@
 
 pub mod checkpoint;
 mod confine;
+mod identity;
 mod ports;
 mod snapshot;
 mod steps;

@@ -236,8 +236,10 @@ pub(super) async fn load(
     let addr = &desired.address;
     let t0 = Instant::now();
     let (cfg, vmm) = steps::prepare_boot(ctx, desired, spec, out).await?;
+    let prepared = t0.elapsed();
     let (v, c) = (vmm.clone(), cfg.clone());
     out.helper = steps::blocking(move || v.start_helper(&c)).await?;
+    let helped = t0.elapsed();
     if out.helper.is_some() {
         ctx.step(addr, Point::VmHelper, out)?;
     }
@@ -253,7 +255,12 @@ pub(super) async fn load(
     super::write_pid_file(out)?;
     let (run, d, sha) = (out.run_dir.clone(), dir.to_path_buf(), sha256.to_string());
     let alive = move || proc.alive();
+    let spawned = t0.elapsed();
     let loaded = blocking(move || qemu_snapshot::load(&run, &d, &sha, alive)).await;
+    tracing::debug!(
+        "{addr}: load: prepared {prepared:?}, helper {helped:?}, VMM spawned {spawned:?}, loaded {:?}",
+        t0.elapsed()
+    );
     if let Err(e) = loaded {
         return Err(ResourceError::Check(format!(
             "cannot resume from the snapshot in {}: {}",
@@ -274,9 +281,10 @@ pub(super) async fn run_loaded(
     let gate = steps::ready_gate(out, steps::RESTORE_FALLBACK);
     let run = out.run_dir.clone();
     blocking(move || qemu_snapshot::resume(&run)).await?;
-    out.mounts = steps::wait_ready_with(spec, out, Some(gate)).await?;
+    let (mounts, client) = steps::wait_ready_client(spec, out, Some(gate)).await?;
+    out.mounts = mounts;
     out.boot_ms = Some(t0.elapsed().as_millis() as u64);
-    steps::after_restore(addr, out).await;
+    super::identity::after_restore(addr, out, Some(client)).await;
     Ok(())
 }
 

@@ -380,53 +380,6 @@ pub(super) async fn prepare_boot(
     Ok((cfg, vmm))
 }
 
-/// After a restore: the guest's clock is the snapshot's, its RNG state another boot's. The
-/// agent steps the clock to the host's and reseeds its RNG (`fort/identity`). Best effort:
-/// a guest that cannot do it is named in a warning, and keeps running.
-pub(super) async fn after_restore(addr: &Address, out: &VmOutputs) {
-    identify(addr, out, serde_json::json!({})).await;
-}
-
-/// `fort/identity` with the host's time, fresh entropy and `extra` (a clone's hostname,
-/// network and machine-id).
-pub(super) async fn identify(addr: &Address, out: &VmOutputs, extra: serde_json::Value) {
-    use base64::Engine;
-    let mut entropy = [0u8; 64];
-    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
-        use std::io::Read;
-        let _ = f.read_exact(&mut entropy);
-    }
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0);
-    let ep = Endpoint::VsockUds(out.vsock_uds.clone());
-    let asked = async {
-        let c = Client::connect(&ep, Duration::from_secs(5)).await.ok()?;
-        let mut args = serde_json::json!({
-            "time_unix_ns": now,
-            "entropy": base64::engine::general_purpose::STANDARD.encode(entropy),
-        });
-        if let (Some(a), Some(e)) = (args.as_object_mut(), extra.as_object()) {
-            a.extend(e.clone());
-        }
-        c.request("fort/identity", args).await.ok()
-    };
-    match tokio::time::timeout(Duration::from_secs(10), asked).await {
-        Ok(Some(r)) => {
-            tracing::info!("{addr}: restored; the guest's clock was stepped: {r}");
-            if let Some(errs) = r.get("errors").and_then(|e| e.as_array()) {
-                for e in errs {
-                    tracing::warn!("{addr}: after the restore: {e}");
-                }
-            }
-        }
-        _ => tracing::warn!(
-            "{addr}: the agent did not take the host's time after the restore: the guest's clock is the snapshot's"
-        ),
-    }
-}
-
 /// Attach, prepare the run dir, spawn the helper and the VMM (each recorded the moment it
 /// runs), and wait until the agent answers. `out` is left describing what runs.
 pub(super) async fn boot(
@@ -514,6 +467,16 @@ pub(super) async fn wait_ready_with(
     out: &VmOutputs,
     gate: Option<ReadyGate>,
 ) -> Result<Vec<MountStatus>, ResourceError> {
+    wait_ready_client(spec, out, gate).await.map(|(m, _)| m)
+}
+
+/// [`wait_ready_with`], keeping the connection that answered (a restore's next request
+/// goes on it: a new connection costs a vsock handshake and an `initialize` under TCG).
+pub(super) async fn wait_ready_client(
+    spec: &VmSpec,
+    out: &VmOutputs,
+    gate: Option<ReadyGate>,
+) -> Result<(Vec<MountStatus>, Client), ResourceError> {
     let Some(started) = out.started else {
         return Err(ResourceError::Check("the VM is not running".into()));
     };
@@ -573,11 +536,11 @@ pub(super) async fn wait_ready_with(
         let once = async {
             let c = Client::connect(&ep, connect).await.ok()?;
             c.request("ping", serde_json::json!({})).await.ok()?;
-            Some(c.mounts())
+            Some((c.mounts(), c))
         };
-        if let Ok(Some(mounts)) = tokio::time::timeout(connect + Duration::from_secs(3), once).await
+        if let Ok(Some(ready)) = tokio::time::timeout(connect + Duration::from_secs(3), once).await
         {
-            return Ok(mounts);
+            return Ok(ready);
         }
         if Instant::now() > deadline {
             return Err(not_answered(timeout, &run));

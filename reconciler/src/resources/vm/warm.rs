@@ -126,9 +126,11 @@ pub(super) async fn start(
     let gate = steps::ready_gate(out, steps::RESTORE_FALLBACK);
     let run = out.run_dir.clone();
     blocking(move || qemu_snapshot::resume(&run)).await?;
-    out.mounts = steps::wait_ready_with(spec, out, Some(gate)).await?;
+    let (mounts, client) = steps::wait_ready_client(spec, out, Some(gate)).await?;
+    out.mounts = mounts;
     let ready = t0.elapsed();
-    steps::identify(addr, out, identity(desired, spec, out)).await;
+    let me = identity(desired, spec, out);
+    super::identity::identify(addr, out, me, Some(client)).await;
     // Ready once it is itself: its address, hostname and entropy are the builder's before.
     out.boot_ms = Some(t0.elapsed().as_millis() as u64);
     // Where the time goes (docs/benchmarks.md).
