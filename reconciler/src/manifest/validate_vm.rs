@@ -90,21 +90,6 @@ pub(super) fn vms(
             Some(RawVmm::Qemu) => Vmm::Qemu,
             _ => Vmm::Firecracker,
         };
-        if vmm == Vmm::Firecracker
-            && matches!(raw.state, Some(RawVmState::Paused | RawVmState::Suspended))
-        {
-            let s = if raw.state == Some(RawVmState::Paused) {
-                "paused"
-            } else {
-                "suspended"
-            };
-            cx.err(
-                file,
-                &e.name_span,
-                format!("{addr}: state = \"{s}\" needs vmm = \"qemu\": fort does not drive Firecracker's pause and snapshot API yet (docs/snapshots.md)"),
-            );
-            ok = false;
-        }
         let firecracker = match (&raw.firecracker, vmm) {
             (Some(f), Vmm::Qemu) => {
                 cx.err(
