@@ -49,8 +49,19 @@ pub(super) async fn write(
         spec: out.booted.clone().unwrap_or_default(),
     };
     // The VM's uid owns the files (and its gid is the same number), so a confined
-    // Firecracker can write them.
+    // Firecracker can write them — and, when it is not jailed (no links in a chroot), open
+    // them by their path: the directories on the way let it through, not list them (0711, as
+    // for the drives), while the files stay 0600.
     let owner = out.uid.map(|u| (u, u));
+    if owner.is_some() {
+        let snaps = files::vm_dir(&ctx.state_dir, &addr.name);
+        for d in [snaps.parent().unwrap_or(&snaps), &snaps, tmp] {
+            if let Err(e) = crate::host::confine::files::set_mode(d, 0o711) {
+                snapshot::abandon(ctx, addr, out, tmp)?;
+                return Err(ResourceError::Check(error_chain(&e)));
+            }
+        }
+    }
     match fcs::suspend(&out.run_dir, tmp, dest, owner, what).await {
         Ok(meta) => Ok(meta),
         Err(e) => {
