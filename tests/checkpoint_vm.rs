@@ -5,6 +5,8 @@
 //! before anything is touched; `--prune --keep 0` removes them. Then a full disk (a 16 MiB
 //! tmpfs on `state_dir/snapshots`) under both a checkpoint and `state = "suspended"`: the
 //! exact error, the VM running on in the same QEMU, and no partial file left. One VM boot.
+//!
+//! QEMU only, whatever `FORT_TEST_VMM` says: checkpoints need vmm = "qemu" (docs/snapshots.md).
 
 #![allow(clippy::unwrap_used)]
 
@@ -17,7 +19,7 @@ use common::fort::{sha256_hex, Workspace};
 use common::netns::in_netns;
 use common::rootfs::static_agent;
 use common::server::{Reply, Server};
-use common::vms::{assets, kernel_file, ConsoleOnFailure, ONE_AT_A_TIME};
+use common::vms::{assets, ConsoleOnFailure, ONE_AT_A_TIME, QEMU_KERNEL};
 
 fn manifest(ws: &Workspace, srv: &Server, state: &str) {
     let dir = assets();
@@ -55,7 +57,7 @@ state = "{state}"
 keep = 5
 drives = [{{ drive = "data", mount = "/data" }}]
 "#,
-        k = dir.join(kernel_file()).display(),
+        k = dir.join(QEMU_KERNEL).display(),
         i = dir.join("initrd.cpio.gz").display(),
         url = srv.url("").trim_end_matches('/'),
     ));

@@ -7,6 +7,9 @@
 //! lease, drive, temp file or run dir that no record owns — and the protected drive is
 //! unchanged. Then the same for `fort destroy` crashed at each of its points: destroy again,
 //! nothing left. One booted VM is shared by the cases that do not restart it.
+//!
+//! QEMU only, whatever `FORT_TEST_VMM` says: its checks count QEMU's vhost-device-vsock
+//! helper among the VM's processes.
 
 #![allow(clippy::unwrap_used)]
 
@@ -25,7 +28,7 @@ use common::leaks::{
 use common::netns::in_netns;
 use common::rootfs::static_agent;
 use common::server::{Reply, Server};
-use common::vms::{assets, ConsoleOnFailure, ONE_AT_A_TIME};
+use common::vms::{assets, ConsoleOnFailure, ONE_AT_A_TIME, QEMU_KERNEL};
 use fort::crash::Point;
 
 /// How a case reaches its point.
@@ -161,7 +164,7 @@ state = "{vm_state}"
 "#,
             url = self.srv.url("").trim_end_matches('/'),
             fc = sha256_hex(&fc_tgz()),
-            k = d.join("vmlinuz").display(),
+            k = d.join(QEMU_KERNEL).display(),
             i = d.join("initrd.cpio.gz").display(),
             rootfs = sha256_hex(&std::fs::read(d.join("rootfs.tar.gz")).unwrap()),
             overlay = self.overlay,

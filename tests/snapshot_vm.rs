@@ -1,7 +1,10 @@
-//! Issue 16 in a real VM (QEMU under TCG): `state = "paused"` stops the guest's vCPUs in the
-//! same QEMU; `state = "suspended"` writes a snapshot and ends QEMU, and `running` resumes it
-//! with the guest's processes, its tmpfs and a stepped clock; a corrupt snapshot is never
-//! loaded (the VM boots from its drives, which keep their data).
+//! Issue 16 in a real VM, under the VMM `FORT_TEST_VMM` names (tests/common/vms.rs: QEMU
+//! under TCG by default; `firecracker` needs KVM): `state = "paused"` stops the guest's vCPUs
+//! in the same VMM process; `state = "suspended"` writes a snapshot and ends it, and `running`
+//! resumes it with the guest's processes, its tmpfs and a stepped clock; a corrupt snapshot
+//! is never loaded (the VM boots from its drives, which keep their data). Nothing here talks
+//! to the VMM directly: only the snapshot's files differ (QEMU's `vmstate` stream,
+//! Firecracker's `snapshot.bin` and `mem.bin`).
 
 #![allow(clippy::unwrap_used)]
 
@@ -13,7 +16,7 @@ use common::fort::{sha256_hex, Workspace};
 use common::netns::in_netns;
 use common::rootfs::static_agent;
 use common::server::{Reply, Server};
-use common::vms::{assets, kernel_file, ConsoleOnFailure, ONE_AT_A_TIME};
+use common::vms::{assets, kernel_file, vmm, ConsoleOnFailure, ONE_AT_A_TIME};
 
 fn manifest(ws: &Workspace, srv: &Server, state: &str) {
     let dir = assets();
@@ -38,7 +41,7 @@ cidr = "10.79.0.0/24"
 isolated = true
 
 [vm.s]
-vmm = "qemu"
+vmm = "{vmm}"
 kernel = "deb"
 root = {{ template = "base", size = "256MiB" }}
 memory = "192MiB"
@@ -48,7 +51,18 @@ state = "{state}"
         k = dir.join(kernel_file()).display(),
         i = dir.join("initrd.cpio.gz").display(),
         url = srv.url("").trim_end_matches('/'),
+        vmm = vmm(),
     ));
+}
+
+/// The file of the snapshot whose bytes are the guest's memory, which the corruption test
+/// flips a byte of.
+fn memory_file() -> &'static str {
+    if vmm() == "firecracker" {
+        "mem.bin"
+    } else {
+        "vmstate"
+    }
 }
 
 fn exec(ws: &Workspace, cmd: &str) -> String {
@@ -67,7 +81,7 @@ fn counter(ws: &Workspace) -> (u64, Instant) {
     )
 }
 
-fn qemu_pid(ws: &Workspace) -> Option<u32> {
+fn vmm_pid(ws: &Workspace) -> Option<u32> {
     std::fs::read_to_string(ws.state_dir().join("run/s/pid"))
         .ok()
         .map(|s| s.trim().parse().unwrap())
@@ -124,14 +138,14 @@ fn pause_suspend_resume_and_a_corrupt_snapshot_in_a_real_vm() {
         let sleep_pid = exec(&ws, "pidof sleep | tr ' ' '\\n' | while read p; do [ \"$(cat /proc/$p/cmdline | tr '\\0' ' ')\" = 'sleep 1000 ' ] && echo $p; done");
         assert!(sleep_pid.parse::<u32>().is_ok(), "{sleep_pid:?}");
 
-        // Pause: the counter stops advancing, QEMU stays the same process.
+        // Pause: the counter stops advancing, the VMM stays the same process.
         std::thread::sleep(Duration::from_secs(1));
         let (a, ta) = counter(&ws);
         std::thread::sleep(Duration::from_secs(2));
         let (b, tb) = counter(&ws);
         let rate = (b - a) as f64 / (tb - ta).as_secs_f64();
         assert!(rate > 1.0, "the counter does not run: {a} → {b}");
-        let pid = qemu_pid(&ws).unwrap();
+        let pid = vmm_pid(&ws).unwrap();
         manifest(&ws, &srv, "paused");
         let plan = ws.run(&["plan"]).ok().stdout.clone();
         assert!(plan.contains("~ vm.s"), "{plan}");
@@ -142,12 +156,12 @@ fn pause_suspend_resume_and_a_corrupt_snapshot_in_a_real_vm() {
         let status = ws.run(&["status"]).ok().stdout.clone();
         assert!(status.contains("paused (up "), "{status}");
         std::thread::sleep(Duration::from_secs(4));
-        assert_eq!(qemu_pid(&ws), Some(pid));
+        assert_eq!(vmm_pid(&ws), Some(pid));
         manifest(&ws, &srv, "running");
         ws.run(&["apply", "--yes"]).ok();
         let paused_for = paused_at.elapsed().as_secs_f64();
         let (c1, t1) = counter(&ws);
-        assert_eq!(qemu_pid(&ws), Some(pid), "pausing restarted QEMU");
+        assert_eq!(vmm_pid(&ws), Some(pid), "pausing restarted the VMM");
         let ran = (t1 - t0).as_secs_f64() - paused_for;
         let expected_if_never_paused = rate * (t1 - t0).as_secs_f64();
         assert!(
@@ -157,7 +171,7 @@ fn pause_suspend_resume_and_a_corrupt_snapshot_in_a_real_vm() {
         );
         plan_is_empty(&ws);
 
-        // Suspend: QEMU ends, the snapshot is on disk, the plan is empty.
+        // Suspend: the VMM ends, the snapshot is on disk, the plan is empty.
         manifest(&ws, &srv, "suspended");
         let plan = ws.run(&["plan"]).ok().stdout.clone();
         assert!(
@@ -165,18 +179,33 @@ fn pause_suspend_resume_and_a_corrupt_snapshot_in_a_real_vm() {
             "{plan}"
         );
         ws.run(&["apply", "--yes"]).ok();
-        assert!(!alive(pid), "QEMU {pid} still runs after the suspend");
-        assert_eq!(qemu_pid(&ws), None);
+        assert!(!alive(pid), "the VMM {pid} still runs after the suspend");
+        assert_eq!(vmm_pid(&ws), None);
         let snap = ws.state_dir().join("snapshots/s/suspend");
-        let size = std::fs::metadata(snap.join("vmstate")).unwrap().len();
-        assert!(
-            size > 1 << 20 && size < 192 << 20,
-            "snapshot of {size} bytes"
-        );
+        let len = |f: &str| std::fs::metadata(snap.join(f)).unwrap().len();
         let meta: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(snap.join("snapshot.json")).unwrap())
                 .unwrap();
-        assert_eq!(meta["state_bytes"], size);
+        assert_eq!(meta["vmm"], vmm());
+        if vmm() == "firecracker" {
+            // A full snapshot: all of the guest's memory, and the microVM state beside it.
+            assert_eq!(len("mem.bin"), 192 << 20);
+            assert_eq!(meta["state_bytes"], len("snapshot.bin") + len("mem.bin"));
+            assert_eq!(
+                std::fs::read_to_string(snap.join("firecracker-version"))
+                    .unwrap()
+                    .trim(),
+                meta["vmm_version"].as_str().unwrap()
+            );
+        } else {
+            // The pages the guest touched.
+            let size = len("vmstate");
+            assert!(
+                size > 1 << 20 && size < 192 << 20,
+                "snapshot of {size} bytes"
+            );
+            assert_eq!(meta["state_bytes"], size);
+        }
         assert!(!ws.state_dir().join("snapshots/s/.suspend.tmp").exists());
         let status = ws.run(&["status"]).ok().stdout.clone();
         assert!(status.contains("suspended ("), "{status}");
@@ -221,7 +250,7 @@ fn pause_suspend_resume_and_a_corrupt_snapshot_in_a_real_vm() {
         // A corrupt snapshot is never loaded: the VM boots from its drives, which kept their data.
         manifest(&ws, &srv, "suspended");
         ws.run(&["apply", "--yes"]).ok();
-        let state = snap.join("vmstate");
+        let state = snap.join(memory_file());
         let mut bytes = std::fs::read(&state).unwrap();
         let mid = bytes.len() / 2;
         bytes[mid] ^= 0xff;

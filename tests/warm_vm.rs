@@ -2,6 +2,8 @@
 //! template is restored from one snapshot of a booted VM — the three have that boot's kernel
 //! command line — and each has its own hostname, MAC, address (it reaches the
 //! gateway with them), machine-id and random numbers, and its own root drive.
+//!
+//! QEMU only, whatever `FORT_TEST_VMM` says: warm starts need vmm = "qemu" (docs/snapshots.md).
 
 #![allow(clippy::unwrap_used)]
 
@@ -13,7 +15,7 @@ use common::fort::{sha256_hex, Workspace};
 use common::netns::in_netns;
 use common::rootfs::static_agent;
 use common::server::{Reply, Server};
-use common::vms::{assets, kernel_file, processes_mentioning, ConsoleOnFailure, ONE_AT_A_TIME};
+use common::vms::{assets, processes_mentioning, ConsoleOnFailure, ONE_AT_A_TIME, QEMU_KERNEL};
 
 fn manifest(ws: &Workspace, srv: &Server, count: u32, memory: &str) {
     let dir = assets();
@@ -45,7 +47,7 @@ root = {{ template = "base", size = "256MiB" }}
 memory = "{memory}"
 network = "lan"
 "#,
-        k = dir.join(kernel_file()).display(),
+        k = dir.join(QEMU_KERNEL).display(),
         i = dir.join("initrd.cpio.gz").display(),
         url = srv.url("").trim_end_matches('/'),
     ));

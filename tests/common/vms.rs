@@ -31,9 +31,13 @@ pub fn kernel_file() -> &'static str {
     if vmm() == "firecracker" {
         "vmlinux"
     } else {
-        "vmlinuz"
+        QEMU_KERNEL
     }
 }
+
+/// The kernel QEMU boots, for the tests of what only QEMU does (checkpoints, warm templates,
+/// the crash matrix's QMP steps), which run QEMU whatever `FORT_TEST_VMM` says.
+pub const QEMU_KERNEL: &str = "vmlinuz";
 
 pub fn vmm() -> String {
     std::env::var("FORT_TEST_VMM").unwrap_or_else(|_| "qemu".into())

@@ -1,5 +1,6 @@
-//! Snapshot files on disk: `state_dir/snapshots/VM/suspend/` holds the VMM's state stream
-//! (`vmstate`) and `snapshot.json` (what it was made of, its size and sha256). A snapshot is
+//! Snapshot files on disk: `state_dir/snapshots/VM/suspend/` holds the VMM's state (QEMU's
+//! stream `vmstate`; Firecracker's `snapshot.bin` and `mem.bin`) and `snapshot.json` (what it
+//! was made of, its size and sha256). A snapshot is
 //! written into `.suspend.tmp/`, fsynced and renamed into place, so a directory named
 //! `suspend` is always whole; restoring checks its checksum and that it still matches the
 //! VM's spec and VMM version first.
@@ -25,6 +26,8 @@ pub enum SnapshotError {
     },
     #[error(transparent)]
     Qmp(#[from] crate::host::vmm::qmp::QmpError),
+    #[error(transparent)]
+    Vmm(#[from] crate::host::vmm::VmmError),
     #[error("the disk is full: writing the snapshot needs up to {needed} (the guest's memory), {written} were written and {free} more were free on {}", path.display())]
     DiskFull {
         needed: String,
@@ -57,8 +60,24 @@ pub struct Meta {
     pub vmm_version: String,
     /// The VM's spec (without state, restart and ports) the snapshot was made from.
     pub spec: Value,
+    /// The state's size: the stream, or the sum of `files`.
     pub state_bytes: u64,
+    /// The sha256 of the state: the stream, or `files` read one after the other in their
+    /// order (Firecracker: `cat snapshot.bin mem.bin | sha256sum`).
     pub state_sha256: String,
+    /// A state of several files (Firecracker's), each with its size and sha256, so a bad
+    /// one is named. Empty for a single stream.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<FileSum>,
+}
+
+/// One file of a snapshot's state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileSum {
+    /// The file's name in the snapshot directory.
+    pub name: String,
+    pub bytes: u64,
+    pub sha256: String,
 }
 
 impl Meta {
@@ -79,6 +98,7 @@ impl Meta {
             spec,
             state_bytes: bytes,
             state_sha256: sha,
+            files: Vec::new(),
         }
     }
 
@@ -197,6 +217,89 @@ pub fn commit(tmp: &Path, dest: &Path, meta: &Meta) -> Result<(), SnapshotError>
     Ok(())
 }
 
+/// Hash the state files `names` of the snapshot in `dir`, in that order: each one's size and
+/// sha256, and the sha256 of all of them read one after the other.
+pub fn hash_files(dir: &Path, names: &[&str]) -> Result<(Vec<FileSum>, String), SnapshotError> {
+    use sha2::{Digest, Sha256};
+    use std::io::Read;
+    let mut all = Sha256::new();
+    let mut sums = Vec::new();
+    let mut buf = vec![0u8; 1 << 20];
+    for name in names {
+        let p = dir.join(name);
+        let mut f = std::fs::File::open(&p).map_err(|e| SnapshotError::io("cannot open", &p, e))?;
+        let (mut one, mut bytes) = (Sha256::new(), 0u64);
+        loop {
+            let n = f
+                .read(&mut buf)
+                .map_err(|e| SnapshotError::io("cannot read", &p, e))?;
+            if n == 0 {
+                break;
+            }
+            one.update(&buf[..n]);
+            all.update(&buf[..n]);
+            bytes += n as u64;
+        }
+        sums.push(FileSum {
+            name: (*name).to_string(),
+            bytes,
+            sha256: hex::encode(one.finalize()),
+        });
+    }
+    Ok((sums, hex::encode(all.finalize())))
+}
+
+/// Check the state files of the snapshot in `dir` against what `meta` recorded of them; an
+/// error names the file. Sizes are compared first, so a truncated file is found without
+/// reading the others.
+pub fn verify_files(dir: &Path, meta: &Meta) -> Result<(), SnapshotError> {
+    if meta.files.is_empty() {
+        return Err(SnapshotError::Failed(format!(
+            "{} records no state files",
+            dir.join(META_FILE).display()
+        )));
+    }
+    for f in &meta.files {
+        let p = dir.join(&f.name);
+        let len = std::fs::metadata(&p)
+            .map_err(|e| SnapshotError::io("cannot read", &p, e))?
+            .len();
+        if len != f.bytes {
+            let what = if len < f.bytes {
+                "is truncated: it has"
+            } else {
+                "has"
+            };
+            return Err(SnapshotError::Failed(format!(
+                "{} {what} {len} bytes, the snapshot recorded {}",
+                p.display(),
+                f.bytes
+            )));
+        }
+    }
+    let names: Vec<&str> = meta.files.iter().map(|f| f.name.as_str()).collect();
+    let (sums, all) = hash_files(dir, &names)?;
+    for (got, want) in sums.iter().zip(&meta.files) {
+        if got.sha256 != want.sha256 {
+            return Err(SnapshotError::Failed(format!(
+                "{} is corrupt: its sha256 is {}, the snapshot recorded {}",
+                dir.join(&want.name).display(),
+                got.sha256,
+                want.sha256
+            )));
+        }
+    }
+    if all != meta.state_sha256 {
+        return Err(SnapshotError::Failed(format!(
+            "{} is inconsistent: the sha256 of its state files ({}) is {all}, it recorded {}",
+            dir.join(META_FILE).display(),
+            names.join(", "),
+            meta.state_sha256
+        )));
+    }
+    Ok(())
+}
+
 /// Remove a snapshot directory (absent is fine).
 pub fn remove(dir: &Path) -> Result<(), SnapshotError> {
     match std::fs::remove_dir_all(dir) {
@@ -274,6 +377,61 @@ mod tests {
             );
             assert_eq!(read_meta(&dest).unwrap(), meta_with_time(&dest));
         }
+    }
+
+    #[test]
+    fn state_files_are_checked_one_by_one_and_a_bad_one_is_named() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path();
+        std::fs::write(dir.join("snapshot.bin"), b"state").unwrap();
+        std::fs::write(dir.join("mem.bin"), b"memory!").unwrap();
+        let (files, all) = hash_files(dir, &["snapshot.bin", "mem.bin"]).unwrap();
+        // The whole state's sha256 is that of the files read in order.
+        use sha2::Digest;
+        assert_eq!(all, hex::encode(sha2::Sha256::digest(b"statememory!")));
+        assert_eq!((files[1].name.as_str(), files[1].bytes), ("mem.bin", 7));
+        let mut m = meta();
+        m.state_bytes = 12;
+        m.state_sha256 = all.clone();
+        m.files = files.clone();
+        verify_files(dir, &m).unwrap();
+        let (mem, sum) = (dir.join("mem.bin"), files[1].sha256.clone());
+        let p = mem.display();
+        let bad = |bytes: &[u8]| {
+            std::fs::write(&mem, bytes).unwrap();
+            verify_files(dir, &m).unwrap_err().to_string()
+        };
+        let flipped = hex::encode(sha2::Sha256::digest(b"memorY!"));
+        for (bytes, want) in [
+            (
+                &b"mem"[..],
+                format!("{p} is truncated: it has 3 bytes, the snapshot recorded 7"),
+            ),
+            (
+                &b"memory!!"[..],
+                format!("{p} has 8 bytes, the snapshot recorded 7"),
+            ),
+            (
+                &b"memorY!"[..],
+                format!("{p} is corrupt: its sha256 is {flipped}, the snapshot recorded {sum}"),
+            ),
+        ] {
+            assert_eq!(bad(bytes), want);
+        }
+        std::fs::write(&mem, b"memory!").unwrap();
+        m.state_sha256 = "ab".into();
+        assert_eq!(
+            verify_files(dir, &m).unwrap_err().to_string(),
+            format!(
+                "{} is inconsistent: the sha256 of its state files (snapshot.bin, mem.bin) is {all}, it recorded ab",
+                dir.join(META_FILE).display()
+            )
+        );
+        m.files.clear();
+        assert_eq!(
+            verify_files(dir, &m).unwrap_err().to_string(),
+            format!("{} records no state files", dir.join(META_FILE).display())
+        );
     }
 
     fn meta_with_time(dest: &Path) -> Meta {

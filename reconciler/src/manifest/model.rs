@@ -499,6 +499,10 @@ pub struct VmSpec {
     /// inline root of T, QEMU, no data drives); `None`: it boots. Left out when `None`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub warm: Option<String>,
+    /// Why a VM with an inline root of a warm template boots instead (Firecracker, data
+    /// drives), for the plan. Not part of the spec: never serialized.
+    #[serde(skip)]
+    pub not_warm: Option<String>,
     /// Checkpoints kept (`keep`; `None`: all). Left out when unset, so the specs (and hashes)
     /// of VMs without it are what older forts recorded.
     #[serde(skip_serializing_if = "Option::is_none")]

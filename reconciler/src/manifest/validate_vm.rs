@@ -90,21 +90,6 @@ pub(super) fn vms(
             Some(RawVmm::Qemu) => Vmm::Qemu,
             _ => Vmm::Firecracker,
         };
-        if vmm == Vmm::Firecracker
-            && matches!(raw.state, Some(RawVmState::Paused | RawVmState::Suspended))
-        {
-            let s = if raw.state == Some(RawVmState::Paused) {
-                "paused"
-            } else {
-                "suspended"
-            };
-            cx.err(
-                file,
-                &e.name_span,
-                format!("{addr}: state = \"{s}\" needs vmm = \"qemu\": fort does not drive Firecracker's pause and snapshot API yet (docs/snapshots.md)"),
-            );
-            ok = false;
-        }
         let firecracker = match (&raw.firecracker, vmm) {
             (Some(f), Vmm::Qemu) => {
                 cx.err(
@@ -395,6 +380,14 @@ pub(super) fn vms(
         if !ok {
             continue;
         }
+        // Which VMs of a warm template start warm, and why the others boot (the plan says so).
+        let (warm, not_warm) = match inline_root.as_ref().map(|(t, _)| t) {
+            Some(t) if refs.warm.contains(t) => match warm_refusal(t, vmm, !data.is_empty()) {
+                Some(why) => (None, Some(why)),
+                None => (Some(t.clone()), None),
+            },
+            _ => (None, None),
+        };
 
         let origin = cx.origin(file, &e.span);
         for (i, (inst, pool)) in instances.into_iter().enumerate() {
@@ -462,12 +455,8 @@ pub(super) fn vms(
                 },
                 pool,
                 ports: ports.get(i).cloned().unwrap_or_default(),
-                warm: inline_root
-                    .as_ref()
-                    .map(|(t, _)| t)
-                    .filter(|t| refs.warm.contains(t))
-                    .filter(|_| vmm == Vmm::Qemu && data.is_empty())
-                    .cloned(),
+                warm: warm.clone(),
+                not_warm: not_warm.clone(),
                 keep,
             });
             let address = Address::new(Kind::Vm, &inst);
@@ -559,4 +548,16 @@ fn check_ip(
         ));
     }
     Ok(ip)
+}
+
+/// Why a VM whose root is inline from the warm template `template` boots instead of starting
+/// warm (`None`: it starts warm).
+fn warm_refusal(template: &str, vmm: Vmm, data_drives: bool) -> Option<String> {
+    if vmm == Vmm::Firecracker {
+        return Some(format!("boots: template.{template} is warm, but warm starts need vmm = \"qemu\" (with Firecracker, fort drives snapshots only for state = \"paused\" and \"suspended\")"));
+    }
+    if data_drives {
+        return Some(format!("boots: template.{template} is warm, but a VM with data drives does not start warm (the template's snapshot has none)"));
+    }
+    None
 }

@@ -75,19 +75,6 @@ pub fn is_elf(path: &Path) -> Result<bool, VmmError> {
     Ok(f.read_exact(&mut magic).is_ok() && magic == *b"\x7fELF")
 }
 
-impl Firecracker {
-    fn binary(&self) -> Result<PathBuf, VmmError> {
-        match &self.binary {
-            Some(b) => Ok(b.clone()),
-            None => super::which("firecracker").ok_or_else(|| {
-                VmmError::Unusable(
-                    "firecracker is not installed (PATH): declare a [firecracker.NAME] asset or install it".into(),
-                )
-            }),
-        }
-    }
-}
-
 impl Vmm for Firecracker {
     fn name(&self) -> &'static str {
         "firecracker"
@@ -124,11 +111,89 @@ impl Vmm for Firecracker {
     }
 
     fn start_vmm(&self, cfg: &VmConfig) -> Result<Proc, VmmError> {
+        self.start(cfg, false)
+    }
+
+    /// A Firecracker with nothing configured, for `PUT /snapshot/load`
+    /// (`firecracker_suspend::restore`).
+    fn start_vmm_incoming(&self, cfg: &VmConfig) -> Result<Proc, VmmError> {
+        self.start(cfg, true)
+    }
+
+    fn version(&self) -> String {
+        match self.binary() {
+            Ok(b) => version(&b),
+            Err(_) => "unknown".into(),
+        }
+    }
+
+    fn fatal_log(&self, _run_dir: &Path) -> Option<String> {
+        None
+    }
+}
+
+/// `BINARY --version`'s first line ("Firecracker v1.12.0"): each build loads only the snapshot
+/// data formats it supports. Asked once per binary file (path and modification time, so a
+/// binary upgraded in place is asked again).
+pub fn version(binary: &Path) -> String {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+    /// A binary file: its path and modification time.
+    type Build = (PathBuf, Option<std::time::SystemTime>);
+    static SEEN: Mutex<Option<HashMap<Build, String>>> = Mutex::new(None);
+    let key = (
+        binary.to_path_buf(),
+        std::fs::metadata(binary).and_then(|m| m.modified()).ok(),
+    );
+    if let Some(v) = SEEN
+        .lock()
+        .ok()
+        .and_then(|m| m.as_ref().and_then(|m| m.get(&key).cloned()))
+    {
+        return v;
+    }
+    let v = Command::new(binary)
+        .arg("--version")
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.lines().next().map(|l| l.trim().to_string()))
+        .filter(|l| !l.is_empty())
+        .unwrap_or_else(|| "unknown".to_string());
+    if let Ok(mut m) = SEEN.lock() {
+        m.get_or_insert_with(HashMap::new).insert(key, v.clone());
+    }
+    v
+}
+
+impl Firecracker {
+    fn binary(&self) -> Result<PathBuf, VmmError> {
+        match &self.binary {
+            Some(b) => Ok(b.clone()),
+            None => super::which("firecracker").ok_or_else(|| {
+                VmmError::Unusable(
+                    "firecracker is not installed (PATH): declare a [firecracker.NAME] asset or install it".into(),
+                )
+            }),
+        }
+    }
+
+    /// Start Firecracker (through the jailer when it has one and the VM is confined), booting
+    /// `cfg` from its config file, or with no config at all when `restore` (a snapshot loads
+    /// only into a Firecracker that has none).
+    fn start(&self, cfg: &VmConfig, restore: bool) -> Result<Proc, VmmError> {
         self.check(cfg)?;
         if let (Some(jailer), Some(confine)) = (&self.jailer, &cfg.confine) {
             let jail = super::jailer::prepare(cfg, confine, &self.binary()?)?;
             let mut c = Command::new(jailer);
-            c.args(super::jailer::args(&jail, confine));
+            if restore {
+                c.args(super::firecracker_snapshot::jailed_restore_args(
+                    &jail, confine,
+                ));
+            } else {
+                c.args(super::jailer::args(&jail, confine));
+            }
             // The jailer runs as root (it makes the chroot and the device nodes, then drops to
             // the VM's uid/gid and execs Firecracker in the same process, so the PID fort
             // records is Firecracker's), in the VM's cgroup from its first instruction; it
@@ -143,9 +208,11 @@ impl Vmm for Firecracker {
             return spawn_detached(c, &RunDir(&cfg.run_dir).console(), "jailer", jail.as_ref());
         }
         let run = RunDir(&cfg.run_dir);
-        let doc = serde_json::to_string_pretty(&config(cfg)).unwrap_or_default();
-        std::fs::write(run.config(), doc)
-            .map_err(|e| VmmError::io("cannot write", &run.config(), e))?;
+        if !restore {
+            let doc = serde_json::to_string_pretty(&config(cfg)).unwrap_or_default();
+            std::fs::write(run.config(), doc)
+                .map_err(|e| VmmError::io("cannot write", &run.config(), e))?;
+        }
         // Firecracker opens its log file but does not create it.
         std::fs::write(run.vmm_log(), b"")
             .map_err(|e| VmmError::io("cannot create", &run.vmm_log(), e))?;
@@ -155,19 +222,19 @@ impl Vmm for Firecracker {
                 .map_err(|e| VmmError::io("cannot chown", &run.vmm_log(), e))?;
         }
         let mut c = Command::new(self.binary()?);
-        c.arg("--api-sock")
-            .arg(run.api())
-            .arg("--config-file")
-            .arg(run.config())
-            .arg("--log-path")
-            .arg(run.vmm_log());
+        if restore {
+            c.args(super::firecracker_snapshot::restore_args(&cfg.run_dir));
+        } else {
+            c.arg("--api-sock")
+                .arg(run.api())
+                .arg("--config-file")
+                .arg(run.config())
+                .arg("--log-path")
+                .arg(run.vmm_log());
+        }
         // The serial console is Firecracker's stdout.
         let jail = super::process::jail(cfg)?;
         spawn_detached(c, &run.console(), "firecracker", jail.as_ref())
-    }
-
-    fn fatal_log(&self, _run_dir: &Path) -> Option<String> {
-        None
     }
 }
 
@@ -239,6 +306,38 @@ pub(crate) mod tests {
         let doc = config(&bare);
         assert!(doc.get("network-interfaces").is_none());
         assert!(doc["boot-source"].get("initrd_path").is_none());
+    }
+
+    #[test]
+    fn the_version_is_the_first_line_of_version_and_asked_again_after_an_upgrade() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let bin = dir.path().join("firecracker");
+        let script = |v: &str| {
+            // As v1.12.0 prints it: the version, a blank line, the snapshot formats.
+            let body = format!(
+                "#!/bin/sh\nprintf '{v}\\n\\nSupported snapshot data format versions: v5.0.0\\n'\n"
+            );
+            let tmp = dir.path().join("new");
+            std::fs::write(&tmp, body).unwrap();
+            std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)).unwrap();
+            std::fs::rename(&tmp, &bin).unwrap();
+        };
+        script("Firecracker v1.12.0");
+        assert_eq!(version(&bin), "Firecracker v1.12.0");
+        // Another binary at the same path (a new modification time) is asked again.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        script("Firecracker v1.13.0");
+        let f = std::fs::File::open(&bin).unwrap();
+        f.set_modified(std::time::SystemTime::now() + std::time::Duration::from_secs(5))
+            .unwrap();
+        assert_eq!(version(&bin), "Firecracker v1.13.0");
+        assert_eq!(version(&dir.path().join("none")), "unknown");
+        let fc = Firecracker {
+            binary: Some(bin),
+            jailer: None,
+        };
+        assert_eq!(fc.version(), "Firecracker v1.13.0");
     }
 
     #[test]

@@ -1,10 +1,11 @@
 //! Firecracker snapshots as Firecracker documents them (docs/snapshotting/snapshot-support.md,
 //! network-for-clones.md, versioning.md and the API schema src/firecracker/swagger/
-//! firecracker.yaml): the API requests (`PATCH /vm` Paused/Resumed, `PUT /snapshot/create`,
-//! `PUT /snapshot/load`) as pure builders, fort's small HTTP/1.1 client for the API socket,
-//! the command line of a Firecracker that loads a snapshot instead of a config, the suspend
-//! and restore sequences, and the snapshot files: where they go, how they get into a jailer's
-//! chroot, and how they are made durable. Not wired into the VM lifecycle here.
+//! firecracker.yaml): the API requests (`GET /`, `PATCH /vm` Paused/Resumed,
+//! `PUT /snapshot/create`, `PUT /snapshot/load`) as pure builders, fort's small HTTP/1.1
+//! client for the API socket, the command line of a Firecracker that loads a snapshot instead
+//! of a config, the suspend and restore sequences, and the snapshot files: where they go, how
+//! they get into a jailer's chroot, and how they are made durable. The VM lifecycle drives
+//! them through `firecracker_suspend`.
 //!
 //! Firecracker cannot run on the machines that test fort: everything here is tested against
 //! golden request bodies written from that documentation and against a stand-in server.
@@ -53,6 +54,16 @@ pub fn resume() -> ApiRequest {
         method: "PATCH",
         path: "/vm",
         body: json!({"state": "Resumed"}),
+    }
+}
+
+/// `GET /`: the instance's description (swagger `InstanceInfo`), whose `state` is "Running",
+/// "Paused" or "Not started".
+pub fn instance_info() -> ApiRequest {
+    ApiRequest {
+        method: "GET",
+        path: "/",
+        body: Value::Null,
     }
 }
 
@@ -110,8 +121,15 @@ pub fn load(
     }
 }
 
-/// The bytes of `req` on the wire.
+/// The bytes of `req` on the wire; a `Null` body is none at all (a GET).
 pub(crate) fn encode(req: &ApiRequest) -> Vec<u8> {
+    if req.body.is_null() {
+        return format!(
+            "{} {} HTTP/1.1\r\nHost: localhost\r\nAccept: application/json\r\n\r\n",
+            req.method, req.path
+        )
+        .into_bytes();
+    }
     let body = req.body.to_string();
     format!(
         "{} {} HTTP/1.1\r\nHost: localhost\r\nAccept: application/json\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
@@ -129,6 +147,43 @@ const MAX_BODY: usize = 1 << 20;
 /// for its answer: 204 (or 200) is success; any other status is [`VmmError::Api`] with
 /// Firecracker's `fault_message`.
 pub async fn call(api_sock: &Path, req: &ApiRequest, timeout: Duration) -> Result<(), VmmError> {
+    ask(api_sock, req, timeout).await.map(|_| ())
+}
+
+/// `GET path` from the Firecracker on `api_sock` (at most `timeout`): its JSON answer.
+pub async fn get(
+    api_sock: &Path,
+    path: &'static str,
+    timeout: Duration,
+) -> Result<Value, VmmError> {
+    let req = ApiRequest {
+        path,
+        ..instance_info()
+    };
+    let body = ask(api_sock, &req, timeout).await?;
+    serde_json::from_slice(&body).map_err(|e| {
+        VmmError::Unusable(format!(
+            "Firecracker answered GET {path} with a body that is not JSON ({e}): {:?}",
+            String::from_utf8_lossy(&body)
+        ))
+    })
+}
+
+/// The instance's `state` (`GET /`): "Running", "Paused" or "Not started".
+pub async fn instance_state(api_sock: &Path, timeout: Duration) -> Result<String, VmmError> {
+    let info = get(api_sock, "/", timeout).await?;
+    info.get("state")
+        .and_then(Value::as_str)
+        .map(str::to_string)
+        .ok_or_else(|| {
+            VmmError::Unusable(format!(
+                "Firecracker answered GET / without a state: {info}"
+            ))
+        })
+}
+
+/// One request and its answer's body (success only).
+async fn ask(api_sock: &Path, req: &ApiRequest, timeout: Duration) -> Result<Vec<u8>, VmmError> {
     let exchange = async {
         let s = UnixStream::connect(api_sock)
             .await
@@ -151,6 +206,7 @@ pub(crate) async fn call_on(
     tokio::time::timeout(timeout, exchange(s, api_sock, req))
         .await
         .map_err(|_| timed_out(req, timeout))?
+        .map(|_| ())
 }
 
 fn timed_out(req: &ApiRequest, after: Duration) -> VmmError {
@@ -161,7 +217,11 @@ fn timed_out(req: &ApiRequest, after: Duration) -> VmmError {
     }
 }
 
-async fn exchange(mut s: UnixStream, api_sock: &Path, req: &ApiRequest) -> Result<(), VmmError> {
+async fn exchange(
+    mut s: UnixStream,
+    api_sock: &Path,
+    req: &ApiRequest,
+) -> Result<Vec<u8>, VmmError> {
     let io = |e| VmmError::io("cannot talk to Firecracker on", api_sock, e);
     s.write_all(&encode(req)).await.map_err(io)?;
     let malformed = |what: &str| {
@@ -210,7 +270,7 @@ async fn exchange(mut s: UnixStream, api_sock: &Path, req: &ApiRequest) -> Resul
     }
     body.truncate(length);
     if status == 204 || status == 200 {
-        return Ok(());
+        return Ok(body);
     }
     let fault = match serde_json::from_slice::<Value>(&body) {
         Ok(v) => match v.get("fault_message").and_then(Value::as_str) {
@@ -349,14 +409,15 @@ pub fn precreate(files: &SnapshotFiles, owner: Option<(u32, u32)>) -> Result<(),
     Ok(())
 }
 
-/// Hard-link `files` into the jail's chroot as [`SnapshotFiles::jailed`] names them (as
-/// [`jailer::prepare`] does for the drives; the same filesystem is needed) and return those
-/// chroot-relative paths for the requests. For a create, link [`precreate`]d files: what
-/// Firecracker writes inside the chroot is then already in fort's snapshot directory. Call
-/// after `jailer::prepare`, which empties the chroot.
-pub fn link_into_jail(jail: &Jail, files: &SnapshotFiles) -> Result<SnapshotFiles, VmmError> {
-    jailer::link(&files.state, &jail.root.join(STATE_FILE))?;
-    jailer::link(&files.mem, &jail.root.join(MEM_FILE))?;
+/// Hard-link `files` into the jail's chroot (`jail_root`, [`Jail::root`]) as
+/// [`SnapshotFiles::jailed`] names them (as [`jailer::prepare`] does for the drives; the same
+/// filesystem is needed) and return those chroot-relative paths for the requests. For a
+/// create, link [`precreate`]d files: what Firecracker writes inside the chroot is then
+/// already in fort's snapshot directory. Call after `jailer::prepare`, which empties the
+/// chroot.
+pub fn link_into_jail(jail_root: &Path, files: &SnapshotFiles) -> Result<SnapshotFiles, VmmError> {
+    jailer::link(&files.state, &jail_root.join(STATE_FILE))?;
+    jailer::link(&files.mem, &jail_root.join(MEM_FILE))?;
     Ok(SnapshotFiles::jailed())
 }
 
@@ -432,4 +493,4 @@ pub fn check_version(dir: &Path, version: &str) -> Result<(), VmmError> {
 
 #[cfg(test)]
 #[path = "firecracker_snapshot_tests.rs"]
-mod tests;
+pub(crate) mod tests;

@@ -46,9 +46,19 @@ fn the_requests_are_the_documented_ones() {
 /// A stand-in for Firecracker's API server: one connection per answer, each read as one
 /// request (head and `Content-Length` body) and answered with it; `None` never answers. A
 /// connection closed without a request (a probe) is not one. Returns the requests' bytes.
-async fn serve(
+pub(crate) async fn serve(
     sock: &Path,
     answers: Vec<Option<&'static str>>,
+) -> tokio::task::JoinHandle<Vec<String>> {
+    serve_with(sock, answers, |_| {}).await
+}
+
+/// [`serve`], calling `act` with each request before answering it (what Firecracker does
+/// besides answering, e.g. writing the snapshot files).
+pub(crate) async fn serve_with(
+    sock: &Path,
+    answers: Vec<Option<&'static str>>,
+    act: impl Fn(&str) + Send + 'static,
 ) -> tokio::task::JoinHandle<Vec<String>> {
     let l = tokio::net::UnixListener::bind(sock).unwrap();
     tokio::spawn(async move {
@@ -79,7 +89,9 @@ async fn serve(
             if buf.is_empty() {
                 continue;
             }
-            seen.push(String::from_utf8(buf).unwrap());
+            let req = String::from_utf8(buf).unwrap();
+            act(&req);
+            seen.push(req);
             match answers.next().unwrap() {
                 Some(a) => s.write_all(a.as_bytes()).await.unwrap(),
                 None => tokio::time::sleep(Duration::from_secs(5)).await,
@@ -89,9 +101,9 @@ async fn serve(
     })
 }
 
-const NO_CONTENT: &str =
+pub(crate) const NO_CONTENT: &str =
     "HTTP/1.1 204 No Content\r\nServer: Firecracker API\r\nConnection: keep-alive\r\n\r\n";
-const CORRUPTED: &str = "HTTP/1.1 400 Bad Request\r\nServer: Firecracker API\r\nConnection: keep-alive\r\nContent-Type: application/json\r\nContent-Length: 46\r\n\r\n{\"fault_message\":\"Snapshot file is corrupted\"}";
+pub(crate) const CORRUPTED: &str = "HTTP/1.1 400 Bad Request\r\nServer: Firecracker API\r\nConnection: keep-alive\r\nContent-Type: application/json\r\nContent-Length: 46\r\n\r\n{\"fault_message\":\"Snapshot file is corrupted\"}";
 
 #[tokio::test]
 async fn call_sends_the_exact_request_and_reports_firecrackers_fault() {
@@ -122,6 +134,47 @@ async fn call_sends_the_exact_request_and_reports_firecrackers_fault() {
     );
     let sent: Value = serde_json::from_str(body).unwrap();
     assert_eq!(sent, load(&j.state, &j.mem, true, &[]).body);
+}
+
+/// An answer with a JSON body, as Firecracker's API server writes one (leaked: the stand-in
+/// server takes `'static` answers).
+pub(crate) fn ok_json(body: &str) -> &'static str {
+    let a = format!(
+        "HTTP/1.1 200 \r\nServer: Firecracker API\r\nConnection: keep-alive\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    Box::leak(a.into_boxed_str())
+}
+
+/// swagger `InstanceInfo` (app_name, id, state, vmm_version) in `state`.
+pub(crate) fn instance(state: &str) -> &'static str {
+    ok_json(&format!(
+        r#"{{"app_name":"Firecracker","id":"anonymous-instance","state":"{state}","vmm_version":"1.12.0"}}"#
+    ))
+}
+
+#[tokio::test]
+async fn get_sends_no_body_and_reads_the_instance_state() {
+    let t = tempfile::tempdir().unwrap();
+    let sock = t.path().join("api.sock");
+    let states = ["Paused", "Running", "Not started"];
+    let mut answers: Vec<_> = states.iter().map(|s| Some(instance(s))).collect();
+    answers.push(Some(ok_json(r#"{"id":"vm-a"}"#)));
+    let server = serve(&sock, answers).await;
+    let long = Duration::from_secs(5);
+    for want in states {
+        assert_eq!(instance_state(&sock, long).await.unwrap(), want);
+    }
+    assert_eq!(
+        instance_state(&sock, long).await.unwrap_err().to_string(),
+        r#"Firecracker answered GET / without a state: {"id":"vm-a"}"#
+    );
+    let seen = server.await.unwrap();
+    assert_eq!(seen.len(), 4);
+    assert_eq!(
+        seen[0],
+        "GET / HTTP/1.1\r\nHost: localhost\r\nAccept: application/json\r\n\r\n"
+    );
 }
 
 #[tokio::test]
@@ -257,7 +310,7 @@ fn snapshot_files_are_linked_into_the_jail_and_committed_whole() {
     precreate(&files, Some(me)).unwrap();
     let m = std::fs::metadata(&files.mem).unwrap();
     assert_eq!((m.len(), m.permissions().mode() & 0o777), (0, 0o600));
-    let inside = link_into_jail(&jail, &files).unwrap();
+    let inside = link_into_jail(&jail.root, &files).unwrap();
     assert_eq!(inside, SnapshotFiles::in_dir(Path::new("/")));
     assert_eq!(inside.state, Path::new("/snapshot.bin"));
     // What Firecracker writes at /mem.bin in its chroot is fort's file.

@@ -5,6 +5,7 @@
 
 pub mod firecracker;
 pub mod firecracker_snapshot;
+pub mod firecracker_suspend;
 pub mod jailer;
 pub mod process;
 pub mod qemu;

@@ -43,10 +43,12 @@ fn note(ctx: &Ctx, addr: &Address, action: &str, detail: &str) -> Result<(), Res
     ctx.with_store(|s| s.note(addr, None, action, detail))
 }
 
-fn require_qemu(addr: &Address, spec: &VmSpec) -> Result<(), ResourceError> {
-    if spec.vmm != Vmm::Qemu {
+/// Checkpoints are QEMU's: Firecracker's snapshots are driven for `paused` and `suspended`
+/// only (a checkpoint also copies the drives while the vCPUs are stopped, not built for it).
+fn require_qemu(addr: &Address, vmm: Vmm) -> Result<(), ResourceError> {
+    if vmm != Vmm::Qemu {
         return Err(check(format!(
-            "{addr}: checkpoints need vmm = \"qemu\" on this fort version (Firecracker's snapshot API is not driven yet)"
+            "{addr}: checkpoints (fort snapshot, fort restore) need vmm = \"qemu\": with Firecracker, fort drives snapshots only for state = \"paused\" and \"suspended\" (docs/snapshots.md)"
         )));
     }
     Ok(())
@@ -105,7 +107,7 @@ pub async fn take(
 ) -> Result<(Checkpoint, Vec<String>), ResourceError> {
     let addr = &desired.address;
     let spec = spec_of(desired)?;
-    require_qemu(addr, spec)?;
+    require_qemu(addr, spec.vmm)?;
     let label = label.unwrap_or_else(|| files::default_label(crate::host::snapshot::now_unix()));
     files::validate_label(&label).map_err(|e| check(format!("{addr}: {e}")))?;
     let mut out = outputs(ctx, addr)?;
@@ -240,7 +242,7 @@ pub async fn restore(
 ) -> Result<Checkpoint, ResourceError> {
     let addr = &desired.address;
     let spec = spec_of(desired)?;
-    require_qemu(addr, spec)?;
+    require_qemu(addr, spec.vmm)?;
     if spec.state != VmState::Running {
         return Err(check(format!(
             "{addr}: fort restore needs state = \"running\" in the manifest (it is \"{}\")",
@@ -404,4 +406,26 @@ pub fn protected_drives(resources: &std::collections::BTreeMap<Address, Resource
         .filter(|r| matches!(&r.spec, crate::manifest::Spec::Drive(d) if d.protect))
         .map(|r| r.address.name.clone())
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn checkpoints_are_refused_for_firecracker_in_words() {
+        let a = Address::new(Kind::Vm, "a");
+        let cases = [
+            (Vmm::Qemu, None),
+            (
+                Vmm::Firecracker,
+                Some("vm.a: checkpoints (fort snapshot, fort restore) need vmm = \"qemu\": with Firecracker, fort drives snapshots only for state = \"paused\" and \"suspended\" (docs/snapshots.md)"),
+            ),
+        ];
+        for (vmm, want) in cases {
+            let got = require_qemu(&a, vmm).err().map(|e| e.to_string());
+            assert_eq!(got.as_deref(), want, "{vmm:?}");
+        }
+    }
 }

@@ -7,13 +7,16 @@
 //! process the moment it is spawned — so a fort killed at any instant leaves a row that says
 //! what runs, and the next apply adopts it (its agent answers) or stops it.
 
+mod backend;
 pub mod checkpoint;
 mod confine;
 mod identity;
 mod ports;
 mod snapshot;
+mod snapshot_fc;
 mod steps;
 mod stop;
+mod vcpus;
 mod warm;
 
 use std::path::PathBuf;
@@ -216,7 +219,8 @@ impl ResourceKind for Vm {
                 Observation::Drifted {
                     what: "it has no snapshot: it boots and is suspended".into(),
                 }
-            } else if let Some(why) = snapshot::unusable(&out, &restart_relevant(&record.spec)) {
+            } else if let Some(why) = snapshot::unusable(ctx, &out, &restart_relevant(&record.spec))
+            {
                 Observation::Drifted {
                     what: format!("its snapshot cannot be resumed ({why}): it will boot from its drives and be suspended again"),
                 }
@@ -228,7 +232,7 @@ impl ResourceKind for Vm {
             .suspended
             .as_ref()
             .filter(|_| !alive)
-            .and_then(|_| snapshot::unusable(&out, &restart_relevant(&record.spec)))
+            .and_then(|_| snapshot::unusable(ctx, &out, &restart_relevant(&record.spec)))
         {
             return Ok(Observation::Missing {
                 what: format!(
@@ -277,8 +281,8 @@ impl ResourceKind for Vm {
         if let Some(what) = ports::observe(&out).await? {
             return Ok(Observation::Drifted { what });
         }
-        let vcpus_stopped = steps::vcpus_stopped(&out).await;
-        if state == Some("paused") && !vcpus_stopped && out.vmm == "qemu" {
+        let vcpus_stopped = vcpus::stopped(&out).await;
+        if state == Some("paused") && !vcpus_stopped {
             return Ok(Observation::Drifted {
                 what: "its vCPUs run but it should be paused".into(),
             });
@@ -317,7 +321,7 @@ impl ResourceKind for Vm {
         }
         let want = restart_relevant(&desired.spec_json());
         if spec.state == VmState::Suspended && out.suspended.is_some() && !out.has_processes() {
-            match snapshot::unusable(&out, &want) {
+            match snapshot::unusable(ctx, &out, &want) {
                 None => {
                     ports::publish(ctx, addr, spec, &mut out).await?;
                     confine::release_cgroup(&mut out)?;
@@ -331,7 +335,7 @@ impl ResourceKind for Vm {
         }
         run(ctx, desired, recorded, spec, &mut out, want, fresh).await?;
         match spec.state {
-            VmState::Paused if !out.paused => snapshot::pause(ctx, addr, spec, &mut out).await?,
+            VmState::Paused if !out.paused => snapshot::pause(ctx, addr, &mut out).await?,
             VmState::Running if out.paused => snapshot::unpause(ctx, addr, &mut out).await?,
             VmState::Suspended => {
                 snapshot::suspend(ctx, addr, spec, &mut out).await?;
@@ -399,7 +403,7 @@ async fn run(
         let finished = recorded.is_some_and(|r| r.status == Status::Ready);
         // Stopped vCPUs — paused by fort, or a resume killed after its load — run again,
         // unless the VM stays paused.
-        if (!finished || spec.state != VmState::Paused) && steps::vcpus_stopped(out).await {
+        if (!finished || spec.state != VmState::Paused) && vcpus::stopped(out).await {
             snapshot::unpause(ctx, addr, out).await?;
         }
         let ready = if finished {
@@ -423,7 +427,7 @@ async fn run(
     // the vsock helper of a VMM that was killed) goes first.
     steps::stop(ctx, addr, out).await?;
     if out.suspended.is_some() {
-        match snapshot::unusable(out, &want) {
+        match snapshot::unusable(ctx, out, &want) {
             None => match snapshot::resume(ctx, desired, spec, out, want.clone()).await {
                 Ok(()) => return Ok(()),
                 Err(e) => {

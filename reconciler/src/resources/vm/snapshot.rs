@@ -1,18 +1,19 @@
-//! A VM's paused and suspended states (QEMU): pausing and continuing its vCPUs, suspending
-//! it to a snapshot under `state_dir/snapshots/NAME/suspend/` and resuming from it. Each act
-//! is recorded before and after, so a fort killed mid-way leaves a row the next apply
-//! finishes or undoes: an unfinished snapshot is deleted and the VM it was taken of runs on;
-//! a snapshot is marked used before the guest resumes from it, so it is never loaded twice
-//! (the guest's drives move on once it runs).
+//! A VM's paused and suspended states: pausing and continuing its vCPUs (`vcpus`),
+//! suspending it to a snapshot under `state_dir/snapshots/NAME/suspend/` and resuming from
+//! it — QEMU's stream here, Firecracker's files in `snapshot_fc`. Each act is recorded before
+//! and after, so a fort killed mid-way leaves a row the next apply finishes or undoes: an
+//! unfinished snapshot is deleted and the VM it was taken of runs on; a snapshot is marked
+//! used before the guest resumes from it, so it is never loaded twice (the guest's drives
+//! move on once it runs).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
 use super::super::blocking;
 use super::super::{Ctx, ResourceError};
-use super::{steps, VmOutputs};
+use super::{snapshot_fc, steps, vcpus, VmOutputs};
 use crate::address::Address;
 use crate::crash::Point;
 use crate::host::snapshot::{self, Meta};
@@ -34,27 +35,27 @@ fn err(e: snapshot::SnapshotError) -> ResourceError {
     ResourceError::Check(super::super::error_chain(&e))
 }
 
-fn require_qemu(addr: &Address, spec: &VmSpec, what: &str) -> Result<(), ResourceError> {
-    if spec.vmm != Vmm::Qemu {
-        return Err(ResourceError::Check(format!(
-            "{addr}: state = \"{what}\" needs vmm = \"qemu\" on this fort version (Firecracker's snapshot API is described in docs/snapshots.md but not driven yet)"
-        )));
-    }
-    Ok(())
-}
-
-/// An interrupted suspend: its unfinished files go, and the VM it was taking runs on
-/// (vsock device back, vCPUs continued) — or, if its VMM is gone, it boots as a dead VM does.
+/// An interrupted suspend: its unfinished files go, and the VM it was taking runs on (QEMU:
+/// vsock device back, vCPUs continued; Firecracker: `snapshot_fc::recover`) — or, if its VMM
+/// is gone, it boots as a dead VM does. A snapshot no row names goes too.
 pub(super) async fn recover(
     ctx: &Ctx,
     addr: &Address,
     out: &mut VmOutputs,
 ) -> Result<(), ResourceError> {
+    // A snapshot committed but not recorded (killed between the two), or used but not yet
+    // removed (a Firecracker resume): no row names it, nothing will load it.
+    let (dest, _) = snapshot::suspend_dirs(&ctx.state_dir, &addr.name);
+    if out.suspended.is_none() && dest.exists() {
+        snapshot::remove(&dest).map_err(err)?;
+    }
     let Some(tmp) = out.snapshotting.clone() else {
         return Ok(());
     };
     snapshot::remove(&tmp).map_err(err)?;
-    if out.started.is_some_and(|s| s.alive()) {
+    if out.vmm == "firecracker" {
+        snapshot_fc::recover(ctx, addr, out).await?;
+    } else if out.started.is_some_and(|s| s.alive()) {
         let run = out.run_dir.clone();
         let undone = blocking(move || {
             let mut q = crate::host::vmm::qmp::Qmp::connect(
@@ -92,12 +93,9 @@ pub(super) async fn recover(
 pub(super) async fn pause(
     ctx: &Ctx,
     addr: &Address,
-    spec: &VmSpec,
     out: &mut VmOutputs,
 ) -> Result<(), ResourceError> {
-    require_qemu(addr, spec, "paused")?;
-    let run = out.run_dir.clone();
-    blocking(move || qemu_snapshot::pause(&run)).await?;
+    vcpus::pause(out).await?;
     out.paused = true;
     ctx.step(addr, Point::VmPaused, out)
 }
@@ -108,8 +106,7 @@ pub(super) async fn unpause(
     addr: &Address,
     out: &mut VmOutputs,
 ) -> Result<(), ResourceError> {
-    let run = out.run_dir.clone();
-    blocking(move || qemu_snapshot::resume(&run)).await?;
+    vcpus::resume(out).await?;
     out.paused = false;
     ctx.step(addr, Point::VmPaused, out)
 }
@@ -122,21 +119,67 @@ pub(super) async fn suspend(
     spec: &VmSpec,
     out: &mut VmOutputs,
 ) -> Result<(), ResourceError> {
-    require_qemu(addr, spec, "suspended")?;
     let (dest, tmp) = snapshot::suspend_dirs(&ctx.state_dir, &addr.name);
     out.snapshotting = Some(tmp.clone());
     ctx.step(addr, Point::VmSnapshotIntent, out)?;
     snapshot::remove(&tmp).map_err(err)?;
     std::fs::create_dir_all(&tmp).map_err(|e| ResourceError::io("cannot create", &tmp, e))?;
     let t0 = Instant::now();
-    let (run, t, memory) = (out.run_dir.clone(), tmp.clone(), spec.memory);
+    let meta = if out.vmm == "firecracker" {
+        snapshot_fc::write(ctx, addr, spec, out, &tmp, &dest).await?
+    } else {
+        write_qemu(ctx, addr, spec, out, &tmp, &dest).await?
+    };
+    out.snapshotting = None;
+    out.suspended = Some(SuspendRecord {
+        dir: dest,
+        bytes: meta.state_bytes,
+        created_unix: meta.created_unix,
+        vmm_version: meta.vmm_version.clone(),
+        suspend_ms: t0.elapsed().as_millis() as u64,
+    });
+    out.paused = false;
+    ctx.step(addr, Point::VmSnapshotWritten, out)?;
+    // The guest is stopped and saved: its processes end without asking it.
+    if let Some(s) = out.started {
+        let _ =
+            tokio::task::spawn_blocking(move || s.kill(std::time::Duration::from_secs(5))).await;
+    }
+    let _ = std::fs::remove_file(RunDir(&out.run_dir).pid());
+    out.started = None;
+    out.helper = None;
+    ctx.step(addr, Point::VmStopped, out)
+}
+
+/// A suspend that failed, its VM running on: its temporary directory goes, and so does the
+/// record of it.
+pub(super) fn abandon(
+    ctx: &Ctx,
+    addr: &Address,
+    out: &mut VmOutputs,
+    tmp: &Path,
+) -> Result<(), ResourceError> {
+    let _ = snapshot::remove(tmp);
+    out.snapshotting = None;
+    ctx.step(addr, Point::VmSnapshotIntent, out)
+}
+
+/// QEMU's half of a suspend: the stream written into `tmp` (vsock device unplugged first),
+/// then committed to `dest`.
+async fn write_qemu(
+    ctx: &Ctx,
+    addr: &Address,
+    spec: &VmSpec,
+    out: &mut VmOutputs,
+    tmp: &Path,
+    dest: &Path,
+) -> Result<Meta, ResourceError> {
+    let (run, t, memory) = (out.run_dir.clone(), tmp.to_path_buf(), spec.memory);
     let written = blocking(move || qemu_snapshot::suspend(&run, &t, memory)).await;
     let stream = match written {
         Ok(s) => s,
         Err(e) => {
-            let _ = snapshot::remove(&tmp);
-            out.snapshotting = None;
-            ctx.step(addr, Point::VmSnapshotIntent, out)?;
+            abandon(ctx, addr, out, tmp)?;
             // The VM runs on: its agent must be reachable again, as before the suspend.
             if !out.paused {
                 if let Err(back) = super::checkpoint::agent_back(addr, out).await {
@@ -156,37 +199,23 @@ pub(super) async fn suspend(
         stream.bytes,
         stream.sha256,
     );
-    let (t, d, m) = (tmp.clone(), dest.clone(), meta.clone());
+    let (t, d, m) = (tmp.to_path_buf(), dest.to_path_buf(), meta.clone());
     blocking(move || snapshot::commit(&t, &d, &m)).await?;
-    out.snapshotting = None;
-    out.suspended = Some(SuspendRecord {
-        dir: dest,
-        bytes: meta.state_bytes,
-        created_unix: meta.created_unix,
-        vmm_version: version,
-        suspend_ms: t0.elapsed().as_millis() as u64,
-    });
-    out.paused = false;
-    ctx.step(addr, Point::VmSnapshotWritten, out)?;
-    // The guest is stopped and saved: its processes end without asking it.
-    if let Some(s) = out.started {
-        let _ =
-            tokio::task::spawn_blocking(move || s.kill(std::time::Duration::from_secs(5))).await;
-    }
-    let _ = std::fs::remove_file(RunDir(&out.run_dir).pid());
-    out.started = None;
-    out.helper = None;
-    ctx.step(addr, Point::VmStopped, out)
+    Ok(meta)
 }
 
-/// Why the recorded snapshot cannot be resumed into `want` (`None`: it can).
-pub(super) fn unusable(out: &VmOutputs, want: &serde_json::Value) -> Option<String> {
+/// Why the recorded snapshot cannot be resumed into `want` (`None`: it can): compared with
+/// the VMM and build `want` would load it with.
+pub(super) fn unusable(ctx: &Ctx, out: &VmOutputs, want: &serde_json::Value) -> Option<String> {
     let s = out.suspended.as_ref()?;
     let meta = match snapshot::read_meta(&s.dir) {
         Ok(m) => m,
         Err(e) => return Some(super::super::error_chain(&e)),
     };
-    meta.mismatch(want, "qemu", &qemu::version())
+    match super::backend::loader(ctx, want) {
+        Ok((vmm, version)) => meta.mismatch(want, &vmm, &version),
+        Err(e) => Some(super::super::error_chain(&e)),
+    }
 }
 
 /// Throw the recorded snapshot away (the VM cold-boots, stops, or was resumed from it).
@@ -200,7 +229,8 @@ pub(super) fn discard(ctx: &Ctx, addr: &Address, out: &mut VmOutputs) -> Result<
 
 /// Start the VM from its snapshot: helper, QEMU waiting for the stream (each recorded as it
 /// runs), the stream loaded and checked, the snapshot marked used, the guest continued, its
-/// agent reached and its clock stepped. Errors leave the caller to stop what runs and boot.
+/// agent reached and its clock stepped (Firecracker: `snapshot_fc::resume`). Errors leave the
+/// caller to stop what runs and boot.
 pub(super) async fn resume(
     ctx: &Ctx,
     desired: &Resource,
@@ -213,6 +243,9 @@ pub(super) async fn resume(
         return Err(ResourceError::Check(format!("{addr} has no snapshot")));
     };
     let meta = snapshot::read_meta(&rec.dir).map_err(err)?;
+    if spec.vmm == Vmm::Firecracker {
+        return snapshot_fc::resume(ctx, desired, spec, out, want, &rec.dir, &meta).await;
+    }
     let t0 = load(ctx, desired, spec, out, want, &rec.dir, &meta.state_sha256).await?;
     // Marked used before the guest runs: from here its drives move on, and the stream must
     // never be loaded again.

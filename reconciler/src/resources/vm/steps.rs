@@ -118,20 +118,6 @@ fn allocate_cid(ctx: &Ctx, addr: &Address) -> Result<u32, ResourceError> {
     Ok(cid)
 }
 
-/// Are the VM's vCPUs stopped (QEMU's `query-status`: paused by fort, or loaded from a
-/// snapshot and not yet continued)?
-pub(super) async fn vcpus_stopped(out: &VmOutputs) -> bool {
-    if out.vmm != "qemu" {
-        return false;
-    }
-    let run = out.run_dir.clone();
-    tokio::task::spawn_blocking(move || crate::host::vmm::qmp::status(&run))
-        .await
-        .ok()
-        .flatten()
-        .is_some_and(|s| s == "paused" || s == "prelaunch")
-}
-
 /// Step `vm.stopped`: whatever of the VM runs is stopped (agent, power button, signals).
 pub(super) async fn stop(
     ctx: &Ctx,
@@ -141,11 +127,9 @@ pub(super) async fn stop(
     if out.started.is_none() && out.helper.is_none() {
         return Ok(());
     }
-    if out.paused || vcpus_stopped(out).await {
+    if out.paused || super::vcpus::stopped(out).await {
         // A paused guest cannot shut itself down.
-        let run = out.run_dir.clone();
-        let _ = tokio::task::spawn_blocking(move || crate::host::vmm::qemu_snapshot::resume(&run))
-            .await;
+        let _ = super::vcpus::resume(out).await;
         out.paused = false;
     }
     stopping::stop(out).await;
@@ -237,34 +221,6 @@ pub(super) async fn detach_quietly(
     out.network = None;
     out.tap = None;
     Ok(())
-}
-
-fn backend(ctx: &Ctx, spec: &VmSpec) -> Result<Box<dyn crate::host::vmm::Vmm>, ResourceError> {
-    Ok(match spec.vmm {
-        Vmm::Qemu => Box::new(Qemu),
-        Vmm::Firecracker => {
-            let (binary, jailer) = match &spec.firecracker {
-                Some(name) => {
-                    let a = Address::new(Kind::Firecracker, name);
-                    let rec = ctx.applied(&a)?;
-                    let path = rec
-                        .outputs
-                        .get("path")
-                        .and_then(|p| p.as_str())
-                        .map(PathBuf::from)
-                        .ok_or_else(|| ResourceError::Check(format!("{a} has no recorded path")))?;
-                    let jailer = rec
-                        .outputs
-                        .pointer("/jailer/path")
-                        .and_then(|p| p.as_str())
-                        .map(PathBuf::from);
-                    (Some(path), jailer)
-                }
-                None => (None, None),
-            };
-            Box::new(Firecracker { binary, jailer })
-        }
-    })
 }
 
 pub(super) fn drive_path(ctx: &Ctx, name: &str) -> Result<PathBuf, ResourceError> {
@@ -371,7 +327,9 @@ pub(super) async fn prepare_boot(
     super::ports::publish(ctx, addr, spec, out).await?;
     let mut cfg = config(ctx, desired, spec, out)?;
     cfg.confine = super::confine::prepare(ctx, addr, spec, out, &cfg)?;
-    let vmm: std::sync::Arc<dyn crate::host::vmm::Vmm> = backend(ctx, spec)?.into();
+    let vmm: std::sync::Arc<dyn crate::host::vmm::Vmm> = super::backend::of(ctx, spec)?.into();
+    // The VMM that runs the VM from now on (the manifest may have changed it).
+    out.vmm = vmm.name().to_string();
     vmm.check(&cfg)
         .map_err(|e| ResourceError::Check(super::super::error_chain(&e)))?;
     RunDir(&cfg.run_dir)

@@ -285,12 +285,84 @@ async fn build(
     Ok(meta)
 }
 
-/// What the plan says of a VM that starts warm.
+/// What the plan says of a VM that starts warm, or of one of a warm template that boots and
+/// why (only a first start is warm, so only a create says either).
 pub(super) fn plan_details(spec: &VmSpec, op: crate::plan::Op) -> Vec<String> {
-    match (&spec.warm, op) {
-        (Some(t), crate::plan::Op::Create) => vec![format!(
+    match (&spec.warm, &spec.not_warm, op) {
+        (Some(t), _, crate::plan::Op::Create) => vec![format!(
             "starts warm: restored from template.{t}'s snapshot (made by booting one VM of it, if there is none for this shape), then given its own identity"
         )],
+        (None, Some(why), crate::plan::Op::Create) => vec![why.clone()],
         _ => Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::address::{Address, Kind};
+    use crate::manifest::Spec;
+    use crate::plan::Op;
+
+    /// What the plan says of a new VM of a warm template, by VMM and data drives.
+    #[test]
+    fn the_plan_says_which_vms_of_a_warm_template_start_warm_and_why_others_boot() {
+        let text = r#"[fort]
+version = 1
+[kernel.k]
+url = "/boot/vmlinux"
+[rootfs.r]
+url = "/srv/r.tar"
+[template.base]
+rootfs = "r"
+size = "128MiB"
+warm = true
+[template.cold]
+rootfs = "r"
+size = "128MiB"
+[drive.data]
+size = "32MiB"
+[vm.q]
+vmm = "qemu"
+kernel = "k"
+root = { template = "base", size = "256MiB" }
+[vm.f]
+kernel = "k"
+root = { template = "base", size = "256MiB" }
+[vm.d]
+vmm = "qemu"
+kernel = "k"
+root = { template = "base", size = "256MiB" }
+drives = ["data"]
+[vm.c]
+vmm = "qemu"
+kernel = "k"
+root = { template = "cold", size = "256MiB" }
+"#;
+        let m = crate::manifest::load_files(
+            &[(std::path::PathBuf::from("fort.toml"), text.to_string())],
+            std::path::Path::new("fort.toml"),
+        )
+        .unwrap();
+        let cases: [(&str, &[&str]); 4] = [
+            ("q", &["starts warm: restored from template.base's snapshot (made by booting one VM of it, if there is none for this shape), then given its own identity"]),
+            ("f", &["boots: template.base is warm, but warm starts need vmm = \"qemu\" (with Firecracker, fort drives snapshots only for state = \"paused\" and \"suspended\")"]),
+            ("d", &["boots: template.base is warm, but a VM with data drives does not start warm (the template's snapshot has none)"]),
+            ("c", &[]),
+        ];
+        for (vm, want) in cases {
+            let Spec::Vm(spec) = &m.resources[&Address::new(Kind::Vm, vm)].spec else {
+                panic!("vm.{vm}");
+            };
+            assert_eq!(plan_details(spec, Op::Create), want, "vm.{vm}");
+            // Only a first start.
+            assert!(plan_details(spec, Op::Update).is_empty(), "vm.{vm}");
+            // Not part of the spec the plan diffs and the state records.
+            assert!(serde_json::to_value(spec)
+                .unwrap()
+                .get("not_warm")
+                .is_none());
+        }
     }
 }
