@@ -282,9 +282,10 @@ pub fn apply(args: &IdentityArgs, root: &Path, clock: &dyn Clock) -> IdentityRes
 fn network(n: &Net, root: &Path, errors: &mut Vec<String>) {
     let dev = n.interface.as_str();
     let mac = n.mac.map(|b| format!("{b:02x}")).join(":");
-    // virtio-net (and veth) change their address while up; bouncing the link costs a
-    // driver close and open (its receive ring refilled), most of this call's time under
-    // TCG. A driver that refuses (EBUSY) gets the bounce.
+    // virtio-net (and veth) change their address while up: bouncing a link that is up costs
+    // a driver close and open (its receive ring refilled), much of this call's time under
+    // TCG. A driver that refuses (EBUSY) gets the bounce. Up in the end either way (a warm
+    // builder's link may never have been).
     if net::set_mac(dev, n.mac).is_err() {
         if let Err(e) = net::down(dev) {
             errors.push(format!("network: cannot bring {dev} down: {e}"));
@@ -292,9 +293,9 @@ fn network(n: &Net, root: &Path, errors: &mut Vec<String>) {
         if let Err(e) = net::set_mac(dev, n.mac) {
             errors.push(format!("mac: cannot set {mac}: {e}"));
         }
-        if let Err(e) = net::up(dev) {
-            errors.push(format!("network: cannot bring {dev} up: {e}"));
-        }
+    }
+    if let Err(e) = net::up(dev) {
+        errors.push(format!("network: cannot bring {dev} up: {e}"));
     }
     if let Err(e) = net::flush_ipv4(dev) {
         errors.push(format!("ip: cannot remove the old addresses of {dev}: {e}"));
@@ -554,6 +555,54 @@ mod tests {
             assert_eq!(read("etc/machine-id"), format!("{id}\n"));
             assert_eq!(read("var/lib/dbus/machine-id"), format!("{id}\n"));
             assert_eq!(read("etc/resolv.conf"), "nameserver 10.77.0.1\nnameserver 9.9.9.9\n");
+        })
+        .join()
+        .unwrap_or_else(|e| std::panic::resume_unwind(e));
+    }
+
+    /// A warm builder's link may be down when it is saved: the clone's comes up with its new
+    /// address and its default route.
+    #[test]
+    fn brings_a_link_that_is_down_up_with_its_route() {
+        is_root();
+        std::thread::spawn(|| {
+            // SAFETY: unshare(2) of a net namespace only affects this thread.
+            let r = unsafe { libc::unshare(libc::CLONE_NEWNET) };
+            assert_eq!(r, 0, "unshare: {}", std::io::Error::last_os_error());
+            sh("ip link add eth0 type veth peer name peer0");
+            let root = tempfile::tempdir().unwrap();
+            let a = IdentityArgs {
+                time_unix_ns: 2_000_000_000_000,
+                entropy: String::new(),
+                hostname: None,
+                network: Some(NetIdentity {
+                    interface: "eth0".into(),
+                    mac: "02:fc:00:00:00:08".into(),
+                    ip: "10.77.0.6/24".into(),
+                    gateway: Some("10.77.0.1".into()),
+                    dns: vec![],
+                }),
+                machine_id: None,
+            };
+            let clock = FakeClock {
+                now: 2_000_000_000_000,
+                set: Cell::new(None),
+            };
+            let r = apply(&a, root.path(), &clock);
+            assert_eq!(r.errors, Vec::<String>::new());
+            let link: serde_json::Value =
+                serde_json::from_str(&sh("ip -j link show dev eth0")).unwrap();
+            assert_eq!(link[0]["address"], "02:fc:00:00:00:08");
+            let flags: Vec<&str> = link[0]["flags"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|f| f.as_str().unwrap())
+                .collect();
+            assert!(flags.contains(&"UP"), "{flags:?}");
+            let routes: serde_json::Value =
+                serde_json::from_str(&sh("ip -j -4 route show default")).unwrap();
+            assert_eq!(routes[0]["gateway"], "10.77.0.1", "{routes}");
         })
         .join()
         .unwrap_or_else(|e| std::panic::resume_unwind(e));

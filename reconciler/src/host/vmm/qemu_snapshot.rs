@@ -281,6 +281,36 @@ pub fn verify(dir: &Path, sha256: &str) -> Result<(), SnapshotError> {
     corrupt(&path, &s.sha256, sha256)
 }
 
+/// The sha256 of a snapshot's state file, computed on a thread of its own: started before
+/// the QEMU it is loaded into, it is done by the time the load is (it is not on a restore's
+/// critical path).
+pub struct PendingHash {
+    path: std::path::PathBuf,
+    thread: std::thread::JoinHandle<std::io::Result<String>>,
+}
+
+impl PendingHash {
+    /// Start hashing `dir/vmstate`.
+    pub fn start(dir: &Path) -> PendingHash {
+        let path = dir.join(STATE_FILE);
+        let p = path.clone();
+        let thread = std::thread::spawn(move || {
+            let mut f = std::fs::File::open(&p)?;
+            hashed_copy(&mut f, &mut std::io::sink(), false)
+                .map(|s| s.sha256)
+                .map_err(|(e, _)| e)
+        });
+        PendingHash { path, thread }
+    }
+
+    fn wait(self) -> Result<String, SnapshotError> {
+        self.thread
+            .join()
+            .map_err(|_| SnapshotError::Failed("the snapshot reader panicked".into()))?
+            .map_err(|e| SnapshotError::io("cannot read", &self.path, e))
+    }
+}
+
 /// Load a snapshot into a QEMU started with `-incoming defer -S` (see `qemu::args`), check
 /// the stream's checksum and plug a vsock device in; the guest stays stopped until
 /// [`resume`]. On error the caller stops that QEMU (it never ran the guest).
@@ -288,6 +318,7 @@ pub fn load(
     run_dir: &Path,
     dir: &Path,
     sha256: &str,
+    hash: PendingHash,
     alive: impl Fn() -> bool,
 ) -> Result<(), SnapshotError> {
     let path = dir.join(STATE_FILE);
@@ -296,17 +327,10 @@ pub fn load(
         std::fs::File::open(&path).map_err(|e| SnapshotError::io("cannot open", &path, e))?;
     let mut q = qmp(run_dir)?;
     let connected = t0.elapsed();
-    // QEMU reads the file itself (no pipe to copy through); fort hashes it from its own
-    // descriptor meanwhile, and the guest runs only once both are done.
+    // QEMU reads the file itself (no pipe to copy through); `hash` reads it meanwhile, and
+    // the guest runs only once both are done.
     q.execute_with_fd("getfd", json!({ "fdname": "fort-snapshot" }), file.as_fd())?;
     drop(file);
-    let p = path.clone();
-    let feeder = std::thread::spawn(move || {
-        let mut f = std::fs::File::open(&p)?;
-        hashed_copy(&mut f, &mut std::io::sink(), false)
-            .map(|s| s.sha256)
-            .map_err(|(e, _)| e)
-    });
     q.execute("migrate-incoming", json!({ "uri": "fd:fort-snapshot" }))?;
     let end = Instant::now() + STREAM_TIMEOUT;
     let loaded = loop {
@@ -328,10 +352,7 @@ pub fn load(
         std::thread::sleep(Duration::from_millis(5));
     };
     let streamed = t0.elapsed();
-    let hash = feeder
-        .join()
-        .map_err(|_| SnapshotError::Failed("the snapshot reader panicked".into()))?
-        .map_err(|e| SnapshotError::io("cannot read", &path, e))?;
+    let hash = hash.wait()?;
     corrupt(&path, &hash, sha256)?;
     loaded?;
     let r = q.execute("query-migrate", json!({}))?;

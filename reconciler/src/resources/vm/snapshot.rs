@@ -268,6 +268,7 @@ pub(super) async fn load(
 ) -> Result<Instant, ResourceError> {
     let addr = &desired.address;
     let t0 = Instant::now();
+    let hash = qemu_snapshot::PendingHash::start(dir);
     let (cfg, vmm) = steps::prepare_boot(ctx, desired, spec, out).await?;
     let prepared = t0.elapsed();
     let (v, c) = (vmm.clone(), cfg.clone());
@@ -289,7 +290,7 @@ pub(super) async fn load(
     let (run, d, sha) = (out.run_dir.clone(), dir.to_path_buf(), sha256.to_string());
     let alive = move || proc.alive();
     let spawned = t0.elapsed();
-    let loaded = blocking(move || qemu_snapshot::load(&run, &d, &sha, alive)).await;
+    let loaded = blocking(move || qemu_snapshot::load(&run, &d, &sha, hash, alive)).await;
     tracing::debug!(
         "{addr}: load: prepared {prepared:?}, helper {helped:?}, VMM spawned {spawned:?}, loaded {:?}",
         t0.elapsed()

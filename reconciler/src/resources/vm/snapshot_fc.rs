@@ -137,8 +137,9 @@ pub(super) async fn resume(
         )
     })?;
     // No hello to wait for: the guest's vsock device was reset, not replaced.
-    out.mounts = steps::wait_ready_with(spec, out, None).await?;
+    let (mounts, client) = steps::wait_ready_client(spec, out, None).await?;
+    out.mounts = mounts;
     out.boot_ms = Some(t0.elapsed().as_millis() as u64);
-    steps::after_restore(addr, out).await;
+    super::identity::after_restore(addr, out, Some(client)).await;
     Ok(())
 }

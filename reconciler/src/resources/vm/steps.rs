@@ -482,7 +482,9 @@ pub(super) async fn wait_ready_client(
             if Instant::now() > deadline {
                 return Err(not_answered(timeout, &run));
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            // The checks are cheap (a non-blocking accept, the console's new bytes); a long
+            // nap here would be most of a restore's wait for its agent.
+            tokio::time::sleep(Duration::from_millis(10)).await;
             continue;
         }
         attempt += 1;
