@@ -6,6 +6,7 @@
 #
 # Usage (root): tests/bench/snapshot.sh [RUNS] [MEMORY]   (default 5, 256MiB)
 set -euo pipefail
+trap 'echo "$0: line $LINENO: \"$BASH_COMMAND\" failed ($?)" >&2' ERR
 cd "$(dirname "$0")/../.."
 RUNS=${1:-5}
 MEM=${2:-256MiB}
@@ -47,6 +48,6 @@ for i in $(seq "$RUNS"); do
 done
 median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 mc=$(median "${cold[@]}"); mw=$(median "${warm[@]}"); ms=$(median "${susp[@]}"); mb=$(median "${bytes[@]}")
-mib=$(echo "$MEM" | sed 's/MiB//')
+mib=$(python3 -c "import re,sys; n,u=re.fullmatch(r\"(\\d+)(MiB|GiB)\",sys.argv[1]).groups(); print(int(n)*(1024 if u==\"GiB\" else 1))" "$MEM")
 printf '\nmedian: cold boot %s ms, resume %s ms: %.1fx faster (target >= 5x); suspend %s ms for %s MiB of guest memory = %.2f s/GiB (target < 1), snapshot %.0f MiB\n' \
   "$mc" "$mw" "$(echo "$mc / $mw" | bc -l)" "$ms" "$mib" "$(echo "$ms / 1000 * 1024 / $mib" | bc -l)" "$(echo "$mb / 1048576" | bc -l)"

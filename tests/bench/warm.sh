@@ -9,6 +9,7 @@
 #
 # Usage (root): tests/bench/warm.sh [RUNS] [MEMORY]   (default 5, 256MiB)
 set -euo pipefail
+trap 'echo "$0: line $LINENO: \"$BASH_COMMAND\" failed ($?)" >&2' ERR
 cd "$(dirname "$0")/../.."
 RUNS=${1:-5}
 MEM=${2:-256MiB}
