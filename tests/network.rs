@@ -113,6 +113,8 @@ fn a_network_is_created_observed_repaired_and_destroyed_over_netlink() {
                 "fort:not-internet 192.168.0.0/16".into(),
                 "fort:not-internet 224.0.0.0/4".into(),
                 "fort:not-internet 240.0.0.0/4".into(),
+                // Bridged guest to guest (br_netfilter) is not egress.
+                "fort:same-network".into(),
             ])
         );
         let hooks = nft::forward_chains().unwrap();
@@ -156,7 +158,7 @@ fn a_network_is_created_observed_repaired_and_destroyed_over_netlink() {
         };
         nft::delete("fort-lan").unwrap();
         drift("nftables table fort-lan is missing");
-        assert_eq!(rules("fort-lan").unwrap().len(), 21);
+        assert_eq!(rules("fort-lan").unwrap().len(), 22);
         assert_eq!(net::ipv6_disabled("fort-lan"), Some(true));
         std::fs::write("/proc/sys/net/ipv6/conf/fort-lan/disable_ipv6", "0").unwrap();
         drift("IPv6 is on on fort-lan (guests could reach the host over it)");
@@ -446,7 +448,7 @@ fn a_network_that_fails_half_way_leaves_nothing_behind() {
         drop(owner);
         ws.run(&["apply", "--yes"]).ok();
         ws.run(&["plan", "--detailed-exitcode"]).ok();
-        assert_eq!(rules("fort-lan").unwrap().len(), 21);
+        assert_eq!(rules("fort-lan").unwrap().len(), 22);
     });
 }
 
@@ -566,5 +568,97 @@ fn doctor_names_a_foreign_forward_drop_policy_and_its_fix() {
         assert_eq!(fails.len(), 1, "{fails:?}");
         assert!(fails[0].starts_with("table ip filter chain FORWARD"));
         ws.run(&["destroy", "--yes"]).ok();
+    });
+}
+
+/// An Ethernet frame carrying a UDP datagram from `src` to `dst` (header checksum computed:
+/// br_netfilter validates it; UDP checksum 0, "none").
+fn udp_frame(src_mac: [u8; 6], dst_mac: [u8; 6], src: Ipv4Addr, dst: Ipv4Addr) -> Vec<u8> {
+    let payload = b"fort-same-network";
+    let udp_len = 8 + payload.len();
+    let total = 20 + udp_len;
+    let mut ip = vec![
+        0x45,
+        0,
+        (total >> 8) as u8,
+        total as u8,
+        0,
+        1,
+        0x40,
+        0,
+        64,
+        17,
+        0,
+        0,
+    ];
+    ip.extend_from_slice(&src.octets());
+    ip.extend_from_slice(&dst.octets());
+    let sum: u32 = ip
+        .chunks(2)
+        .map(|w| u32::from(u16::from_be_bytes([w[0], w[1]])))
+        .sum();
+    let sum = (sum & 0xffff) + (sum >> 16);
+    let csum = !((sum & 0xffff) + (sum >> 16)) as u16;
+    ip[10..12].copy_from_slice(&csum.to_be_bytes());
+    let mut f = Vec::new();
+    f.extend_from_slice(&dst_mac);
+    f.extend_from_slice(&src_mac);
+    f.extend_from_slice(&[0x08, 0x00]);
+    f.extend_from_slice(&ip);
+    f.extend_from_slice(&40000u16.to_be_bytes());
+    f.extend_from_slice(&40001u16.to_be_bytes());
+    f.extend_from_slice(&(udp_len as u16).to_be_bytes());
+    f.extend_from_slice(&[0, 0]);
+    f.extend_from_slice(payload);
+    f
+}
+
+/// With br_netfilter (`bridge-nf-call-iptables = 1`, Docker's hosts have it), frames bridged
+/// between two ports of one bridge pass the IP forward hook, where fort's fence would drop
+/// them under `egress = "none"` (and `"internet"`'s no-other-fort-networks rule): guests of a
+/// non-isolated network still reach each other, as they do without it.
+#[test]
+fn guests_of_one_network_reach_each_other_with_br_netfilter_on() {
+    in_netns(|| {
+        let knob = "/proc/sys/net/bridge/bridge-nf-call-iptables";
+        // A kernel without br_netfilter cannot show the problem; it must be there to test it.
+        let _ = std::process::Command::new("modprobe")
+            .arg("br_netfilter")
+            .status();
+        std::fs::write(knob, "1").unwrap_or_else(|e| {
+            panic!("{knob}: {e} (br_netfilter is needed for this test: modprobe br_netfilter)")
+        });
+        let ws = Workspace::new();
+        ws.write_manifest(
+            "[network.lan]\ncidr = \"10.77.0.0/24\"\nnat = false\nisolated = false\negress = \"none\"\n",
+        );
+        ws.run(&["apply", "--yes"]).ok();
+        let ctx = ctx(&ws);
+        let a = attach_vm(&ctx, "a");
+        let b = attach_vm(&ctx, "b");
+        let mut qa = tap::open("fort-a").unwrap();
+        let mut qb = tap::open("fort-b").unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        let is_ours =
+            |f: &[u8]| f.len() >= 34 && f[12..14] == [0x08, 0x00] && f[26..30] == a.ip.octets();
+        let frame = udp_frame(mac_bytes(&a.mac), mac_bytes(&b.mac), a.ip, b.ip);
+        let mut seen = None;
+        // The first frames may be flooded before the bridge learns b's port: a few tries.
+        for _ in 0..5 {
+            send(&mut qa, &frame);
+            seen = recv_matching(&mut qb, Duration::from_millis(500), is_ours);
+            if seen.is_some() {
+                break;
+            }
+        }
+        assert!(
+            seen.is_some(),
+            "b did not receive a's UDP datagram on a non-isolated network with br_netfilter on; the table:\n{:?}",
+            rules("fort-lan")
+        );
+        // The fence is still there for what leaves the network.
+        let table = rules("fort-lan").unwrap();
+        assert!(table.contains(&"fort:egress-none".to_string()), "{table:?}");
+        drop((qa, qb));
     });
 }

@@ -19,6 +19,7 @@ use crate::manifest::policy::{Egress, Ports, Proto, Rule as PolicyRule, NOT_INTE
 pub const MASQUERADE: &str = "fort:masquerade";
 pub const ESTABLISHED: &str = "fort:established";
 pub const FROM_BRIDGE: &str = "fort:from-bridge";
+pub const SAME_NETWORK: &str = "fort:same-network";
 /// Connections the host opens from 127.0.0.0/8 to a published port leave through the bridge
 /// (the bridge has `route_localnet = 1`): masqueraded to the gateway, so the guest can reply.
 pub const LOOPBACK_MASQUERADE: &str = "fort:loopback-masquerade";
@@ -70,6 +71,8 @@ enum Match {
     },
     /// Traffic from the bridge out through another fort bridge.
     ToFortBridge,
+    /// Bridged between two ports of the bridge (seen here only with br_netfilter).
+    SameNetwork,
     /// Guests → host: established, ICMP, a port, or the rest.
     HostEstablished,
     HostIcmp,
@@ -98,6 +101,10 @@ impl TableSpec {
             return [post, fwd, input, Vec::new()];
         };
         post.push((LOOPBACK_MASQUERADE.to_string(), Match::LoopbackMasquerade));
+        // With br_netfilter, frames bridged between two guests of the network pass this
+        // hook too (in and out through the bridge): they are not egress, and without
+        // br_netfilter they never get here. Port isolation (`isolated`) is the bridge's.
+        fwd.push((SAME_NETWORK.to_string(), Match::SameNetwork));
         let guard = vec![
             (
                 GUEST_LOOPBACK_SOURCE.to_string(),
@@ -412,6 +419,12 @@ fn build(r: &mut Rule<'_>, m: &Match, spec: &TableSpec, bridge: &CStr) -> Result
             ));
             r.add_expr(&nft_expr!(verdict drop));
         }
+        Match::SameNetwork => {
+            from_bridge(r, bridge);
+            r.add_expr(&nft_expr!(meta oifname));
+            r.add_expr(&nft_expr!(cmp == InterfaceName::Exact(bridge.to_owned())));
+            r.add_expr(&nft_expr!(verdict accept));
+        }
         Match::HostEstablished => {
             from_bridge(r, bridge);
             established(r);
@@ -489,6 +502,7 @@ mod tests {
                 "fort:masquerade",
                 "fort:loopback-masquerade",
                 "fort:established",
+                "fort:same-network",
                 "fort:deny 10.0.5.7/32",
                 "fort:allow 10.0.5.0/24:5432/tcp",
                 "fort:egress-none",
@@ -503,18 +517,19 @@ mod tests {
         );
         let internet = spec(Egress::Internet, &[], &[], &[]).expected_rules();
         assert_eq!(
-            internet[..6],
+            internet[..7],
             [
                 "fort:masquerade",
                 "fort:loopback-masquerade",
                 "fort:established",
+                "fort:same-network",
                 "fort:dns 192.0.2.53",
                 "fort:dns 192.0.2.53",
                 "fort:no-fort-networks",
             ]
         );
-        assert_eq!(internet.len(), 6 + NOT_INTERNET.len() + 1 + 3 + 2);
-        assert_eq!(internet[6 + NOT_INTERNET.len()], FROM_BRIDGE);
+        assert_eq!(internet.len(), 7 + NOT_INTERNET.len() + 1 + 3 + 2);
+        assert_eq!(internet[7 + NOT_INTERNET.len()], FROM_BRIDGE);
         // A table an older fort made: forwarded from the bridge, no input chain.
         let legacy = TableSpec {
             policy: None,
