@@ -330,16 +330,18 @@ pub async fn suspend(
 
 /// Restore's API half, in a Firecracker started with [`restore_args`] or
 /// [`jailed_restore_args`]: wait for its API socket (at most `timeout`), then load the
-/// snapshot and resume it in the same call.
+/// snapshot — and resume it in the same call if `resume_vm` (else the VM stays paused until
+/// [`resume`] is sent).
 pub async fn restore(
     api_sock: &Path,
     snapshot_path: &Path,
     mem_path: &Path,
     network_overrides: &[(String, String)],
+    resume_vm: bool,
     timeout: Duration,
 ) -> Result<(), VmmError> {
     wait_for_socket(api_sock, timeout).await?;
-    let req = load(snapshot_path, mem_path, true, network_overrides);
+    let req = load(snapshot_path, mem_path, resume_vm, network_overrides);
     call(api_sock, &req, timeout).await
 }
 

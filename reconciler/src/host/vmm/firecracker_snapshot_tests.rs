@@ -31,7 +31,7 @@ fn the_requests_are_the_documented_ones() {
         ("firecracker-snapshot-create.json", create(&j.state, &j.mem)),
         (
             "firecracker-snapshot-load.json",
-            load(&j.state, &j.mem, true, &[]),
+            load(&j.state, &j.mem, false, &[]),
         ),
         (
             "firecracker-snapshot-load-overrides.json",
@@ -238,9 +238,16 @@ async fn restore_waits_for_the_socket_then_loads_and_resumes() {
     let t = tempfile::tempdir().unwrap();
     let sock = t.path().join("api.sock");
     let j = SnapshotFiles::jailed();
-    let err = restore(&sock, &j.state, &j.mem, &[], Duration::from_millis(100))
-        .await
-        .unwrap_err();
+    let err = restore(
+        &sock,
+        &j.state,
+        &j.mem,
+        &[],
+        true,
+        Duration::from_millis(100),
+    )
+    .await
+    .unwrap_err();
     assert_eq!(
         err.to_string(),
         format!(
@@ -258,9 +265,16 @@ async fn restore_waits_for_the_socket_then_loads_and_resumes() {
         tokio::time::sleep(Duration::from_millis(100)).await;
         serve(&s2, vec![Some(NO_CONTENT)]).await.await.unwrap()
     });
-    restore(&sock, &j.state, &j.mem, &overrides, Duration::from_secs(5))
-        .await
-        .unwrap();
+    restore(
+        &sock,
+        &j.state,
+        &j.mem,
+        &overrides,
+        true,
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
     let seen = late.await.unwrap();
     assert_eq!(seen.len(), 1);
     let body: Value = serde_json::from_str(seen[0].split_once("\r\n\r\n").unwrap().1).unwrap();

@@ -3,7 +3,7 @@
 //! is one, pauses and creates a full snapshot, records the binary's version and a
 //! `snapshot.json` with a sha256 per file, and commits the directory whole; a resume checks
 //! the version and every file's size and sha256 **before** it asks Firecracker to load
-//! anything, then loads with `resume_vm: true`. Each takes the VM's run dir, so the tests
+//! anything, then loads it paused (`resume_vm: false`). Each takes the VM's run dir, so the tests
 //! drive them against a stand-in API server.
 //!
 //! The snapshot's state is two files, hashed in a fixed order — `snapshot.bin`, then
@@ -131,11 +131,13 @@ async fn write(
 }
 
 /// Load the snapshot in `dir` (described by `meta`) into the Firecracker just started for it
-/// in `run_dir` (`Vmm::start_vmm_incoming`), resuming the guest. First, with nothing sent to
+/// in `run_dir` (`Vmm::start_vmm_incoming`); the guest stays paused. First, with nothing sent to
 /// Firecracker: the recorded version must be `version` and every state file whole (an error
 /// names the file). Then the files are linked into the jail when there is one, and
-/// `PUT /snapshot/load` sent with `resume_vm: true`. On error the caller ends that
-/// Firecracker.
+/// `PUT /snapshot/load` sent with `resume_vm: false`: the caller marks the snapshot used
+/// before it sends `PATCH /vm Resumed`, as a QEMU restore is marked before `cont` (a fort
+/// killed in between loads it again, never twice into a guest that ran). On error the caller
+/// ends that Firecracker.
 pub async fn restore(
     run_dir: &Path,
     dir: &Path,
@@ -153,7 +155,7 @@ pub async fn restore(
         Some(root) => fc::link_into_jail(root, &files)?,
         None => files,
     };
-    let loaded = fc::restore(&api, &seen.state, &seen.mem, &[], SNAPSHOT_TIMEOUT).await;
+    let loaded = fc::restore(&api, &seen.state, &seen.mem, &[], false, SNAPSHOT_TIMEOUT).await;
     if let Some(root) = &jail {
         // The loaded VM maps mem.bin: the inode lives on as long as it runs.
         let _ = unlink_from_jail(root);

@@ -280,7 +280,7 @@ async fn resume_loads_a_whole_snapshot_and_refuses_a_bad_one_without_loading() {
             assert!(!root.join("snapshot.bin").exists());
         }
 
-        // Whole again: loaded and resumed in one call.
+        // Whole again: loaded, paused (the caller marks the snapshot used, then resumes).
         std::fs::write(&state, b"microvm state").unwrap();
         restore(&vm.run, &dest, &meta, V).await.unwrap();
         let seen = server.await.unwrap();
@@ -292,7 +292,7 @@ async fn resume_loads_a_whole_snapshot_and_refuses_a_bad_one_without_loading() {
             json!({
                 "snapshot_path": state,
                 "mem_backend": {"backend_type": "File", "backend_path": mem},
-                "resume_vm": true,
+                "resume_vm": false,
             })
         };
         assert_eq!(body(&seen[0]), want);

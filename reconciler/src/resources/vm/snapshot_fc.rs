@@ -2,10 +2,10 @@
 //! `host::vmm::firecracker_suspend` (which pauses, creates, hashes and commits; and checks
 //! and loads), recorded as a QEMU suspend and resume are (`snapshot`).
 //!
-//! Unlike QEMU's, Firecracker's load resumes the guest in the same call (`resume_vm: true`),
-//! so the snapshot is marked used before the load is sent, and its files are removed after
-//! it: the restored VM maps `mem.bin` (`MAP_PRIVATE`), and the unlinked file lives on, its
-//! disk space held, until that Firecracker exits. Its vsock device was reset when the
+//! As QEMU's is, the snapshot is loaded with the guest paused (`resume_vm: false`), marked
+//! used, and only then resumed (`PATCH /vm Resumed`); its files are removed once it is
+//! marked: the restored VM maps `mem.bin` (`MAP_PRIVATE`), and the unlinked file lives on,
+//! its disk space held, until that Firecracker exits. Its vsock device was reset when the
 //! snapshot was made; the agent's listening socket survived, so fort connects to it at once.
 
 use std::path::Path;
@@ -122,20 +122,23 @@ pub(super) async fn resume(
     out.boot_ms = None;
     ctx.step(addr, Point::VmSpawned, out)?;
     super::write_pid_file(out)?;
-    // Marked used before the load, which runs the guest: from then on its drives move past
-    // the snapshot, which must never be loaded again (a crash from here on boots the VM from
-    // its drives, and the next apply removes the files).
+    // Loaded paused (`resume_vm: false`): a fort killed here finds the snapshot still
+    // recorded and a guest that never ran, and loads it again.
+    fcs::restore(&out.run_dir, dir, meta, &version)
+        .await
+        .map_err(|e| {
+            check(
+                format!("cannot resume from the snapshot in {}: ", dir.display()),
+                &e,
+            )
+        })?;
+    // Marked used before the guest runs: from then on its drives move past the snapshot,
+    // which must never be loaded again. The loaded Firecracker maps mem.bin; its name can go.
     out.suspended = None;
     ctx.step(addr, Point::VmSnapshotWritten, out)?;
-    crate::crash::hit(Point::VmResuming);
-    let loaded = fcs::restore(&out.run_dir, dir, meta, &version).await;
     let _ = files::remove(dir);
-    loaded.map_err(|e| {
-        check(
-            format!("cannot resume from the snapshot in {}: ", dir.display()),
-            &e,
-        )
-    })?;
+    crate::crash::hit(Point::VmResuming);
+    super::vcpus::resume(out).await?;
     // No hello to wait for: the guest's vsock device was reset, not replaced.
     let (mounts, client) = steps::wait_ready_client(spec, out, None).await?;
     out.mounts = mounts;
