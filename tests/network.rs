@@ -12,7 +12,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::fort::Workspace;
-use common::netns::{arp_of, arp_request, in_netns, mac_bytes, recv_matching, runtime, send};
+use common::netns::{
+    arp_of, arp_request, in_netns, mac_bytes, recv_matching, runtime, send, udp_frame,
+};
 use fort::address::{Address, Kind};
 use fort::host::net::link::{Link, Netlink};
 use fort::host::net::{self, nft, tap};
@@ -569,48 +571,6 @@ fn doctor_names_a_foreign_forward_drop_policy_and_its_fix() {
         assert!(fails[0].starts_with("table ip filter chain FORWARD"));
         ws.run(&["destroy", "--yes"]).ok();
     });
-}
-
-/// An Ethernet frame carrying a UDP datagram from `src` to `dst` (header checksum computed:
-/// br_netfilter validates it; UDP checksum 0, "none").
-fn udp_frame(src_mac: [u8; 6], dst_mac: [u8; 6], src: Ipv4Addr, dst: Ipv4Addr) -> Vec<u8> {
-    let payload = b"fort-same-network";
-    let udp_len = 8 + payload.len();
-    let total = 20 + udp_len;
-    let mut ip = vec![
-        0x45,
-        0,
-        (total >> 8) as u8,
-        total as u8,
-        0,
-        1,
-        0x40,
-        0,
-        64,
-        17,
-        0,
-        0,
-    ];
-    ip.extend_from_slice(&src.octets());
-    ip.extend_from_slice(&dst.octets());
-    let sum: u32 = ip
-        .chunks(2)
-        .map(|w| u32::from(u16::from_be_bytes([w[0], w[1]])))
-        .sum();
-    let sum = (sum & 0xffff) + (sum >> 16);
-    let csum = !((sum & 0xffff) + (sum >> 16)) as u16;
-    ip[10..12].copy_from_slice(&csum.to_be_bytes());
-    let mut f = Vec::new();
-    f.extend_from_slice(&dst_mac);
-    f.extend_from_slice(&src_mac);
-    f.extend_from_slice(&[0x08, 0x00]);
-    f.extend_from_slice(&ip);
-    f.extend_from_slice(&40000u16.to_be_bytes());
-    f.extend_from_slice(&40001u16.to_be_bytes());
-    f.extend_from_slice(&(udp_len as u16).to_be_bytes());
-    f.extend_from_slice(&[0, 0]);
-    f.extend_from_slice(payload);
-    f
 }
 
 /// With br_netfilter (`bridge-nf-call-iptables = 1`, Docker's hosts have it), frames bridged

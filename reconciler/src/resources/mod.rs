@@ -272,7 +272,6 @@ pub async fn observe_all(
         .collect()
 }
 
-/// `err: cause: cause…` on one line.
 /// Run blocking host work (QMP, process starts, file copies) off the async runtime; its
 /// error becomes a check failure carrying the whole cause chain.
 pub(crate) async fn blocking<T, E>(
@@ -288,6 +287,7 @@ where
         .map_err(|e| ResourceError::Check(error_chain(&e)))
 }
 
+/// `err: cause: cause…` on one line.
 pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();

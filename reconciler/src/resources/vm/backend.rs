@@ -16,6 +16,17 @@ pub(super) fn of(ctx: &Ctx, spec: &VmSpec) -> Result<Box<dyn Backend>, ResourceE
     named(ctx, spec.vmm, spec.firecracker.as_deref())
 }
 
+/// The backend for `vmm` without its asset's paths: enough to read its logs, not to start it.
+pub(super) fn bare(vmm: Vmm) -> Box<dyn Backend> {
+    match vmm {
+        Vmm::Qemu => Box::new(Qemu),
+        Vmm::Firecracker => Box::new(Firecracker {
+            binary: None,
+            jailer: None,
+        }),
+    }
+}
+
 /// The backend for `vmm`, with the `[firecracker.NAME]` asset `firecracker` (`None`: PATH).
 fn named(
     ctx: &Ctx,
@@ -23,7 +34,7 @@ fn named(
     firecracker: Option<&str>,
 ) -> Result<Box<dyn Backend>, ResourceError> {
     Ok(match vmm {
-        Vmm::Qemu => Box::new(Qemu),
+        Vmm::Qemu => bare(vmm),
         Vmm::Firecracker => {
             let (binary, jailer) = match firecracker {
                 Some(name) => {

@@ -16,8 +16,6 @@ use crate::crash::Point;
 use crate::host::agent::{Client, Endpoint, MountStatus, AGENT_PORT};
 use crate::host::agent_ready::ReadyGate;
 use crate::host::net::link::Netlink;
-use crate::host::vmm::firecracker::Firecracker;
-use crate::host::vmm::qemu::Qemu;
 use crate::host::vmm::{NetConfig, RunDir, Started, VmConfig};
 use crate::manifest::{data_drive_device, drive_serial, Resource, VmSpec, Vmm};
 use crate::state::leases::PoolSlot;
@@ -439,13 +437,7 @@ pub(super) async fn wait_ready_client(
         return Err(ResourceError::Check("the VM is not running".into()));
     };
     // Only the backend's log reading is needed here, so no asset lookups.
-    let vmm: Box<dyn crate::host::vmm::Vmm> = match spec.vmm {
-        Vmm::Qemu => Box::new(Qemu),
-        Vmm::Firecracker => Box::new(Firecracker {
-            binary: None,
-            jailer: None,
-        }),
-    };
+    let vmm = super::backend::bare(spec.vmm);
     let run = RunDir(&out.run_dir);
     let timeout = boot_timeout(vmm.slow());
     let deadline = Instant::now() + timeout;

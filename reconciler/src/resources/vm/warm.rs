@@ -16,7 +16,7 @@ use serde_json::{json, Value};
 
 use super::super::drive::DriveOutputs;
 use super::super::template::TemplateOutputs;
-use super::super::{Ctx, ResourceError};
+use super::super::{blocking, Ctx, ResourceError};
 use super::{confine, steps, VmOutputs};
 use crate::address::{Address, Kind};
 use crate::crash::Point;
@@ -33,15 +33,6 @@ const BUILDER_HOSTNAME: &str = "fort-warm";
 
 fn err(e: impl std::error::Error + 'static) -> ResourceError {
     ResourceError::Check(super::super::error_chain(&e))
-}
-
-async fn blocking<T: Send + 'static, E: std::error::Error + Send + 'static>(
-    f: impl FnOnce() -> Result<T, E> + Send + 'static,
-) -> Result<T, ResourceError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| ResourceError::Check(format!("warm start task failed: {e}")))?
-        .map_err(err)
 }
 
 /// What the warm snapshot of `template` for this VM's shape is made of (its key's input).
