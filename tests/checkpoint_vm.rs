@@ -225,6 +225,7 @@ fn checkpoint_restore_and_full_disks_in_a_real_vm() {
                 "drives.json",
                 "drives/a-root",
                 "drives/data",
+                "memory",
                 "snapshot.json",
                 "vmstate"
             ]
@@ -387,7 +388,7 @@ fn checkpoint_restore_and_full_disks_in_a_real_vm() {
         assert!(
             err.ends_with(&format!(
                 " more were free on {}",
-                snaps.join("a/checkpoints/.full.tmp/vmstate").display()
+                snaps.join("a/checkpoints/.full.tmp/memory").display()
             )),
             "{err}"
         );
@@ -412,7 +413,7 @@ fn checkpoint_restore_and_full_disks_in_a_real_vm() {
         assert!(
             r.stdout.contains(&format!(
                 " more were free on {}",
-                snaps.join("a/.suspend.tmp/vmstate").display()
+                snaps.join("a/.suspend.tmp/memory").display()
             )),
             "{}",
             r.stdout

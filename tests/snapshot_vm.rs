@@ -61,7 +61,7 @@ fn memory_file() -> &'static str {
     if vmm() == "firecracker" {
         "mem.bin"
     } else {
-        "vmstate"
+        "memory"
     }
 }
 
@@ -198,13 +198,23 @@ fn pause_suspend_resume_and_a_corrupt_snapshot_in_a_real_vm() {
                 meta["vmm_version"].as_str().unwrap()
             );
         } else {
-            // The pages the guest touched.
-            let size = len("vmstate");
+            // The devices' state in the stream, the guest's RAM beside it: a sparse file of
+            // the guest's size holding the pages the guest touched.
+            let stream = len("vmstate");
+            assert!(stream < 1 << 20, "a stream of {stream} bytes");
+            assert_eq!(len("memory"), 192 << 20);
+            use std::os::unix::fs::MetadataExt;
+            let allocated = std::fs::metadata(snap.join("memory")).unwrap().blocks() * 512;
             assert!(
-                size > 1 << 20 && size < 192 << 20,
-                "snapshot of {size} bytes"
+                allocated > 1 << 20 && allocated < 192 << 20,
+                "memory of {allocated} bytes on disk"
             );
-            assert_eq!(meta["state_bytes"], size);
+            assert_eq!(meta["files"][0]["name"], "vmstate");
+            assert_eq!(meta["files"][0]["bytes"], stream);
+            assert_eq!(meta["files"][1]["name"], "memory");
+            let saved = meta["files"][1]["bytes"].as_u64().unwrap();
+            assert!(saved <= allocated, "{saved} saved, {allocated} allocated");
+            assert_eq!(meta["state_bytes"], stream + saved);
         }
         assert!(!ws.state_dir().join("snapshots/s/.suspend.tmp").exists());
         let status = ws.run(&["status"]).ok().stdout.clone();

@@ -9,6 +9,7 @@ pub mod firecracker_suspend;
 pub mod jailer;
 pub mod process;
 pub mod qemu;
+pub mod qemu_memory;
 pub mod qemu_snapshot;
 pub mod qmp;
 

@@ -37,13 +37,10 @@ pub fn args(cfg: &VmConfig, kvm: bool, tap_fd: Option<i32>, incoming: bool) -> V
     push(&["-M", "pc", "-smp", &cfg.vcpus.to_string(), "-m", &mem]);
     push(&[
         "-object",
-        // A restore's memory is allocated up front (one MADV_POPULATE_WRITE): loading into
-        // untouched memory takes a page fault per 4 KiB page, the slowest part of a
-        // restore here (docs/snapshots.md).
-        &format!(
-            "memory-backend-memfd,id=mem,size={mem}M,share=on{}",
-            if incoming { ",prealloc=on" } else { "" }
-        ),
+        // A restore's memory is not preallocated: fort writes the guest's saved pages into
+        // this memfd itself (`qemu_memory`), and the rest stays unallocated, as in the
+        // guest it was saved from.
+        &format!("memory-backend-memfd,id=mem,size={mem}M,share=on"),
         "-numa",
         "node,memdev=mem",
     ]);
@@ -307,7 +304,7 @@ mod tests {
         let inc = args(&cfg, false, None, true).join(" ");
         assert!(!inc.contains("vhost-user-vsock"), "{inc}");
         assert!(
-            inc.contains("-object memory-backend-memfd,id=mem,size=256M,share=on,prealloc=on "),
+            inc.contains("-object memory-backend-memfd,id=mem,size=256M,share=on "),
             "{inc}"
         );
         assert!(

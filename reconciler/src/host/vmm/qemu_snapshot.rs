@@ -1,10 +1,12 @@
 //! QEMU's pause, suspend and restore over QMP. QEMU refuses to migrate a VM with a
 //! vhost-user-vsock device ("State blocked by non-migratable device"), so suspending unplugs
 //! it first (ACPI hot-unplug: the guest's agent keeps listening) and restoring plugs a fresh
-//! one in, served by a new vhost-device-vsock. The state stream goes through a pipe fort
-//! reads, hashing it as it writes the file; restoring feeds the file back the same way and
-//! checks the hash before the guest runs a single instruction. A checkpoint is a suspend
-//! whose VM runs on: the drives are copied while the vCPUs are stopped, then it continues.
+//! one in, served by a new vhost-device-vsock. The state stream (devices, with
+//! `x-ignore-shared` not the guest's RAM) goes through a pipe fort reads, hashing it as it
+//! writes the file, and the guest's RAM is copied from QEMU's memfd beside it
+//! (`qemu_memory`); restoring fills the new QEMU's memory and gives it the file, and checks
+//! both hashes before the guest runs a single instruction. A checkpoint is a suspend whose
+//! VM runs on: the drives are copied while the vCPUs are stopped, then it continues.
 
 use std::io::{Read, Write};
 use std::os::fd::AsFd;
@@ -14,9 +16,10 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
+use super::qemu_memory::{self, MEMORY_FILE};
 use super::qmp::Qmp;
 use super::RunDir;
-use crate::host::snapshot::{free_bytes, SnapshotError, STATE_FILE};
+use crate::host::snapshot::{free_bytes, FileSum, Meta, SnapshotError, STATE_FILE};
 use crate::manifest::units::human_size;
 
 /// The vsock device's id and PCI slot (QEMU's args give every device a fixed slot, so the
@@ -113,11 +116,46 @@ fn wait_migration(q: &mut Qmp, end: Instant) -> Result<serde_json::Value, Snapsh
     }
 }
 
-/// What a snapshot stream came to.
+/// What a snapshot stream came to, and the guest memory saved beside it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Stream {
     pub bytes: u64,
     pub sha256: String,
+    /// `memory` (`qemu_memory`); `None` in a snapshot whose stream holds the RAM (made
+    /// before fort saved it apart, still loadable).
+    pub memory: Option<FileSum>,
+}
+
+impl Stream {
+    /// The snapshot's description, for `snapshot.json`: its size is the stream's and the
+    /// memory's saved pages; `files` names both when the memory is apart.
+    pub fn meta(self, vm: &str, spec: serde_json::Value) -> Meta {
+        let total = self.bytes + self.memory.as_ref().map_or(0, |m| m.bytes);
+        let mut m = Meta::new(
+            vm,
+            "qemu",
+            &super::qemu::version(),
+            spec,
+            total,
+            self.sha256.clone(),
+        );
+        if let Some(mem) = self.memory {
+            m.files = vec![
+                FileSum {
+                    name: STATE_FILE.to_string(),
+                    bytes: self.bytes,
+                    sha256: self.sha256,
+                },
+                mem,
+            ];
+        }
+        m
+    }
+}
+
+/// The guest memory recorded in `meta`, if it is saved apart from the stream.
+fn memory_of(meta: &Meta) -> Option<&FileSum> {
+    meta.files.iter().find(|f| f.name == MEMORY_FILE)
 }
 
 /// Copy `from` to `to` until `from` ends, hashing what was read (sha256). A read error, or a
@@ -149,6 +187,7 @@ fn hashed_copy(
     Ok(Stream {
         bytes,
         sha256: hex::encode(h.finalize()),
+        memory: None,
     })
 }
 
@@ -162,6 +201,7 @@ pub fn suspend(run_dir: &Path, dir: &Path, memory_bytes: u64) -> Result<Stream, 
     let out = suspend_stream(&mut q, dir, memory_bytes);
     if out.is_err() {
         let _ = std::fs::remove_file(dir.join(STATE_FILE));
+        let _ = std::fs::remove_file(dir.join(MEMORY_FILE));
         // Back as it was: a failed suspend loses nothing.
         let _ = plug_vsock(&mut q, run_dir);
         if was_running {
@@ -189,6 +229,7 @@ pub fn checkpoint(
     let out = suspend_stream(&mut q, dir, memory_bytes).and_then(|s| while_stopped().map(|()| s));
     if out.is_err() {
         let _ = std::fs::remove_file(dir.join(STATE_FILE));
+        let _ = std::fs::remove_file(dir.join(MEMORY_FILE));
     }
     let plugged = plug_vsock(&mut q, run_dir);
     let continued = if was_running {
@@ -211,6 +252,9 @@ fn suspend_stream(q: &mut Qmp, dir: &Path, memory_bytes: u64) -> Result<Stream, 
         "migrate-set-parameters",
         json!({ "max-bandwidth": 64u64 << 30 }),
     )?;
+    // The guest's RAM (the shared memfd) stays out of the stream: fort copies its touched
+    // pages itself, below.
+    ignore_shared(q)?;
     let path = dir.join(STATE_FILE);
     let free = free_bytes(dir);
     let mut file = std::fs::OpenOptions::new()
@@ -255,9 +299,32 @@ fn suspend_stream(q: &mut Qmp, dir: &Path, memory_bytes: u64) -> Result<Stream, 
                     "QEMU could not write the snapshot: {why}"
                 )));
             }
-            Ok(s)
+            let memfd = qemu_memory::find_memfd(q.peer_pid()?, memory_bytes)?;
+            let mem = dir.join(MEMORY_FILE);
+            match qemu_memory::save(&memfd, memory_bytes, dir) {
+                Ok(m) => Ok(Stream {
+                    memory: Some(m),
+                    ..s
+                }),
+                Err((e, n)) if qemu_memory::is_disk_full(&e) => Err(SnapshotError::DiskFull {
+                    needed: human_size(memory_bytes),
+                    written: human_size(s.bytes + n),
+                    free: human_size(free.saturating_sub(s.bytes + n)),
+                    path: mem,
+                }),
+                Err((e, _)) => Err(SnapshotError::io("cannot write", &mem, e)),
+            }
         }
     }
+}
+
+/// Leave shared RAM out of the migration stream (both ends must say so).
+fn ignore_shared(q: &mut Qmp) -> Result<(), SnapshotError> {
+    q.execute(
+        "migrate-set-capabilities",
+        json!({ "capabilities": [{ "capability": "x-ignore-shared", "state": true }] }),
+    )?;
+    Ok(())
 }
 
 fn corrupt(path: &Path, hash: &str, sha256: &str) -> Result<(), SnapshotError> {
@@ -270,15 +337,19 @@ fn corrupt(path: &Path, hash: &str, sha256: &str) -> Result<(), SnapshotError> {
     Ok(())
 }
 
-/// Check `dir/vmstate` against its recorded sha256 without loading it (before a restore
-/// stops the VM that runs, so a corrupt checkpoint leaves it as it was).
-pub fn verify(dir: &Path, sha256: &str) -> Result<(), SnapshotError> {
+/// Check `dir/vmstate` (and `dir/memory`) against `meta` without loading them (before a
+/// restore stops the VM that runs, so a corrupt checkpoint leaves it as it was).
+pub fn verify(dir: &Path, meta: &Meta, memory_bytes: u64) -> Result<(), SnapshotError> {
     let path = dir.join(STATE_FILE);
     let mut file =
         std::fs::File::open(&path).map_err(|e| SnapshotError::io("cannot open", &path, e))?;
     let s = hashed_copy(&mut file, &mut std::io::sink(), false)
         .map_err(|(e, _)| SnapshotError::io("cannot read", &path, e))?;
-    corrupt(&path, &s.sha256, sha256)
+    corrupt(&path, &s.sha256, &meta.state_sha256)?;
+    match memory_of(meta) {
+        Some(m) => qemu_memory::verify(dir, memory_bytes, m),
+        None => Ok(()),
+    }
 }
 
 /// The sha256 of a snapshot's state file, computed on a thread of its own: started before
@@ -317,7 +388,8 @@ impl PendingHash {
 pub fn load(
     run_dir: &Path,
     dir: &Path,
-    sha256: &str,
+    meta: &Meta,
+    memory_bytes: u64,
     hash: PendingHash,
     alive: impl Fn() -> bool,
 ) -> Result<(), SnapshotError> {
@@ -327,6 +399,14 @@ pub fn load(
         std::fs::File::open(&path).map_err(|e| SnapshotError::io("cannot open", &path, e))?;
     let mut q = qmp(run_dir)?;
     let connected = t0.elapsed();
+    // The guest's RAM first, straight into the new QEMU's memfd, checked before the stream
+    // that describes the devices around it is given.
+    if let Some(m) = memory_of(meta) {
+        ignore_shared(&mut q)?;
+        let memfd = qemu_memory::find_memfd(q.peer_pid()?, memory_bytes)?;
+        qemu_memory::load(&memfd, memory_bytes, dir, m)?;
+    }
+    let filled = t0.elapsed();
     // QEMU reads the file itself (no pipe to copy through); `hash` reads it meanwhile, and
     // the guest runs only once both are done.
     q.execute_with_fd("getfd", json!({ "fdname": "fort-snapshot" }), file.as_fd())?;
@@ -353,7 +433,7 @@ pub fn load(
     };
     let streamed = t0.elapsed();
     let hash = hash.wait()?;
-    corrupt(&path, &hash, sha256)?;
+    corrupt(&path, &hash, &meta.state_sha256)?;
     loaded?;
     let r = q.execute("query-migrate", json!({}))?;
     if let Some(s) = r.get("status").and_then(|s| s.as_str()) {
@@ -366,7 +446,7 @@ pub fn load(
     let hashed = t0.elapsed();
     let plugged = plug_vsock(&mut q, run_dir);
     tracing::debug!(
-        "snapshot load: QMP {connected:?}, stream in {streamed:?}, hashed {hashed:?}, vsock plugged {:?}",
+        "snapshot load: QMP {connected:?}, memory filled {filled:?}, stream in {streamed:?}, hashed {hashed:?}, vsock plugged {:?}",
         t0.elapsed()
     );
     plugged

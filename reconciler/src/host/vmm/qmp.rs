@@ -94,6 +94,17 @@ impl Qmp {
         })
     }
 
+    /// The process id of the QEMU on the other end (the socket's peer credentials): the
+    /// QEMU this monitor belongs to, whoever started it.
+    pub fn peer_pid(&self) -> Result<u32, QmpError> {
+        rustix::net::sockopt::get_socket_peercred(&self.writer)
+            .map(|c| c.pid.as_raw_nonzero().get() as u32)
+            .map_err(|e| QmpError::Io {
+                command: "SO_PEERCRED".into(),
+                source: e.into(),
+            })
+    }
+
     /// Run a command; its `return` value.
     pub fn execute(&mut self, command: &str, arguments: Value) -> Result<Value, QmpError> {
         self.send(command, arguments, None)

@@ -14,7 +14,7 @@ use super::{snapshot, spec_of, steps, VmOutputs};
 use crate::address::{Address, Kind};
 use crate::crash::Point;
 use crate::host::checkpoint::{self as files, Checkpoint};
-use crate::host::snapshot::{Meta, SnapshotError};
+use crate::host::snapshot::SnapshotError;
 use crate::host::vmm::{qemu, qemu_snapshot, RunDir};
 use crate::manifest::{Resource, VmSpec, VmState, Vmm};
 use crate::state::StateStore;
@@ -216,14 +216,7 @@ async fn write(
         })
     })
     .await?;
-    let meta = Meta::new(
-        vm,
-        "qemu",
-        &qemu::version(),
-        out.booted.clone().unwrap_or_default(),
-        stream.bytes,
-        stream.sha256,
-    );
+    let meta = stream.meta(vm, out.booted.clone().unwrap_or_default());
     let (t, d) = (tmp.to_path_buf(), dest.to_path_buf());
     blocking(move || crate::host::snapshot::commit(&t, &d, &meta)).await?;
     files::read(dest).map_err(|e| check(error_chain(&e)))
@@ -270,8 +263,8 @@ pub async fn restore(
         }
     }
     // Checked before anything stops: a corrupt checkpoint leaves the VM as it was.
-    let (dir, sha) = (cp.dir.clone(), cp.meta.state_sha256.clone());
-    blocking(move || qemu_snapshot::verify(&dir, &sha))
+    let (dir, meta, memory) = (cp.dir.clone(), cp.meta.clone(), spec.memory);
+    blocking(move || qemu_snapshot::verify(&dir, &meta, memory))
         .await
         .map_err(|e| {
             check(format!(
@@ -310,16 +303,7 @@ async fn put_back(
     let drives = drive_files(ctx, spec)?;
     let c = cp.clone();
     blocking(move || files::put_back(&c, &drives)).await?;
-    let loaded = snapshot::load(
-        ctx,
-        desired,
-        spec,
-        out,
-        want,
-        &cp.dir,
-        &cp.meta.state_sha256,
-    )
-    .await;
+    let loaded = snapshot::load(ctx, desired, spec, out, want, &cp.dir, &cp.meta).await;
     let t0 = match loaded {
         Ok(t) => t,
         Err(e) => {

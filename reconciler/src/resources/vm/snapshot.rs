@@ -17,7 +17,7 @@ use super::{snapshot_fc, steps, vcpus, VmOutputs};
 use crate::address::Address;
 use crate::crash::Point;
 use crate::host::snapshot::{self, Meta};
-use crate::host::vmm::{qemu, qemu_snapshot, RunDir, Started};
+use crate::host::vmm::{qemu_snapshot, RunDir, Started};
 use crate::manifest::{Resource, VmSpec, Vmm};
 
 /// A suspended VM's snapshot, as its row records it.
@@ -189,16 +189,7 @@ async fn write_qemu(
             return Err(e);
         }
     };
-    let version = qemu::version();
-    let booted = out.booted.clone().unwrap_or_default();
-    let meta = Meta::new(
-        &addr.name,
-        "qemu",
-        &version,
-        booted,
-        stream.bytes,
-        stream.sha256,
-    );
+    let meta = stream.meta(&addr.name, out.booted.clone().unwrap_or_default());
     let (t, d, m) = (tmp.to_path_buf(), dest.to_path_buf(), meta.clone());
     blocking(move || snapshot::commit(&t, &d, &m)).await?;
     Ok(meta)
@@ -246,7 +237,7 @@ pub(super) async fn resume(
     if spec.vmm == Vmm::Firecracker {
         return snapshot_fc::resume(ctx, desired, spec, out, want, &rec.dir, &meta).await;
     }
-    let t0 = load(ctx, desired, spec, out, want, &rec.dir, &meta.state_sha256).await?;
+    let t0 = load(ctx, desired, spec, out, want, &rec.dir, &meta).await?;
     // Marked used before the guest runs: from here its drives move on, and the stream must
     // never be loaded again.
     discard(ctx, addr, out)?;
@@ -255,7 +246,7 @@ pub(super) async fn resume(
 }
 
 /// Start a QEMU waiting for a stream (helper and QEMU each recorded as they run) and load the
-/// snapshot in `dir` into it, checked against `sha256`; the guest has not run yet. Returns
+/// snapshot in `dir` into it, checked against `meta`; the guest has not run yet. Returns
 /// when the start began, for `boot_ms`.
 pub(super) async fn load(
     ctx: &Ctx,
@@ -264,7 +255,7 @@ pub(super) async fn load(
     out: &mut VmOutputs,
     want: serde_json::Value,
     dir: &std::path::Path,
-    sha256: &str,
+    meta: &Meta,
 ) -> Result<Instant, ResourceError> {
     let addr = &desired.address;
     let t0 = Instant::now();
@@ -287,10 +278,15 @@ pub(super) async fn load(
     out.boot_ms = None;
     ctx.step(addr, Point::VmSpawned, out)?;
     super::write_pid_file(out)?;
-    let (run, d, sha) = (out.run_dir.clone(), dir.to_path_buf(), sha256.to_string());
+    let (run, d, m, memory) = (
+        out.run_dir.clone(),
+        dir.to_path_buf(),
+        meta.clone(),
+        spec.memory,
+    );
     let alive = move || proc.alive();
     let spawned = t0.elapsed();
-    let loaded = blocking(move || qemu_snapshot::load(&run, &d, &sha, hash, alive)).await;
+    let loaded = blocking(move || qemu_snapshot::load(&run, &d, &m, memory, hash, alive)).await;
     tracing::debug!(
         "{addr}: load: prepared {prepared:?}, helper {helped:?}, VMM spawned {spawned:?}, loaded {:?}",
         t0.elapsed()

@@ -95,8 +95,7 @@ pub(super) async fn start(
     blocking(move || install_root(&src, &root)).await?;
     drop(lock);
 
-    let loaded =
-        super::snapshot::load(ctx, desired, spec, out, want, &dest, &meta.state_sha256).await;
+    let loaded = super::snapshot::load(ctx, desired, spec, out, want, &dest, &meta).await;
     let t0 = match loaded {
         Ok(t0) => t0,
         Err(e) => {
@@ -263,13 +262,9 @@ async fn build(
         }
     };
     crate::host::confine::files::own(&root, 0, 0, 0o600).map_err(err)?;
-    let meta = Meta::new(
+    let meta = stream.meta(
         &format!("template.{}", inputs["template"].as_str().unwrap_or("?")),
-        "qemu",
-        &qemu::version(),
         inputs.clone(),
-        stream.bytes,
-        stream.sha256,
     );
     let (t, d, m) = (tmp.clone(), dest.clone(), meta.clone());
     blocking(move || snapshot::commit(&t, &d, &m)).await?;
