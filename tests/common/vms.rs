@@ -35,7 +35,7 @@ pub fn kernel_file() -> &'static str {
     }
 }
 
-/// The kernel QEMU boots, for the tests of what only QEMU does (checkpoints, warm templates,
+/// The kernel QEMU boots, for the tests of what only QEMU does (checkpoints,
 /// the crash matrix's QMP steps), which run QEMU whatever `FORT_TEST_VMM` says.
 pub const QEMU_KERNEL: &str = "vmlinuz";
 

@@ -1,7 +1,8 @@
 //! Warm-template snapshots on disk: `state_dir/warm/KEY/` holds one booted VM of a template
-//! — its state stream (`vmstate`), its root drive as the stream expects it (`root.img`) and
+//! — its state (QEMU: the stream `vmstate`; Firecracker: `snapshot.bin`, `mem.bin` and
+//! `firecracker-version`), its root drive as the state expects it (`root.img`) and
 //! `snapshot.json` (what it was made of: the template's image, the kernel, the VM's shape,
-//! the QEMU version). KEY is a hash of that, so a changed template or shape is another
+//! the VMM and its version). KEY is a hash of that, so a changed template or shape is another
 //! snapshot. A snapshot is built in `KEY.tmp/` and committed by one rename; one build runs at
 //! a time per KEY (`KEY.lock`, an flock that dies with its holder).
 
@@ -65,11 +66,22 @@ fn try_lock(state_dir: &Path, key: &str, wait: bool) -> Result<Option<Lock>, Sna
     }
 }
 
-/// The committed snapshot of `key`, if it is whole and was made of `inputs` by this QEMU.
-pub fn usable(dest: &Path, inputs: &Value, vmm_version: &str) -> Option<Meta> {
+/// The state files of a warm snapshot made by `vmm` ("qemu", "firecracker").
+pub fn state_files(vmm: &str) -> &'static [&'static str] {
+    match vmm {
+        "qemu" => &[STATE_FILE],
+        _ => &crate::host::vmm::firecracker_suspend::STATE_FILES,
+    }
+}
+
+/// The committed snapshot of `key`, if it is whole and was made of `inputs` by this `vmm`
+/// build (its first `--version` line).
+pub fn usable(dest: &Path, inputs: &Value, vmm: &str, vmm_version: &str) -> Option<Meta> {
     let meta = snapshot::read_meta(dest).ok()?;
-    let whole = dest.join(STATE_FILE).is_file() && dest.join(ROOT_FILE).is_file();
-    (whole && meta.spec == *inputs && meta.vmm_version == vmm_version).then_some(meta)
+    let whole =
+        dest.join(ROOT_FILE).is_file() && state_files(vmm).iter().all(|f| dest.join(f).is_file());
+    let same = meta.spec == *inputs && meta.vmm == vmm && meta.vmm_version == vmm_version;
+    (whole && same).then_some(meta)
 }
 
 /// Remove what no build holds: unfinished builds (`*.tmp` of an unlocked key, left by a
@@ -139,13 +151,39 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let inputs = json!({"template": "t", "template_key": "k1", "memory": 1});
         let dest = make(d.path(), &inputs);
-        assert!(usable(&dest, &inputs, "QEMU 7.2").is_some());
-        assert!(usable(&dest, &inputs, "QEMU 8.0").is_none());
+        assert!(usable(&dest, &inputs, "qemu", "QEMU 7.2").is_some());
+        assert!(usable(&dest, &inputs, "qemu", "QEMU 8.0").is_none());
+        // Another VMM's, even were its inputs and version line the same.
+        assert!(usable(&dest, &inputs, "firecracker", "QEMU 7.2").is_none());
         let other = json!({"template": "t", "template_key": "k1", "memory": 2});
-        assert!(usable(&dest, &other, "QEMU 7.2").is_none());
+        assert!(usable(&dest, &other, "qemu", "QEMU 7.2").is_none());
         assert_ne!(key(&inputs), key(&other));
         std::fs::remove_file(dest.join(ROOT_FILE)).unwrap();
-        assert!(usable(&dest, &inputs, "QEMU 7.2").is_none());
+        assert!(usable(&dest, &inputs, "qemu", "QEMU 7.2").is_none());
+    }
+
+    #[test]
+    fn a_firecracker_snapshot_is_whole_with_both_state_files() {
+        let d = tempfile::tempdir().unwrap();
+        let inputs = json!({"template": "t", "vmm": "firecracker"});
+        let (dest, tmp) = dirs(d.path(), &key(&inputs));
+        std::fs::create_dir_all(&tmp).unwrap();
+        for f in ["snapshot.bin", "mem.bin", ROOT_FILE] {
+            std::fs::write(tmp.join(f), f).unwrap();
+        }
+        let meta = Meta::new(
+            "template.t",
+            "firecracker",
+            "Firecracker v1.12.0",
+            inputs.clone(),
+            1,
+            "x".into(),
+        );
+        snapshot::commit(&tmp, &dest, &meta).unwrap();
+        assert!(usable(&dest, &inputs, "firecracker", "Firecracker v1.12.0").is_some());
+        assert!(usable(&dest, &inputs, "qemu", "Firecracker v1.12.0").is_none());
+        std::fs::remove_file(dest.join("mem.bin")).unwrap();
+        assert!(usable(&dest, &inputs, "firecracker", "Firecracker v1.12.0").is_none());
     }
 
     #[test]

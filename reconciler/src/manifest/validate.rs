@@ -241,6 +241,11 @@ impl<'c, 'a, 'r> Resolver<'c, 'a, 'r> {
         }
         let refs = Refs {
             fcs: fcs.keys().cloned().collect(),
+            jailed_fcs: fcs
+                .iter()
+                .filter(|(_, e)| e.raw.member.is_some() && e.raw.jailer_member.is_some())
+                .map(|(n, _)| n.clone())
+                .collect(),
             kernels: kernels.keys().cloned().collect(),
             templates: templates.keys().cloned().collect(),
             warm: templates
@@ -523,6 +528,8 @@ impl<'c, 'a, 'r> Resolver<'c, 'a, 'r> {
 /// Names known to VM validation.
 pub(super) struct Refs {
     pub fcs: Vec<String>,
+    /// The `[firecracker.*]` assets with a jailer (`jailer_member`).
+    pub jailed_fcs: Vec<String>,
     pub kernels: Vec<String>,
     pub templates: Vec<String>,
     /// The templates with `warm = true`.

@@ -382,7 +382,14 @@ pub(super) fn vms(
         }
         // Which VMs of a warm template start warm, and why the others boot (the plan says so).
         let (warm, not_warm) = match inline_root.as_ref().map(|(t, _)| t) {
-            Some(t) if refs.warm.contains(t) => match warm_refusal(t, vmm, !data.is_empty()) {
+            Some(t) if refs.warm.contains(t) => match warm_refusal(
+                t,
+                vmm,
+                firecracker
+                    .as_deref()
+                    .map(|f| (f, refs.jailed_fcs.iter().any(|j| j == f))),
+                !data.is_empty(),
+            ) {
                 Some(why) => (None, Some(why)),
                 None => (Some(t.clone()), None),
             },
@@ -552,9 +559,25 @@ fn check_ip(
 
 /// Why a VM whose root is inline from the warm template `template` boots instead of starting
 /// warm (`None`: it starts warm).
-fn warm_refusal(template: &str, vmm: Vmm, data_drives: bool) -> Option<String> {
+/// Why a VM of the warm template `template` boots instead (`None`: it starts warm). A
+/// Firecracker VM starts warm only through the jailer: a Firecracker snapshot reopens the
+/// drive and vsock paths it was made with, which only each VM's own chroot makes the clone's
+/// own. `firecracker` is the VM's asset and whether it has a jailer (`None`: PATH).
+fn warm_refusal(
+    template: &str,
+    vmm: Vmm,
+    firecracker: Option<(&str, bool)>,
+    data_drives: bool,
+) -> Option<String> {
     if vmm == Vmm::Firecracker {
-        return Some(format!("boots: template.{template} is warm, but warm starts need vmm = \"qemu\" (with Firecracker, fort drives snapshots only for state = \"paused\" and \"suspended\")"));
+        let unjailed = match firecracker {
+            Some((_, true)) => None,
+            Some((name, false)) => Some(format!("firecracker.{name} has no jailer_member")),
+            None => Some("its firecracker comes from PATH".to_string()),
+        };
+        if let Some(what) = unjailed {
+            return Some(format!("boots: template.{template} is warm, but a Firecracker VM starts warm only through the jailer and {what} (a snapshot reopens the drive and vsock paths it was made with, and only each VM's own chroot makes them the clone's own)"));
+        }
     }
     if data_drives {
         return Some(format!("boots: template.{template} is warm, but a VM with data drives does not start warm (the template's snapshot has none)"));

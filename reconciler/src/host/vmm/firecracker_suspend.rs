@@ -56,8 +56,12 @@ pub struct Describe {
     pub vm: String,
     /// `firecracker --version`'s first line of the binary that runs the VM.
     pub version: String,
-    /// The VM's restart-relevant spec.
+    /// The VM's restart-relevant spec (a warm snapshot: what it is made of).
     pub spec: Value,
+    /// The state files are to be loaded by other Firecrackers, each as its own uid (warm
+    /// clones): before the commit they become fort's (root's, as the jailer needs), mode 0444 — read-only for everyone, as
+    /// Firecracker opens them to load (and the memory file must not change under a clone).
+    pub shared: bool,
 }
 
 async fn blocking<T: Send + 'static>(
@@ -114,6 +118,14 @@ async fn write(
     let committed = blocking(move || {
         // One line, as `check_version` and `Meta::mismatch` compare it.
         let version = what.version.trim();
+        if what.shared {
+            let me = rustix::process::geteuid().as_raw();
+            let us = rustix::process::getegid().as_raw();
+            for f in STATE_FILES {
+                crate::host::confine::files::own(&t.join(f), me, us, 0o444)
+                    .map_err(|e| SnapshotError::Failed(e.to_string()))?;
+            }
+        }
         fc::record_version(&t, version)?;
         let (sums, all) = snapshot::hash_files(&t, &STATE_FILES)?;
         let bytes = sums.iter().map(|f| f.bytes).sum();
@@ -134,7 +146,8 @@ async fn write(
 /// in `run_dir` (`Vmm::start_vmm_incoming`); the guest stays paused. First, with nothing sent to
 /// Firecracker: the recorded version must be `version` and every state file whole (an error
 /// names the file). Then the files are linked into the jail when there is one, and
-/// `PUT /snapshot/load` sent with `resume_vm: false`: the caller marks the snapshot used
+/// `PUT /snapshot/load` sent with `resume_vm: false` and `network_overrides` (pairs of
+/// `iface_id` and the TAP it is to use now; empty for a VM's own snapshot): the caller marks the snapshot used
 /// before it sends `PATCH /vm Resumed`, as a QEMU restore is marked before `cont` (a fort
 /// killed in between loads it again, never twice into a guest that ran). On error the caller
 /// ends that Firecracker.
@@ -143,6 +156,7 @@ pub async fn restore(
     dir: &Path,
     meta: &Meta,
     version: &str,
+    network_overrides: &[(String, String)],
 ) -> Result<(), SnapshotError> {
     fc::check_version(dir, version)?;
     let (d, m) = (dir.to_path_buf(), meta.clone());
@@ -155,7 +169,15 @@ pub async fn restore(
         Some(root) => fc::link_into_jail(root, &files)?,
         None => files,
     };
-    let loaded = fc::restore(&api, &seen.state, &seen.mem, &[], false, SNAPSHOT_TIMEOUT).await;
+    let loaded = fc::restore(
+        &api,
+        &seen.state,
+        &seen.mem,
+        network_overrides,
+        false,
+        SNAPSHOT_TIMEOUT,
+    )
+    .await;
     if let Some(root) = &jail {
         // The loaded VM maps mem.bin: the inode lives on as long as it runs.
         let _ = unlink_from_jail(root);
@@ -165,4 +187,4 @@ pub async fn restore(
 
 #[cfg(test)]
 #[path = "firecracker_suspend_tests.rs"]
-mod tests;
+pub(crate) mod tests;

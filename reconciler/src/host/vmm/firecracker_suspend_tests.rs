@@ -13,19 +13,19 @@ use serde_json::{json, Value};
 use super::*;
 use crate::host::vmm::firecracker_snapshot::tests::{serve_with, NO_CONTENT};
 
-const V: &str = "Firecracker v1.12.0";
+pub(crate) const V: &str = "Firecracker v1.12.0";
 
 /// A VM's run dir, plain or with a jail as `jailer::prepare` leaves it (`api.sock` a link into
 /// the chroot); the socket the stand-in listens on; the chroot.
-struct Vm {
+pub(crate) struct Vm {
     _t: tempfile::TempDir,
-    state: PathBuf,
-    run: PathBuf,
-    sock: PathBuf,
-    root: Option<PathBuf>,
+    pub(crate) state: PathBuf,
+    pub(crate) run: PathBuf,
+    pub(crate) sock: PathBuf,
+    pub(crate) root: Option<PathBuf>,
 }
 
-fn vm(jailed: bool) -> Vm {
+pub(crate) fn vm(jailed: bool) -> Vm {
     let t = tempfile::tempdir().unwrap();
     let state = t.path().to_path_buf();
     let run = state.join("run/a");
@@ -48,11 +48,11 @@ fn vm(jailed: bool) -> Vm {
     }
 }
 
-fn body(req: &str) -> Value {
+pub(crate) fn body(req: &str) -> Value {
     serde_json::from_str(req.split_once("\r\n\r\n").unwrap().1).unwrap()
 }
 
-fn golden(name: &str) -> Value {
+pub(crate) fn golden(name: &str) -> Value {
     let p = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../tests/golden")
         .join(name);
@@ -61,7 +61,7 @@ fn golden(name: &str) -> Value {
 
 /// Firecracker's side of a create: it writes the files at the paths it was given (inside its
 /// chroot when jailed).
-fn writes_snapshot(root: Option<PathBuf>) -> impl Fn(&str) + Send + 'static {
+pub(crate) fn writes_snapshot(root: Option<PathBuf>) -> impl Fn(&str) + Send + 'static {
     move |req: &str| {
         if !req.starts_with("PUT /snapshot/create ") {
             return;
@@ -81,11 +81,12 @@ fn writes_snapshot(root: Option<PathBuf>) -> impl Fn(&str) + Send + 'static {
     }
 }
 
-fn describe() -> Describe {
+pub(crate) fn describe() -> Describe {
     Describe {
         vm: "a".into(),
         version: format!("{V}\n"),
         spec: json!({"memory": 268435456, "vcpus": 1}),
+        shared: false,
     }
 }
 
@@ -249,21 +250,21 @@ async fn resume_loads_a_whole_snapshot_and_refuses_a_bad_one_without_loading() {
         let refused = |e: SnapshotError| e.to_string();
         // Another Firecracker.
         let e = refused(
-            restore(&vm.run, &dest, &meta, "Firecracker v1.13.0")
+            restore(&vm.run, &dest, &meta, "Firecracker v1.13.0", &[])
                 .await
                 .unwrap_err(),
         );
         assert_eq!(e, format!("the snapshot in {} was made by {V}, not Firecracker v1.13.0: restore it with that Firecracker or discard it", dest.display()));
         // A flipped byte in the memory.
         std::fs::write(&mem, b"guest memorY").unwrap();
-        let e = refused(restore(&vm.run, &dest, &meta, V).await.unwrap_err());
+        let e = refused(restore(&vm.run, &dest, &meta, V, &[]).await.unwrap_err());
         let want = format!("{} is corrupt: its sha256 is ", mem.display());
         assert!(e.starts_with(&want), "{e}");
         assert!(e.ends_with(&format!("the snapshot recorded {}", meta.files[1].sha256)));
         std::fs::write(&mem, b"guest memory").unwrap();
         // A truncated state file.
         std::fs::write(&state, b"microvm").unwrap();
-        let e = refused(restore(&vm.run, &dest, &meta, V).await.unwrap_err());
+        let e = refused(restore(&vm.run, &dest, &meta, V, &[]).await.unwrap_err());
         assert_eq!(
             e,
             format!(
@@ -282,7 +283,7 @@ async fn resume_loads_a_whole_snapshot_and_refuses_a_bad_one_without_loading() {
 
         // Whole again: loaded, paused (the caller marks the snapshot used, then resumes).
         std::fs::write(&state, b"microvm state").unwrap();
-        restore(&vm.run, &dest, &meta, V).await.unwrap();
+        restore(&vm.run, &dest, &meta, V, &[]).await.unwrap();
         let seen = server.await.unwrap();
         assert_eq!(seen.len(), 1);
         assert!(seen[0].starts_with("PUT /snapshot/load HTTP/1.1\r\n"));

@@ -6,6 +6,7 @@
 pub mod firecracker;
 pub mod firecracker_snapshot;
 pub mod firecracker_suspend;
+pub mod firecracker_warm;
 pub mod jailer;
 pub mod process;
 pub mod qemu;

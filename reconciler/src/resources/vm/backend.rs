@@ -38,19 +38,7 @@ fn named(
         Vmm::Firecracker => {
             let (binary, jailer) = match firecracker {
                 Some(name) => {
-                    let a = Address::new(Kind::Firecracker, name);
-                    let rec = ctx.applied(&a)?;
-                    let path = rec
-                        .outputs
-                        .get("path")
-                        .and_then(|p| p.as_str())
-                        .map(PathBuf::from)
-                        .ok_or_else(|| ResourceError::Check(format!("{a} has no recorded path")))?;
-                    let jailer = rec
-                        .outputs
-                        .pointer("/jailer/path")
-                        .and_then(|p| p.as_str())
-                        .map(PathBuf::from);
+                    let (path, jailer) = asset(ctx, name)?;
                     (Some(path), jailer)
                 }
                 None => (None, None),
@@ -58,6 +46,33 @@ fn named(
             Box::new(Firecracker { binary, jailer })
         }
     })
+}
+
+/// The binary and jailer (if it has one) the `[firecracker.NAME]` asset recorded.
+fn asset(ctx: &Ctx, name: &str) -> Result<(PathBuf, Option<PathBuf>), ResourceError> {
+    let a = Address::new(Kind::Firecracker, name);
+    let rec = ctx.applied(&a)?;
+    let path = rec
+        .outputs
+        .get("path")
+        .and_then(|p| p.as_str())
+        .map(PathBuf::from)
+        .ok_or_else(|| ResourceError::Check(format!("{a} has no recorded path")))?;
+    let jailer = rec
+        .outputs
+        .pointer("/jailer/path")
+        .and_then(|p| p.as_str())
+        .map(PathBuf::from);
+    Ok((path, jailer))
+}
+
+/// Whether the Firecracker VM `spec` starts through the jailer: its asset has one and this
+/// fort confines VMs (`Firecracker::start` uses the jailer only then).
+pub(super) fn jailed(ctx: &Ctx, spec: &VmSpec) -> Result<bool, ResourceError> {
+    let Some(name) = spec.firecracker.as_deref() else {
+        return Ok(false);
+    };
+    Ok(asset(ctx, name)?.1.is_some() && crate::host::confine::enabled())
 }
 
 /// The VMM (`"qemu"`, `"firecracker"`) and its `--version` line that would load a snapshot

@@ -18,6 +18,7 @@ mod steps;
 mod stop;
 mod vcpus;
 mod warm;
+mod warm_fc;
 
 use std::path::PathBuf;
 

@@ -47,6 +47,7 @@ pub(super) async fn write(
         vm: addr.name.clone(),
         version,
         spec: out.booted.clone().unwrap_or_default(),
+        shared: false,
     };
     // The VM's uid owns the files (and its gid is the same number), so a confined
     // Firecracker can write them — and, when it is not jailed (no links in a chroot), open
@@ -124,7 +125,7 @@ pub(super) async fn resume(
     super::write_pid_file(out)?;
     // Loaded paused (`resume_vm: false`): a fort killed here finds the snapshot still
     // recorded and a guest that never ran, and loads it again.
-    fcs::restore(&out.run_dir, dir, meta, &version)
+    fcs::restore(&out.run_dir, dir, meta, &version, &[])
         .await
         .map_err(|e| {
             check(

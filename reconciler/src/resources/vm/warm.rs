@@ -1,31 +1,34 @@
 //! Warm start (`[template.T] warm = true`): a new VM of T is restored from a snapshot of one
 //! booted VM of T instead of booting, then given its own identity. The snapshot
-//! (`host::warm`) is made the first time a VM of that template and shape starts: that VM's
-//! own processes (its uid, its cgroup) boot a builder — the template's image cloned into the
-//! snapshot's temporary directory, a NIC on no network, no data drives — wait for its agent,
-//! save it, and end. Every VM then gets the builder's root image by reflink over its fresh
-//! root drive, its own TAP, vsock device (CID) and, through the agent, hostname, MAC and
-//! address, machine-id, clock and entropy.
+//! (`host::warm`) is made the first time a VM of that template, shape and VMM build starts:
+//! that VM's own processes (its uid, its cgroup; with Firecracker its jail) boot a builder —
+//! the template's image cloned into the snapshot's temporary directory, a NIC that reaches
+//! nothing, no data drives — wait for its agent, save it, and end. Every VM then gets the
+//! builder's root image by reflink over its fresh root drive, its own TAP, vsock device and,
+//! through the agent, hostname, MAC and address, machine-id, clock and entropy.
+//!
+//! This is the VMM-neutral driver, with QEMU's save and load; Firecracker's (jailed only)
+//! are in `warm_fc`.
 //!
 //! Only a VM's first start is warm: after that its root drive holds what it wrote, and it
 //! boots from it like any VM.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use serde_json::{json, Value};
 
 use super::super::drive::DriveOutputs;
 use super::super::template::TemplateOutputs;
 use super::super::{blocking, Ctx, ResourceError};
-use super::{confine, steps, VmOutputs};
+use super::{confine, steps, warm_fc, VmOutputs};
 use crate::address::{Address, Kind};
 use crate::crash::Point;
 use crate::host::image::clone;
 use crate::host::snapshot::{self, Meta};
-use crate::host::vmm::qemu::Qemu;
-use crate::host::vmm::{qemu, qemu_snapshot, NetConfig, RunDir, Started, Vmm as _};
+use crate::host::vmm::{qemu_snapshot, NetConfig, RunDir, Started, Vmm as Backend};
 use crate::host::warm;
-use crate::manifest::{Resource, VmSpec};
+use crate::manifest::{Resource, VmSpec, Vmm};
 
 /// The builder's MAC: every clone replaces it with its own.
 const BUILDER_MAC: &str = "02:fc:ff:ff:ff:01";
@@ -35,11 +38,14 @@ fn err(e: impl std::error::Error + 'static) -> ResourceError {
     ResourceError::Check(super::super::error_chain(&e))
 }
 
-/// What the warm snapshot of `template` for this VM's shape is made of (its key's input).
+/// What the warm snapshot of `template` for this VM's shape is made of (its key's input):
+/// the VMM and its build are in it, so a QEMU and a Firecracker VM of one template never
+/// share a snapshot.
 fn inputs(
     ctx: &Ctx,
     spec: &VmSpec,
     template: &str,
+    vmm: &dyn Backend,
 ) -> Result<(Value, TemplateOutputs), ResourceError> {
     let t = Address::new(Kind::Template, template);
     let trec = ctx.applied(&t)?;
@@ -59,7 +65,8 @@ fn inputs(
         "memory": spec.memory,
         "root_size": dout.size,
         "nic": spec.network.is_some(),
-        "qemu": qemu::version(),
+        "vmm": vmm.name(),
+        "vmm_version": vmm.version(),
     });
     Ok((v, tout))
 }
@@ -75,18 +82,23 @@ pub(super) async fn start(
     template: &str,
 ) -> Result<(), ResourceError> {
     let addr = &desired.address;
-    let (inputs, tout) = inputs(ctx, spec, template)?;
+    if spec.vmm == Vmm::Firecracker {
+        warm_fc::check(ctx, spec)?;
+    }
+    let vmm: Arc<dyn Backend> = super::backend::of(ctx, spec)?.into();
+    let version = vmm.version();
+    let (inputs, tout) = inputs(ctx, spec, template, vmm.as_ref())?;
     let key = warm::key(&inputs);
     let (dest, _) = warm::dirs(&ctx.state_dir, &key);
     let state = ctx.state_dir.clone();
     let k = key.clone();
     let lock = blocking(move || warm::lock(&state, &k)).await?;
     warm::collect_garbage(&ctx.state_dir, template, &tout.key);
-    let meta = match warm::usable(&dest, &inputs, &qemu::version()) {
+    let meta = match warm::usable(&dest, &inputs, vmm.name(), &version) {
         Some(m) => m,
         None => {
             tracing::info!("{addr}: making template.{template}'s warm snapshot (one boot)");
-            build(ctx, desired, spec, out, &inputs, &key, &tout).await?
+            build(ctx, desired, spec, out, &inputs, &key, &tout, vmm).await?
         }
     };
     // The root image is cloned while the lock keeps the snapshot from being replaced.
@@ -95,7 +107,11 @@ pub(super) async fn start(
     blocking(move || install_root(&src, &root)).await?;
     drop(lock);
 
-    let loaded = super::snapshot::load(ctx, desired, spec, out, want, &dest, &meta).await;
+    let loaded = match spec.vmm {
+        Vmm::Qemu => super::snapshot::load(ctx, desired, spec, out, want, &dest, &meta).await,
+        // Loaded and resumed: nothing is marked between, a warm snapshot serves every clone.
+        Vmm::Firecracker => warm_fc::clone(ctx, desired, spec, out, want, &dest, &meta).await,
+    };
     let t0 = match loaded {
         Ok(t0) => t0,
         Err(e) => {
@@ -113,10 +129,17 @@ pub(super) async fn start(
         }
     };
     let loaded = t0.elapsed();
-    let gate = steps::ready_gate(out, steps::RESTORE_FALLBACK);
-    let run = out.run_dir.clone();
-    blocking(move || qemu_snapshot::resume(&run)).await?;
-    let (mounts, client) = steps::wait_ready_client(spec, out, Some(gate)).await?;
+    let gate = if spec.vmm == Vmm::Qemu {
+        let gate = steps::ready_gate(out, steps::RESTORE_FALLBACK);
+        let run = out.run_dir.clone();
+        blocking(move || qemu_snapshot::resume(&run)).await?;
+        Some(gate)
+    } else {
+        // No hello to wait for: Firecracker resets the guest's vsock device on load, the
+        // agent's listening socket survives it.
+        None
+    };
+    let (mounts, client) = steps::wait_ready_client(spec, out, gate).await?;
     out.mounts = mounts;
     let ready = t0.elapsed();
     let me = identity(desired, spec, out);
@@ -173,9 +196,17 @@ fn install_root(src: &Path, drive: &Path) -> Result<(), clone::CloneError> {
     done
 }
 
+/// What a builder's save left: QEMU's stream, still to be committed; Firecracker's snapshot,
+/// committed by its driver (`warm_fc::save`).
+enum Saved {
+    Stream(qemu_snapshot::Stream),
+    Committed(Meta),
+}
+
 /// Boot the builder with this VM's processes (recorded in its row as they start, so a
 /// killed fort leaves them to the next apply, which stops them: they run no spec), save it
 /// into `KEY.tmp/` and commit. The caller holds the key's lock.
+#[allow(clippy::too_many_arguments)]
 async fn build(
     ctx: &Ctx,
     desired: &Resource,
@@ -184,6 +215,7 @@ async fn build(
     inputs: &Value,
     key: &str,
     tout: &TemplateOutputs,
+    vmm: Arc<dyn Backend>,
 ) -> Result<Meta, ResourceError> {
     let addr = &desired.address;
     let (dest, tmp) = warm::dirs(&ctx.state_dir, key);
@@ -208,24 +240,31 @@ async fn build(
     cfg.root = root.clone();
     cfg.drives.clear();
     cfg.serials.clear();
-    cfg.net = cfg.net.map(|_| NetConfig {
-        tap: String::new(),
+    // QEMU: `-netdev hubport` on a hub of its own. Firecracker opens the `host_dev_name` it
+    // is given as it configures the NIC (a confined one cannot create a TAP), so it gets the
+    // VM's own, attached anyway: the builder has no address and the agent brings eth0 up only
+    // with one (`fort.ip`), so nothing leaves it; each clone's load names its own TAP.
+    cfg.net = cfg.net.map(|n| NetConfig {
+        tap: match spec.vmm {
+            Vmm::Qemu => String::new(),
+            Vmm::Firecracker => n.tap,
+        },
         mac: BUILDER_MAC.to_string(),
     });
     cfg.confine = confine::prepare(ctx, addr, spec, out, &cfg)?;
     // The image leaves with the snapshot: it is not one of the VM's drives.
     out.owned.retain(|p| p != &root);
-    Qemu.check(&cfg).map_err(err)?;
+    vmm.check(&cfg).map_err(err)?;
     RunDir(&cfg.run_dir).prepare().map_err(err)?;
 
     let built = async {
-        let c = cfg.clone();
-        out.helper = steps::blocking(move || Qemu.start_helper(&c)).await?;
+        let (v, c) = (vmm.clone(), cfg.clone());
+        out.helper = steps::blocking(move || v.start_helper(&c)).await?;
         if out.helper.is_some() {
             ctx.step(addr, Point::VmHelper, out)?;
         }
-        let c = cfg.clone();
-        let proc = steps::blocking(move || Qemu.start_vmm(&c)).await?;
+        let (v, c) = (vmm.clone(), cfg.clone());
+        let proc = steps::blocking(move || v.start_vmm(&c)).await?;
         out.started = Some(Started {
             vmm: proc,
             helper: out.helper.take(),
@@ -234,11 +273,26 @@ async fn build(
         out.booted = Some(json!({ "warm_builder": key }));
         ctx.step(addr, Point::VmSpawned, out)?;
         steps::wait_ready(spec, out).await?;
-        let (run, t, memory) = (out.run_dir.clone(), tmp.clone(), spec.memory);
-        blocking(move || qemu_snapshot::suspend(&run, &t, memory)).await
+        match spec.vmm {
+            Vmm::Qemu => {
+                let (run, t, memory) = (out.run_dir.clone(), tmp.clone(), spec.memory);
+                blocking(move || qemu_snapshot::suspend(&run, &t, memory))
+                    .await
+                    .map(Saved::Stream)
+            }
+            Vmm::Firecracker => {
+                // The image is fort's again before the snapshot is committed with it (the
+                // builder's open file is unaffected).
+                crate::host::confine::files::own(&root, 0, 0, 0o600).map_err(err)?;
+                let version = vmm.version();
+                warm_fc::save(out, &tmp, &dest, inputs, &version)
+                    .await
+                    .map(Saved::Committed)
+            }
+        }
     }
     .await;
-    let stream = match built {
+    let saved = match built {
         Ok(s) => {
             // Saved: the builder's processes end without asking its guest.
             if let Some(p) = out.started.take() {
@@ -261,14 +315,23 @@ async fn build(
             )));
         }
     };
+    let stream = match saved {
+        Saved::Committed(meta) => return Ok(meta),
+        Saved::Stream(s) => s,
+    };
     crate::host::confine::files::own(&root, 0, 0, 0o600).map_err(err)?;
     let meta = stream.meta(
-        &format!("template.{}", inputs["template"].as_str().unwrap_or("?")),
+        &builder_name(inputs),
         inputs.clone(),
     );
     let (t, d, m) = (tmp.clone(), dest.clone(), meta.clone());
     blocking(move || snapshot::commit(&t, &d, &m)).await?;
     Ok(meta)
+}
+
+/// What a warm snapshot's `snapshot.json` says it is of: `template.T`.
+pub(super) fn builder_name(inputs: &Value) -> String {
+    format!("template.{}", inputs["template"].as_str().unwrap_or("?"))
 }
 
 /// What the plan says of a VM that starts warm, or of one of a warm template that boots and
@@ -284,71 +347,5 @@ pub(super) fn plan_details(spec: &VmSpec, op: crate::plan::Op) -> Vec<String> {
 }
 
 #[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used)]
-    use super::*;
-    use crate::address::{Address, Kind};
-    use crate::manifest::Spec;
-    use crate::plan::Op;
-
-    /// What the plan says of a new VM of a warm template, by VMM and data drives.
-    #[test]
-    fn the_plan_says_which_vms_of_a_warm_template_start_warm_and_why_others_boot() {
-        let text = r#"[fort]
-version = 1
-[kernel.k]
-url = "/boot/vmlinux"
-[rootfs.r]
-url = "/srv/r.tar"
-[template.base]
-rootfs = "r"
-size = "128MiB"
-warm = true
-[template.cold]
-rootfs = "r"
-size = "128MiB"
-[drive.data]
-size = "32MiB"
-[vm.q]
-vmm = "qemu"
-kernel = "k"
-root = { template = "base", size = "256MiB" }
-[vm.f]
-kernel = "k"
-root = { template = "base", size = "256MiB" }
-[vm.d]
-vmm = "qemu"
-kernel = "k"
-root = { template = "base", size = "256MiB" }
-drives = ["data"]
-[vm.c]
-vmm = "qemu"
-kernel = "k"
-root = { template = "cold", size = "256MiB" }
-"#;
-        let m = crate::manifest::load_files(
-            &[(std::path::PathBuf::from("fort.toml"), text.to_string())],
-            std::path::Path::new("fort.toml"),
-        )
-        .unwrap();
-        let cases: [(&str, &[&str]); 4] = [
-            ("q", &["starts warm: restored from template.base's snapshot (made by booting one VM of it, if there is none for this shape), then given its own identity"]),
-            ("f", &["boots: template.base is warm, but warm starts need vmm = \"qemu\" (with Firecracker, fort drives snapshots only for state = \"paused\" and \"suspended\")"]),
-            ("d", &["boots: template.base is warm, but a VM with data drives does not start warm (the template's snapshot has none)"]),
-            ("c", &[]),
-        ];
-        for (vm, want) in cases {
-            let Spec::Vm(spec) = &m.resources[&Address::new(Kind::Vm, vm)].spec else {
-                panic!("vm.{vm}");
-            };
-            assert_eq!(plan_details(spec, Op::Create), want, "vm.{vm}");
-            // Only a first start.
-            assert!(plan_details(spec, Op::Update).is_empty(), "vm.{vm}");
-            // Not part of the spec the plan diffs and the state records.
-            assert!(serde_json::to_value(spec)
-                .unwrap()
-                .get("not_warm")
-                .is_none());
-        }
-    }
-}
+#[path = "warm_tests.rs"]
+mod tests;
