@@ -320,10 +320,7 @@ async fn build(
         Saved::Stream(s) => s,
     };
     crate::host::confine::files::own(&root, 0, 0, 0o600).map_err(err)?;
-    let meta = stream.meta(
-        &builder_name(inputs),
-        inputs.clone(),
-    );
+    let meta = stream.meta(&builder_name(inputs), inputs.clone());
     let (t, d, m) = (tmp.clone(), dest.clone(), meta.clone());
     blocking(move || snapshot::commit(&t, &d, &m)).await?;
     Ok(meta)
