@@ -378,6 +378,44 @@ fn checkpoint_restore_and_full_disks_in_a_real_vm() {
         let listed = ws.run(&["snapshot", "vm.a", "--list"]).ok().stdout.clone();
         assert_eq!(listed, "vm.a has no checkpoints.\n");
 
+        // `keep`: lowering it is an in-place update whose apply removes the oldest beyond it,
+        // and a new checkpoint past it removes the oldest one.
+        ws.run(&["snapshot", "vm.a", "--name", "k1"]).ok();
+        ws.run(&["snapshot", "vm.a", "--name", "k2"]).ok();
+        ws.run(&["snapshot", "vm.a", "--name", "k3"]).ok();
+        let text = std::fs::read_to_string(ws.manifest()).unwrap();
+        std::fs::write(ws.manifest(), text.replace("keep = 5", "keep = 2")).unwrap();
+        let plan = ws.run(&["plan"]).ok().stdout.clone();
+        assert!(plan.contains("~ vm.a"), "{plan}");
+        assert!(!plan.contains("restart"), "{plan}");
+        ws.run(&["apply", "--yes"]).ok();
+        assert_eq!(qemu_pid(&ws), Some(pid));
+        let labels = || {
+            let mut v: Vec<String> = std::fs::read_dir(state.join("snapshots/a/checkpoints"))
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            v.sort();
+            v
+        };
+        assert_eq!(labels(), ["k2", "k3"]);
+        plan_is_empty(&ws);
+        let out = ws
+            .run(&["snapshot", "vm.a", "--name", "k4"])
+            .ok()
+            .stdout
+            .clone();
+        assert!(
+            out.ends_with("vm.a: removed checkpoint \"k2\" (keep)\n"),
+            "{out}"
+        );
+        assert_eq!(labels(), ["k3", "k4"]);
+        // `--prune` without `--keep` uses the VM's.
+        let out = ws.run(&["snapshot", "vm.a", "--prune"]).ok().stdout.clone();
+        assert_eq!(out, "vm.a: no checkpoint removed (keep = 2)\n");
+        ws.run(&["snapshot", "vm.a", "--prune", "--keep", "0"]).ok();
+        assert_eq!(labels(), Vec::<String>::new());
+
         // A full disk: the checkpoint and the suspend fail with the space needed, the VM runs
         // on in the same QEMU, nothing partial is left.
         let snaps = state.join("snapshots");

@@ -380,3 +380,49 @@ fn overlays_and_the_agent_follow_the_rootfs_links_inside_the_image_only() {
     let ls = String::from_utf8_lossy(&ls.stdout);
     assert!(ls.contains("init") && ls.contains("tool"), "{ls}");
 }
+
+/// Two templates with the same inputs (as a `warm` one and a cold one of one rootfs are) share
+/// one image key and are applied in the same wave: one builds the image, the other takes it,
+/// instead of both unpacking into the same temporary directory.
+#[test]
+fn two_templates_with_the_same_inputs_share_one_image_built_once() {
+    let agent = static_agent();
+    let ws = Workspace::new();
+    busybox_rootfs(&ws.path().join("rootfs.tar.gz"));
+    ws.write_manifest(
+        "[rootfs.bb]\nurl = \"rootfs.tar.gz\"\n\n\
+         [template.cold]\nrootfs = \"bb\"\nsize = \"32MiB\"\n\n\
+         [template.other]\nrootfs = \"bb\"\nsize = \"32MiB\"\n",
+    );
+    let apply = ws
+        .command(&["apply", "--yes"])
+        .env("FORT_GUEST_AGENT", &agent)
+        .output()
+        .unwrap();
+    assert!(
+        apply.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&apply.stdout),
+        String::from_utf8_lossy(&apply.stderr)
+    );
+    let image_of = |addr: &str| {
+        let show = ws
+            .command(&["state", "show", addr, "--json"])
+            .output()
+            .unwrap();
+        let rec: serde_json::Value = serde_json::from_slice(&show.stdout).unwrap();
+        rec["outputs"]["image"].as_str().unwrap().to_string()
+    };
+    let (cold, other) = (image_of("template.cold"), image_of("template.other"));
+    assert_eq!(cold, other);
+    assert_eq!(finished_images(&ws).len(), 1, "{:?}", finished_images(&ws));
+    assert_eq!(std::fs::metadata(&cold).unwrap().len(), 32 << 20);
+    let motd = debugfs(&cold, "stat /sbin/init");
+    assert!(motd.contains("Type: regular"), "{motd}");
+    let plan = ws.command(&["plan"]).output().unwrap();
+    assert!(
+        String::from_utf8_lossy(&plan.stdout).contains("No changes"),
+        "{}",
+        String::from_utf8_lossy(&plan.stdout)
+    );
+}

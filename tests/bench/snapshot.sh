@@ -5,7 +5,7 @@
 # run, alternating. Runs in a fresh network namespace, QEMU/TCG here.
 #
 # Usage (root): tests/bench/snapshot.sh [RUNS] [MEMORY]   (default 5, 256MiB)
-set -euo pipefail
+set -Eeuo pipefail
 trap 'echo "$0: line $LINENO: \"$BASH_COMMAND\" failed ($?)" >&2' ERR
 cd "$(dirname "$0")/../.."
 RUNS=${1:-5}

@@ -8,7 +8,7 @@
 #      first) against the size of the memory image.
 #
 # Usage (root): tests/bench/warm.sh [RUNS] [MEMORY]   (default 5, 256MiB)
-set -euo pipefail
+set -Eeuo pipefail
 trap 'echo "$0: line $LINENO: \"$BASH_COMMAND\" failed ($?)" >&2' ERR
 cd "$(dirname "$0")/../.."
 RUNS=${1:-5}
@@ -27,7 +27,7 @@ scripts/build-vm-assets "$A" 2>/dev/null
 W=$(mktemp -d /var/tmp/fort-bench-warm.XXXXXX)
 chmod 711 "$W"   # confined VMMs run as their own uid and must reach the state dir
 S="$W/mnt/state"
-f() { "$FORT" -f "$W" --state-dir "$S" "$@"; }
+f() { "$FORT" -f "$W" --state-dir "$S" "$@" 2>>"$W/fort.log" | tee -a "$W/fort.log" || { echo "fort $*: failed; its output:" >&2; tail -20 "$W/fort.log" >&2; return 1; }; }
 cleanup() { f destroy --yes >/dev/null 2>&1 || true; umount "$W/mnt" 2>/dev/null || true; rm -rf "$W"; }
 trap cleanup EXIT
 truncate -s 8G "$W/btrfs.img"
@@ -82,7 +82,9 @@ write "$(vm p warm 1)"; f apply --yes >/dev/null; one=$(used)
 write ""; f apply --yes >/dev/null
 write "$(vm p warm 3)"; t=$(now); f apply --yes >/dev/null; pw=$(( ($(now) - t) / 1000000 )); three=$(used)
 printf 'pool of 3, created at once: cold %s ms, warm %s ms: %.1fx faster\n' "$pc" "$pw" "$(echo "$pc / $pw" | bc -l)"
-snap=$(du -b "$S"/warm/*/vmstate | awk '{s+=$1} END {print s}')
+# The memory image: QEMU's device state (vmstate) and the guest's saved pages (memory, a
+# sparse file: its allocated bytes, not its length).
+snap=$(du -B1 -c "$S"/warm/*/vmstate "$S"/warm/*/memory | tail -1 | cut -f1)
 printf 'disk: memory image %.1f MiB; used with 1 warm instance %.1f MiB over none, with 3 %.1f MiB: %.1f MiB (%.1f%% of the memory image) per extra instance (target < 10%%)\n' \
   "$(echo "$snap / 1048576" | bc -l)" "$(echo "($one - $base) / 1048576" | bc -l)" "$(echo "($three - $base) / 1048576" | bc -l)" \
   "$(echo "($three - $one) / 2 / 1048576" | bc -l)" "$(echo "($three - $one) / 2 * 100 / $snap" | bc -l)"

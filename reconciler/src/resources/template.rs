@@ -3,6 +3,7 @@
 //! own init. Images live in `state_dir/images/<key>.ext4`, keyed by a hash of every input, so
 //! an unchanged template is never rebuilt.
 
+use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
@@ -86,8 +87,18 @@ impl ResourceKind for Template {
             .filter(|p| p.image == image)
             .and_then(|p| p.init.clone());
         let reuse = built.filter(|_| spec.init == InitMode::Agent || known_init.is_some());
+        // Two templates with the same inputs (say one `warm` and one not) share one image key
+        // and are applied in parallel: one builds, the other waits and takes its result, as
+        // both would otherwise unpack into the same `images/tmp/KEY`.
+        let slot = build_slot(&key);
+        let mut done = slot.lock().await;
+        let finished = done
+            .clone()
+            .filter(|(len, _)| std::fs::metadata(&image).is_ok_and(|m| m.len() == *len));
         let (size, init) = if let Some(len) = reuse {
             (len, known_init)
+        } else if let Some(result) = finished {
+            result
         } else {
             let (spec, images, image, rootfs, agent) = (
                 spec.clone(),
@@ -103,6 +114,8 @@ impl ResourceKind for Template {
             .await
             .map_err(|e| ResourceError::Check(format!("image build task failed: {e}")))??
         };
+        *done = Some((size, init.clone()));
+        drop(done);
         if let Some(old) = previous {
             if old.image != image {
                 release(ctx, &desired.address, &old.image)?;
@@ -154,6 +167,19 @@ fn image_key(spec: &TemplateSpec, rootfs: &RootfsOutputs, agent_sha: Option<&str
         inputs["run_image_cmd"] = true.into();
     }
     hex::encode(Sha256::digest(inputs.to_string().as_bytes()))[..32].to_string()
+}
+
+/// What a build of an image key in this process produced, behind a lock the builds of that
+/// key take in turn (other fort processes are kept out by the state lock).
+type BuildSlot = std::sync::Arc<tokio::sync::Mutex<Option<(u64, Option<String>)>>>;
+
+fn build_slot(key: &str) -> BuildSlot {
+    static SLOTS: std::sync::Mutex<BTreeMap<String, BuildSlot>> =
+        std::sync::Mutex::new(BTreeMap::new());
+    let mut slots = SLOTS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    slots.entry(key.to_string()).or_default().clone()
 }
 
 fn io<'p>(what: &'static str, path: &'p Path) -> impl FnOnce(std::io::Error) -> ResourceError + 'p {
