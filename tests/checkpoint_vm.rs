@@ -387,7 +387,13 @@ fn checkpoint_restore_and_full_disks_in_a_real_vm() {
         std::fs::write(ws.manifest(), text.replace("keep = 5", "keep = 2")).unwrap();
         let plan = ws.run(&["plan"]).ok().stdout.clone();
         assert!(plan.contains("~ vm.a"), "{plan}");
-        assert!(!plan.contains("restart"), "{plan}");
+        assert!(plan.contains("~ keep: 5 → 2"), "{plan}");
+        assert!(
+            plan.contains(
+                "Plan: 0 to create, 1 to update, 0 to restart, 0 to replace, 0 to destroy."
+            ),
+            "{plan}"
+        );
         ws.run(&["apply", "--yes"]).ok();
         assert_eq!(qemu_pid(&ws), Some(pid));
         let labels = || {
