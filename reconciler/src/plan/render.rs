@@ -119,7 +119,8 @@ pub fn summary_line(plan: &Plan) -> String {
     line
 }
 
-fn render_change(out: &mut String, c: &Change, opts: &PlanOptions, style: Style) {
+/// One change's block: `  + vm.a`, its reasons or fields, details and data-loss marks.
+pub fn render_change(out: &mut String, c: &Change, opts: &PlanOptions, style: Style) {
     let bang = if c.data_loss {
         format!(" {}", style.red("!"))
     } else {
