@@ -3,7 +3,7 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
 const FORT: &str = env!("CARGO_BIN_EXE_fort");
@@ -109,7 +109,11 @@ struct Run {
 
 impl Run {
     fn code(&self, want: i32) -> &Run {
-        assert_eq!(self.code, want, "stdout:\n{}\nstderr:\n{}", self.stdout, self.stderr);
+        assert_eq!(
+            self.code, want,
+            "stdout:\n{}\nstderr:\n{}",
+            self.stdout, self.stderr
+        );
         self
     }
 }
@@ -125,7 +129,10 @@ fn fleet() -> (Repo, String, String) {
     let r = Repo::new();
     r.write("fleet/shared.toml", SHARED);
     r.write("fleet/web.toml", &web("h1", "512MiB"));
-    r.write("fleet/db.toml", "[fort]\nhosts = [\"h2\"]\n\n[drive.data]\nsize = \"2GiB\"\n");
+    r.write(
+        "fleet/db.toml",
+        "[fort]\nhosts = [\"h2\"]\n\n[drive.data]\nsize = \"2GiB\"\n",
+    );
     let a = r.commit("web on h1");
     r.write("fleet/web.toml", &web("h2", "1GiB"));
     let b = r.commit("web moves to h2");
@@ -162,14 +169,19 @@ fn diff_of_two_commits_per_host() {
         "--detailed-exitcode",
     ]);
     h2.code(2);
-    assert!(h2.stdout.contains("Host h2:\n\n  + drive.web-root\n"), "{}", h2.stdout);
+    assert!(
+        h2.stdout.contains("Host h2:\n\n  + drive.web-root\n"),
+        "{}",
+        h2.stdout
+    );
     assert!(!h2.stdout.contains("Host h1"), "{}", h2.stdout);
     // Nothing changes between a commit and itself.
     let same = r.fort(&["diff", "HEAD..HEAD", "-f", "fleet", "--detailed-exitcode"]);
     same.code(0);
     assert_eq!(
         same.stdout,
-        format!("HEAD ({b}) → HEAD ({b}), manifest fleet\n\nHost h1:\n\nNo changes.\n\nHost h2:\n\nNo changes.\n")
+        // At HEAD no list names h1 any more: only h2 is compared.
+        format!("HEAD ({b}) → HEAD ({b}), manifest fleet\n\nHost h2:\n\nNo changes.\n")
     );
 }
 
@@ -177,12 +189,26 @@ fn diff_of_two_commits_per_host() {
 fn json_and_markdown() {
     let (r, a, b) = fleet();
     let full = |rev: &str| r.git(&["rev-parse", rev]);
-    let run = r.fort(&["diff", "HEAD~1..HEAD", "-f", "fleet", "--host", "h1", "--json"]);
+    let run = r.fort(&[
+        "diff",
+        "HEAD~1..HEAD",
+        "-f",
+        "fleet",
+        "--host",
+        "h1",
+        "--json",
+    ]);
     run.code(0);
     let v: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
     assert_eq!(v["format_version"], 1);
-    assert_eq!(v["from"], serde_json::json!({"rev": "HEAD~1", "commit": full("HEAD~1")}));
-    assert_eq!(v["to"], serde_json::json!({"rev": "HEAD", "commit": full("HEAD")}));
+    assert_eq!(
+        v["from"],
+        serde_json::json!({"rev": "HEAD~1", "commit": full("HEAD~1")})
+    );
+    assert_eq!(
+        v["to"],
+        serde_json::json!({"rev": "HEAD", "commit": full("HEAD")})
+    );
     assert_eq!(v["path"], "fleet");
     assert_eq!(v["hosts"].as_array().unwrap().len(), 1);
     let h1 = &v["hosts"][0];
@@ -208,10 +234,26 @@ fn json_and_markdown() {
     );
     assert_eq!(h1["summary"]["destroy"], 2);
     // --format json is the same object.
-    let same = r.fort(&["diff", "HEAD~1..HEAD", "-f", "fleet", "--host", "h1", "--format", "json"]);
+    let same = r.fort(&[
+        "diff",
+        "HEAD~1..HEAD",
+        "-f",
+        "fleet",
+        "--host",
+        "h1",
+        "--format",
+        "json",
+    ]);
     assert_eq!(same.stdout, run.stdout);
 
-    let md = r.fort(&["diff", "HEAD~1..HEAD", "-f", "fleet", "--format", "markdown"]);
+    let md = r.fort(&[
+        "diff",
+        "HEAD~1..HEAD",
+        "-f",
+        "fleet",
+        "--format",
+        "markdown",
+    ]);
     md.code(0);
     assert!(
         md.stdout.starts_with(&format!(
@@ -243,7 +285,13 @@ fn in_place_restart_and_tags_in_a_bare_clone() {
     let bare_path = bare.path().join("fleet.git");
     Repo::git_in(
         bare.path(),
-        &["clone", "-q", "--bare", r.path().to_str().unwrap(), "fleet.git"],
+        &[
+            "clone",
+            "-q",
+            "--bare",
+            r.path().to_str().unwrap(),
+            "fleet.git",
+        ],
     );
     let run = fort_in(
         bare.path(),
@@ -258,12 +306,17 @@ fn in_place_restart_and_tags_in_a_bare_clone() {
         run.stdout
     );
     assert!(
-        run.stdout.ends_with("Plan: 0 to create, 0 to update, 1 to restart, 0 to replace, 0 to destroy.\n"),
+        run.stdout.ends_with(
+            "Plan: 0 to create, 0 to update, 1 to restart, 0 to replace, 0 to destroy.\n"
+        ),
         "{}",
         run.stdout
     );
     // A bare repository has no work tree to compare a single REV with.
-    let one = fort_in(bare.path(), &["diff", "-C", bare_path.to_str().unwrap(), "v1"]);
+    let one = fort_in(
+        bare.path(),
+        &["diff", "-C", bare_path.to_str().unwrap(), "v1"],
+    );
     one.code(1);
     assert_eq!(
         one.stderr,
@@ -288,17 +341,32 @@ fn a_single_rev_compares_with_the_work_tree() {
         run.stdout,
         format!("HEAD ({a}) → working tree, manifest fort.toml\n\nNo changes.\n")
     );
+    // -f . is the directory: at HEAD its only *.toml is fort.toml, in the work tree both.
     let dir = r.fort(&["diff", "HEAD", "-f", "."]);
-    dir.code(1);
-    // -f . at HEAD is the directory: its only *.toml is fort.toml; in the work tree both.
+    dir.code(0);
+    assert_eq!(
+        dir.stdout,
+        format!("HEAD ({a}) → working tree, manifest .\n\n  + drive.scratch\n      reason: added\n\nPlan: 1 to create, 0 to update, 0 to restart, 0 to replace, 0 to destroy.\n")
+    );
     r.remove("extra.toml");
-    r.write("fort.toml", &format!("{SHARED}\n[drive.scratch]\nsize = \"1GiB\"\n"));
+    r.write(
+        "fort.toml",
+        &format!("{SHARED}\n[drive.scratch]\nsize = \"1GiB\"\n"),
+    );
     let run = r.fort(&["diff", "HEAD", "--detailed-exitcode"]);
     run.code(2);
-    assert!(run.stdout.contains("  + drive.scratch\n      reason: added\n"), "{}", run.stdout);
+    assert!(
+        run.stdout
+            .contains("  + drive.scratch\n      reason: added\n"),
+        "{}",
+        run.stdout
+    );
     // From a subdirectory, the repository is discovered upwards.
     std::fs::create_dir_all(r.path().join("sub")).unwrap();
-    let up = fort_in(&r.path().join("sub"), &["diff", "HEAD", "-f", "../fort.toml"]);
+    let up = fort_in(
+        &r.path().join("sub"),
+        &["diff", "HEAD", "-f", "../fort.toml"],
+    );
     up.code(0);
     assert!(up.stdout.contains("  + drive.scratch\n"), "{}", up.stdout);
 }
@@ -306,15 +374,14 @@ fn a_single_rev_compares_with_the_work_tree() {
 #[test]
 fn bad_revisions_paths_and_manifests_are_exact_errors() {
     let (r, a, b) = fleet();
-    let root = std::fs::canonicalize(r.path()).unwrap();
-    let root = if Path::new(&root).exists() { root } else { PathBuf::from(r.path()) };
     let nope = r.fort(&["diff", "nope..HEAD", "-f", "fleet"]);
     nope.code(1);
-    let repo_shown = nope.stderr.trim_start_matches("error: revision `nope` not found in ");
+    // The repository is named as gix found it (the work tree, absolute).
+    let root = std::fs::canonicalize(r.path()).unwrap();
     assert!(
-        nope.stderr.starts_with("error: revision `nope` not found in ")
-            && (Path::new(repo_shown.trim_end()) == r.path()
-                || Path::new(repo_shown.trim_end()) == root),
+        [r.path().to_path_buf(), root].iter().any(|p| nope.stderr
+            == format!("error: revision `nope` not found in {}/\n", p.display())
+            || nope.stderr == format!("error: revision `nope` not found in {}\n", p.display())),
         "{}",
         nope.stderr
     );
@@ -322,7 +389,7 @@ fn bad_revisions_paths_and_manifests_are_exact_errors() {
 
     // The manifest path exists at one side only.
     r.write("hosts/h3/fort.toml", SHARED);
-    let c = r.commit("h3 joins");
+    r.commit("h3 joins");
     let missing = r.fort(&["diff", "HEAD~1..HEAD", "-f", "hosts/h3"]);
     missing.code(1);
     assert_eq!(
@@ -340,15 +407,20 @@ fn bad_revisions_paths_and_manifests_are_exact_errors() {
     bad.code(1);
     assert_eq!(
         bad.stderr,
-        "error: main:fleet/web.toml:4:10: vm.web: memory: cannot parse size \"lots\"\nhint: fix the manifest at that revision; fort diff touches no host or state\n"
+        "error: main:fleet/web.toml:4:10: vm.web: memory: invalid size `lots`: expected a number with a binary unit (B, KiB, MiB, GiB, TiB), e.g. \"512MiB\", or a number of bytes\nhint: fix the manifest at that revision; fort diff touches no host or state\n"
     );
-    let _ = c;
 
     // A VM for h1 using a network only on h2: both places named, at that revision.
-    r.write("fleet/web.toml", &format!("{}network = \"lan\"\n", web("h1", "512MiB")));
-    r.write("fleet/net.toml", "[network.lan]\nhosts = [\"h2\"]\ncidr = \"10.9.0.0/24\"\n");
+    r.write(
+        "fleet/web.toml",
+        &format!("{}network = \"lan\"\n", web("h1", "512MiB")),
+    );
+    r.write(
+        "fleet/net.toml",
+        "[network.lan]\nhosts = [\"h2\"]\ncidr = \"10.9.0.0/24\"\n",
+    );
     r.commit("network only on h2");
-    let cross = r.fort(&["diff", "HEAD~1..HEAD", "-f", "fleet", "--host", "h1"]);
+    let cross = r.fort(&["diff", "HEAD~2..HEAD", "-f", "fleet", "--host", "h1"]);
     cross.code(1);
     assert_eq!(
         cross.stderr,
@@ -359,31 +431,95 @@ fn bad_revisions_paths_and_manifests_are_exact_errors() {
 #[test]
 fn validate_selects_the_host_and_checks_them_all() {
     let (r, _, _) = fleet();
+    // The work tree, not a revision: web back on h1.
+    r.write("fleet/web.toml", &web("h1", "512MiB"));
     let run = r.fort(&["validate", "-f", "fleet", "--host", "h1"]);
     run.code(0);
     assert_eq!(
         run.stdout,
-        "The manifest is valid for host h1: 3 resources (1 kernel, 1 rootfs, 1 template) in 3 files.\n"
+        "The manifest is valid for host h1: 5 resources (1 kernel, 1 rootfs, 1 template, 1 drive, 1 vm) in 3 files.\n"
     );
     let all = r.fort(&["validate", "-f", "fleet", "--all-hosts"]);
     all.code(0);
     assert_eq!(
         all.stdout,
-        "The manifest is valid for host h1: 3 resources (1 kernel, 1 rootfs, 1 template) in 3 files.\n\
-         The manifest is valid for host h2: 6 resources (1 kernel, 1 rootfs, 1 template, 2 drive, 1 vm) in 3 files.\n"
+        "The manifest is valid for host h1: 5 resources (1 kernel, 1 rootfs, 1 template, 1 drive, 1 vm) in 3 files.\n\
+         The manifest is valid for host h2: 4 resources (1 kernel, 1 rootfs, 1 template, 1 drive) in 3 files.\n"
     );
-    r.write("fleet/web.toml", &format!("{}network = \"lan\"\n", web("h1", "512MiB")));
-    r.write("fleet/net.toml", "[network.lan]\nhosts = [\"h2\"]\ncidr = \"10.9.0.0/24\"\n");
+    let json = r.fort(&["validate", "-f", "fleet", "--host", "h2", "--json"]);
+    json.code(0);
+    let v: serde_json::Value = serde_json::from_str(&json.stdout).unwrap();
+    assert_eq!(v["host"], "h2");
+    assert_eq!(
+        v["resources"],
+        serde_json::json!(["kernel.k", "rootfs.r", "template.t", "drive.data"])
+    );
+    r.write(
+        "fleet/web.toml",
+        &format!("{}network = \"lan\"\n", web("h1", "512MiB")),
+    );
+    r.write(
+        "fleet/net.toml",
+        "[network.lan]\nhosts = [\"h2\"]\ncidr = \"10.9.0.0/24\"\n",
+    );
     let bad = r.fort(&["validate", "-f", "fleet", "--all-hosts"]);
     bad.code(1);
-    let web = r.path().join("fleet/web.toml");
-    let net = r.path().join("fleet/net.toml");
     assert_eq!(
         bad.stderr,
-        format!(
-            "error: {}:6:11: host h1: vm.web is for host h1 but uses network.lan, which is not: network.lan at {}:1:1 is for h2\nhint: fix the manifest; nothing was changed on the host\n",
-            web.display(),
-            net.display()
-        )
+        "error: fleet/web.toml:6:11: host h1: vm.web is for host h1 but uses network.lan, which is not: network.lan at fleet/net.toml:1:1 is for h2\nhint: fix the manifest; nothing was changed on the host\n"
+    );
+}
+
+#[test]
+fn plan_rev_plans_a_revision_against_this_hosts_state() {
+    let (r, _, _) = fleet();
+    let state = r.path().join("state");
+    let state = state.to_str().unwrap();
+    // At HEAD~1 web is h1's; the work tree (HEAD) has it on h2.
+    let at = r.fort(&[
+        "plan",
+        "--rev",
+        "HEAD~1",
+        "-f",
+        "fleet",
+        "--host",
+        "h1",
+        "--state-dir",
+        state,
+        "--detailed-exitcode",
+    ]);
+    at.code(2);
+    assert!(at.stdout.contains("  + vm.web\n"), "{}", at.stdout);
+    assert!(
+        at.stdout.ends_with(
+            "Plan: 5 to create, 0 to update, 0 to restart, 0 to replace, 0 to destroy.\n"
+        ),
+        "{}",
+        at.stdout
+    );
+    let now = r.fort(&["plan", "-f", "fleet", "--host", "h1", "--state-dir", state]);
+    now.code(0);
+    assert!(!now.stdout.contains("vm.web"), "{}", now.stdout);
+    assert!(
+        !Path::new(state).exists(),
+        "plan must not create the state dir"
+    );
+    let nope = r.fort(&[
+        "plan",
+        "--rev",
+        "nope",
+        "-f",
+        "fleet",
+        "--host",
+        "h1",
+        "--state-dir",
+        state,
+    ]);
+    nope.code(1);
+    assert!(
+        nope.stderr
+            .starts_with("error: revision `nope` not found in "),
+        "{}",
+        nope.stderr
     );
 }

@@ -33,7 +33,9 @@ pub fn validate(cli: &Cli, args: &ValidateArgs) -> Result<u8, CliError> {
                 v["valid"] = true.into();
                 v
             }
-            _ => serde_json::json!({"valid": true, "hosts": views.iter().map(view).collect::<Vec<_>>()}),
+            _ => {
+                serde_json::json!({"valid": true, "hosts": views.iter().map(view).collect::<Vec<_>>()})
+            }
         };
         println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
         return Ok(exit::OK);

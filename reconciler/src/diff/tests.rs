@@ -94,7 +94,7 @@ fn changes_are_printed_as_plans_print_them() {
             "a replacement: a network's range",
             net.to_string(),
             net.replace("10.1.0.0", "10.2.0.0"),
-            "main (1111111) → feature (2222222), manifest fort.toml\n\n  -/+ network.lan\n      ~ cidr: \"10.1.0.0/24\" → \"10.2.0.0/24\"  (forces replacement)\n      egress: none (no NAT: guests reach nothing outside the network)\n      host: nothing (no host_ports)\n\nPlan: 0 to create, 0 to update, 0 to restart, 1 to replace, 0 to destroy.\n",
+            "main (1111111) → feature (2222222), manifest fort.toml\n\n  -/+ network.lan\n      ~ cidr: \"10.1.0.0/24\" → \"10.2.0.0/24\"  (forces replacement)\n      ~ gateway: \"10.1.0.1\" → \"10.2.0.1\"  (forces replacement)\n      egress: none (nothing leaves the network)\n      host: closed to guests (ICMP and replies pass)\n\nPlan: 0 to create, 0 to update, 0 to restart, 1 to replace, 0 to destroy.\n",
         ),
     ];
     for (what, before, after, want) in cases {
@@ -133,7 +133,11 @@ fn each_host_gets_its_own_plan() {
 
 #[test]
 fn json_is_exact() {
-    let d = diff_of("", "[drive.data]\nsize = \"2GiB\"\nhosts = [\"h1\"]\n", None);
+    let d = diff_of(
+        "",
+        "[drive.data]\nsize = \"2GiB\"\nhosts = [\"h1\"]\n",
+        None,
+    );
     let want = serde_json::json!({
         "format_version": 1,
         "fort_version": "test",
@@ -189,7 +193,13 @@ fn markdown_is_a_table_and_collapsed_plans() {
 #[test]
 fn ranges_parse() {
     let rev = |s: &str| Side::Rev(s.to_string());
-    let ok = |from, to, merge_base| Ok(Range { from, to, merge_base });
+    let ok = |from, to, merge_base| {
+        Ok(Range {
+            from,
+            to,
+            merge_base,
+        })
+    };
     let cases: Vec<(&str, Result<Range, String>)> = vec![
         ("main..feature", ok(rev("main"), rev("feature"), false)),
         ("main..", ok(rev("main"), rev("HEAD"), false)),

@@ -116,7 +116,10 @@ impl Repo {
     }
 
     fn from_gix(repo: gix::Repository) -> Repo {
-        let root = repo.workdir().unwrap_or_else(|| repo.git_dir()).to_path_buf();
+        let root = repo
+            .workdir()
+            .unwrap_or_else(|| repo.git_dir())
+            .to_path_buf();
         let root = std::path::absolute(&root).unwrap_or(root);
         Repo { repo, root }
     }

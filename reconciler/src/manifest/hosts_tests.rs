@@ -36,7 +36,10 @@ fn selection_keeps_what_is_for_the_host() {
     let h1 = format!("[fort]\nhosts = [\"h1\"]\n{}", vm("a", ""));
     let both = vm("b", "hosts = [\"h1\", \"h2\"]\n");
     // A resource's own hosts win over its file's.
-    let moved = format!("[fort]\nhosts = [\"h1\"]\n{}", vm("c", "hosts = [\"h2\"]\n"));
+    let moved = format!(
+        "[fort]\nhosts = [\"h1\"]\n{}",
+        vm("c", "hosts = [\"h2\"]\n")
+    );
     let files = [
         ("fort.toml", shared.as_str()),
         ("h1.toml", h1.as_str()),
@@ -62,8 +65,14 @@ fn selection_keeps_what_is_for_the_host() {
                 "vm.c",
             ]),
         ),
-        (host("h1"), with(&["drive.a-root", "drive.b-root", "vm.a", "vm.b"])),
-        (host("h2"), with(&["drive.b-root", "drive.c-root", "vm.b", "vm.c"])),
+        (
+            host("h1"),
+            with(&["drive.a-root", "drive.b-root", "vm.a", "vm.b"]),
+        ),
+        (
+            host("h2"),
+            with(&["drive.b-root", "drive.c-root", "vm.b", "vm.c"]),
+        ),
         (host("h3"), with(&[])),
     ];
     for (sel, want) in cases {
@@ -75,13 +84,15 @@ fn selection_keeps_what_is_for_the_host() {
 
 #[test]
 fn a_name_may_be_defined_once_per_host() {
-    let text = format!(
-        "{FORT}{ASSETS}[network.lan]\ncidr = \"10.1.0.0/24\"\nhosts = [\"h1\"]\n"
-    );
+    let text = format!("{FORT}{ASSETS}[network.lan]\ncidr = \"10.1.0.0/24\"\nhosts = [\"h1\"]\n");
     let other = "[network.lan]\ncidr = \"10.2.0.0/24\"\nhosts = [\"h2\"]\n";
     let files = [("a.toml", text.as_str()), ("b.toml", other)];
-    assert!(load(&files, &host("h1")).unwrap().contains(&"network.lan".to_string()));
-    assert!(load(&files, &host("h2")).unwrap().contains(&"network.lan".to_string()));
+    assert!(load(&files, &host("h1"))
+        .unwrap()
+        .contains(&"network.lan".to_string()));
+    assert!(load(&files, &host("h2"))
+        .unwrap()
+        .contains(&"network.lan".to_string()));
     assert_eq!(
         load(&files, &HostSelection::Every).unwrap_err(),
         "b.toml:1:1: network.lan is defined twice: a.toml:10:1 and b.toml:1:1"
