@@ -407,7 +407,7 @@ fn bad_revisions_paths_and_manifests_are_exact_errors() {
     bad.code(1);
     assert_eq!(
         bad.stderr,
-        "error: main:fleet/web.toml:4:10: vm.web: memory: invalid size `lots`: expected a number with a binary unit (B, KiB, MiB, GiB, TiB), e.g. \"512MiB\", or a number of bytes\nhint: fix the manifest at that revision; fort diff touches no host or state\n"
+        "error: main:fleet/web.toml:4:10: vm.web: memory: invalid size `lots`: expected a number with a binary unit (B, KiB, MiB, GiB, TiB), e.g. \"512MiB\", or a number of bytes\nhint: fix the manifest at that revision; nothing was changed on the host\n"
     );
 
     // A VM for h1 using a network only on h2: both places named, at that revision.
@@ -424,7 +424,7 @@ fn bad_revisions_paths_and_manifests_are_exact_errors() {
     cross.code(1);
     assert_eq!(
         cross.stderr,
-        "error: HEAD:fleet/web.toml:6:11: vm.web is for host h1 but uses network.lan, which is not: network.lan at HEAD:fleet/net.toml:1:1 is for h2\nhint: fix the manifest at that revision; fort diff touches no host or state\n"
+        "error: HEAD:fleet/web.toml:6:11: vm.web is for host h1 but uses network.lan, which is not: network.lan at HEAD:fleet/net.toml:1:1 is for h2\nhint: fix the manifest at that revision; nothing was changed on the host\n"
     );
 }
 

@@ -8,11 +8,16 @@
 # resources). Revision B: 100 VMs with more memory (restart), 50 removed, 50 added.
 #
 # Usage: tests/bench/gitdiff.sh [ROUNDS]   (default 9; medians are printed)
+#        FORT_BIN=path/to/release/fort tests/bench/gitdiff.sh   (no build)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROUNDS=${1:-9}
-cargo build --release --locked -p fort >/dev/null 2>&1 || cargo build --release --locked -p fort
-FORT="$(scripts/cargo-target-dir)/release/fort"   # where cargo put it (CARGO_TARGET_DIR respected)
+if [ -n "${FORT_BIN:-}" ]; then   # a release binary built already (skips the build)
+  FORT=$FORT_BIN
+else
+  cargo build --release --locked -p fort >/dev/null 2>&1 || cargo build --release --locked -p fort
+  FORT="$(scripts/cargo-target-dir)/release/fort"   # where cargo put it (CARGO_TARGET_DIR respected)
+fi
 W=$(mktemp -d /tmp/fort-bench-gitdiff.XXXXXX)
 trap 'rm -rf "$W"' EXIT
 export GIT_CONFIG_GLOBAL=/dev/null GIT_CONFIG_NOSYSTEM=1
@@ -44,13 +49,13 @@ for rev in A B; do
   git -C "$W/repo" show "HEAD$([ $rev = A ] && echo '~1'):fort.toml" > "$W/$rev/fort.toml"
 done
 resources=$("$FORT" -f "$W/A/fort.toml" validate --host bench --json | grep -c '"vm\.\|"drive\.\|"kernel\.\|"rootfs\.\|"template\.\|"network\.')
-"$FORT" -C "$W/repo" diff HEAD~1..HEAD --host bench | tail -1
+"$FORT" diff -C "$W/repo" HEAD~1..HEAD --host bench | tail -1
 
 now() { date +%s%N; }
 ms() { echo "($2 - $1) / 1000000" | bc -l; }
 d=(); v=(); r=()
 for i in $(seq "$ROUNDS"); do
-  t0=$(now); "$FORT" -C "$W/repo" diff HEAD~1..HEAD --host bench >/dev/null; t1=$(now)
+  t0=$(now); "$FORT" diff -C "$W/repo" HEAD~1..HEAD --host bench >/dev/null; t1=$(now)
   "$FORT" -f "$W/A/fort.toml" validate --host bench >/dev/null
   "$FORT" -f "$W/B/fort.toml" validate --host bench >/dev/null; t2=$(now)
   d+=("$(ms "$t0" "$t1")"); v+=("$(ms "$t1" "$t2")")

@@ -114,7 +114,7 @@ impl CliError {
             CliError::Lock(_) => Some("another fort is applying to this state directory; wait for it, or raise --lock-timeout"),
             CliError::Manifest(_) => Some("fix the manifest; nothing was changed on the host"),
             CliError::Git(crate::gitread::GitError::Invalid { .. }) => {
-                Some("fix the manifest at that revision; fort diff touches no host or state")
+                Some("fix the manifest at that revision; nothing was changed on the host")
             }
             CliError::State(crate::state::StateError::TooNew { .. }) => Some("this state directory was written by a newer fort"),
             _ => None,
