@@ -523,3 +523,48 @@ fn plan_rev_plans_a_revision_against_this_hosts_state() {
         nope.stderr
     );
 }
+
+#[test]
+fn three_dots_compare_from_the_merge_base() {
+    let r = Repo::new();
+    r.write("fort.toml", &format!("{SHARED}\n{}", web("h1", "512MiB")));
+    r.commit("base");
+    r.git(&["checkout", "-q", "-b", "feature"]);
+    r.write("fort.toml", &format!("{SHARED}\n{}", web("h1", "1GiB")));
+    r.commit("feature: more memory");
+    r.git(&["checkout", "-q", "main"]);
+    r.write(
+        "fort.toml",
+        &format!(
+            "{SHARED}\n{}\n[drive.logs]\nsize = \"1GiB\"\n",
+            web("h1", "512MiB")
+        ),
+    );
+    r.commit("main: a drive");
+    let base = r.git(&["merge-base", "main", "feature"]);
+    // What the pull request changes: only the feature's commit.
+    let pr = r.fort(&["diff", "main...feature", "--json"]);
+    pr.code(0);
+    let v: serde_json::Value = serde_json::from_str(&pr.stdout).unwrap();
+    assert_eq!(v["from"]["commit"], base);
+    assert_eq!(v["from"]["rev"], &base[..7]);
+    let addresses = |v: &serde_json::Value| -> Vec<String> {
+        v["hosts"][0]["changes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| {
+                format!(
+                    "{} {}",
+                    c["op"].as_str().unwrap(),
+                    c["address"].as_str().unwrap()
+                )
+            })
+            .collect()
+    };
+    assert_eq!(addresses(&v), ["restart vm.web"]);
+    // Two dots compare the tips: main's new drive is "removed" too.
+    let tips = r.fort(&["diff", "main..feature", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&tips.stdout).unwrap();
+    assert_eq!(addresses(&v), ["destroy drive.logs", "restart vm.web"]);
+}

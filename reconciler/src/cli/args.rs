@@ -315,7 +315,7 @@ pub struct ValidateArgs {
     pub all_hosts: bool,
 }
 
-/// How `fort diff` prints.
+/// How `fort diff` and `fort plan` print.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum DiffFormat {
     Text,
@@ -326,8 +326,9 @@ pub enum DiffFormat {
 
 #[derive(Debug, Args)]
 pub struct DiffArgs {
-    /// `REV_A..REV_B` (either side defaults to HEAD: `main..` is main..HEAD), or one `REV`:
-    /// REV against the manifest in the work tree, as `git diff REV` does.
+    /// `REV_A..REV_B` (either side defaults to HEAD: `main..` is main..HEAD), `REV_A...REV_B`
+    /// (from their merge base: what a pull request of B into A changes), or one `REV`: REV
+    /// against the manifest in the work tree, as `git diff REV` does.
     #[arg(value_name = "REV_A..REV_B")]
     pub range: String,
 
@@ -373,6 +374,10 @@ pub struct PlanArgs {
     /// Save the plan to FILE for `fort apply FILE` (also spelled -out FILE).
     #[arg(short = 'o', long = "out", value_name = "FILE")]
     pub out: Option<PathBuf>,
+
+    /// text, json (like --json) or markdown (a pull-request comment, the plan collapsed).
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: DiffFormat,
 
     /// Plan the manifest as it is at this git revision (a branch, tag, `HEAD~1`, a sha) of the
     /// repository holding -f, read from git objects, against this host's state.

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use super::args::{PlanArgs, ValidateArgs};
+use super::args::{DiffFormat, PlanArgs, ValidateArgs};
 use super::session::{self, absolute};
 use super::{exit, term, Cli, CliError};
 use crate::address::Address;
@@ -476,11 +476,18 @@ pub async fn plan(cli: &Cli, args: &PlanArgs) -> Result<u8, CliError> {
     if let Some(out) = &args.out {
         save(&plan, out)?;
     }
-    if cli.json {
+    let format = if cli.json {
+        DiffFormat::Json
+    } else {
+        args.format
+    };
+    if format == DiffFormat::Json {
         println!(
             "{}",
             serde_json::to_string_pretty(&plan).unwrap_or_default()
         );
+    } else if format == DiffFormat::Markdown {
+        print!("{}", render::markdown(&plan, manifest.host.as_deref()));
     } else {
         print!("{}", render::render(&plan, term::stdout_style()));
         if let Some(out) = &args.out {

@@ -102,7 +102,8 @@ fn a_name_may_be_defined_once_per_host() {
 #[test]
 fn errors_are_exact() {
     let net_h2 = "[network.lan]\ncidr = \"10.1.0.0/24\"\nhosts = [\"h2\"]\n";
-    let cases: Vec<(Vec<(&str, String)>, HostSelection, &str)> = vec![
+    type Files<'a> = Vec<(&'a str, String)>;
+    let cases: Vec<(Files, HostSelection, &str)> = vec![
         (
             // A VM for h1 on a network only h2 has: both places named.
             vec![
