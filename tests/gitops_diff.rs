@@ -568,3 +568,46 @@ fn three_dots_compare_from_the_merge_base() {
     let v: serde_json::Value = serde_json::from_str(&tips.stdout).unwrap();
     assert_eq!(addresses(&v), ["destroy drive.logs", "restart vm.web"]);
 }
+
+/// Host selection on a real apply: what moves to another host leaves this one.
+#[test]
+fn apply_on_a_host_destroys_what_moved_away() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(d.join("a.bin"), b"kernel a").unwrap();
+    std::fs::write(d.join("b.bin"), b"kernel b").unwrap();
+    let manifest = |a_host: &str| {
+        format!(
+            "[fort]\nversion = 1\n\n[kernel.a]\nurl = \"a.bin\"\ndecompress = \"none\"\nhosts = [\"{a_host}\"]\n\n[kernel.b]\nurl = \"b.bin\"\ndecompress = \"none\"\n"
+        )
+    };
+    std::fs::write(d.join("fort.toml"), manifest("h1")).unwrap();
+    let (s1, s2) = (d.join("s1"), d.join("s2"));
+    let on = |host: &str, state: &Path, args: &[&str]| {
+        let mut all = vec!["--host", host, "--state-dir", state.to_str().unwrap()];
+        all.extend_from_slice(args);
+        fort_in(d, &all)
+    };
+    on("h1", &s1, &["apply", "--yes"]).code(0);
+    on("h2", &s2, &["apply", "--yes"]).code(0);
+    let list = |host: &str, state: &Path| on(host, state, &["state", "list"]).stdout;
+    assert!(list("h1", &s1).contains("kernel.a"), "{}", list("h1", &s1));
+    assert!(!list("h2", &s2).contains("kernel.a"), "{}", list("h2", &s2));
+    // kernel.a moves to h2.
+    std::fs::write(d.join("fort.toml"), manifest("h2")).unwrap();
+    let plan = on("h1", &s1, &["plan", "--detailed-exitcode"]);
+    plan.code(2);
+    assert!(
+        plan.stdout
+            .contains("  - kernel.a\n      reason: no longer in the manifest\n"),
+        "{}",
+        plan.stdout
+    );
+    on("h1", &s1, &["apply", "--yes"]).code(0);
+    on("h2", &s2, &["apply", "--yes"]).code(0);
+    assert!(!list("h1", &s1).contains("kernel.a"), "{}", list("h1", &s1));
+    assert!(list("h2", &s2).contains("kernel.a"), "{}", list("h2", &s2));
+    for (h, s) in [("h1", &s1), ("h2", &s2)] {
+        on(h, s, &["plan", "--detailed-exitcode"]).code(0);
+    }
+}
