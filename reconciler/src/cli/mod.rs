@@ -18,6 +18,7 @@ pub mod shell;
 pub mod state;
 pub mod status;
 pub mod term;
+pub mod validate;
 pub mod watch;
 
 use std::path::PathBuf;
@@ -125,7 +126,7 @@ impl CliError {
 /// Run the parsed command line; returns the process exit code.
 pub async fn run(cli: Cli) -> Result<u8, CliError> {
     match &cli.command {
-        Command::Validate(a) => plan::validate(&cli, a),
+        Command::Validate(a) => validate::validate(&cli, a),
         Command::Diff(a) => diff::diff(&cli, a),
         Command::Plan(a) => plan::plan(&cli, a).await,
         Command::Apply(a) => apply::apply(&cli, a).await,
