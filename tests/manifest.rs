@@ -20,7 +20,7 @@ fn errors() {
     let cases: Vec<(String, &str)> = vec![
         // Syntax, types and unknown keys come from the TOML layer, with positions.
         ("[kernel.k]\nurl = \"/x\"\nsha265 = \"a\"\n".into(),
-         "fort.toml:5:1: unknown field `sha265`, expected one of `url`, `sha256`, `sha256_url`, `minisign`, `decompress`, `cmdline`, `initrd`"),
+         "fort.toml:5:1: unknown field `sha265`, expected one of `url`, `sha256`, `sha256_url`, `minisign`, `decompress`, `cmdline`, `initrd`, `hosts`"),
         ("[kernel.k]\nurl = 5\n".into(),
          "fort.toml:4:7: invalid type: integer `5`, expected a string"),
         ("[kernel.k\nurl = \"/x\"\n".into(),

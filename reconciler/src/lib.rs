@@ -1,6 +1,7 @@
 //! fort: turn a Linux host into a fleet of Firecracker microVMs described in git.
 //!
-//! Pure modules (`manifest`, `graph`, `plan`) never touch the host; `host/` is the only code
+//! Pure modules (`manifest`, `graph`, `plan`, `diff`) never touch the host (`gitread` only
+//! reads a local repository's objects); `host/` is the only code
 //! that does, and `resources/` binds each kind's observe/plan/apply/destroy to it.
 
 pub mod address;
@@ -9,7 +10,9 @@ pub mod apply;
 pub mod cli;
 pub mod commit_trust;
 pub mod crash;
+pub mod diff;
 pub mod fleet;
+pub mod gitread;
 pub mod graph;
 pub mod host;
 pub mod manifest;

@@ -72,7 +72,10 @@ async fn apply_saved(cli: &Cli, args: &ApplyArgs, file: &Path) -> Result<u8, Cli
         )));
     }
     let manifest = match (&cli.file, &saved.manifest) {
-        (None, Some(p)) => Some(crate::manifest::load(p)?),
+        (None, Some(p)) => Some(crate::manifest::load_for(
+            p,
+            &session::host_selection(cli)?,
+        )?),
         (Some(_), _) => Some(session::load_manifest(cli)?),
         (None, None) => None,
     };

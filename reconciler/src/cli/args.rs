@@ -8,8 +8,8 @@ use clap::{Args, Parser, Subcommand};
 use crate::address::Address;
 
 const AFTER_HELP: &str = "\
-Exit codes: 0 success (plan --detailed-exitcode: no changes), 1 error, 2 changes present
-(plan --detailed-exitcode), 130 interrupted. Documentation: docs/cli.md.";
+Exit codes: 0 success (plan/diff --detailed-exitcode: no changes), 1 error, 2 changes present
+(plan/diff --detailed-exitcode), 130 interrupted. Documentation: docs/cli.md.";
 
 /// fort turns this host into a fleet of Firecracker microVMs described in fort.toml.
 ///
@@ -33,6 +33,11 @@ pub struct Cli {
     #[arg(long, global = true, value_name = "DIR", env = "FORT_STATE_DIR")]
     pub state_dir: Option<PathBuf>,
 
+    /// The host whose resources are desired here: resources with `hosts = [...]` (or in a file
+    /// with `[fort] hosts`) not naming it are left out [default: this machine's hostname].
+    #[arg(long, global = true, value_name = "NAME", env = "FORT_HOST")]
+    pub host: Option<String>,
+
     /// Print machine-readable JSON instead of text (read commands and reports).
     #[arg(long, global = true)]
     pub json: bool,
@@ -48,7 +53,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Check the manifest without touching the host.
-    Validate,
+    Validate(ValidateArgs),
     /// Show what apply would change, and why.
     Plan(PlanArgs),
     /// Converge the host to the manifest (or run a saved plan).
@@ -84,6 +89,9 @@ pub enum Command {
     Snapshot(SnapshotArgs),
     /// Put a VM back to a checkpoint (memory, processes and drives): `fort restore vm.a before`.
     Restore(RestoreArgs),
+    /// What would change between two revisions of the manifest's git repository, per host
+    /// (no state, no host access): `fort diff main..feature`.
+    Diff(DiffArgs),
     /// Check what this host can do for fort (netlink, nftables, forwarding, TAPs, drive
     /// clones); every failed check prints its fix. Exit code 1 when a check fails.
     Doctor,
@@ -300,6 +308,44 @@ pub struct ConsoleArgs {
     pub follow: bool,
 }
 
+#[derive(Debug, Args)]
+pub struct ValidateArgs {
+    /// Validate every host's view (each host a `hosts` list names) instead of --host's.
+    #[arg(long, conflicts_with = "host")]
+    pub all_hosts: bool,
+}
+
+/// How `fort diff` and `fort plan` print.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DiffFormat {
+    Text,
+    Json,
+    /// A pull-request comment: a table of hosts, each host's changes collapsed.
+    Markdown,
+}
+
+#[derive(Debug, Args)]
+pub struct DiffArgs {
+    /// `REV_A..REV_B` (either side defaults to HEAD: `main..` is main..HEAD), `REV_A...REV_B`
+    /// (from their merge base: what a pull request of B into A changes), or one `REV`: REV
+    /// against the manifest in the work tree, as `git diff REV` does.
+    #[arg(value_name = "REV_A..REV_B")]
+    pub range: String,
+
+    /// The repository (work tree or bare) [default: the one containing -f, else the current
+    /// directory]. With it, -f is a path inside the repository.
+    #[arg(short = 'C', long = "repo", value_name = "DIR")]
+    pub repo: Option<PathBuf>,
+
+    /// text, json (like --json) or markdown.
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: DiffFormat,
+
+    /// Exit 0 when no host's desired state changes, 2 when one does, 1 on error.
+    #[arg(long)]
+    pub detailed_exitcode: bool,
+}
+
 #[derive(Debug, Args, Clone, Default)]
 pub struct Selection {
     /// Only this resource and what it needs (repeatable).
@@ -328,6 +374,15 @@ pub struct PlanArgs {
     /// Save the plan to FILE for `fort apply FILE` (also spelled -out FILE).
     #[arg(short = 'o', long = "out", value_name = "FILE")]
     pub out: Option<PathBuf>,
+
+    /// text, json (like --json) or markdown (a pull-request comment, the plan collapsed).
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: DiffFormat,
+
+    /// Plan the manifest as it is at this git revision (a branch, tag, `HEAD~1`, a sha) of the
+    /// repository holding -f, read from git objects, against this host's state.
+    #[arg(long, value_name = "REV", conflicts_with_all = ["out", "destroy"])]
+    pub rev: Option<String>,
 
     /// Plan a destroy instead.
     #[arg(long)]

@@ -5,6 +5,7 @@ pub mod agent;
 pub mod apply;
 pub mod args;
 pub mod checkpoint;
+pub mod diff;
 pub mod doctor;
 mod doctor_confine;
 pub mod forward;
@@ -17,6 +18,7 @@ pub mod shell;
 pub mod state;
 pub mod status;
 pub mod term;
+pub mod validate;
 pub mod watch;
 
 use std::path::PathBuf;
@@ -93,6 +95,8 @@ pub enum CliError {
     Forward(#[from] crate::host::forward::ForwardError),
     #[error(transparent)]
     ForwardSpec(#[from] forward_spec::SpecError),
+    #[error(transparent)]
+    Git(#[from] crate::gitread::GitError),
 }
 
 impl CliError {
@@ -100,6 +104,7 @@ impl CliError {
     pub fn diagnostics(&self) -> &[crate::manifest::Diagnostic] {
         match self {
             CliError::Manifest(m) => m.diagnostics(),
+            CliError::Git(g) => g.diagnostics(),
             _ => &[],
         }
     }
@@ -109,6 +114,9 @@ impl CliError {
         match self {
             CliError::Lock(_) => Some("another fort is applying to this state directory; wait for it, or raise --lock-timeout"),
             CliError::Manifest(_) => Some("fix the manifest; nothing was changed on the host"),
+            CliError::Git(crate::gitread::GitError::Invalid { .. }) => {
+                Some("fix the manifest at that revision; nothing was changed on the host")
+            }
             CliError::State(crate::state::StateError::TooNew { .. }) => Some("this state directory was written by a newer fort"),
             _ => None,
         }
@@ -118,7 +126,8 @@ impl CliError {
 /// Run the parsed command line; returns the process exit code.
 pub async fn run(cli: Cli) -> Result<u8, CliError> {
     match &cli.command {
-        Command::Validate => plan::validate(&cli),
+        Command::Validate(a) => validate::validate(&cli, a),
+        Command::Diff(a) => diff::diff(&cli, a),
         Command::Plan(a) => plan::plan(&cli, a).await,
         Command::Apply(a) => apply::apply(&cli, a).await,
         Command::Destroy(a) => apply::destroy(&cli, a).await,

@@ -1,9 +1,9 @@
-//! `fort validate` and `fort plan`, and the planning step `fort apply`/`destroy` share.
+//! `fort plan`, and the planning step `fort apply`/`destroy` share.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use super::args::PlanArgs;
+use super::args::{DiffFormat, PlanArgs};
 use super::session::{self, absolute};
 use super::{exit, term, Cli, CliError};
 use crate::address::Address;
@@ -12,36 +12,6 @@ use crate::orphans;
 use crate::plan::{self, capacity, render, Plan, PlanInput, PlanOptions, ResolvedImage};
 use crate::resources::{self, Ctx};
 use crate::state::{Record, StateStore};
-
-pub fn validate(cli: &Cli) -> Result<u8, CliError> {
-    let m = session::load_manifest(cli)?;
-    if cli.json {
-        let v = serde_json::json!({
-            "valid": true,
-            "files": m.files,
-            "resources": m.resources.keys().map(ToString::to_string).collect::<Vec<_>>(),
-        });
-        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
-    } else {
-        let mut per_kind: BTreeMap<crate::Kind, usize> = BTreeMap::new();
-        for a in m.resources.keys() {
-            *per_kind.entry(a.kind).or_default() += 1;
-        }
-        let kinds: Vec<String> = per_kind.iter().map(|(k, n)| format!("{n} {k}")).collect();
-        let plural = |n: usize, word: &str| format!("{n} {word}{}", if n == 1 { "" } else { "s" });
-        let kinds = if kinds.is_empty() {
-            "none".to_string()
-        } else {
-            kinds.join(", ")
-        };
-        println!(
-            "The manifest is valid: {} ({kinds}) in {}.",
-            plural(m.resources.len(), "resource"),
-            plural(m.files.len(), "file")
-        );
-    }
-    Ok(exit::OK)
-}
 
 /// Resolve the tags of image rootfs to digests (a manifest request each, no layers) and pin
 /// them into the manifest, so the plan and everything built from it use exactly those.
@@ -388,7 +358,11 @@ fn clone_note(
 }
 
 pub async fn plan(cli: &Cli, args: &PlanArgs) -> Result<u8, CliError> {
-    let (manifest, images) = resolve_images(session::load_manifest(cli)?).await?;
+    let manifest = match &args.rev {
+        Some(rev) => session::load_manifest_at(cli, rev)?,
+        None => session::load_manifest(cli)?,
+    };
+    let (manifest, images) = resolve_images(manifest).await?;
     let state_dir = session::state_dir(cli, Some(&manifest));
     let store = crate::state::SqliteStore::open_readonly(&state_dir)?;
     let recorded = store.resources()?;
@@ -404,11 +378,18 @@ pub async fn plan(cli: &Cli, args: &PlanArgs) -> Result<u8, CliError> {
     if let Some(out) = &args.out {
         save(&plan, out)?;
     }
-    if cli.json {
+    let format = if cli.json {
+        DiffFormat::Json
+    } else {
+        args.format
+    };
+    if format == DiffFormat::Json {
         println!(
             "{}",
             serde_json::to_string_pretty(&plan).unwrap_or_default()
         );
+    } else if format == DiffFormat::Markdown {
+        print!("{}", render::markdown(&plan, manifest.host.as_deref()));
     } else {
         print!("{}", render::render(&plan, term::stdout_style()));
         if let Some(out) = &args.out {

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use super::{Cli, CliError};
-use crate::manifest::{self, Manifest};
+use crate::manifest::{self, HostSelection, Manifest};
 use crate::resources::Ctx;
 use crate::state::SqliteStore;
 
@@ -17,8 +17,41 @@ pub fn manifest_path(cli: &Cli) -> PathBuf {
     }
 }
 
+/// The manifest, as selected for this host (`--host`, else the machine's hostname).
 pub fn load_manifest(cli: &Cli) -> Result<Manifest, CliError> {
-    Ok(manifest::load(&manifest_path(cli))?)
+    Ok(manifest::load_for(
+        &manifest_path(cli),
+        &host_selection(cli)?,
+    )?)
+}
+
+/// The manifest at git revision `rev` of the repository holding `-f` (the same path inside
+/// it), as selected for this host.
+pub fn load_manifest_at(cli: &Cli, rev: &str) -> Result<Manifest, CliError> {
+    let path = manifest_path(cli);
+    let repo = crate::gitread::Repo::discover(&path)?;
+    let rev = repo.resolve(rev)?;
+    let rel = repo.relative(&path)?;
+    Ok(repo.load(&rev, &rel, &host_selection(cli)?)?)
+}
+
+/// `--host NAME`, else this machine's hostname: the host whose resources are desired here.
+pub fn host_selection(cli: &Cli) -> Result<HostSelection, CliError> {
+    Ok(HostSelection::Host(match &cli.host {
+        Some(h) => h.clone(),
+        None => hostname()?,
+    }))
+}
+
+/// The kernel's hostname (what `hostname` prints), from /proc.
+pub fn hostname() -> Result<String, CliError> {
+    const PATH: &str = "/proc/sys/kernel/hostname";
+    let text = std::fs::read_to_string(PATH).map_err(|source| CliError::Io {
+        what: "cannot read this machine's hostname (pass --host NAME) from",
+        path: PathBuf::from(PATH),
+        source,
+    })?;
+    Ok(text.trim().to_string())
 }
 
 /// `--state-dir`, else the manifest's `[fort] state_dir`, else the default for this user.

@@ -4,6 +4,7 @@
 //! hashes are part of a template's spec). Every problem is a [`Diagnostic`] naming the file,
 //! line and column, and all of them are reported at once.
 
+mod hosts;
 pub mod image_ref;
 pub mod model;
 pub mod policy;
@@ -22,6 +23,7 @@ mod validate_vm;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+pub use hosts::HostSelection;
 pub use model::*;
 pub use schema::{json_schema, json_schema_string};
 
@@ -73,16 +75,52 @@ impl ManifestError {
 }
 
 /// A file's text and where relative paths in it start.
-pub(crate) struct Source {
-    /// As shown in messages.
+#[derive(Debug, Clone)]
+pub struct Source {
+    /// As shown in messages (a path, or `REV:path` for a file read from a git revision).
     pub path: PathBuf,
     /// The directory relative paths are resolved against (absolute).
     pub dir: PathBuf,
     pub text: String,
 }
 
-/// Load a manifest: a file, or every `*.toml` in a directory (sorted by name, merged).
+/// Where the files a manifest points at (overlay `source`s) are read from: the filesystem, or
+/// a git revision's tree.
+pub trait ReadFile {
+    /// The bytes of the regular file at `path` (absolute, as resolved against a [`Source::dir`]).
+    fn read(&self, path: &Path) -> std::io::Result<Vec<u8>>;
+}
+
+/// The filesystem.
+pub struct Fs;
+
+impl ReadFile for Fs {
+    fn read(&self, path: &Path) -> std::io::Result<Vec<u8>> {
+        // Only a regular file (symlinks followed) is read: a device such as /dev/zero would be
+        // read until memory ran out, a FIFO would block.
+        let m = std::fs::metadata(path)?;
+        if m.is_file() {
+            std::fs::read(path)
+        } else {
+            Err(std::io::Error::other("not a regular file"))
+        }
+    }
+}
+
+/// Load a manifest: a file, or every `*.toml` in a directory (sorted by name, merged). Every
+/// resource is kept, whatever its `hosts`; [`load_for`] selects one host's.
 pub fn load(path: &Path) -> Result<Manifest, ManifestError> {
+    load_for(path, &HostSelection::Every)
+}
+
+/// [`load`], keeping what `selection` selects.
+pub fn load_for(path: &Path, selection: &HostSelection) -> Result<Manifest, ManifestError> {
+    let files = read_files(path)?;
+    load_sources(&sources_of(&files), path, selection, &Fs)
+}
+
+/// The `(path, text)` of a manifest's files: `path` itself, or the `*.toml` in it, by name.
+pub fn read_files(path: &Path) -> Result<Vec<(PathBuf, String)>, ManifestError> {
     let read = |p: &Path| {
         std::fs::read_to_string(p).map_err(|source| ManifestError::Read {
             path: p.to_path_buf(),
@@ -117,13 +155,18 @@ pub fn load(path: &Path) -> Result<Manifest, ManifestError> {
     } else {
         files.push((path.to_path_buf(), read(path)?));
     }
-    load_files(&files, path)
+    Ok(files)
 }
 
 /// Validate manifest texts: `(file name, text)` pairs, merged in order. Relative paths inside
 /// are resolved against each file's directory.
 pub fn load_files(files: &[(PathBuf, String)], path: &Path) -> Result<Manifest, ManifestError> {
-    let sources: Vec<Source> = files
+    load_sources(&sources_of(files), path, &HostSelection::Every, &Fs)
+}
+
+/// `(path, text)` pairs as sources, relative paths in each resolved against its directory.
+pub fn sources_of(files: &[(PathBuf, String)]) -> Vec<Source> {
+    files
         .iter()
         .map(|(p, text)| {
             let abs = std::path::absolute(p).unwrap_or_else(|_| p.clone());
@@ -133,6 +176,26 @@ pub fn load_files(files: &[(PathBuf, String)], path: &Path) -> Result<Manifest, 
                 text: text.clone(),
             }
         })
-        .collect();
-    validate::resolve(&sources, path).map_err(ManifestError::Invalid)
+        .collect()
+}
+
+/// The loader every other entry point ends in: sources from anywhere (files on disk, blobs of
+/// a git revision), the files they point at read through `files`.
+pub fn load_sources(
+    sources: &[Source],
+    path: &Path,
+    selection: &HostSelection,
+    files: &dyn ReadFile,
+) -> Result<Manifest, ManifestError> {
+    validate::resolve(sources, path, selection, files).map_err(ManifestError::Invalid)
+}
+
+/// Every host a `hosts` list in these files names, without validating anything else (a file
+/// that does not parse names none: loading it says why).
+pub fn host_names(sources: &[Source]) -> std::collections::BTreeSet<String> {
+    // Most manifests select no hosts: skip parsing them twice.
+    if !sources.iter().any(|s| s.text.contains("hosts")) {
+        return Default::default();
+    }
+    validate::host_names(sources)
 }

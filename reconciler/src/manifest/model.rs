@@ -41,6 +41,10 @@ pub struct Manifest {
     /// `[fort] uid_range`: the uids confined VMs are given.
     pub uid_range: Option<(u32, u32)>,
     pub resources: BTreeMap<Address, Resource>,
+    /// Every host a `hosts` list names (in the whole manifest, before selection).
+    pub hosts: std::collections::BTreeSet<String>,
+    /// The host `resources` were selected for (`None`: every resource, whatever its hosts).
+    pub host: Option<String>,
 }
 
 impl Manifest {

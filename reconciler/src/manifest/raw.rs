@@ -18,7 +18,8 @@ type Table<T> = BTreeMap<Spanned<String>, Spanned<T>>;
     description = "A fort.toml file: kernels, root filesystems, templates, networks, drives and VMs."
 )]
 pub struct RawFile {
-    /// Manifest settings; exactly one file of a manifest has it.
+    /// Manifest settings (exactly one file of a manifest has them), and the hosts this file's
+    /// resources are for (any file).
     #[schemars(with = "Option<RawFort>")]
     pub fort: Option<Spanned<RawFort>>,
     /// The Firecracker binary as a verified asset, by name.
@@ -54,9 +55,9 @@ pub struct RawFile {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawFort {
-    /// Manifest format version: 1.
-    #[schemars(with = "u32")]
-    pub version: Spanned<i64>,
+    /// Manifest format version: 1 (required in the one `[fort]` table that holds settings).
+    #[schemars(with = "Option<u32>")]
+    pub version: Option<Spanned<i64>>,
     /// Where fort keeps its state (relative to this file).
     #[schemars(with = "Option<String>")]
     pub state_dir: Option<Spanned<String>>,
@@ -64,6 +65,10 @@ pub struct RawFort {
     /// `"2000000000-2000065535"`. Must not overlap the host's users.
     #[schemars(with = "Option<String>")]
     pub uid_range: Option<Spanned<String>>,
+    /// The hosts this file's resources are for (a resource's own `hosts` wins); default:
+    /// every host. A `[fort]` table with only `hosts` may appear in every file.
+    #[schemars(with = "Option<Vec<String>>")]
+    pub hosts: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
 /// How to decompress an asset.
@@ -136,6 +141,10 @@ pub struct RawRootfs {
     /// Registry credentials: a docker `config.json`, relative to this file.
     #[schemars(with = "Option<String>")]
     pub auth: Option<Spanned<String>>,
+    /// Only on these hosts (matched against `--host`, default the machine's hostname);
+    /// default: the file's `[fort] hosts`, else every host.
+    #[schemars(with = "Option<Vec<String>>")]
+    pub hosts: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -156,6 +165,10 @@ pub struct RawKernel {
     /// An initrd, for kernels whose drivers are modules.
     #[schemars(with = "Option<RawAsset>")]
     pub initrd: Option<Spanned<RawAsset>>,
+    /// Only on these hosts (matched against `--host`, default the machine's hostname);
+    /// default: the file's `[fort] hosts`, else every host.
+    #[schemars(with = "Option<Vec<String>>")]
+    pub hosts: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -177,6 +190,10 @@ pub struct RawFirecracker {
     /// (chroot, uid/gid, cgroup).
     #[schemars(with = "Option<String>")]
     pub jailer_member: Option<Spanned<String>>,
+    /// Only on these hosts (matched against `--host`, default the machine's hostname);
+    /// default: the file's `[fort] hosts`, else every host.
+    #[schemars(with = "Option<Vec<String>>")]
+    pub hosts: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -206,6 +223,10 @@ pub struct RawTemplate {
     /// Start new QEMU VMs of this template (root = { template = … }, no data drives) from a
     /// snapshot of one booted VM instead of booting each (default false; docs/snapshots.md).
     pub warm: Option<bool>,
+    /// Only on these hosts (matched against `--host`, default the machine's hostname);
+    /// default: the file's `[fort] hosts`, else every host.
+    #[schemars(with = "Option<Vec<String>>")]
+    pub hosts: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -234,6 +255,10 @@ pub struct RawNetwork {
     /// Host ports guests may connect to: "PORT[-PORT][/tcp|/udp]" (e.g. "53/udp").
     #[schemars(with = "Option<Vec<String>>")]
     pub host_ports: Option<Vec<Spanned<String>>>,
+    /// Only on these hosts (matched against `--host`, default the machine's hostname);
+    /// default: the file's `[fort] hosts`, else every host.
+    #[schemars(with = "Option<Vec<String>>")]
+    pub hosts: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -247,6 +272,10 @@ pub struct RawDrive {
     pub size: Spanned<RawSize>,
     /// Never destroy or replace without --allow-data-loss (default false).
     pub protect: Option<bool>,
+    /// Only on these hosts (matched against `--host`, default the machine's hostname);
+    /// default: the file's `[fort] hosts`, else every host.
+    #[schemars(with = "Option<Vec<String>>")]
+    pub hosts: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, JsonSchema, PartialEq, Eq)]
@@ -321,6 +350,10 @@ pub struct RawVm {
     /// beyond this are removed (1 to 1000; default: all are kept).
     #[schemars(with = "Option<u32>")]
     pub keep: Option<Spanned<i64>>,
+    /// Only on these hosts (matched against `--host`, default the machine's hostname);
+    /// default: the file's `[fort] hosts`, else every host.
+    #[schemars(with = "Option<Vec<String>>")]
+    pub hosts: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
 /// A size: a string with a binary unit, or a number of bytes.

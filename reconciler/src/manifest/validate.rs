@@ -13,7 +13,7 @@ use super::raw::*;
 use super::units::{check_name, format_size, parse_mode, parse_size, LineIndex};
 use super::validate_asset::{asset_fields, Infer};
 use super::validate_network::NetInfo;
-use super::{Diagnostic, Source};
+use super::{Diagnostic, ReadFile, Source};
 use crate::address::{Address, Kind};
 
 /// A declared table with where it came from.
@@ -30,6 +30,7 @@ pub(super) type Entries<'a, T> = BTreeMap<String, Entry<'a, T>>;
 
 pub(super) struct Ctx<'a> {
     sources: &'a [Source],
+    files: &'a dyn ReadFile,
     lines: Vec<LineIndex>,
     diags: Vec<(usize, usize, Diagnostic)>,
 }
@@ -63,9 +64,15 @@ impl<'a> Ctx<'a> {
     }
 }
 
-pub(super) fn resolve(sources: &[Source], path: &Path) -> Result<Manifest, Vec<Diagnostic>> {
+pub(super) fn resolve(
+    sources: &[Source],
+    path: &Path,
+    selection: &super::HostSelection,
+    files: &dyn ReadFile,
+) -> Result<Manifest, Vec<Diagnostic>> {
     let mut cx = Ctx {
         sources,
+        files,
         lines: sources.iter().map(|s| LineIndex::new(&s.text)).collect(),
         diags: Vec::new(),
     };
@@ -80,14 +87,38 @@ pub(super) fn resolve(sources: &[Source], path: &Path) -> Result<Manifest, Vec<D
         }
     }
     if cx.diags.is_empty() {
-        let manifest = Resolver::new(&mut cx, &raws).run(path);
+        let hosts = super::hosts::names(&mut cx, &raws);
+        if let Some(h) = selection.host() {
+            super::hosts::select(&mut cx, &mut raws, h);
+        }
+        // A reference to another host's resource would also be "not defined": say it once.
         if cx.diags.is_empty() {
-            return Ok(manifest);
+            let mut manifest = Resolver::new(&mut cx, &raws).run(path);
+            manifest.hosts = hosts;
+            manifest.host = selection.host().map(str::to_string);
+            if cx.diags.is_empty() {
+                return Ok(manifest);
+            }
         }
     }
     let mut d = cx.diags;
     d.sort_by_key(|(f, off, _)| (*f, *off));
     Err(d.into_iter().map(|(_, _, d)| d).collect())
+}
+
+pub(super) fn host_names(sources: &[Source]) -> BTreeSet<String> {
+    let mut cx = Ctx {
+        sources,
+        files: &super::Fs,
+        lines: sources.iter().map(|s| LineIndex::new(&s.text)).collect(),
+        diags: Vec::new(),
+    };
+    let raws: Vec<(usize, RawFile)> = sources
+        .iter()
+        .enumerate()
+        .filter_map(|(i, s)| Some((i, toml::from_str::<RawFile>(&s.text).ok()?)))
+        .collect();
+    super::hosts::names(&mut cx, &raws)
 }
 
 fn collect<'a, T>(
@@ -279,6 +310,8 @@ impl<'c, 'a, 'r> Resolver<'c, 'a, 'r> {
             state_dir,
             uid_range,
             resources: self.resources,
+            hosts: BTreeSet::new(),
+            host: None,
         }
     }
 
@@ -433,16 +466,7 @@ impl<'c, 'a, 'r> Resolver<'c, 'a, 'r> {
                 let content = match (&t.source, &t.content) {
                     (Some(src), None) => {
                         let abs = self.cx.dir(file).join(src.get_ref());
-                        // Only a regular file (symlinks followed) is read: a device such as
-                        // /dev/zero would be read until memory ran out, a FIFO would block.
-                        let bytes = std::fs::metadata(&abs).and_then(|m| {
-                            if m.is_file() {
-                                std::fs::read(&abs)
-                            } else {
-                                Err(std::io::Error::other("not a regular file"))
-                            }
-                        });
-                        match bytes {
+                        match self.cx.files.read(&abs) {
                             Ok(bytes) => OverlayContent::Source {
                                 sha256: hex::encode(Sha256::digest(&bytes)),
                                 path: abs,

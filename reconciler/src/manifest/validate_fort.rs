@@ -1,5 +1,6 @@
-//! The `[fort]` table: defined once across the manifest's files, `state_dir` made absolute,
-//! and `uid_range` parsed and checked against the host's users.
+//! The `[fort]` table: its settings defined once across the manifest's files, `state_dir` made
+//! absolute, and `uid_range` parsed and checked against the host's users. (`[fort] hosts`, which
+//! any file may have, is the host selection's: `hosts.rs`.)
 
 use std::ops::Range;
 use std::path::PathBuf;
@@ -15,6 +16,12 @@ impl Resolver<'_, '_, '_> {
         let mut uid_range = None;
         for (file, raw) in self.raws {
             let Some(fort) = &raw.fort else { continue };
+            let f = fort.get_ref();
+            // `[fort]` with only `hosts` selects hosts for its file; it holds no settings.
+            let settings = f.version.is_some() || f.state_dir.is_some() || f.uid_range.is_some();
+            if !settings && f.hosts.is_some() {
+                continue;
+            }
             if let Some((f0, s0)) = &found {
                 let a = self.cx.origin(*f0, s0);
                 let b = self.cx.origin(*file, &fort.span());
@@ -26,16 +33,17 @@ impl Resolver<'_, '_, '_> {
                 continue;
             }
             found = Some((*file, fort.span()));
-            let f = fort.get_ref();
-            if *f.version.get_ref() != 1 {
-                self.cx.err(
+            match &f.version {
+                None => self.cx.err(*file, &fort.span(), "missing field `version`"),
+                Some(v) if *v.get_ref() != 1 => self.cx.err(
                     *file,
-                    &f.version.span(),
+                    &v.span(),
                     format!(
                         "unsupported manifest version {}: this fort reads version 1",
-                        f.version.get_ref()
+                        v.get_ref()
                     ),
-                );
+                ),
+                Some(_) => {}
             }
             if let Some(d) = &f.state_dir {
                 state_dir = Some(self.cx.dir(*file).join(d.get_ref()));

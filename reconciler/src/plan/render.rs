@@ -93,6 +93,24 @@ pub fn render(plan: &Plan, style: Style) -> String {
     out
 }
 
+/// The plan as a pull-request comment: a heading naming the host, the summary, and the text
+/// rendering collapsed under `<details>`.
+pub fn markdown(plan: &Plan, host: Option<&str>) -> String {
+    let title = match host {
+        Some(h) => format!("### fort plan: host `{}`\n\n", h.replace('`', "'")),
+        None => "### fort plan\n\n".to_string(),
+    };
+    if plan.is_empty() {
+        return format!("{title}No changes.\n");
+    }
+    format!(
+        "{title}<details><summary>{}</summary>\n\n```text\n{}```\n\n</details>\n",
+        summary_line(plan),
+        // A fence inside the block would end it early.
+        render(plan, Style { color: false }).replace("```", "'''")
+    )
+}
+
 /// Leftovers fort reports but keeps (drive files: they may hold data).
 fn render_kept(out: &mut String, plan: &Plan) {
     for o in plan.orphans.iter().filter(|o| !o.removed()) {
@@ -119,7 +137,8 @@ pub fn summary_line(plan: &Plan) -> String {
     line
 }
 
-fn render_change(out: &mut String, c: &Change, opts: &PlanOptions, style: Style) {
+/// One change's block: `  + vm.a`, its reasons or fields, details and data-loss marks.
+pub fn render_change(out: &mut String, c: &Change, opts: &PlanOptions, style: Style) {
     let bang = if c.data_loss {
         format!(" {}", style.red("!"))
     } else {
@@ -332,6 +351,22 @@ mod tests {
         for (c, want) in cases {
             assert_eq!(block(c, PlanOptions::default()), want);
         }
+    }
+
+    #[test]
+    fn markdown_collapses_the_plan_under_its_summary() {
+        let p = plan(
+            vec![change("drive.d", Op::Destroy, &[])],
+            PlanOptions::default(),
+        );
+        assert_eq!(
+            markdown(&p, Some("h1")),
+            "### fort plan: host `h1`\n\n<details><summary>Plan: 0 to create, 0 to update, 0 to restart, 0 to replace, 1 to destroy.</summary>\n\n```text\nfort will perform the following actions:\n\n  - drive.d !\n      ! the data on it will be lost\n\nPlan: 0 to create, 0 to update, 0 to restart, 0 to replace, 1 to destroy.\n```\n\n</details>\n"
+        );
+        assert_eq!(
+            markdown(&plan(vec![], PlanOptions::default()), None),
+            "### fort plan\n\nNo changes.\n"
+        );
     }
 
     #[test]
