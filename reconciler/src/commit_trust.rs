@@ -64,15 +64,9 @@ pub enum TrustError {
         fingerprint: String,
         file: String,
     },
-    #[error("commit {commit} is signed with key {fingerprint} of {principals}, which {file}:{line} does not allow {why}")]
-    NotAllowed {
-        commit: String,
-        fingerprint: String,
-        principals: String,
-        file: String,
-        line: usize,
-        why: String,
-    },
+    /// The key is listed, but its line does not allow this signature (namespace, time).
+    #[error("{0}")]
+    NotAllowed(String),
     #[error("commit {commit}: the signature by {principals} ({fingerprint}) does not match the commit's content")]
     BadSignature {
         commit: String,
@@ -201,13 +195,14 @@ impl AllowedSigners {
         let allowed = candidates
             .iter()
             .find(|e| e.refusal(time).is_none())
-            .ok_or_else(|| TrustError::NotAllowed {
-                commit: short.to_string(),
-                fingerprint: fingerprint.clone(),
-                principals: first.principals.clone(),
-                file: self.file.clone(),
-                line: first.line,
-                why: first.refusal(time).unwrap_or_default(),
+            .ok_or_else(|| {
+                TrustError::NotAllowed(format!(
+                    "commit {short} is signed with key {fingerprint} of {}, which {}:{} does not allow {}",
+                    first.principals,
+                    self.file,
+                    first.line,
+                    first.refusal(time).unwrap_or_default()
+                ))
             })?;
         allowed
             .key

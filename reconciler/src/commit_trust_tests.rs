@@ -1,5 +1,7 @@
 //! Table tests of commit signature checks, with commits signed here the way git signs them.
 
+#![allow(clippy::unwrap_used)]
+
 use super::*;
 use ssh_key::{private::Ed25519Keypair, LineEnding, PrivateKey};
 
