@@ -92,6 +92,10 @@ pub enum Command {
     /// What would change between two revisions of the manifest's git repository, per host
     /// (no state, no host access): `fort diff main..feature`.
     Diff(DiffArgs),
+    /// Every host's converged commit and problems, from the reports hosts write
+    /// (`fort watch --git URL --report-dir DIR`): `fort fleet status --reports DIR`.
+    #[command(subcommand)]
+    Fleet(FleetCommand),
     /// Check what this host can do for fort (netlink, nftables, forwarding, TAPs, drive
     /// clones); every failed check prints its fix. Exit code 1 when a check fails.
     Doctor,
@@ -432,6 +436,32 @@ pub struct DestroyArgs {
 
     #[command(flatten)]
     pub run: RunArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum FleetCommand {
+    /// One table of every host's report: commit, state, resources, problems, age.
+    Status(FleetStatusArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct FleetStatusArgs {
+    /// The directory the hosts write their reports to (`HOST.json`).
+    #[arg(long, value_name = "DIR")]
+    pub reports: PathBuf,
+
+    /// The repository the hosts follow: hosts whose converged commit is not --branch's
+    /// newest are marked `behind`.
+    #[arg(short = 'C', long = "repo", value_name = "DIR")]
+    pub repo: Option<PathBuf>,
+
+    /// The branch (or any revision) of --repo the hosts follow.
+    #[arg(long, default_value = "main", requires = "repo")]
+    pub branch: String,
+
+    /// The reports as one JSON array.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Subcommand)]

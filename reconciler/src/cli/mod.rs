@@ -8,6 +8,7 @@ pub mod checkpoint;
 pub mod diff;
 pub mod doctor;
 mod doctor_confine;
+pub mod fleet;
 pub mod forward;
 pub mod forward_spec;
 pub mod plan;
@@ -97,6 +98,8 @@ pub enum CliError {
     ForwardSpec(#[from] forward_spec::SpecError),
     #[error(transparent)]
     Git(#[from] crate::gitread::GitError),
+    #[error(transparent)]
+    Fleet(#[from] crate::fleet::FleetError),
 }
 
 impl CliError {
@@ -128,6 +131,7 @@ pub async fn run(cli: Cli) -> Result<u8, CliError> {
     match &cli.command {
         Command::Validate(a) => validate::validate(&cli, a),
         Command::Diff(a) => diff::diff(&cli, a),
+        Command::Fleet(args::FleetCommand::Status(a)) => fleet::status(a),
         Command::Plan(a) => plan::plan(&cli, a).await,
         Command::Apply(a) => apply::apply(&cli, a).await,
         Command::Destroy(a) => apply::destroy(&cli, a).await,
