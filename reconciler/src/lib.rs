@@ -8,6 +8,7 @@ pub mod allocator;
 pub mod apply;
 pub mod cli;
 pub mod crash;
+pub mod gitops;
 pub mod graph;
 pub mod host;
 pub mod manifest;

@@ -9,6 +9,7 @@ pub mod doctor;
 mod doctor_confine;
 pub mod forward;
 pub mod forward_spec;
+pub mod gitops;
 pub mod plan;
 pub mod process;
 pub mod rawterm;
@@ -93,6 +94,11 @@ pub enum CliError {
     Forward(#[from] crate::host::forward::ForwardError),
     #[error(transparent)]
     ForwardSpec(#[from] forward_spec::SpecError),
+    #[error(transparent)]
+    Git(#[from] crate::host::git::GitError),
+    /// `fort apply --git`: the branch's newest commit was not applied (the reason says why).
+    #[error("{0}")]
+    GitSkipped(String),
 }
 
 impl CliError {
