@@ -127,7 +127,8 @@ impl Follow {
             reason,
             since,
         });
-        if self.trying.as_ref().is_some_and(|t| t.id == commit.id) && kind != ProblemKind::ApplyFailed
+        if self.trying.as_ref().is_some_and(|t| t.id == commit.id)
+            && kind != ProblemKind::ApplyFailed
         {
             self.trying = None;
         }
@@ -170,7 +171,13 @@ pub fn when(secs: i64) -> String {
 }
 
 fn commit_line(c: &CommitInfo) -> String {
-    format!("{} \"{}\" ({}, {})", short(&c.id), c.subject, c.author, when(c.date))
+    format!(
+        "{} \"{}\" ({}, {})",
+        short(&c.id),
+        c.subject,
+        c.author,
+        when(c.date)
+    )
 }
 
 /// The lines `fort status` prints about the followed branch.
@@ -250,9 +257,7 @@ mod tests {
     #[test]
     fn backoff_doubles_from_the_interval_to_a_cap() {
         let s = Duration::from_secs;
-        let got: Vec<u64> = (1..=11)
-            .map(|n| fetch_backoff(s(1), n).as_secs())
-            .collect();
+        let got: Vec<u64> = (1..=11).map(|n| fetch_backoff(s(1), n).as_secs()).collect();
         assert_eq!(got, [1, 2, 4, 8, 16, 32, 64, 128, 256, 300, 300]);
         assert_eq!(fetch_backoff(s(600), 3), s(600));
         assert_eq!(fetch_backoff(s(10), 40), s(300));
@@ -274,8 +279,14 @@ mod tests {
         assert_eq!(f.converged_at, Some(300));
         // Another branch starts over but keeps what the host runs.
         let g = Follow::resume(Some(f.clone()), "file:///r.git", "dev", ".");
-        assert_eq!((g.seen.clone(), g.converged.clone()), (None, f.converged.clone()));
-        assert_eq!(Follow::resume(Some(f.clone()), "file:///r.git", "main", "."), f);
+        assert_eq!(
+            (g.seen.clone(), g.converged.clone()),
+            (None, f.converged.clone())
+        );
+        assert_eq!(
+            Follow::resume(Some(f.clone()), "file:///r.git", "main", "."),
+            f
+        );
     }
 
     #[test]

@@ -135,7 +135,11 @@ fn serve(conn: TcpStream, root: &PathBuf) -> std::io::Result<()> {
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
         .map(|p| (p, p + 4))
-        .or_else(|| raw.windows(2).position(|w| w == b"\n\n").map(|p| (p, p + 2)))
+        .or_else(|| {
+            raw.windows(2)
+                .position(|w| w == b"\n\n")
+                .map(|p| (p, p + 2))
+        })
         .unwrap_or((0, 0));
     let head = String::from_utf8_lossy(&raw[..split.0]).into_owned();
     let payload = &raw[split.1..];

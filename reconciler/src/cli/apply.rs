@@ -87,7 +87,10 @@ async fn apply_git(
         Ok(code) if *code == exit::OK => None,
         Ok(_) => Some(Outcome::Problem(
             ProblemKind::ApplyFailed,
-            format!("applying commit {} did not complete", crate::gitops::short(&c.id)),
+            format!(
+                "applying commit {} did not complete",
+                crate::gitops::short(&c.id)
+            ),
         )),
         Err(e) => Some(Outcome::Problem(
             ProblemKind::Refused,
@@ -204,7 +207,10 @@ async fn run(
     images: Vec<ResolvedImage>,
 ) -> Result<u8, CliError> {
     let state_dir = session::state_dir(cli, manifest);
-    run_in(cli, run_args, manifest, &state_dir, options, saved, images, None).await
+    run_in(
+        cli, run_args, manifest, &state_dir, options, saved, images, None,
+    )
+    .await
 }
 
 /// `images`: the tags resolved (and pinned into `manifest`) for this run; `commit`: the git

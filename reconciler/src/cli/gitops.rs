@@ -111,7 +111,9 @@ fn load_commit(
     commit: &CommitInfo,
     checkouts: &Path,
 ) -> Result<Result<Target, (ProblemKind, String)>, CliError> {
-    let dir = git::checkout(mirror, &commit.id, checkouts)?;
+    git::checkout(mirror, &commit.id, checkouts)?;
+    let git_dir = checkouts.parent().unwrap_or(checkouts);
+    let dir = git::point_current(git_dir, &commit.id)?;
     let path = dir.join(&src.path);
     if !path.exists() {
         return Ok(Err((

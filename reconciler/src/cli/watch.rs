@@ -80,8 +80,7 @@ impl Watch<'_> {
         src: &GitSource,
     ) -> Option<(crate::manifest::Manifest, CommitInfo, bool)> {
         let state_dir = session::state_dir(self.cli, None);
-        match gitops::prepare(src, &state_dir, self.args.lock_timeout, self.cancel.clone()).await
-        {
+        match gitops::prepare(src, &state_dir, self.args.lock_timeout, self.cancel.clone()).await {
             Err(e) => {
                 tracing::error!("{why}: {}", crate::resources::error_chain(&e));
                 None

@@ -47,10 +47,12 @@ fn sync_dir(dir: &Path) -> std::io::Result<()> {
 fn component(id: &str, name: &[u8]) -> Result<String, GitError> {
     let s = std::str::from_utf8(name).map_err(|_| GitError::Object {
         id: id.to_string(),
-        message: format!("tree entry {:?} is not UTF-8", String::from_utf8_lossy(name)),
+        message: format!(
+            "tree entry {:?} is not UTF-8",
+            String::from_utf8_lossy(name)
+        ),
     })?;
-    if s.is_empty() || s == "." || s == ".." || s == ".git" || s.contains('/') || s.contains('\0')
-    {
+    if s.is_empty() || s == "." || s == ".." || s == ".git" || s.contains('/') || s.contains('\0') {
         return Err(GitError::Object {
             id: id.to_string(),
             message: format!("tree entry {s:?} is not a safe file name"),
@@ -102,7 +104,8 @@ fn write_tree(mirror: &Mirror, id: &str, tree: &gix::Tree<'_>, dir: &Path) -> Re
             }
             EntryKind::Link => {
                 let blob = mirror.repo().find_blob(e.oid).map_err(oerr)?;
-                let target = <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(&blob.data);
+                let target =
+                    <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(&blob.data);
                 std::os::unix::fs::symlink(target, &path).map_err(io(path.clone()))?;
             }
             EntryKind::Commit => {
@@ -116,6 +119,32 @@ fn write_tree(mirror: &Mirror, id: &str, tree: &gix::Tree<'_>, dir: &Path) -> Re
         }
     }
     sync_dir(dir).map_err(io(dir.to_path_buf()))
+}
+
+/// Point `git_dir/current` at the checkout of `id` (a relative symlink replaced by rename,
+/// so it always names one complete checkout). Manifests are loaded through it: the paths
+/// they resolve (relative assets, overlay sources) stay the same from commit to commit, and
+/// only a file whose content changed is re-fetched.
+pub fn point_current(git_dir: &Path, id: &str) -> Result<PathBuf, GitError> {
+    let link = git_dir.join("current");
+    let target = Path::new("checkouts").join(id);
+    if std::fs::read_link(&link).is_ok_and(|t| t == target) {
+        return Ok(link);
+    }
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| GitError::Checkout {
+            id: id.to_string(),
+            path,
+            source,
+        }
+    };
+    let tmp = git_dir.join(format!(".current-{}", std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
+    std::os::unix::fs::symlink(&target, &tmp).map_err(io(&tmp))?;
+    std::fs::rename(&tmp, &link).map_err(io(&link))?;
+    sync_dir(git_dir).map_err(io(git_dir))?;
+    Ok(link)
 }
 
 /// Remove every checkout but `keep` (the converged commit and the one being applied), and

@@ -46,7 +46,10 @@ fn remove_stale_locks(dir: &Path) {
                 remove_stale_locks(&p);
             }
         } else if p.extension().is_some_and(|x| x == "lock") {
-            tracing::info!("removing stale lock {} (left by a killed fort)", p.display());
+            tracing::info!(
+                "removing stale lock {} (left by a killed fort)",
+                p.display()
+            );
             let _ = std::fs::remove_file(&p);
         }
     }
@@ -83,7 +86,12 @@ impl Mirror {
     /// Fetch `branch` from `url` into `refs/remotes/origin/BRANCH`; returns the commit it
     /// points to. History rewrites are fetched too (`+`): whether to follow them is the
     /// caller's decision, made against the last commit it accepted.
-    pub fn fetch(&self, url: &str, branch: &str, interrupt: &AtomicBool) -> Result<String, GitError> {
+    pub fn fetch(
+        &self,
+        url: &str,
+        branch: &str,
+        interrupt: &AtomicBool,
+    ) -> Result<String, GitError> {
         let shown = redact(url);
         let err = |e: gix::Error| GitError::Fetch {
             url: shown.clone(),
@@ -108,26 +116,45 @@ impl Mirror {
             .find(|m| m.remote.as_name().is_some_and(|n| n == want.as_str()))
             .and_then(|m| m.remote.as_id().map(|id| id.to_owned()));
         let Some(tip) = tip else {
-            let mut available: Vec<String> = prepare
-                .ref_map()
-                .remote_refs
-                .iter()
-                .filter_map(|r| {
-                    let name = r.unpack().0.to_string();
-                    name.strip_prefix("refs/heads/").map(String::from)
-                })
-                .collect();
-            available.sort();
+            drop(prepare);
             return Err(GitError::NoBranch {
                 url: shown,
                 branch: branch.to_string(),
-                available,
+                available: self.branches(url).unwrap_or_default(),
             });
         };
         prepare
             .receive(gix::progress::Discard, interrupt)
             .map_err(err)?;
         Ok(tip.to_string())
+    }
+
+    /// The branches `url` has (for the error naming a missing one): the fetch itself asks
+    /// the server only for the branch it wants.
+    fn branches(&self, url: &str) -> Result<Vec<String>, gix::Error> {
+        let remote = self
+            .repo
+            .remote_at(url)?
+            .with_refspecs(["+refs/heads/*:refs/remotes/origin/*"], Direction::Fetch)?;
+        let connection = remote.connect(Direction::Fetch)?;
+        let prepare = connection.prepare_fetch(
+            gix::progress::Discard,
+            gix::remote::ref_map::Options {
+                prefix_from_spec_as_filter_on_remote: false,
+                ..Default::default()
+            },
+        )?;
+        let mut out: Vec<String> = prepare
+            .ref_map()
+            .remote_refs
+            .iter()
+            .filter_map(|r| {
+                let name = r.unpack().0.to_string();
+                name.strip_prefix("refs/heads/").map(String::from)
+            })
+            .collect();
+        out.sort();
+        Ok(out)
     }
 
     fn commit(&self, id: &str) -> Result<gix::Commit<'_>, GitError> {
@@ -169,10 +196,14 @@ impl Mirror {
             return Ok(None);
         }
         let tip = self.commit(new)?.id;
-        let walk = self.repo.rev_walk([tip]).all().map_err(|e| GitError::Object {
-            id: new.to_string(),
-            message: describe(&e),
-        })?;
+        let walk = self
+            .repo
+            .rev_walk([tip])
+            .all()
+            .map_err(|e| GitError::Object {
+                id: new.to_string(),
+                message: describe(&e),
+            })?;
         for info in walk {
             let info = info.map_err(|e| GitError::Object {
                 id: new.to_string(),
@@ -202,7 +233,10 @@ mod tests {
     fn credentials_never_shown() {
         let cases = [
             ("https://host/r.git", "https://host/r.git"),
-            ("https://tok:secret@host/r.git", "https://tok:***@host/r.git"),
+            (
+                "https://tok:secret@host/r.git",
+                "https://tok:***@host/r.git",
+            ),
             ("https://user@host/r.git", "https://user@host/r.git"),
             ("http://u:p@127.0.0.1:8080", "http://u:***@127.0.0.1:8080"),
             ("file:///srv/r.git", "file:///srv/r.git"),

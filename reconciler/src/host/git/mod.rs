@@ -10,7 +10,7 @@ pub mod verify;
 
 use std::path::PathBuf;
 
-pub use checkout::{checkout, prune_checkouts};
+pub use checkout::{checkout, point_current, prune_checkouts};
 pub use fetch::{redact, Mirror};
 pub use verify::{verify, Trust};
 
