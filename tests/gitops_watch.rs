@@ -616,7 +616,11 @@ fn kill_9_while_checking_out_then_the_next_pass_converges() {
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();
-    assert_eq!(names, [id.clone()], "the half checkout was removed");
+    assert_eq!(
+        names,
+        std::slice::from_ref(&id),
+        "the half checkout was removed"
+    );
     let n = std::fs::read_dir(checkouts.join(&id).join("files/07"))
         .unwrap()
         .count();

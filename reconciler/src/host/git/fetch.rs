@@ -192,9 +192,9 @@ impl Mirror {
         if old == new {
             return Ok(Some(true));
         }
-        if self.commit(old).is_err() {
+        let Ok(old_id) = self.commit(old).map(|c| c.id) else {
             return Ok(None);
-        }
+        };
         let tip = self.commit(new)?.id;
         let walk = self
             .repo
@@ -209,7 +209,7 @@ impl Mirror {
                 id: new.to_string(),
                 message: describe(&e),
             })?;
-            if info.id.to_string() == old {
+            if info.id == old_id {
                 return Ok(Some(true));
             }
         }
