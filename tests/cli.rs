@@ -286,7 +286,7 @@ fn newer_state_database_is_refused_and_left_alone() {
     for args in [&["plan"][..], &["apply", "--yes"][..]] {
         let r = ws.run(args);
         r.code(1);
-        assert!(r.stderr.contains(&format!("error: state database {} has schema version 7, newer than this fort supports (4); upgrade fort, the database was left untouched", db.display())), "{}", r.stderr);
+        assert!(r.stderr.contains(&format!("error: state database {} has schema version 7, newer than this fort supports (5); upgrade fort, the database was left untouched", db.display())), "{}", r.stderr);
     }
     assert_eq!(std::fs::read(&db).unwrap(), before);
 }

@@ -12,6 +12,7 @@ pub mod commit_trust;
 pub mod crash;
 pub mod diff;
 pub mod fleet;
+pub mod gitops;
 pub mod gitread;
 pub mod graph;
 pub mod host;

@@ -3,6 +3,7 @@
 
 pub mod assets;
 pub mod fort;
+pub mod git_http;
 pub mod leaks;
 pub mod manifests;
 pub mod netns;

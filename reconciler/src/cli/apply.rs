@@ -13,6 +13,9 @@ use crate::plan::{self, render, Op, Plan, PlanOptions, ResolvedImage};
 use crate::state::{SqliteStore, StateLock, StateStore};
 
 pub async fn apply(cli: &Cli, args: &ApplyArgs) -> Result<u8, CliError> {
+    if let Some(src) = super::gitops::GitSource::from_args(&args.git) {
+        return apply_git(cli, args, &src).await;
+    }
     if let Some(file) = &args.plan_file {
         return apply_saved(cli, args, file).await;
     }
@@ -24,6 +27,80 @@ pub async fn apply(cli: &Cli, args: &ApplyArgs) -> Result<u8, CliError> {
         destroy: false,
     };
     run(cli, &args.run, Some(&manifest), options, None, images).await
+}
+
+/// `fort apply --git URL`: one pass at the branch's newest commit (fetched into fort's clone),
+/// confirmed and reported like any apply; the commit is recorded with the run.
+async fn apply_git(
+    cli: &Cli,
+    args: &ApplyArgs,
+    src: &super::gitops::GitSource,
+) -> Result<u8, CliError> {
+    use super::gitops::{self, Outcome, Prepared};
+    use crate::gitops::ProblemKind;
+    if cli.file.is_some() {
+        return Err(CliError::Usage(
+            "--git reads the manifest from the repository (--path); -f/FORT_MANIFEST cannot be given with it".to_string(),
+        ));
+    }
+    if args.plan_file.is_some() {
+        return Err(CliError::Usage(
+            "--git cannot run a saved plan: it plans the branch's newest commit".to_string(),
+        ));
+    }
+    let state_dir = session::state_dir(cli, None);
+    let cancel = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let target = match gitops::prepare(src, &state_dir, args.run.lock_timeout, cancel).await? {
+        Prepared::Apply(t) => t,
+        Prepared::Stay { reason, .. } => return Err(CliError::GitSkipped(reason)),
+    };
+    let c = target.commit.clone();
+    eprintln!(
+        "Applying commit {} \"{}\" ({}) of {} branch {}",
+        crate::gitops::short(&c.id),
+        c.subject,
+        c.author,
+        crate::host::git::redact(&src.url),
+        src.branch
+    );
+    let (manifest, images) = resolve_images(target.manifest).await?;
+    let options = PlanOptions {
+        targets: args.selection.targets.clone(),
+        replace: args.replace.clone(),
+        allow_data_loss: args.run.allow_data_loss,
+        destroy: false,
+    };
+    let untargeted = options.targets.is_empty();
+    let result = run_in(
+        cli,
+        &args.run,
+        Some(&manifest),
+        &state_dir,
+        options,
+        None,
+        images,
+        Some(&c),
+    )
+    .await;
+    let outcome = match &result {
+        Ok(code) if *code == exit::OK && untargeted => Some(Outcome::Converged),
+        Ok(code) if *code == exit::OK => None,
+        Ok(_) => Some(Outcome::Problem(
+            ProblemKind::ApplyFailed,
+            format!(
+                "applying commit {} did not complete",
+                crate::gitops::short(&c.id)
+            ),
+        )),
+        Err(e) => Some(Outcome::Problem(
+            ProblemKind::Refused,
+            crate::resources::error_chain(e),
+        )),
+    };
+    if let Some(o) = outcome {
+        gitops::record(&state_dir, &c, o)?;
+    }
+    result
 }
 
 pub async fn destroy(cli: &Cli, args: &DestroyArgs) -> Result<u8, CliError> {
@@ -49,6 +126,7 @@ pub async fn destroy(cli: &Cli, args: &DestroyArgs) -> Result<u8, CliError> {
         options,
         None,
         vec![],
+        None,
     )
     .await
 }
@@ -118,6 +196,7 @@ async fn apply_saved(cli: &Cli, args: &ApplyArgs, file: &Path) -> Result<u8, Cli
         options,
         Some((file, saved)),
         images,
+        None,
     )
     .await
 }
@@ -131,10 +210,15 @@ async fn run(
     images: Vec<ResolvedImage>,
 ) -> Result<u8, CliError> {
     let state_dir = session::state_dir(cli, manifest);
-    run_in(cli, run_args, manifest, &state_dir, options, saved, images).await
+    run_in(
+        cli, run_args, manifest, &state_dir, options, saved, images, None,
+    )
+    .await
 }
 
-/// `images`: the tags resolved (and pinned into `manifest`) for this run.
+/// `images`: the tags resolved (and pinned into `manifest`) for this run; `commit`: the git
+/// commit the manifest comes from (recorded with the run).
+#[allow(clippy::too_many_arguments)]
 async fn run_in(
     cli: &Cli,
     run_args: &RunArgs,
@@ -143,6 +227,7 @@ async fn run_in(
     options: PlanOptions,
     saved: Option<(&Path, Plan)>,
     images: Vec<ResolvedImage>,
+    commit: Option<&crate::state::CommitInfo>,
 ) -> Result<u8, CliError> {
     let command = command_line();
     // Lock before reading state: what we plan against must not change until we are done.
@@ -232,6 +317,9 @@ async fn run_in(
 
     let plan_json = serde_json::to_value(&plan).unwrap_or_default();
     let run_id = ctx.with_store(|s| s.begin_run(&command, &plan_json))?;
+    if let Some(c) = commit {
+        ctx.with_store(|s| s.set_run_commit(run_id, c))?;
+    }
     let progress = Arc::new(term::Lines {
         style,
         to_stderr: cli.json,

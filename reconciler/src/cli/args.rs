@@ -252,6 +252,31 @@ pub struct WatchArgs {
     /// Wait this long for the state directory's lock (a `fort apply` beside the watch).
     #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
     pub lock_timeout: Duration,
+
+    #[command(flatten)]
+    pub git: GitArgs,
+}
+
+/// Following a git branch (`fort apply --git`, `fort watch --git`; docs/gitops.md).
+#[derive(Debug, Args, Clone, Default)]
+pub struct GitArgs {
+    /// Apply the manifest of this repository's branch (file://, a path, http(s)://) from
+    /// fort's own clone in STATE_DIR/git/ instead of -f.
+    #[arg(long, value_name = "URL")]
+    pub git: Option<String>,
+
+    /// With --git: the branch to follow.
+    #[arg(long, value_name = "NAME", default_value = "main", requires = "git")]
+    pub branch: String,
+
+    /// With --git: the manifest (a file, or a directory of *.toml) inside the repository.
+    #[arg(long, value_name = "DIR", default_value = ".", requires = "git")]
+    pub path: PathBuf,
+
+    /// With --git: apply a branch whose history was rewritten (not a fast-forward of the last
+    /// commit fort accepted, e.g. after a force-push); refused without it.
+    #[arg(long, requires = "git")]
+    pub allow_force_push: bool,
 }
 
 #[derive(Debug, Args)]
@@ -427,6 +452,9 @@ pub struct ApplyArgs {
 
     #[command(flatten)]
     pub run: RunArgs,
+
+    #[command(flatten)]
+    pub git: GitArgs,
 }
 
 #[derive(Debug, Args)]

@@ -11,6 +11,7 @@ mod doctor_confine;
 pub mod fleet;
 pub mod forward;
 pub mod forward_spec;
+pub mod gitops;
 pub mod plan;
 pub mod process;
 pub mod rawterm;
@@ -100,6 +101,11 @@ pub enum CliError {
     Git(#[from] crate::gitread::GitError),
     #[error(transparent)]
     Fleet(#[from] crate::fleet::FleetError),
+    #[error(transparent)]
+    GitSync(#[from] crate::host::git::GitError),
+    /// `fort apply --git`: the branch's newest commit was not applied (the reason says why).
+    #[error("{0}")]
+    GitSkipped(String),
 }
 
 impl CliError {

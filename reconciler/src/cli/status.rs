@@ -1,6 +1,7 @@
 //! `fort status`: one table of everything recorded, with what the host says about it now
 //! (VMs: running or not, address, uptime, restarts, mounted drives; drives: size and clone method; networks;
-//! images and assets).
+//! images and assets), and with `--git` the commit the host converged to, the one it is
+//! trying, a skipped one and why, and since when fetching fails.
 
 use serde_json::{json, Value};
 
@@ -35,6 +36,7 @@ fn human_secs(s: u64) -> String {
 pub fn status(cli: &Cli) -> Result<u8, CliError> {
     let manifest = session::load_manifest(cli).ok();
     let store = SqliteStore::open_readonly(&session::state_dir(cli, manifest.as_ref()))?;
+    let follow = super::gitops::status(&store)?;
     let mut rows = Vec::new();
     for (addr, rec) in store.resources()? {
         let o = &rec.outputs;
@@ -180,9 +182,19 @@ pub fn status(cli: &Cli) -> Result<u8, CliError> {
     if cli.json {
         println!(
             "{}",
-            serde_json::to_string_pretty(&json!({ "resources": rows })).unwrap_or_default()
+            serde_json::to_string_pretty(&json!({
+                "git": follow.as_ref().map(super::gitops::status_json),
+                "resources": rows,
+            }))
+            .unwrap_or_default()
         );
         return Ok(exit::OK);
+    }
+    if let Some(f) = &follow {
+        for l in super::gitops::status_lines(f) {
+            println!("{l}");
+        }
+        println!();
     }
     if rows.is_empty() {
         println!("No resources recorded.");

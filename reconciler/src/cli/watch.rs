@@ -2,7 +2,9 @@
 //! every `--interval` to heal drift — with the safety rails of design §2: a manifest that
 //! does not load is reported and ignored, a plan destroying more than `--max-destroy` is
 //! refused, the state-dir lock is held only during a pass, SIGTERM/SIGINT finish the running
-//! actions and exit 0 (VMs keep running), SIGHUP runs a pass now.
+//! actions and exit 0 (VMs keep running), SIGHUP runs a pass now. With `--git URL` the
+//! manifest comes from the branch's newest commit instead (`cli::gitops`), fetched every
+//! interval and on SIGHUP.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -14,22 +16,26 @@ use notify::Watcher as _;
 use tokio::signal::unix::{signal, SignalKind};
 
 use super::args::WatchArgs;
+use super::gitops::{self, GitSource, Outcome, Prepared};
 use super::plan::{make_plan, resolve_images};
 use super::{exit, session, term, Cli, CliError};
 use crate::address::{Address, Kind};
-use crate::apply::{self, ExecOptions, Outcome};
+use crate::apply::{self, ExecOptions, Outcome as ActionOutcome};
+use crate::gitops::ProblemKind;
 use crate::manifest::{Spec, VmSpec};
 use crate::plan::{render, Op, PlanError, PlanOptions};
-use crate::state::{SqliteStore, StateLock, StateStore};
+use crate::state::{CommitInfo, SqliteStore, StateLock, StateStore};
 use crate::watch::{policy_allows, Crashes};
 
-/// What a pass did, for its one-line summary.
+/// What a pass did, for its one-line summary (and, with --git, what the commit's state is).
 enum Pass {
     Invalid,
     NoChanges,
-    Refused,
-    Applied,
-    Error,
+    /// Why the plan was refused.
+    Refused(String),
+    /// Whether every action succeeded.
+    Applied(bool),
+    Error(String),
 }
 
 struct Watch<'a> {
@@ -41,6 +47,12 @@ struct Watch<'a> {
     started: Instant,
     /// Per VM: crashes seen, backoff, and the dead VMM's PID already counted.
     crashes: BTreeMap<Address, (Crashes, Option<u64>)>,
+    /// `--git`: the branch followed.
+    git: Option<GitSource>,
+    /// `--git`: failed fetches in a row (the next one waits longer).
+    fetch_attempts: u32,
+    /// `--git`: the commit the last pass planned.
+    last_commit: Option<String>,
 }
 
 /// Did the guest power itself off (the kernel's last words on the console)?
@@ -59,9 +71,99 @@ fn powered_off(rec: Option<&crate::state::Record>) -> bool {
 }
 
 impl Watch<'_> {
+    /// `--git`: the manifest of the commit to apply, with the commit and whether it is the
+    /// branch's newest (`false`: the converged commit, re-applied to heal drift while the
+    /// newest cannot be); `None`: nothing to apply.
+    async fn git_target(
+        &mut self,
+        why: &str,
+        src: &GitSource,
+    ) -> Option<(crate::manifest::Manifest, CommitInfo, bool)> {
+        let state_dir = session::state_dir(self.cli, None);
+        match gitops::prepare(src, &state_dir, self.args.lock_timeout, self.cancel.clone()).await {
+            Err(e) => {
+                tracing::error!("{why}: {}", crate::resources::error_chain(&e));
+                None
+            }
+            Ok(Prepared::Apply(t)) => {
+                self.fetch_attempts = 0;
+                if self.last_commit.as_deref() != Some(t.commit.id.as_str()) {
+                    tracing::info!(
+                        "{why}: commit {} \"{}\" ({}): applying",
+                        crate::gitops::short(&t.commit.id),
+                        t.commit.subject,
+                        t.commit.author
+                    );
+                    self.last_commit = Some(t.commit.id.clone());
+                }
+                Some((t.manifest, t.commit, true))
+            }
+            Ok(Prepared::Stay {
+                reason,
+                new,
+                fetch_attempts,
+                fallback,
+            }) => {
+                self.fetch_attempts = fetch_attempts;
+                if new {
+                    tracing::warn!("{why}: {reason}");
+                } else {
+                    tracing::info!("{why}: still: {reason}");
+                }
+                let t = fallback?;
+                self.last_commit = Some(t.commit.id.clone());
+                Some((t.manifest, t.commit, false))
+            }
+        }
+    }
+
     async fn pass(&mut self, why: &str) -> Pass {
+        let Some(src) = self.git.clone() else {
+            return self.pass_at(why, None).await;
+        };
+        let state_dir = session::state_dir(self.cli, None);
+        let Some((m, commit, newest)) = self.git_target(why, &src).await else {
+            return Pass::Invalid;
+        };
+        let pass = self.pass_at(why, Some((m, &commit))).await;
+        if newest {
+            let outcome = match &pass {
+                Pass::NoChanges | Pass::Applied(true) => Some(Outcome::Converged),
+                Pass::Applied(false) => Some(Outcome::Problem(
+                    ProblemKind::ApplyFailed,
+                    format!(
+                        "applying commit {} failed; the next pass tries again",
+                        crate::gitops::short(&commit.id)
+                    ),
+                )),
+                Pass::Refused(r) => Some(Outcome::Problem(ProblemKind::Refused, r.clone())),
+                Pass::Error(e) => Some(Outcome::Problem(ProblemKind::ApplyFailed, e.clone())),
+                Pass::Invalid => None,
+            };
+            if let Some(o) = outcome {
+                if let Err(e) = gitops::record(&state_dir, &commit, o) {
+                    tracing::error!(
+                        "{why}: cannot record the commit's state: {}",
+                        crate::resources::error_chain(&e)
+                    );
+                }
+            }
+        }
+        pass
+    }
+
+    /// One pass over the manifest: `-f`'s, or `git`'s (with the commit it comes from).
+    async fn pass_at(
+        &mut self,
+        why: &str,
+        git: Option<(crate::manifest::Manifest, &CommitInfo)>,
+    ) -> Pass {
         let started = Instant::now();
-        let m = match session::load_manifest(self.cli) {
+        let (loaded, commit) = match git {
+            Some((m, c)) => (Ok(m), Some(c)),
+            None => (session::load_manifest(self.cli), None),
+        };
+        let m = match loaded {
             Ok(m) => m,
             Err(e) => {
                 let diags = e.diagnostics();
@@ -82,8 +184,9 @@ impl Watch<'_> {
         self.files = crate::watch::watched_files(&m);
         let state_dir = session::state_dir(self.cli, Some(&m));
         if let Err(e) = std::fs::create_dir_all(&state_dir) {
-            tracing::error!("{why}: cannot create {}: {e}", state_dir.display());
-            return Pass::Error;
+            let msg = format!("cannot create {}: {e}", state_dir.display());
+            tracing::error!("{why}: {msg}");
+            return Pass::Error(msg);
         }
         let dir = state_dir.clone();
         let timeout = self.args.lock_timeout;
@@ -94,15 +197,16 @@ impl Watch<'_> {
         {
             Ok(Ok(l)) => l,
             Ok(Err(e)) => {
-                tracing::warn!("{why}: skipped: {}", crate::resources::error_chain(&e));
-                return Pass::Error;
+                let msg = crate::resources::error_chain(&e);
+                tracing::warn!("{why}: skipped: {msg}");
+                return Pass::Error(msg);
             }
             Err(e) => {
                 tracing::error!("{why}: lock task failed: {e}");
-                return Pass::Error;
+                return Pass::Error(format!("lock task failed: {e}"));
             }
         };
-        let result = self.pass_locked(why, &m, &state_dir, started).await;
+        let result = self.pass_locked(why, &m, &state_dir, started, commit).await;
         drop(lock);
         match result {
             Ok(p) => p,
@@ -115,7 +219,7 @@ impl Watch<'_> {
                         tracing::error!("{why}: {d}");
                     }
                 }
-                Pass::Error
+                Pass::Error(crate::resources::error_chain(&e))
             }
         }
     }
@@ -126,6 +230,7 @@ impl Watch<'_> {
         m: &crate::manifest::Manifest,
         state_dir: &std::path::Path,
         started: Instant,
+        commit: Option<&CommitInfo>,
     ) -> Result<Pass, CliError> {
         let store = SqliteStore::open(state_dir)?;
         let recorded = store.resources()?;
@@ -224,22 +329,22 @@ impl Watch<'_> {
         match crate::plan::refuse_protected(&plan.changes, false) {
             Ok(()) => {}
             Err(PlanError::Protected { address, action }) => {
-                tracing::warn!(
-                    "{why}: refused: the plan would {action} {address}, which is protected (protect = true), losing its data; fort watch never does that: run `fort apply --allow-data-loss` to do it; nothing was applied"
-                );
-                return Ok(Pass::Refused);
+                let msg = format!("refused: the plan would {action} {address}, which is protected (protect = true), losing its data; fort watch never does that: run `fort apply --allow-data-loss` to do it; nothing was applied");
+                tracing::warn!("{why}: {msg}");
+                return Ok(Pass::Refused(msg));
             }
             Err(e) => return Err(e.into()),
         }
         let destroys = crate::watch::destroys(&plan.changes);
         if destroys.len() > self.args.max_destroy {
-            tracing::warn!(
-                "{why}: refused: the plan would destroy {} resource(s) ({}), more than --max-destroy {}; nothing was applied (run `fort apply` to do it, or raise --max-destroy)",
+            let msg = format!(
+                "refused: the plan would destroy {} resource(s) ({}), more than --max-destroy {}; nothing was applied (run `fort apply` to do it, or raise --max-destroy)",
                 destroys.len(),
                 destroys.join(", "),
                 self.args.max_destroy
             );
-            return Ok(Pass::Refused);
+            tracing::warn!("{why}: {msg}");
+            return Ok(Pass::Refused(msg));
         }
         for c in &plan.changes {
             tracing::info!(
@@ -259,6 +364,9 @@ impl Watch<'_> {
         };
         let plan_json = serde_json::to_value(&plan).unwrap_or_default();
         let run_id = ctx.with_store(|s| s.begin_run("fort watch", &plan_json))?;
+        if let Some(c) = commit {
+            ctx.with_store(|s| s.set_run_commit(run_id, c))?;
+        }
         let progress = Arc::new(term::Lines {
             style: render::Style { color: false },
             to_stderr: true,
@@ -278,7 +386,7 @@ impl Watch<'_> {
             let ok = report
                 .actions
                 .iter()
-                .any(|a| a.address == addr && matches!(a.outcome, Outcome::Done { .. }));
+                .any(|a| a.address == addr && matches!(a.outcome, ActionOutcome::Done { .. }));
             if ok {
                 if let Some((c, _)) = self.crashes.get_mut(&addr) {
                     c.last_restart = Some(now);
@@ -287,19 +395,25 @@ impl Watch<'_> {
                 ctx.with_store(|s| s.note(&addr, None, "restart", detail))?;
             }
         }
-        let done = report.count(|a| matches!(a.outcome, Outcome::Done { .. }));
-        let failed = report.count(|a| matches!(a.outcome, Outcome::Failed { .. }));
-        let skipped = report.count(|a| matches!(a.outcome, Outcome::Skipped { .. }));
+        let done = report.count(|a| matches!(a.outcome, ActionOutcome::Done { .. }));
+        let failed = report.count(|a| matches!(a.outcome, ActionOutcome::Failed { .. }));
+        let skipped = report.count(|a| matches!(a.outcome, ActionOutcome::Skipped { .. }));
         tracing::info!(
             "{why}: applied {} change(s): {done} done, {failed} failed, {skipped} skipped ({} ms)",
             plan.changes.len(),
             started.elapsed().as_millis()
         );
-        Ok(Pass::Applied)
+        Ok(Pass::Applied(report.succeeded()))
     }
 }
 
 pub async fn watch(cli: &Cli, args: &WatchArgs) -> Result<u8, CliError> {
+    let git = GitSource::from_args(&args.git);
+    if git.is_some() && cli.file.is_some() {
+        return Err(CliError::Usage(
+            "--git reads the manifest from the repository (--path); -f/FORT_MANIFEST cannot be given with it".to_string(),
+        ));
+    }
     let manifest_path = session::absolute(
         &cli.file
             .clone()
@@ -341,8 +455,15 @@ pub async fn watch(cli: &Cli, args: &WatchArgs) -> Result<u8, CliError> {
     let mut subscribed: BTreeSet<PathBuf> = BTreeSet::new();
     // Subscribed before the first pass: a save while it runs (a boot can take a minute) is
     // seen when it ends, not lost.
-    let first = BTreeSet::from([manifest_path.clone()]);
+    let first = if git.is_some() {
+        BTreeSet::new()
+    } else {
+        BTreeSet::from([manifest_path.clone()])
+    };
     for d in crate::watch::watched_dirs(&manifest_path, &first) {
+        if git.is_some() {
+            break;
+        }
         if subscribed.insert(d.clone()) {
             if let Err(e) = watcher.watch(&d, notify::RecursiveMode::NonRecursive) {
                 tracing::warn!("cannot watch {}: {e}", d.display());
@@ -358,14 +479,28 @@ pub async fn watch(cli: &Cli, args: &WatchArgs) -> Result<u8, CliError> {
         manifest_path: manifest_path.clone(),
         started: Instant::now(),
         crashes: BTreeMap::new(),
+        git: git.clone(),
+        fetch_attempts: 0,
+        last_commit: None,
     };
-    tracing::info!(
-        "watching {} (every {}s, debounce {} ms, max-destroy {})",
-        manifest_path.display(),
-        args.interval.as_secs(),
-        args.debounce.as_millis(),
-        args.max_destroy
-    );
+    match &git {
+        Some(g) => tracing::info!(
+            "following {} branch {} (path {}; fetching every {}s and on SIGHUP, max-destroy {}, state in {})",
+            crate::host::git::redact(&g.url),
+            g.branch,
+            g.path.display(),
+            args.interval.as_secs_f64(),
+            args.max_destroy,
+            session::state_dir(cli, None).display()
+        ),
+        None => tracing::info!(
+            "watching {} (every {}s, debounce {} ms, max-destroy {})",
+            manifest_path.display(),
+            args.interval.as_secs(),
+            args.debounce.as_millis(),
+            args.max_destroy
+        ),
+    }
     let mut why = "start".to_string();
     loop {
         if stopping.load(Ordering::SeqCst) {
@@ -381,13 +516,22 @@ pub async fn watch(cli: &Cli, args: &WatchArgs) -> Result<u8, CliError> {
             files.insert(w.manifest_path.clone());
         }
         for d in crate::watch::watched_dirs(&w.manifest_path, &files) {
+            // --git: the files live in checkouts fort writes itself; the remote is polled.
+            if w.git.is_some() {
+                break;
+            }
             if subscribed.insert(d.clone()) {
                 if let Err(e) = watcher.watch(&d, notify::RecursiveMode::NonRecursive) {
                     tracing::warn!("cannot watch {}: {e}", d.display());
                 }
             }
         }
-        let next = tokio::time::Instant::now() + args.interval;
+        let wait = if w.git.is_some() && w.fetch_attempts > 0 {
+            crate::gitops::fetch_backoff(args.interval, w.fetch_attempts)
+        } else {
+            args.interval
+        };
+        let next = tokio::time::Instant::now() + wait;
         why = loop {
             tokio::select! {
                 _ = tokio::time::sleep_until(next) => break "interval".to_string(),

@@ -7,6 +7,7 @@ pub mod checkpoint;
 pub mod confine;
 pub mod fetch;
 pub mod forward;
+pub mod git;
 pub mod image;
 pub mod net;
 pub mod oci;

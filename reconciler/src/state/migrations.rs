@@ -7,7 +7,7 @@
 use rusqlite::{Connection, OptionalExtension};
 
 /// The schema version this fort writes.
-pub const SCHEMA_VERSION: i64 = 4;
+pub const SCHEMA_VERSION: i64 = 5;
 
 /// Migration `i` takes the schema from version `i` to `i + 1`.
 const MIGRATIONS: &[&str] = &[
@@ -68,6 +68,17 @@ const MIGRATIONS: &[&str] = &[
          owner      TEXT PRIMARY KEY,
          uid        INTEGER NOT NULL UNIQUE,
          created_at INTEGER NOT NULL
+     );",
+    // 4 → 5: following a git branch: the commit each run applied, and what the follower has
+    // seen (converged, trying, skipped commits, fetch failures) as one JSON document.
+    "ALTER TABLE runs ADD COLUMN commit_id TEXT;
+     ALTER TABLE runs ADD COLUMN commit_author TEXT;
+     ALTER TABLE runs ADD COLUMN commit_date INTEGER;
+     ALTER TABLE runs ADD COLUMN commit_subject TEXT;
+     CREATE TABLE gitops (
+         key        TEXT PRIMARY KEY,
+         value      TEXT NOT NULL,
+         updated_at INTEGER NOT NULL
      );",
 ];
 

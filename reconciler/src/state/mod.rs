@@ -161,6 +161,21 @@ pub struct Run {
     pub plan: serde_json::Value,
     /// `None` while running; then `ok`, `failed`, `interrupted`.
     pub result: Option<String>,
+    /// The git commit it applied (`fort apply --git`, `fort watch --git`).
+    pub commit: Option<CommitInfo>,
+}
+
+/// A git commit as runs and `fort status` name it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommitInfo {
+    /// The full hex id.
+    pub id: String,
+    /// `Name <email>`.
+    pub author: String,
+    /// The author date, Unix seconds.
+    pub date: i64,
+    /// The first line of the message.
+    pub subject: String,
 }
 
 pub type RunId = i64;
@@ -277,6 +292,11 @@ pub trait StateStore {
     fn history(&self, address: &Address) -> Result<Vec<HistoryEntry>, StateError>;
     fn begin_run(&self, command: &str, plan: &serde_json::Value) -> Result<RunId, StateError>;
     fn finish_run(&self, run: RunId, result: &str) -> Result<(), StateError>;
+    /// Record the git commit a run applies.
+    fn set_run_commit(&self, run: RunId, commit: &CommitInfo) -> Result<(), StateError>;
+    /// What following a git branch has seen so far (JSON, owned by `crate::gitops`).
+    fn follow(&self) -> Result<Option<serde_json::Value>, StateError>;
+    fn set_follow(&self, follow: &serde_json::Value) -> Result<(), StateError>;
     /// Most recent first.
     fn runs(&self, limit: usize) -> Result<Vec<Run>, StateError>;
     /// A digest of every resource row (address, spec hash, status, outputs, updated_at): equal

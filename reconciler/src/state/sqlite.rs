@@ -494,9 +494,37 @@ impl StateStore for SqliteStore {
         Ok(())
     }
 
+    fn set_run_commit(&self, run: RunId, c: &super::CommitInfo) -> Result<(), StateError> {
+        self.conn.execute(
+            "UPDATE runs SET commit_id = ?1, commit_author = ?2, commit_date = ?3, commit_subject = ?4 WHERE id = ?5",
+            params![c.id, c.author, c.date, c.subject, run],
+        )?;
+        Ok(())
+    }
+
+    fn follow(&self) -> Result<Option<serde_json::Value>, StateError> {
+        let v: Option<String> = self
+            .conn
+            .query_row("SELECT value FROM gitops WHERE key = 'follow'", [], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        Ok(v.and_then(|v| serde_json::from_str(&v).ok()))
+    }
+
+    fn set_follow(&self, follow: &serde_json::Value) -> Result<(), StateError> {
+        self.conn.execute(
+            "INSERT INTO gitops(key, value, updated_at) VALUES('follow', ?1, ?2)
+             ON CONFLICT(key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
+            params![follow.to_string(), now_ms()],
+        )?;
+        Ok(())
+    }
+
     fn runs(&self, limit: usize) -> Result<Vec<Run>, StateError> {
         let mut stmt = self.conn.prepare_cached(
-            "SELECT id, started_at, finished_at, user, pid, command, plan, result
+            "SELECT id, started_at, finished_at, user, pid, command, plan, result,
+                    commit_id, commit_author, commit_date, commit_subject
              FROM runs ORDER BY id DESC LIMIT ?1",
         )?;
         let rows = stmt.query_map([limit as i64], |r| {
@@ -509,11 +537,26 @@ impl StateStore for SqliteStore {
                 r.get::<_, String>(5)?,
                 r.get::<_, String>(6)?,
                 r.get::<_, Option<String>>(7)?,
+                (
+                    r.get::<_, Option<String>>(8)?,
+                    r.get::<_, Option<String>>(9)?,
+                    r.get::<_, Option<i64>>(10)?,
+                    r.get::<_, Option<String>>(11)?,
+                ),
             ))
         })?;
         let mut out = Vec::new();
         for row in rows {
-            let (id, started_at, finished_at, user, pid, command, plan, result) = row?;
+            let (id, started_at, finished_at, user, pid, command, plan, result, c) = row?;
+            let commit = match c {
+                (Some(id), author, date, subject) => Some(super::CommitInfo {
+                    id,
+                    author: author.unwrap_or_default(),
+                    date: date.unwrap_or(0),
+                    subject: subject.unwrap_or_default(),
+                }),
+                _ => None,
+            };
             out.push(Run {
                 id,
                 started_at,
@@ -523,6 +566,7 @@ impl StateStore for SqliteStore {
                 command,
                 plan: serde_json::from_str(&plan).unwrap_or(serde_json::Value::Null),
                 result,
+                commit,
             });
         }
         Ok(out)

@@ -164,7 +164,7 @@ fn newer_schema_is_refused_untouched() {
         assert_eq!(
             result.unwrap_err().to_string(),
             format!(
-                "state database {} has schema version 99, newer than this fort supports (4); upgrade fort, the database was left untouched",
+                "state database {} has schema version 99, newer than this fort supports (5); upgrade fort, the database was left untouched",
                 path.display()
             )
         );
@@ -239,7 +239,10 @@ fn a_version_1_database_is_migrated_in_place() {
         // Back to what fort 0.1 with schema 1 wrote.
         s.conn
             .execute_batch(
-                "DROP TABLE uids; DROP TABLE leases; ALTER TABLE resources DROP COLUMN step;
+                "DROP TABLE gitops; ALTER TABLE runs DROP COLUMN commit_id;
+                 ALTER TABLE runs DROP COLUMN commit_author; ALTER TABLE runs DROP COLUMN commit_date;
+                 ALTER TABLE runs DROP COLUMN commit_subject;
+                 DROP TABLE uids; DROP TABLE leases; ALTER TABLE resources DROP COLUMN step;
                  UPDATE meta SET value = '1' WHERE key = 'schema_version';",
             )
             .unwrap();
@@ -254,6 +257,49 @@ fn a_version_1_database_is_migrated_in_place() {
         .lease("lan", "10.0.0.0/24".parse().unwrap(), "vm.a", None, None)
         .unwrap();
     assert_eq!(lease.ip, "10.0.0.2".parse::<std::net::Ipv4Addr>().unwrap());
+}
+
+#[test]
+fn a_version_4_database_keeps_its_runs_and_runs_record_their_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let s = SqliteStore::open(dir.path()).unwrap();
+        s.begin_run("fort apply --yes", &serde_json::json!({}))
+            .unwrap();
+        s.conn
+            .execute_batch(
+                "DROP TABLE gitops; ALTER TABLE runs DROP COLUMN commit_id;
+                 ALTER TABLE runs DROP COLUMN commit_author; ALTER TABLE runs DROP COLUMN commit_date;
+                 ALTER TABLE runs DROP COLUMN commit_subject;
+                 UPDATE meta SET value = '4' WHERE key = 'schema_version';",
+            )
+            .unwrap();
+    }
+    let s = SqliteStore::open(dir.path()).unwrap();
+    let runs = s.runs(10).unwrap();
+    assert_eq!(runs.len(), 1);
+    assert_eq!(
+        (runs[0].command.as_str(), &runs[0].commit),
+        ("fort apply --yes", &None)
+    );
+    let c = crate::state::CommitInfo {
+        id: "ab".repeat(20),
+        author: "A <a@example.org>".into(),
+        date: 1_764_744_000,
+        subject: "add vm.web".into(),
+    };
+    let run = s.begin_run("fort watch", &serde_json::json!({})).unwrap();
+    s.set_run_commit(run, &c).unwrap();
+    assert_eq!(s.runs(1).unwrap()[0].commit.as_ref(), Some(&c));
+    assert_eq!(s.follow().unwrap(), None);
+    s.set_follow(&serde_json::json!({"branch": "main"}))
+        .unwrap();
+    s.set_follow(&serde_json::json!({"branch": "prod"}))
+        .unwrap();
+    assert_eq!(
+        s.follow().unwrap(),
+        Some(serde_json::json!({"branch": "prod"}))
+    );
 }
 
 #[test]
