@@ -675,3 +675,120 @@ fn kill_9_while_applying_then_the_next_pass_converges_to_the_latest_commit() {
         "{listed}"
     );
 }
+
+/// `--allowed-signers`: a commit SSH-signed by a listed key applies, an unsigned one is
+/// refused with the reason in `fort status`; `--host` picks this host's resources from the
+/// commit; `--report-dir` writes the host's report that `fort fleet status` reads.
+#[test]
+fn signed_commits_apply_unsigned_ones_are_refused_and_the_host_reports_it() {
+    let ws = Workspace::new();
+    let repo = Repo::new(&ws.path().join("repo"));
+    let key = ws.path().join("ada");
+    let st = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", "ada", "-f"])
+        .arg(&key)
+        .status()
+        .expect("ssh-keygen (openssh-client) signs commits for git");
+    assert!(st.success());
+    let public = std::fs::read_to_string(key.with_extension("pub")).unwrap();
+    let signers = ws.path().join("allowed_signers");
+    std::fs::write(&signers, format!("author@example.org {public}")).unwrap();
+    git(&repo.work(), &["config", "gpg.format", "ssh"]);
+    git(
+        &repo.work(),
+        &[
+            "config",
+            "user.signingkey",
+            key.with_extension("pub").to_str().unwrap(),
+        ],
+    );
+    git(&repo.work(), &["config", "commit.gpgsign", "true"]);
+    let body = "[kernel.k]\nurl = \"vmlinux\"\nhosts = [\"h1\"]\n\n[kernel.j]\nurl = \"vmlinux\"\nhosts = [\"h2\"]\n";
+    let signed = repo.commit(
+        &[
+            ("fort.toml", Some(&manifest(body))),
+            ("vmlinux", Some("k1")),
+        ],
+        "signed",
+    );
+    let url = repo.url();
+    let reports = ws.path().join("reports");
+    let apply = |ws: &Workspace| {
+        run(
+            ws,
+            &[
+                "--host",
+                "h1",
+                "apply",
+                "--git",
+                &url,
+                "--allowed-signers",
+                signers.to_str().unwrap(),
+                "--report-dir",
+                reports.to_str().unwrap(),
+                "--yes",
+            ],
+        )
+    };
+    let r = apply(&ws);
+    r.ok();
+    let list = recorded(&ws);
+    assert!(
+        list.contains("kernel.k ") && !list.contains("kernel.j"),
+        "{list}"
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(reports.join("h1.json")).unwrap()).unwrap();
+    assert_eq!(report["converged"]["id"], signed.as_str());
+    assert_eq!(report["resources"], 1);
+    assert!(report["error"].is_null(), "{report}");
+
+    git(&repo.work(), &["config", "commit.gpgsign", "false"]);
+    let unsigned = repo.commit(&[("vmlinux", Some("k2"))], "unsigned");
+    let r = apply(&ws);
+    r.code(1);
+    let why = format!("commit {} is not signed; not applied", &unsigned[..12]);
+    assert!(r.stderr.contains(&why), "{}", r.stderr);
+    let s = status_json(&ws);
+    assert_eq!(s["git"]["converged"]["id"], signed.as_str());
+    assert_eq!(s["git"]["problem"]["kind"], "unverified");
+    assert!(
+        s["git"]["problem"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains(&why),
+        "{s}"
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(reports.join("h1.json")).unwrap()).unwrap();
+    assert_eq!(report["converged"]["id"], signed.as_str());
+    assert_eq!(report["trying"]["id"], unsigned.as_str());
+    assert!(report["error"].as_str().unwrap().contains(&why), "{report}");
+    let fleet = run(
+        &ws,
+        &[
+            "fleet",
+            "status",
+            "--reports",
+            reports.to_str().unwrap(),
+            "-C",
+            repo.bare().to_str().unwrap(),
+        ],
+    );
+    fleet.ok();
+    let row = fleet.stdout.lines().nth(1).unwrap_or_default().to_string();
+    assert!(
+        row.starts_with(&format!(
+            "h1    {}  stuck: {} ",
+            &signed[..12],
+            &unsigned[..12]
+        )) && row.contains(&why),
+        "{}",
+        fleet.stdout
+    );
+    // The kernel still has the signed commit's content.
+    assert_eq!(
+        std::fs::read_to_string(ws.state_dir().join("git/current/vmlinux")).unwrap_or_default(),
+        "k1"
+    );
+}

@@ -13,7 +13,7 @@ use crate::plan::{self, render, Op, Plan, PlanOptions, ResolvedImage};
 use crate::state::{SqliteStore, StateLock, StateStore};
 
 pub async fn apply(cli: &Cli, args: &ApplyArgs) -> Result<u8, CliError> {
-    if let Some(src) = super::gitops::GitSource::from_args(&args.git) {
+    if let Some(src) = super::gitops::GitSource::from_args(cli, &args.git)? {
         return apply_git(cli, args, &src).await;
     }
     if let Some(file) = &args.plan_file {
@@ -52,7 +52,15 @@ async fn apply_git(
     let cancel = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let target = match gitops::prepare(src, &state_dir, args.run.lock_timeout, cancel).await? {
         Prepared::Apply(t) => t,
-        Prepared::Stay { reason, .. } => return Err(CliError::GitSkipped(reason)),
+        Prepared::Stay { reason, .. } => {
+            if let Err(e) = gitops::write_report(&state_dir, src) {
+                tracing::warn!(
+                    "cannot write the host report: {}",
+                    crate::resources::error_chain(&e)
+                );
+            }
+            return Err(CliError::GitSkipped(reason));
+        }
     };
     let c = target.commit.clone();
     eprintln!(
@@ -100,6 +108,7 @@ async fn apply_git(
     if let Some(o) = outcome {
         gitops::record(&state_dir, &c, o)?;
     }
+    gitops::write_report(&state_dir, src)?;
     result
 }
 

@@ -277,6 +277,16 @@ pub struct GitArgs {
     /// commit fort accepted, e.g. after a force-push); refused without it.
     #[arg(long, requires = "git")]
     pub allow_force_push: bool,
+
+    /// With --git: apply only commits with a good SSH signature (git's gpg.format = ssh) by a
+    /// key in FILE (OpenSSH allowed_signers format, as `git verify-commit` reads it).
+    #[arg(long, value_name = "FILE", requires = "git")]
+    pub allowed_signers: Option<PathBuf>,
+
+    /// With --git: after every pass, write this host's report (commit, state, problems) to
+    /// DIR/HOST.json, for `fort fleet status --reports DIR`.
+    #[arg(long, value_name = "DIR", requires = "git")]
+    pub report_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -10,9 +10,11 @@ use std::time::Duration;
 
 use super::args::GitArgs;
 use super::CliError;
+use crate::commit_trust::AllowedSigners;
+use crate::fleet;
 use crate::gitops::{self, short, when, Follow, ProblemKind};
 use crate::host::git::{self, Mirror, Trust};
-use crate::manifest::Manifest;
+use crate::manifest::{HostSelection, Manifest};
 use crate::state::{CommitInfo, SqliteStore, StateLock, StateStore};
 
 /// What to follow, from the command line.
@@ -24,17 +26,30 @@ pub struct GitSource {
     pub path: PathBuf,
     pub allow_force_push: bool,
     pub trust: Trust,
+    /// Which resources are this host's (`--host`).
+    pub host: HostSelection,
+    /// Where to write this host's report after every pass (`--report-dir`).
+    pub report_dir: Option<PathBuf>,
 }
 
 impl GitSource {
-    pub fn from_args(a: &GitArgs) -> Option<GitSource> {
-        a.git.as_ref().map(|url| GitSource {
+    pub fn from_args(cli: &super::Cli, a: &GitArgs) -> Result<Option<GitSource>, CliError> {
+        let Some(url) = &a.git else {
+            return Ok(None);
+        };
+        let trust = match &a.allowed_signers {
+            Some(file) => Trust::Signed(Box::new(AllowedSigners::load(file)?)),
+            None => Trust::Any,
+        };
+        Ok(Some(GitSource {
             url: url.clone(),
             branch: a.branch.clone(),
             path: a.path.clone(),
             allow_force_push: a.allow_force_push,
-            trust: Trust::Any,
-        })
+            trust,
+            host: super::session::host_selection(cli)?,
+            report_dir: a.report_dir.clone(),
+        }))
     }
 
     fn path_str(&self) -> String {
@@ -125,7 +140,7 @@ fn load_commit(
             ),
         )));
     }
-    match crate::manifest::load(&path) {
+    match crate::manifest::load_for(&path, &src.host) {
         Ok(mut m) => {
             if let Some(d) = m.state_dir.take() {
                 tracing::warn!(
@@ -307,3 +322,55 @@ pub fn status(store: &SqliteStore) -> Result<Option<Follow>, CliError> {
 }
 
 pub use gitops::{status_json, status_lines};
+
+/// Write this host's report to `--report-dir` (if given): the converged commit, the newest
+/// one it could not converge to and why, the resources recorded, and what fails.
+pub fn write_report(state_dir: &Path, src: &GitSource) -> Result<(), CliError> {
+    let Some(dir) = &src.report_dir else {
+        return Ok(());
+    };
+    let store = SqliteStore::open(state_dir)?;
+    let follow = load_follow(&store)?;
+    let resources = store.resources()?.len();
+    let host = match &src.host {
+        HostSelection::Host(h) => h.clone(),
+        HostSelection::Every => super::session::hostname()?,
+    };
+    let commit = |c: &CommitInfo| fleet::Commit {
+        id: c.id.clone(),
+        subject: c.subject.clone(),
+    };
+    let (mut trying, mut error, mut problems) = (None, None, Vec::new());
+    if let Some(f) = &follow {
+        if let Some(p) = &f.problem {
+            trying = Some(commit(&p.commit));
+            error = Some(p.reason.clone());
+        } else if let Some(t) = &f.trying {
+            trying = Some(commit(t));
+        }
+        if let Some(ff) = &f.fetch_failure {
+            problems.push(format!(
+                "cannot fetch {} since {} ({} attempts): {}",
+                f.url,
+                when(ff.since),
+                ff.attempts,
+                ff.error
+            ));
+        }
+    }
+    let report = fleet::Report {
+        fort_report: fleet::VERSION,
+        host,
+        updated: u64::try_from(now()).unwrap_or(0),
+        converged: follow
+            .as_ref()
+            .and_then(|f| f.converged.as_ref())
+            .map(commit),
+        trying,
+        error,
+        resources,
+        problems,
+    };
+    fleet::write(dir, &report)?;
+    Ok(())
+}

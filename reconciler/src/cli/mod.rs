@@ -102,6 +102,8 @@ pub enum CliError {
     #[error(transparent)]
     Fleet(#[from] crate::fleet::FleetError),
     #[error(transparent)]
+    Trust(#[from] crate::commit_trust::TrustError),
+    #[error(transparent)]
     GitSync(#[from] crate::host::git::GitError),
     /// `fort apply --git`: the branch's newest commit was not applied (the reason says why).
     #[error("{0}")]

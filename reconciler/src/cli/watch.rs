@@ -123,6 +123,7 @@ impl Watch<'_> {
         };
         let state_dir = session::state_dir(self.cli, None);
         let Some((m, commit, newest)) = self.git_target(why, &src).await else {
+            report(&state_dir, &src, why);
             return Pass::Invalid;
         };
         let pass = self.pass_at(why, Some((m, &commit))).await;
@@ -149,6 +150,7 @@ impl Watch<'_> {
                 }
             }
         }
+        report(&state_dir, &src, why);
         pass
     }
 
@@ -407,8 +409,18 @@ impl Watch<'_> {
     }
 }
 
+/// Write the host's report after a pass (`--report-dir`); a failure is logged, not fatal.
+fn report(state_dir: &std::path::Path, src: &GitSource, why: &str) {
+    if let Err(e) = gitops::write_report(state_dir, src) {
+        tracing::error!(
+            "{why}: cannot write the host report: {}",
+            crate::resources::error_chain(&e)
+        );
+    }
+}
+
 pub async fn watch(cli: &Cli, args: &WatchArgs) -> Result<u8, CliError> {
-    let git = GitSource::from_args(&args.git);
+    let git = GitSource::from_args(cli, &args.git)?;
     if git.is_some() && cli.file.is_some() {
         return Err(CliError::Usage(
             "--git reads the manifest from the repository (--path); -f/FORT_MANIFEST cannot be given with it".to_string(),
