@@ -4,6 +4,7 @@
 pub mod assets;
 pub mod fort;
 pub mod git_http;
+pub mod gitrepo;
 pub mod leaks;
 pub mod manifests;
 pub mod netns;
