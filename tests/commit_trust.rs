@@ -3,24 +3,14 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::path::Path;
+
+use common::gitrepo::git;
 use std::process::Command;
 
 use fort::commit_trust::AllowedSigners;
-
-fn git(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .current_dir(dir)
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
 
 fn keygen(path: &Path, comment: &str) -> String {
     let st = Command::new("ssh-keygen")
@@ -81,7 +71,15 @@ fn signatures_git_makes_are_accepted_or_refused_as_git_verify_commit_does() {
     let _ = eve;
 
     let allowed = AllowedSigners::load(&signers).unwrap();
-    let raw = |id: &str| git(&repo, &["cat-file", "commit", id]).into_bytes();
+    // The object byte for byte (the helper trims its output; the signature covers all of it).
+    let raw = |id: &str| {
+        Command::new("git")
+            .current_dir(&repo)
+            .args(["cat-file", "commit", id])
+            .output()
+            .unwrap()
+            .stdout
+    };
     let git_accepts = |id: &str| {
         Command::new("git")
             .current_dir(&repo)

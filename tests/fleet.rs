@@ -3,25 +3,13 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::path::Path;
+mod common;
+
+use common::gitrepo::git;
 use std::process::Command;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use fort::fleet::{self, Commit, Report};
-
-fn git(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .current_dir(dir)
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
-}
 
 #[test]
 fn fleet_status_shows_every_host_and_who_is_behind() {

@@ -7,13 +7,13 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::fort::{Run, Workspace, FORT};
 use common::git_http::GitHttp;
 use common::gitrepo::{git, Repo};
+use common::watch_proc::WatchProcess;
 
 const HEADER: &str = "[fort]\nversion = 1\n\n";
 const KERNEL: &str = "[kernel.k]\nurl = \"vmlinux\"\n";
@@ -76,58 +76,13 @@ fn run_commits(ws: &Workspace) -> Vec<(String, String, String)> {
         .collect()
 }
 
-struct Watch {
-    child: Child,
-    log: PathBuf,
-}
+type Watch = WatchProcess;
 
-impl Watch {
+impl WatchProcess {
     fn start(ws: &Workspace, name: &str, args: &[&str]) -> Watch {
-        let log = ws.path().join(name);
         let mut a = vec!["watch"];
         a.extend_from_slice(args);
-        let child = fort(ws, &a)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        Watch { child, log }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// Wait until `needle` is in the log `n` times (a bound for a hang, not a speed check:
-    /// speed is tests/bench/gitwatch.sh's).
-    #[track_caller]
-    fn wait_for(&self, needle: &str, n: usize) -> String {
-        let end = Instant::now() + Duration::from_secs(60);
-        loop {
-            let log = self.log();
-            if log.matches(needle).count() >= n {
-                return log;
-            }
-            assert!(
-                Instant::now() < end,
-                "no {n}× `{needle}` in the watch log:\n{log}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn signal(&self, sig: i32) {
-        // SAFETY: kill(2) on our own child.
-        unsafe {
-            libc::kill(self.child.id() as i32, sig);
-        }
-    }
-}
-
-impl Drop for Watch {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        WatchProcess::spawn(fort(ws, &a), ws.path().join(name))
     }
 }
 

@@ -7,66 +7,20 @@
 mod common;
 
 use std::path::PathBuf;
-use std::process::{Child, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Stdio;
+use std::time::Duration;
 
 use common::fort::Workspace;
-
-struct WatchProcess {
-    child: Child,
-    log: PathBuf,
-}
+use common::watch_proc::WatchProcess;
 
 impl WatchProcess {
     fn start(ws: &Workspace, extra: &[&str]) -> WatchProcess {
         let log = ws.path().join("watch.log");
         let mut args = vec!["watch"];
         args.extend_from_slice(extra);
-        let child = ws
-            .command(&args)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        let w = WatchProcess { child, log };
+        let w = WatchProcess::spawn(ws.command(&args), log);
         w.wait_for("start: ", 1);
         w
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// Wait until `needle` appears `n` times in the log (generous bound: a hang, not a speed
-    /// check — speed is measured by tests/bench/watch.sh).
-    #[track_caller]
-    fn wait_for(&self, needle: &str, n: usize) -> String {
-        let end = Instant::now() + Duration::from_secs(30);
-        loop {
-            let log = self.log();
-            if log.matches(needle).count() >= n {
-                return log;
-            }
-            assert!(
-                Instant::now() < end,
-                "no {n}× `{needle}` in the watch log:\n{log}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn signal(&self, sig: i32) {
-        // SAFETY: kill(2) on our own child.
-        unsafe {
-            libc::kill(self.child.id() as i32, sig);
-        }
-    }
-}
-
-impl Drop for WatchProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

@@ -14,3 +14,4 @@ pub mod registry;
 pub mod rootfs;
 pub mod server;
 pub mod vms;
+pub mod watch_proc;
