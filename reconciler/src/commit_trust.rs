@@ -247,42 +247,30 @@ fn is_key_type(field: &str) -> bool {
 
 /// Whitespace-separated fields, a double-quoted stretch kept whole (options may quote).
 fn split_fields(line: &str) -> Vec<String> {
-    let mut fields = Vec::new();
-    let mut cur = String::new();
-    let mut quoted = false;
-    for c in line.chars() {
-        match c {
-            '"' => {
-                quoted = !quoted;
-                cur.push(c);
-            }
-            c if c.is_whitespace() && !quoted => {
-                if !cur.is_empty() {
-                    fields.push(std::mem::take(&mut cur));
-                }
-            }
-            c => cur.push(c),
-        }
-    }
-    if !cur.is_empty() {
-        fields.push(cur);
-    }
-    fields
+    split_outside_quotes(line, char::is_whitespace)
 }
 
 /// Comma-separated options, commas inside quotes kept.
 fn split_options(options: &str) -> Vec<String> {
+    split_outside_quotes(options, |c| c == ',')
+}
+
+/// `text` split at the characters `sep` accepts outside double quotes (the quotes stay in
+/// the pieces); empty pieces dropped.
+fn split_outside_quotes(text: &str, sep: impl Fn(char) -> bool) -> Vec<String> {
     let mut out = Vec::new();
     let mut cur = String::new();
     let mut quoted = false;
-    for c in options.chars() {
-        match c {
-            '"' => {
-                quoted = !quoted;
-                cur.push(c);
+    for c in text.chars() {
+        if c == '"' {
+            quoted = !quoted;
+        }
+        if !quoted && sep(c) {
+            if !cur.is_empty() {
+                out.push(std::mem::take(&mut cur));
             }
-            ',' if !quoted => out.push(std::mem::take(&mut cur)),
-            c => cur.push(c),
+        } else {
+            cur.push(c);
         }
     }
     if !cur.is_empty() {
