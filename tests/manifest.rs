@@ -28,7 +28,7 @@ fn errors() {
         ("[kernel.k]\n".into(),
          "fort.toml:3:1: missing field `url`"),
         ("[vmm.x]\n".into(),
-         "fort.toml:3:2: unknown field `vmm`, expected one of `fort`, `firecracker`, `kernel`, `rootfs`, `template`, `network`, `drive`, `vm`"),
+         "fort.toml:3:2: unknown field `vmm`, expected one of `fort`, `firecracker`, `kernel`, `rootfs`, `template`, `network`, `drive`, `vm`, `sandbox`, `instance`"),
         ("[vm.a]\nkernel = \"k\"\nroot = \"d\"\nstate = \"asleep\"\n".into(),
          "fort.toml:6:9: unknown variant `asleep`, expected one of `running`, `stopped`, `paused`, `suspended`"),
         ("[network.n]\ncidr = \"10.0.0.0/24\"\nnat = \"yes\"\n".into(),

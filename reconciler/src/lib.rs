@@ -20,6 +20,7 @@ pub mod manifest;
 pub mod orphans;
 pub mod plan;
 pub mod resources;
+pub mod sandbox;
 pub mod state;
 pub mod watch;
 

@@ -158,6 +158,27 @@ pub fn destroys(changes: &[Change]) -> Vec<String> {
         .collect()
 }
 
+/// The recorded resources of sandbox instances (docs/sandboxes.md): each VM made from a
+/// `[sandbox.NAME]` (its recorded spec says which) and its root drive. Destroying them when
+/// their file goes (expired, destroyed through MCP, removed by hand) is what was asked for,
+/// so a watch pass does not count them against `--max-destroy`.
+pub fn sandbox_owned(
+    recorded: &std::collections::BTreeMap<crate::address::Address, crate::state::Record>,
+) -> std::collections::BTreeSet<crate::address::Address> {
+    use crate::address::{Address, Kind};
+    let mut out = std::collections::BTreeSet::new();
+    for (a, r) in recorded {
+        if a.kind != Kind::Vm || r.spec.get("sandbox").is_none_or(|v| v.is_null()) {
+            continue;
+        }
+        out.insert(a.clone());
+        if let Some(root) = r.spec.get("root").and_then(|v| v.as_str()) {
+            out.insert(Address::new(Kind::Drive, root));
+        }
+    }
+    out
+}
+
 /// What the `restart` policy says about a VM found dead. `clean` = the guest powered itself
 /// off (its console log ends with the kernel's power-down message).
 pub fn policy_allows(restart: crate::manifest::RestartPolicy, clean: bool) -> bool {

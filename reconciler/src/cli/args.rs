@@ -35,7 +35,15 @@ pub struct Cli {
 
     /// The host whose resources are desired here: resources with `hosts = [...]` (or in a file
     /// with `[fort] hosts`) not naming it are left out [default: this machine's hostname].
-    #[arg(long, global = true, value_name = "NAME", env = "FORT_HOST")]
+    /// `fort mcp --host`, without a NAME, is the host's sandbox service instead.
+    #[arg(
+        long,
+        global = true,
+        value_name = "NAME",
+        env = "FORT_HOST",
+        num_args = 0..=1,
+        default_missing_value = ""
+    )]
     pub host: Option<String>,
 
     /// Print machine-readable JSON instead of text (read commands and reports).
@@ -73,8 +81,11 @@ pub enum Command {
     Shell(ShellArgs),
     /// Copy a file between the host and a VM: `fort cp ./f vm.a:/root/f` or the reverse.
     Cp(CpArgs),
-    /// Serve MCP on stdin/stdout, relayed to a VM's guest agent (for MCP clients).
+    /// Serve MCP on stdin/stdout, relayed to a VM's guest agent (for MCP clients); with
+    /// `--host`, the host's sandbox service (docs/sandboxes.md).
     Mcp(McpArgs),
+    /// The sandbox service over MCP's Streamable HTTP, with the watch loop (docs/sandboxes.md).
+    Serve(ServeArgs),
     /// Forward host ports to TCP ports in a VM through its guest agent (no network needed):
     /// `fort port-forward vm.a 8080:80`.
     PortForward(PortForwardArgs),
@@ -192,6 +203,26 @@ pub struct McpArgs {
 
     #[command(flatten)]
     pub agent: AgentArgs,
+}
+
+/// `fort serve` (docs/sandboxes.md).
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Where to listen: unix:PATH (mode 0600, the owner only) or tcp:HOST:PORT (needs
+    /// --token-file; loopback only without --allow-remote).
+    #[arg(long, value_name = "ADDRESS")]
+    pub listen: String,
+
+    /// A file holding the bearer token every request must carry (`Authorization: Bearer …`).
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+
+    /// Listen on a TCP address that is not loopback.
+    #[arg(long)]
+    pub allow_remote: bool,
+
+    #[command(flatten)]
+    pub watch: WatchArgs,
 }
 
 // `fort shell` (issue 15).

@@ -15,6 +15,8 @@ pub mod gitops;
 pub mod plan;
 pub mod process;
 pub mod rawterm;
+pub mod sandbox;
+pub mod serve;
 pub mod session;
 pub mod shell;
 pub mod state;
@@ -55,6 +57,8 @@ pub enum CliError {
     State(#[from] crate::state::StateError),
     #[error(transparent)]
     Lock(#[from] crate::state::LockError),
+    #[error(transparent)]
+    Serve(#[from] crate::host::mcp_http::HttpError),
     #[error(transparent)]
     Plan(#[from] crate::plan::PlanError),
     #[error(transparent)]
@@ -148,7 +152,9 @@ pub async fn run(cli: Cli) -> Result<u8, CliError> {
         Command::Exec(a) => agent::exec(&cli, a).await,
         Command::Shell(a) => shell::shell(&cli, a).await,
         Command::Cp(a) => agent::cp(&cli, a).await,
+        Command::Mcp(a) if cli.host.as_deref() == Some("") => serve::mcp_host(&cli, a).await,
         Command::Mcp(a) => agent::mcp(&cli, a).await,
+        Command::Serve(a) => serve::serve(&cli, a).await,
         Command::PortForward(a) => forward::port_forward(&cli, a).await,
         Command::Doctor => doctor::doctor(&cli).await,
         Command::Console(a) => agent::console(&cli, a).await,

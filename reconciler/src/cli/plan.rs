@@ -96,6 +96,13 @@ pub async fn make_plan(
         options: &options,
     };
     let (mut changes, mut notes) = plan::diff(&input, &resources::kind)?;
+    if let Some(m) = manifest.filter(|m| !m.held.is_empty()) {
+        // A sandbox file that does not validate: its resources stay as they are.
+        changes.retain(|c| !m.held.contains(&c.address));
+        for d in &m.sandbox_problems {
+            notes.push(format!("{d}: this sandbox is left as it is until its file is fixed or removed"));
+        }
+    }
     show_images(&images, &mut changes, &mut notes);
     last_failures(ctx, recorded, &mut changes)?;
     preflight(ctx, desired, &changes).await?;

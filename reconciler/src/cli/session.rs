@@ -19,10 +19,23 @@ pub fn manifest_path(cli: &Cli) -> PathBuf {
 
 /// The manifest, as selected for this host (`--host`, else the machine's hostname).
 pub fn load_manifest(cli: &Cli) -> Result<Manifest, CliError> {
-    Ok(manifest::load_for(
-        &manifest_path(cli),
-        &host_selection(cli)?,
-    )?)
+    let (path, selection) = (manifest_path(cli), host_selection(cli)?);
+    let m = manifest::load_for(&path, &selection)?;
+    // The sandboxes fort made (docs/sandboxes.md) are desired like the manifest's VMs.
+    let dir = sandbox_dir(&state_dir(cli, Some(&m)));
+    if !manifest::has_sandboxes(&dir) {
+        return Ok(m);
+    }
+    let m = manifest::merge_sandboxes(&path, &selection, &dir)?;
+    for d in &m.sandbox_problems {
+        tracing::warn!("{d} (this sandbox is left as it is until its file is fixed or removed)");
+    }
+    Ok(m)
+}
+
+/// Where the sandbox files are.
+pub fn sandbox_dir(state_dir: &Path) -> PathBuf {
+    state_dir.join("sandboxes")
 }
 
 /// The manifest at git revision `rev` of the repository holding `-f` (the same path inside
@@ -38,6 +51,11 @@ pub fn load_manifest_at(cli: &Cli, rev: &str) -> Result<Manifest, CliError> {
 /// `--host NAME`, else this machine's hostname: the host whose resources are desired here.
 pub fn host_selection(cli: &Cli) -> Result<HostSelection, CliError> {
     Ok(HostSelection::Host(match &cli.host {
+        Some(h) if h.is_empty() => {
+            return Err(CliError::Usage(
+                "--host needs a NAME (only `fort mcp --host` takes none)".to_string(),
+            ))
+        }
         Some(h) => h.clone(),
         None => hostname()?,
     }))

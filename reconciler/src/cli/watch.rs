@@ -337,7 +337,14 @@ impl Watch<'_> {
             }
             Err(e) => return Err(e.into()),
         }
-        let destroys = crate::watch::destroys(&plan.changes);
+        let sandboxes = crate::watch::sandbox_owned(&recorded);
+        let counted: Vec<_> = plan
+            .changes
+            .iter()
+            .filter(|c| !(c.op == Op::Destroy && sandboxes.contains(&c.address)))
+            .cloned()
+            .collect();
+        let destroys = crate::watch::destroys(&counted);
         if destroys.len() > self.args.max_destroy {
             let msg = format!(
                 "refused: the plan would destroy {} resource(s) ({}), more than --max-destroy {}; nothing was applied (run `fort apply` to do it, or raise --max-destroy)",
@@ -419,7 +426,51 @@ fn report(state_dir: &std::path::Path, src: &GitSource, why: &str) {
     }
 }
 
+/// What drives a watch loop from outside (`fort serve`, `fort mcp --host`): a pass on request,
+/// the passes counted, and a stop.
+pub struct External {
+    pub wake: tokio::sync::mpsc::UnboundedReceiver<()>,
+    pub passes: Arc<Passes>,
+    pub stop: Arc<tokio::sync::Notify>,
+}
+
+/// Passes started and finished: a request made after writing a file is served by the first
+/// pass that starts after it (`started + 1` at the time), done once `done` reaches it.
+#[derive(Debug)]
+pub struct Passes {
+    pub started: std::sync::atomic::AtomicU64,
+    pub done: tokio::sync::watch::Sender<u64>,
+}
+
+impl Default for Passes {
+    fn default() -> Self {
+        Passes {
+            started: std::sync::atomic::AtomicU64::new(0),
+            done: tokio::sync::watch::channel(0).0,
+        }
+    }
+}
+
+impl Passes {
+    /// Wait for the pass that serves a request made now.
+    pub async fn wait_next(&self, wake: &tokio::sync::mpsc::UnboundedSender<()>) {
+        let want = self.started.load(Ordering::SeqCst) + 1;
+        let mut rx = self.done.subscribe();
+        let _ = wake.send(());
+        let _ = rx.wait_for(|d| *d >= want).await;
+    }
+}
+
 pub async fn watch(cli: &Cli, args: &WatchArgs) -> Result<u8, CliError> {
+    run(cli, args, None).await
+}
+
+/// The watch loop; `ext` adds passes on request (and a stop) for the sandbox service.
+pub async fn run(
+    cli: &Cli,
+    args: &WatchArgs,
+    mut ext: Option<External>,
+) -> Result<u8, CliError> {
     let git = GitSource::from_args(cli, &args.git)?;
     if git.is_some() && cli.file.is_some() {
         return Err(CliError::Usage(
@@ -513,12 +564,32 @@ pub async fn watch(cli: &Cli, args: &WatchArgs) -> Result<u8, CliError> {
             args.max_destroy
         ),
     }
+    if let Some(e) = &ext {
+        let (stop, ext_stop, stopping) = (stop.clone(), e.stop.clone(), stopping.clone());
+        tokio::spawn(async move {
+            ext_stop.notified().await;
+            stopping.store(true, Ordering::SeqCst);
+            stop.notify_one();
+        });
+    }
     let mut why = "start".to_string();
     loop {
         if stopping.load(Ordering::SeqCst) {
             break;
         }
+        // Sandboxes whose time is up go first: their files are removed (with the reason in
+        // their history), so this very pass destroys them.
+        let due = super::sandbox::reap(cli);
+        if let Some(e) = &mut ext {
+            // Requests made until now are served by this pass.
+            while e.wake.try_recv().is_ok() {}
+            e.passes.started.fetch_add(1, Ordering::SeqCst);
+        }
         w.pass(&why).await;
+        if let Some(e) = &ext {
+            let n = e.passes.started.load(Ordering::SeqCst);
+            e.passes.done.send_replace(n);
+        }
         if stopping.load(Ordering::SeqCst) {
             break;
         }
@@ -543,10 +614,26 @@ pub async fn watch(cli: &Cli, args: &WatchArgs) -> Result<u8, CliError> {
         } else {
             args.interval
         };
+        // The next sandbox due wakes the loop on time (a ttl of 20s is not 30s).
+        let wait = match super::sandbox::reap_due_in(due) {
+            Some(d) if d < wait => d,
+            _ => wait,
+        };
         let next = tokio::time::Instant::now() + wait;
+        let wake = async {
+            let got = match &mut ext {
+                Some(e) => e.wake.recv().await.is_some(),
+                None => false,
+            };
+            if !got {
+                std::future::pending::<()>().await;
+            }
+        };
+        tokio::pin!(wake);
         why = loop {
             tokio::select! {
                 _ = tokio::time::sleep_until(next) => break "interval".to_string(),
+                () = &mut wake => break "sandbox request".to_string(),
                 _ = stop.notified() => break String::new(),
                 _ = hup.recv() => break "SIGHUP".to_string(),
                 Some(p) = rx.recv() => {

@@ -14,6 +14,7 @@ fn sources(text: &str) -> Vec<Source> {
         path: PathBuf::from("fort.toml"),
         dir: PathBuf::from("/repo"),
         text: format!("{BASE}{text}"),
+        sandbox: false,
     }]
 }
 

@@ -274,6 +274,7 @@ impl Repo {
                     path: PathBuf::from(format!("{}:{}", rev.name, f.display())),
                     dir,
                     text,
+                    sandbox: false,
                 })
             })
             .collect()

@@ -15,6 +15,7 @@ fn load(files: &[(&str, &str)], sel: &HostSelection) -> Result<Vec<String>, Stri
             path: PathBuf::from(n),
             dir: PathBuf::from("/m"),
             text: t.to_string(),
+            sandbox: false,
         })
         .collect();
     load_sources(&sources, Path::new("/m"), sel, &Fs)
@@ -175,6 +176,7 @@ fn every_host_view_and_the_names() {
         path: PathBuf::from("a.toml"),
         dir: PathBuf::from("/m"),
         text,
+        sandbox: false,
     }];
     let m = load_sources(&sources, Path::new("/m"), &host("h3"), &Fs).unwrap();
     assert_eq!(

@@ -10,6 +10,8 @@ pub mod model;
 pub mod policy;
 pub mod ports;
 mod raw;
+mod raw_sandbox;
+pub mod sandbox_limits;
 mod schema;
 pub mod units;
 mod validate;
@@ -18,6 +20,7 @@ mod validate_fort;
 mod validate_mounts;
 mod validate_network;
 mod validate_ports;
+mod validate_sandbox;
 mod validate_vm;
 
 use std::fmt;
@@ -82,6 +85,9 @@ pub struct Source {
     /// The directory relative paths are resolved against (absolute).
     pub dir: PathBuf,
     pub text: String,
+    /// A sandbox file fort wrote (`state_dir/sandboxes/*.toml`): the only place an
+    /// `[instance]` table may be.
+    pub sandbox: bool,
 }
 
 /// Where the files a manifest points at (overlay `source`s) are read from: the filesystem, or
@@ -174,6 +180,7 @@ pub fn sources_of(files: &[(PathBuf, String)]) -> Vec<Source> {
                 path: p.clone(),
                 dir: abs.parent().map(Path::to_path_buf).unwrap_or_default(),
                 text: text.clone(),
+                sandbox: false,
             }
         })
         .collect()
@@ -198,4 +205,131 @@ pub fn host_names(sources: &[Source]) -> std::collections::BTreeSet<String> {
         return Default::default();
     }
     validate::host_names(sources)
+}
+
+/// The sandbox files in `dir` (`state_dir/sandboxes/*.toml`, by name) as sources; a file
+/// that cannot be read is skipped (its VM is then held, see [`merge_sandboxes`]).
+fn sandbox_sources(dir: &Path) -> (Vec<Source>, Vec<(PathBuf, Diagnostic)>) {
+    let mut out = Vec::new();
+    let mut unreadable = Vec::new();
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return (out, unreadable);
+    };
+    let mut names: Vec<PathBuf> = rd
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+        .collect();
+    names.sort();
+    for p in names {
+        match std::fs::read_to_string(&p) {
+            Ok(text) => out.push(Source {
+                dir: dir.to_path_buf(),
+                path: p,
+                text,
+                sandbox: true,
+            }),
+            Err(e) => unreadable.push((
+                p.clone(),
+                Diagnostic {
+                    file: p,
+                    line: 1,
+                    column: 1,
+                    message: format!("cannot read this sandbox file: {e}"),
+                },
+            )),
+        }
+    }
+    (out, unreadable)
+}
+
+/// Whether `dir` holds any sandbox file.
+pub fn has_sandboxes(dir: &Path) -> bool {
+    std::fs::read_dir(dir).is_ok_and(|rd| {
+        rd.flatten()
+            .any(|e| e.path().extension().is_some_and(|x| x == "toml"))
+    })
+}
+
+/// The manifest at `path` with the sandbox files in `dir` merged in. A sandbox file that does
+/// not validate (with the manifest and the other files) does not stop the rest: its VM and
+/// root drive are `held` (left as they are) and its problems are in `sandbox_problems`. A
+/// manifest that does not validate by itself is an error, as always.
+pub fn merge_sandboxes(
+    path: &Path,
+    selection: &HostSelection,
+    dir: &Path,
+) -> Result<Manifest, ManifestError> {
+    let base = sources_of(&read_files(path)?);
+    let (extra, unreadable) = sandbox_sources(dir);
+    let mut all = base.clone();
+    all.extend(extra.iter().cloned());
+    let mut problems = Vec::new();
+    let mut held = std::collections::BTreeSet::new();
+    let mut hold = |p: &Path| {
+        let stem = p
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        held.insert(crate::address::Address::new(crate::address::Kind::Vm, &stem));
+        held.insert(crate::address::Address::new(
+            crate::address::Kind::Drive,
+            &format!("{stem}-root"),
+        ));
+    };
+    for (p, d) in unreadable {
+        hold(&p);
+        problems.push(d);
+    }
+    let mut m = match load_sources(&all, path, selection, &Fs) {
+        Ok(m) => m,
+        Err(_) => {
+            // The manifest's own problems win; then each file is tried on top of the good ones.
+            load_sources(&base, path, selection, &Fs)?;
+            let mut good = base;
+            for s in extra {
+                let mut trial = good.clone();
+                trial.push(s.clone());
+                match load_sources(&trial, path, selection, &Fs) {
+                    Ok(_) => good.push(s),
+                    Err(e) => {
+                        hold(&s.path);
+                        problems.extend(e.diagnostics().iter().cloned());
+                    }
+                }
+            }
+            load_sources(&good, path, selection, &Fs)?
+        }
+    };
+    m.held = held;
+    m.sandbox_problems = problems;
+    Ok(m)
+}
+
+/// The manifest with the sandbox files in `dir` and one more, `new` (a sandbox file about to
+/// be written): an error names only `new`'s problems (or the manifest's); sandbox files that
+/// do not validate by themselves are held as in [`merge_sandboxes`].
+pub fn merge_with_new_sandbox(
+    path: &Path,
+    selection: &HostSelection,
+    dir: &Path,
+    new: Source,
+) -> Result<Manifest, ManifestError> {
+    let current = merge_sandboxes(path, selection, dir)?;
+    let mut sources = sources_of(&read_files(path)?);
+    let (extra, _) = sandbox_sources(dir);
+    let is_held = |p: &Path| {
+        let stem = p.file_stem().map(|s| s.to_string_lossy().into_owned());
+        stem.is_some_and(|s| {
+            current
+                .held
+                .contains(&crate::address::Address::new(crate::address::Kind::Vm, &s))
+        })
+    };
+    sources.extend(extra.into_iter().filter(|s| !is_held(&s.path)));
+    sources.push(new);
+    let mut m = load_sources(&sources, path, selection, &Fs)?;
+    m.held = current.held;
+    m.sandbox_problems = current.sandbox_problems;
+    Ok(m)
 }

@@ -45,6 +45,15 @@ pub struct Manifest {
     pub hosts: std::collections::BTreeSet<String>,
     /// The host `resources` were selected for (`None`: every resource, whatever its hosts).
     pub host: Option<String>,
+    /// `[sandbox.NAME]` shapes, by name.
+    pub sandboxes: BTreeMap<String, SandboxShape>,
+    /// The sandbox instances merged in from `state_dir/sandboxes/`, by VM name.
+    pub instances: BTreeMap<String, Instance>,
+    /// Resources of sandbox files that do not validate: left as they are (neither changed nor
+    /// destroyed) until their file is fixed or removed.
+    pub held: std::collections::BTreeSet<Address>,
+    /// Why those files do not validate.
+    pub sandbox_problems: Vec<super::Diagnostic>,
 }
 
 impl Manifest {
@@ -511,6 +520,45 @@ pub struct VmSpec {
     /// of VMs without it are what older forts recorded.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub keep: Option<u32>,
+    /// The `[sandbox.NAME]` a sandbox instance was made from (its file is in
+    /// `state_dir/sandboxes/`); destroying it when the file goes is expected, not a
+    /// `--max-destroy` matter. Left out for other VMs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sandbox: Option<String>,
+}
+
+/// `[sandbox.NAME]`: a VM shape instantiated on demand (docs/sandboxes.md).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SandboxShape {
+    pub vmm: Vmm,
+    pub kernel: String,
+    /// The inline root's template and size (bytes).
+    pub template: String,
+    pub size: u64,
+    pub vcpus: u32,
+    pub memory: u64,
+    pub network: Option<String>,
+    /// Seconds.
+    pub ttl: u64,
+    pub max_ttl: u64,
+    pub idle_timeout: Option<u64>,
+    pub max_instances: Option<u32>,
+    pub origin: Origin,
+}
+
+/// A sandbox instance: the `[instance]` table of its file in `state_dir/sandboxes/`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Instance {
+    /// The VM's name (also the file's stem).
+    pub vm: String,
+    /// The `[sandbox.NAME]` it was made from.
+    pub sandbox: String,
+    /// Unix seconds.
+    pub created: u64,
+    pub expires: u64,
+    /// Seconds.
+    pub idle_timeout: Option<u64>,
+    pub file: PathBuf,
 }
 
 /// The serial number a data drive is given (QEMU: virtio-blk `serial=`, seen by the guest in

@@ -50,6 +50,14 @@ pub struct RawFile {
     #[serde(default)]
     #[schemars(with = "BTreeMap<String, RawVm>")]
     pub vm: Table<RawVm>,
+    /// VM shapes instantiated on demand (`fort serve`, `fort mcp --host`), by name.
+    #[serde(default)]
+    #[schemars(with = "BTreeMap<String, super::raw_sandbox::RawSandbox>")]
+    pub sandbox: Table<super::raw_sandbox::RawSandbox>,
+    /// Only in the sandbox files fort writes under `state_dir/sandboxes/`.
+    #[serde(default)]
+    #[schemars(skip)]
+    pub instance: Option<Spanned<super::raw_sandbox::RawInstance>>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -466,6 +474,15 @@ enum RootSchema {
         #[schemars(with = "SizeSchema")]
         size: String,
     },
+}
+
+#[derive(JsonSchema)]
+#[allow(dead_code)]
+#[serde(deny_unknown_fields)]
+pub(super) struct InlineRootSchema {
+    template: String,
+    #[schemars(with = "SizeSchema")]
+    size: String,
 }
 
 #[derive(JsonSchema)]

@@ -59,6 +59,10 @@ impl<'a> Ctx<'a> {
         }
     }
 
+    pub(super) fn source(&self, file: usize) -> &Source {
+        &self.sources[file]
+    }
+
     pub(super) fn dir(&self, file: usize) -> &Path {
         &self.sources[file].dir
     }
@@ -230,6 +234,7 @@ impl<'c, 'a, 'r> Resolver<'c, 'a, 'r> {
             raws.iter().map(|(i, r)| (*i, &r.drive)),
         );
         let vms = collect(self.cx, Kind::Vm, raws.iter().map(|(i, r)| (*i, &r.vm)));
+        let instances = super::validate_sandbox::instances(self.cx, raws);
 
         for (name, e) in &fcs {
             let addr = format!("firecracker.{name}");
@@ -293,7 +298,12 @@ impl<'c, 'a, 'r> Resolver<'c, 'a, 'r> {
                 .map(|(n, e)| (n.clone(), (e.file, e.span.clone())))
                 .collect(),
             nets,
+            sandbox_vms: instances
+                .iter()
+                .map(|(vm, i)| (vm.clone(), i.sandbox.clone()))
+                .collect(),
         };
+        let sandboxes = super::validate_sandbox::shapes(&mut self, &refs);
         // A VM and its inline root drive each; pools grow it further.
         let mut vm_resources = Vec::with_capacity(2 * vms.len());
         super::validate_vm::vms(self.cx, &mut vm_resources, &vms, &refs);
@@ -312,6 +322,10 @@ impl<'c, 'a, 'r> Resolver<'c, 'a, 'r> {
             resources: self.resources,
             hosts: BTreeSet::new(),
             host: None,
+            sandboxes,
+            instances,
+            held: BTreeSet::new(),
+            sandbox_problems: Vec::new(),
         }
     }
 
@@ -561,6 +575,8 @@ pub(super) struct Refs {
     pub drives: BTreeMap<String, (usize, Range<usize>)>,
     pub vms: BTreeMap<String, (usize, Range<usize>)>,
     pub nets: BTreeMap<String, NetInfo>,
+    /// Sandbox instances' VMs → the `[sandbox.NAME]` each was made from.
+    pub sandbox_vms: BTreeMap<String, String>,
 }
 
 /// Check that `value` names one of `known`; report it otherwise.

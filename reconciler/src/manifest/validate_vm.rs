@@ -465,6 +465,7 @@ pub(super) fn vms(
                 warm: warm.clone(),
                 not_warm: not_warm.clone(),
                 keep,
+                sandbox: refs.sandbox_vms.get(name).cloned(),
             });
             let address = Address::new(Kind::Vm, &inst);
             resources.push((
