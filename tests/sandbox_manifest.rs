@@ -51,7 +51,14 @@ fn a_shape_resolves_with_its_defaults_and_declares_no_resource() {
     let m = load(&base(SHAPE)).unwrap();
     let s = &m.sandboxes["ci"];
     assert_eq!(
-        (s.ttl, s.max_ttl, s.idle_timeout, s.max_instances, s.memory, s.size),
+        (
+            s.ttl,
+            s.max_ttl,
+            s.idle_timeout,
+            s.max_instances,
+            s.memory,
+            s.size
+        ),
         (3600, 86400, None, None, 256 << 20, 256 << 20)
     );
     assert_eq!(s.network.as_deref(), Some("lan"));
@@ -75,15 +82,31 @@ fn sandbox_files_merge_and_a_bad_one_is_held_alone() {
     std::fs::write(&manifest_path, format!("{H}{}", base(SHAPE))).unwrap();
     let dir = t.path().join("sandboxes");
     std::fs::create_dir(&dir).unwrap();
-    write(&dir, "ci-0001.toml", &format!("{INSTANCE}{}", vm("ci-0001")));
+    write(
+        &dir,
+        "ci-0001.toml",
+        &format!("{INSTANCE}{}", vm("ci-0001")),
+    );
     // Hand-edited: an unknown key.
-    write(&dir, "ci-0002.toml", &format!("{INSTANCE}{}colour = \"red\"\n", vm("ci-0002")));
+    write(
+        &dir,
+        "ci-0002.toml",
+        &format!("{INSTANCE}{}colour = \"red\"\n", vm("ci-0002")),
+    );
     // Its VM is not named like the file.
     write(&dir, "ci-0003.toml", &format!("{INSTANCE}{}", vm("other")));
     // No [instance].
     write(&dir, "ci-0004.toml", &vm("ci-0004"));
     // A bad time.
-    write(&dir, "ci-0005.toml", &format!("{}{}", INSTANCE.replace("2026-12-03T11:00:00Z", "tomorrow"), vm("ci-0005")));
+    write(
+        &dir,
+        "ci-0005.toml",
+        &format!(
+            "{}{}",
+            INSTANCE.replace("2026-12-03T11:00:00Z", "tomorrow"),
+            vm("ci-0005")
+        ),
+    );
     // Not a sandbox file: ignored.
     write(&dir, ".ci-0006.toml.tmp", "half written");
 
@@ -100,13 +123,22 @@ fn sandbox_files_merge_and_a_bad_one_is_held_alone() {
     };
     assert_eq!(v.sandbox.as_deref(), Some("ci"));
     let i = &m.instances["ci-0001"];
-    assert_eq!((i.sandbox.as_str(), i.created, i.expires), ("ci", 1_796_292_000, 1_796_295_600));
+    assert_eq!(
+        (i.sandbox.as_str(), i.created, i.expires),
+        ("ci", 1_796_292_000, 1_796_295_600)
+    );
     let held: Vec<String> = m.held.iter().map(ToString::to_string).collect();
     assert_eq!(
         held,
         [
-            "drive.ci-0002-root", "drive.ci-0003-root", "drive.ci-0004-root", "drive.ci-0005-root",
-            "vm.ci-0002", "vm.ci-0003", "vm.ci-0004", "vm.ci-0005"
+            "drive.ci-0002-root",
+            "drive.ci-0003-root",
+            "drive.ci-0004-root",
+            "drive.ci-0005-root",
+            "vm.ci-0002",
+            "vm.ci-0003",
+            "vm.ci-0004",
+            "vm.ci-0005"
         ]
     );
     let d = dir.display();
@@ -123,5 +155,8 @@ fn sandbox_files_merge_and_a_bad_one_is_held_alone() {
     // A manifest error is still an error, whatever the sandbox files.
     std::fs::write(&manifest_path, format!("{H}[kernel.k]\n")).unwrap();
     let e = manifest::merge_sandboxes(&manifest_path, &HostSelection::Every, &dir).unwrap_err();
-    assert_eq!(e.to_string(), format!("{}:3:1: missing field `url`", manifest_path.display()));
+    assert_eq!(
+        e.to_string(),
+        format!("{}:3:1: missing field `url`", manifest_path.display())
+    );
 }

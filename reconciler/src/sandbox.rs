@@ -67,7 +67,11 @@ pub fn ttl(template: &str, s: &SandboxShape, asked: Option<&str>) -> Result<u64,
 
 /// `max_instances` of `template`, counted over the instances there are.
 pub fn check_room(m: &Manifest, template: &str, s: &SandboxShape) -> Result<(), SandboxError> {
-    let count = m.instances.values().filter(|i| i.sandbox == template).count();
+    let count = m
+        .instances
+        .values()
+        .filter(|i| i.sandbox == template)
+        .count();
     match s.max_instances {
         Some(max) if count >= max as usize => Err(SandboxError::MaxInstances {
             template: template.to_string(),

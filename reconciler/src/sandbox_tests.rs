@@ -126,8 +126,5 @@ fn file_text_round_trips_and_extend_changes_only_expires() {
          restart = \"never\"\n"
     );
     let e = with_expiry(&t, 1_800_007_200);
-    assert_eq!(
-        e,
-        t.replace("2027-01-15T09:00:00Z", "2027-01-15T10:00:00Z")
-    );
+    assert_eq!(e, t.replace("2027-01-15T09:00:00Z", "2027-01-15T10:00:00Z"));
 }

@@ -100,7 +100,9 @@ pub async fn make_plan(
         // A sandbox file that does not validate: its resources stay as they are.
         changes.retain(|c| !m.held.contains(&c.address));
         for d in &m.sandbox_problems {
-            notes.push(format!("{d}: this sandbox is left as it is until its file is fixed or removed"));
+            notes.push(format!(
+                "{d}: this sandbox is left as it is until its file is fixed or removed"
+            ));
         }
     }
     show_images(&images, &mut changes, &mut notes);

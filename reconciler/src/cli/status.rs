@@ -101,6 +101,16 @@ pub fn status(cli: &Cli) -> Result<u8, CliError> {
                 if let Some(l) = row.get("last_crash").and_then(Value::as_str) {
                     detail.push_str(&format!("; last crash: {l}"));
                 }
+                // A sandbox (docs/sandboxes.md): its template and the time it has left.
+                if let Some(i) = manifest.as_ref().and_then(|m| m.instances.get(&addr.name)) {
+                    let left = i.expires.saturating_sub(crate::host::sandboxes::now());
+                    row["sandbox"] = json!({"template": i.sandbox, "expires_unix": i.expires, "remaining_secs": left});
+                    detail.push_str(&format!(
+                        "; sandbox.{} expires in {}",
+                        i.sandbox,
+                        human_secs(left)
+                    ));
+                }
                 // Data drives as the agent reported them when this boot became ready.
                 if let Some(mounts) = o.get("mounts").and_then(Value::as_array) {
                     row["mounts"] = json!(mounts);

@@ -466,11 +466,7 @@ pub async fn watch(cli: &Cli, args: &WatchArgs) -> Result<u8, CliError> {
 }
 
 /// The watch loop; `ext` adds passes on request (and a stop) for the sandbox service.
-pub async fn run(
-    cli: &Cli,
-    args: &WatchArgs,
-    mut ext: Option<External>,
-) -> Result<u8, CliError> {
+pub async fn run(cli: &Cli, args: &WatchArgs, mut ext: Option<External>) -> Result<u8, CliError> {
     let git = GitSource::from_args(cli, &args.git)?;
     if git.is_some() && cli.file.is_some() {
         return Err(CliError::Usage(

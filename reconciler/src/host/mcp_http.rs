@@ -29,9 +29,8 @@ use tokio::task::JoinSet;
 /// reject batches with a JSON-RPC error -32600 "batches are not supported", HTTP 400) and the
 /// session id; it returns Some(response object) for a request, None for a notification or a
 /// response.
-pub type Handler = Arc<
-    dyn Fn(Value, String) -> Pin<Box<dyn Future<Output = Option<Value>> + Send>> + Send + Sync,
->;
+pub type Handler =
+    Arc<dyn Fn(Value, String) -> Pin<Box<dyn Future<Output = Option<Value>> + Send>> + Send + Sync>;
 
 /// The largest POST body read (413 beyond).
 pub const MAX_BODY: usize = 16 << 20;
@@ -90,7 +89,9 @@ pub struct Options {
 pub enum HttpError {
     #[error("{0:?} is not a listen address: expected unix:PATH or tcp:IP:PORT (tcp:127.0.0.1:8080, tcp:[::1]:8080)")]
     BadListen(String),
-    #[error("{0} is not a loopback address: pass --allow-remote to listen on it (with a --token-file)")]
+    #[error(
+        "{0} is not a loopback address: pass --allow-remote to listen on it (with a --token-file)"
+    )]
     NotLoopback(Listen),
     #[error("a tcp listener needs --token-file")]
     NoToken,
@@ -270,7 +271,10 @@ async fn remove_stale(
         return Err(HttpError::NotASocket(path.to_path_buf()));
     }
     let probe = tokio::net::UnixStream::connect(path);
-    if !matches!(tokio::time::timeout(Duration::from_secs(1), probe).await, Ok(Err(_))) {
+    if !matches!(
+        tokio::time::timeout(Duration::from_secs(1), probe).await,
+        Ok(Err(_))
+    ) {
         return Err(HttpError::InUse(path.to_path_buf()));
     }
     std::fs::remove_file(path).map_err(io_err)
@@ -359,7 +363,10 @@ async fn respond(req: Request<Incoming>, st: &State) -> Reply {
 async fn route(req: Request<Incoming>, st: &State) -> Reply {
     if let Some(token) = &st.opts.token {
         if !bearer_ok(req.headers(), token) {
-            let mut r = reply(StatusCode::UNAUTHORIZED, &json!({"error": "missing or wrong bearer token"}));
+            let mut r = reply(
+                StatusCode::UNAUTHORIZED,
+                &json!({"error": "missing or wrong bearer token"}),
+            );
             r.headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             return r;
@@ -407,7 +414,9 @@ async fn post(req: Request<Incoming>, st: &State) -> Reply {
         let msg = format!("the message is larger than {MAX_BODY} bytes");
         rpc_error(StatusCode::PAYLOAD_TOO_LARGE, Value::Null, -32600, &msg)
     };
-    let length = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok());
+    let length = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok());
     if length.and_then(|v| v.parse::<u64>().ok()) > Some(MAX_BODY as u64) {
         return too_large();
     }
@@ -428,7 +437,11 @@ async fn post(req: Request<Incoming>, st: &State) -> Reply {
         }
     };
     let Some(obj) = msg.as_object() else {
-        let text = if msg.is_array() { "batches are not supported" } else { "a JSON-RPC message is an object" };
+        let text = if msg.is_array() {
+            "batches are not supported"
+        } else {
+            "a JSON-RPC message is an object"
+        };
         return rpc_error(StatusCode::BAD_REQUEST, null, -32600, text);
     };
     let id = obj.get("id").cloned();
@@ -536,7 +549,9 @@ fn origin_ok(headers: &HeaderMap) -> bool {
         None => authority.split(':').next().unwrap_or(""),
     };
     host.eq_ignore_ascii_case("localhost")
-        || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.to_canonical().is_loopback())
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.to_canonical().is_loopback())
 }
 
 fn media_is_json(value: Option<&HeaderValue>) -> bool {

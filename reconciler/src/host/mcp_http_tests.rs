@@ -109,7 +109,10 @@ const INIT: &str = r#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"p
 async fn initialize(url: &str) -> String {
     let r = post(url, Some(TOKEN), None, INIT).await;
     assert_eq!(r.status(), 200);
-    let session = r.headers()["mcp-session-id"].to_str().expect("ascii").to_string();
+    let session = r.headers()["mcp-session-id"]
+        .to_str()
+        .expect("ascii")
+        .to_string();
     assert_eq!(session.len(), 32);
     assert!(session.bytes().all(|b| b.is_ascii_hexdigit()));
     session
@@ -135,7 +138,10 @@ async fn tcp_session_lifecycle_and_errors() {
     let r = post(&s.url, Some(TOKEN), None, INIT).await;
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["content-type"], "application/json");
-    let session = r.headers()["mcp-session-id"].to_str().expect("ascii").to_string();
+    let session = r.headers()["mcp-session-id"]
+        .to_str()
+        .expect("ascii")
+        .to_string();
     let body = json_of(r).await;
     assert_eq!(body["id"], 0);
     assert_eq!(body["result"]["protocolVersion"], "2025-06-18");
@@ -172,15 +178,28 @@ async fn tcp_session_lifecycle_and_errors() {
     assert_eq!(r.status(), 400);
     assert_eq!(json_of(r).await["error"]["code"], -32700);
 
-    let big = format!(r#"{{"jsonrpc":"2.0","method":"n","params":"{}"}}"#, "x".repeat(MAX_BODY));
+    let big = format!(
+        r#"{{"jsonrpc":"2.0","method":"n","params":"{}"}}"#,
+        "x".repeat(MAX_BODY)
+    );
     let r = post(&s.url, Some(TOKEN), Some(&session), &big).await;
     assert_eq!(r.status(), 413);
 
     let calls = s.seen.calls.load(SeqCst);
-    let r = client().get(&s.url).bearer_auth(TOKEN).send().await.expect("get");
+    let r = client()
+        .get(&s.url)
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .expect("get");
     assert_eq!(r.status(), 405);
     assert_eq!(r.headers()["allow"], "POST, DELETE");
-    let r = client().put(&s.url).bearer_auth(TOKEN).send().await.expect("put");
+    let r = client()
+        .put(&s.url)
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .expect("put");
     assert_eq!(r.status(), 405);
     let other = s.url.replace("/mcp", "/other");
     let r = post(&other, Some(TOKEN), Some(&session), ping).await;
@@ -211,7 +230,10 @@ async fn tcp_session_lifecycle_and_errors() {
     let delete = |id: String| {
         let (url, c) = (s.url.clone(), client());
         async move {
-            let r = c.delete(url).bearer_auth(TOKEN).header("Mcp-Session-Id", id);
+            let r = c
+                .delete(url)
+                .bearer_auth(TOKEN)
+                .header("Mcp-Session-Id", id);
             r.send().await.expect("delete").status()
         }
     };
@@ -259,7 +281,10 @@ async fn bind_refusals() {
         path: "/mcp".to_string(),
     };
     let any: Listen = "tcp:0.0.0.0:0".parse().expect("listen");
-    let e = Server::bind(&any, opts(Some(TOKEN))).await.err().expect("refused");
+    let e = Server::bind(&any, opts(Some(TOKEN)))
+        .await
+        .err()
+        .expect("refused");
     assert_eq!(
         e.to_string(),
         "tcp:0.0.0.0:0 is not a loopback address: pass --allow-remote to listen on it (with a --token-file)"
@@ -272,15 +297,25 @@ async fn bind_refusals() {
     let file = dir.path().join("not-a-socket");
     std::fs::write(&file, "keep me").expect("write");
     let listen = Listen::Unix(file.clone());
-    let e = Server::bind(&listen, opts(None)).await.err().expect("refused");
-    let want = format!("{} exists and is not a socket: refusing to replace it", file.display());
+    let e = Server::bind(&listen, opts(None))
+        .await
+        .err()
+        .expect("refused");
+    let want = format!(
+        "{} exists and is not a socket: refusing to replace it",
+        file.display()
+    );
     assert_eq!(e.to_string(), want);
     assert_eq!(std::fs::read_to_string(&file).expect("read"), "keep me");
 }
 
 #[test]
 fn listen_parses_and_prints() {
-    for s in ["unix:/run/fort.sock", "tcp:127.0.0.1:8080", "tcp:[::1]:8080"] {
+    for s in [
+        "unix:/run/fort.sock",
+        "tcp:127.0.0.1:8080",
+        "tcp:[::1]:8080",
+    ] {
         let l: Listen = s.parse().expect("parse");
         assert_eq!(l.to_string(), s);
     }
@@ -297,9 +332,15 @@ fn listen_parses_and_prints() {
 fn bearer_and_origin_checks() {
     let mut h = HeaderMap::new();
     assert!(!bearer_ok(&h, TOKEN));
-    h.insert(header::AUTHORIZATION, HeaderValue::from_static("bearer s3cret-token"));
+    h.insert(
+        header::AUTHORIZATION,
+        HeaderValue::from_static("bearer s3cret-token"),
+    );
     assert!(bearer_ok(&h, TOKEN));
-    h.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic s3cret-token"));
+    h.insert(
+        header::AUTHORIZATION,
+        HeaderValue::from_static("Basic s3cret-token"),
+    );
     assert!(!bearer_ok(&h, TOKEN));
     assert!(origin_ok(&h));
     for (origin, ok) in [
@@ -317,11 +358,17 @@ fn bearer_and_origin_checks() {
 
 /// One HTTP/1.1 request over a unix socket, written by hand; the status and the body.
 async fn unix_request(path: &str, request: &str) -> (u16, String) {
-    let mut s = tokio::net::UnixStream::connect(path).await.expect("connect");
+    let mut s = tokio::net::UnixStream::connect(path)
+        .await
+        .expect("connect");
     s.write_all(request.as_bytes()).await.expect("write");
     let mut answer = String::new();
     s.read_to_string(&mut answer).await.expect("read");
-    let status = answer.split(' ').nth(1).and_then(|c| c.parse().ok()).expect("status");
+    let status = answer
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .expect("status");
     let body = answer.split_once("\r\n\r\n").map(|x| x.1).unwrap_or("");
     (status, body.to_string())
 }
@@ -353,7 +400,11 @@ async fn unix_socket_is_private_and_serves() {
     let body: Value = serde_json::from_str(&body).expect("json");
     assert_eq!(body["result"]["capabilities"], json!({"tools": {}}));
 
-    let (status, _) = unix_request(path, "GET /mcp HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
+    let (status, _) = unix_request(
+        path,
+        "GET /mcp HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
     assert_eq!(status, 405);
 
     let _ = s.stop.send(());

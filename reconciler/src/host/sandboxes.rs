@@ -93,7 +93,10 @@ pub fn touch(dir: &Path, name: &str) -> std::io::Result<()> {
 
 /// When an agent request last reached `name` (unix seconds), if one did.
 pub fn last_activity(dir: &Path, name: &str) -> Option<u64> {
-    let m = std::fs::metadata(activity(dir, name)).ok()?.modified().ok()?;
+    let m = std::fs::metadata(activity(dir, name))
+        .ok()?
+        .modified()
+        .ok()?;
     m.duration_since(UNIX_EPOCH).ok().map(|d| d.as_secs())
 }
 

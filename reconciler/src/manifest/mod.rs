@@ -271,7 +271,10 @@ pub fn merge_sandboxes(
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_default();
-        held.insert(crate::address::Address::new(crate::address::Kind::Vm, &stem));
+        held.insert(crate::address::Address::new(
+            crate::address::Kind::Vm,
+            &stem,
+        ));
         held.insert(crate::address::Address::new(
             crate::address::Kind::Drive,
             &format!("{stem}-root"),

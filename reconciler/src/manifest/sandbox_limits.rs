@@ -23,4 +23,3 @@ pub fn parse_secs(s: &str) -> Result<u64, String> {
 pub fn human(secs: u64) -> String {
     humantime::format_duration(std::time::Duration::from_secs(secs)).to_string()
 }
-

@@ -12,7 +12,9 @@ use super::raw::*;
 use super::units::{check_name, format_size, parse_size};
 use super::validate::{reference, Ctx, Refs, Resolver};
 
-use super::sandbox_limits::{human, parse_secs, DEFAULT_MAX_TTL, DEFAULT_TTL, MAX_NAME_WITH_NETWORK};
+use super::sandbox_limits::{
+    human, parse_secs, DEFAULT_MAX_TTL, DEFAULT_TTL, MAX_NAME_WITH_NETWORK,
+};
 
 fn duration(
     cx: &mut Ctx<'_>,
@@ -77,14 +79,25 @@ fn shape(
     let mut ok = reference(cx, file, addr, "kernel", &raw.kernel, refs.kernels.iter());
     let (template, size) = match raw.root.get_ref() {
         RawRoot::Inline(i) => {
-            ok &= reference(cx, file, addr, "template", &i.template, refs.templates.iter());
+            ok &= reference(
+                cx,
+                file,
+                addr,
+                "template",
+                &i.template,
+                refs.templates.iter(),
+            );
             let size = match i.size.get_ref() {
                 RawSize::Bytes(b) if *b > 0 => Some(*b as u64),
                 RawSize::Bytes(_) => None,
                 RawSize::Text(t) => parse_size(t).ok(),
             };
             if size.is_none() {
-                cx.err(file, &i.size.span(), format!("{addr}: root: size must be a size such as \"1GiB\""));
+                cx.err(
+                    file,
+                    &i.size.span(),
+                    format!("{addr}: root: size must be a size such as \"1GiB\""),
+                );
                 ok = false;
             }
             (i.template.get_ref().clone(), size.unwrap_or(0))
@@ -98,7 +111,11 @@ fn shape(
         Some(v) => {
             let n = *v.get_ref();
             if !(n == 1 || ((2..=32).contains(&n) && n % 2 == 0)) {
-                cx.err(file, &v.span(), format!("{addr}: vcpus must be 1 or an even number up to 32, got {n}"));
+                cx.err(
+                    file,
+                    &v.span(),
+                    format!("{addr}: vcpus must be 1 or an even number up to 32, got {n}"),
+                );
                 ok = false;
             }
             n.clamp(1, 32) as u32
@@ -114,7 +131,14 @@ fn shape(
             match b {
                 Ok(b) if b >= 128 << 20 => b,
                 Ok(b) => {
-                    cx.err(file, &m.span(), format!("{addr}: memory must be at least 128MiB, got {}", format_size(b)));
+                    cx.err(
+                        file,
+                        &m.span(),
+                        format!(
+                            "{addr}: memory must be at least 128MiB, got {}",
+                            format_size(b)
+                        ),
+                    );
                     ok = false;
                     0
                 }
@@ -144,12 +168,27 @@ fn shape(
     let ttl = ttl.unwrap_or(DEFAULT_TTL.min(max_ttl));
     if ttl > max_ttl {
         let span = raw.ttl.as_ref().map_or(value.span(), Spanned::span);
-        cx.err(file, &span, format!("{addr}: ttl ({}) is longer than max_ttl ({})", human(ttl), human(max_ttl)));
+        cx.err(
+            file,
+            &span,
+            format!(
+                "{addr}: ttl ({}) is longer than max_ttl ({})",
+                human(ttl),
+                human(max_ttl)
+            ),
+        );
         ok = false;
     }
     let max_instances = match &raw.max_instances {
         Some(m) if !(1..=1000).contains(m.get_ref()) => {
-            cx.err(file, &m.span(), format!("{addr}: max_instances must be between 1 and 1000, got {}", m.get_ref()));
+            cx.err(
+                file,
+                &m.span(),
+                format!(
+                    "{addr}: max_instances must be between 1 and 1000, got {}",
+                    m.get_ref()
+                ),
+            );
             ok = false;
             None
         }
@@ -196,7 +235,11 @@ pub(super) fn instances(cx: &mut Ctx<'_>, raws: &[(usize, RawFile)]) -> BTreeMap
         let (is_sandbox, path) = (src.sandbox, src.path.clone());
         let Some(inst) = &raw.instance else {
             if is_sandbox {
-                cx.err(file, &(0..0), "a sandbox file starts with an [instance] table (sandbox, created, expires)");
+                cx.err(
+                    file,
+                    &(0..0),
+                    "a sandbox file starts with an [instance] table (sandbox, created, expires)",
+                );
             }
             continue;
         };
@@ -217,18 +260,35 @@ pub(super) fn instances(cx: &mut Ctx<'_>, raws: &[(usize, RawFile)]) -> BTreeMap
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_default();
         if others > 0 || raw.vm.len() != 1 {
-            cx.err(file, &inst.span(), format!("a sandbox file holds [instance] and exactly one [vm.{stem}], nothing else"));
+            cx.err(
+                file,
+                &inst.span(),
+                format!(
+                    "a sandbox file holds [instance] and exactly one [vm.{stem}], nothing else"
+                ),
+            );
             continue;
         }
         let Some((name, vm)) = raw.vm.iter().next() else {
             continue;
         };
         if name.get_ref() != &stem {
-            cx.err(file, &name.span(), format!("vm.{}: a sandbox file's VM is named like the file ({stem})", name.get_ref()));
+            cx.err(
+                file,
+                &name.span(),
+                format!(
+                    "vm.{}: a sandbox file's VM is named like the file ({stem})",
+                    name.get_ref()
+                ),
+            );
             continue;
         }
         if let Some(c) = &vm.get_ref().count {
-            cx.err(file, &c.span(), format!("vm.{stem}: a sandbox is one VM: `count` cannot be set"));
+            cx.err(
+                file,
+                &c.span(),
+                format!("vm.{stem}: a sandbox is one VM: `count` cannot be set"),
+            );
             continue;
         }
         let i = inst.get_ref();

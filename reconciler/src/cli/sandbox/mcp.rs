@@ -36,7 +36,11 @@ pub async fn handle(core: &Core, msg: Value) -> Option<Value> {
     let Some(method) = obj.get("method").and_then(Value::as_str) else {
         // A response to something never asked (this server sends no requests): ignored.
         return id.is_none().then(|| {
-            error(Value::Null, INVALID_REQUEST, "invalid request: missing \"method\"")
+            error(
+                Value::Null,
+                INVALID_REQUEST,
+                "invalid request: missing \"method\"",
+            )
         });
     };
     let id = id?;
@@ -61,7 +65,11 @@ pub async fn handle(core: &Core, msg: Value) -> Option<Value> {
         "tools/list" => result(id, json!({"tools": tools::list()})),
         "tools/call" => {
             let Some(name) = params.get("name").and_then(Value::as_str) else {
-                return Some(error(id, INVALID_PARAMS, "invalid params: tools/call needs \"name\""));
+                return Some(error(
+                    id,
+                    INVALID_PARAMS,
+                    "invalid params: tools/call needs \"name\"",
+                ));
             };
             if !tools::exists(name) {
                 return Some(error(

@@ -68,8 +68,7 @@ fn bare_cli(file: Option<PathBuf>, state_dir: Option<PathBuf>, host: Option<Stri
 }
 
 fn rfc3339(unix: u64) -> String {
-    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_secs(unix))
-        .to_string()
+    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_secs(unix)).to_string()
 }
 
 /// The last `n` lines of a console log, for a create that failed.
@@ -156,7 +155,10 @@ impl Core {
             let state_dir = self.state_dir(&m2);
             check_memory(&m2, &state_dir, &vm)?;
             files::write(&dir, &vm, &text).map_err(|e| {
-                ToolError::Failed(format!("cannot write the sandbox file in {}: {e}", dir.display()))
+                ToolError::Failed(format!(
+                    "cannot write the sandbox file in {}: {e}",
+                    dir.display()
+                ))
             })?;
             tracing::info!(
                 "sandbox {vm}: created from sandbox.{template} (ttl {}); applying",
@@ -201,7 +203,10 @@ impl Core {
                 &addr,
                 None,
                 "sandbox",
-                &format!("created from sandbox.{template}; expires {}", rfc3339(expires)),
+                &format!(
+                    "created from sandbox.{template}; expires {}",
+                    rfc3339(expires)
+                ),
             );
         }
         let _ = files::touch(&dir, &vm);
@@ -245,6 +250,15 @@ impl Core {
                 "last_activity": files::last_activity(&dir, &i.vm).map(rfc3339),
             }));
         }
+        // Gone from its file (expired, destroyed) but not yet from the host: still listed,
+        // so an empty list means nothing is left.
+        if let Some(recorded) = store.as_ref().and_then(|s| s.resources().ok()) {
+            for a in crate::watch::sandbox_owned(&recorded) {
+                if a.kind == Kind::Vm && !m.instances.contains_key(&a.name) {
+                    out.push(json!({"id": a.name, "state": "destroying", "remaining_s": 0}));
+                }
+            }
+        }
         for d in &m.sandbox_problems {
             tracing::warn!("{d}");
         }
@@ -267,7 +281,12 @@ impl Core {
             .map_err(|e| ToolError::Failed(format!("cannot write sandbox {id}'s file: {e}")))?;
         let addr = Address::new(Kind::Vm, id);
         if let Ok(s) = SqliteStore::open(&self.state_dir(&m)) {
-            let _ = s.note(&addr, None, "sandbox", &format!("extended: expires {}", rfc3339(expires)));
+            let _ = s.note(
+                &addr,
+                None,
+                "sandbox",
+                &format!("extended: expires {}", rfc3339(expires)),
+            );
         }
         tracing::info!("sandbox {id}: extended to {}", rfc3339(expires));
         Ok(json!({"id": id, "expires": rfc3339(expires), "remaining_s": secs}))
@@ -282,7 +301,12 @@ impl Core {
         let state_dir = self.state_dir(&m);
         let addr = Address::new(Kind::Vm, id);
         if let Ok(s) = SqliteStore::open(&state_dir) {
-            let _ = s.note(&addr, None, "sandbox", "destroyed: sandbox_destroy was called");
+            let _ = s.note(
+                &addr,
+                None,
+                "sandbox",
+                "destroyed: sandbox_destroy was called",
+            );
         }
         files::remove(&dir, id)
             .map_err(|e| ToolError::Failed(format!("cannot remove sandbox {id}'s file: {e}")))?;
@@ -336,9 +360,8 @@ fn check_memory(m: &Manifest, state_dir: &std::path::Path, vm: &str) -> Result<(
         memory_available,
         ..Default::default()
     };
-    capacity::check(&changes, &m.resources, &host).map_err(|e| {
-        ToolError::Failed(format!("no room on this host for sandbox {vm}: {e}"))
-    })
+    capacity::check(&changes, &m.resources, &host)
+        .map_err(|e| ToolError::Failed(format!("no room on this host for sandbox {vm}: {e}")))
 }
 
 fn random_u16() -> u16 {

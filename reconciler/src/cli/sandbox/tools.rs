@@ -9,7 +9,8 @@ use super::{Core, ToolError};
 const NOT_RELAYED: &[&str] = &[fort_agent_protocol::tools::SHUTDOWN];
 
 fn sandbox_tools() -> Value {
-    let id = json!({"type": "string", "description": "The sandbox's id, as sandbox_create returned it"});
+    let id =
+        json!({"type": "string", "description": "The sandbox's id, as sandbox_create returned it"});
     let ttl = json!({"type": "string", "description": "How long it lives from now, e.g. \"20m\", \"2h\" (at most the template's max_ttl)"});
     json!([
         {
