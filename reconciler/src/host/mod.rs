@@ -9,6 +9,7 @@ pub mod fetch;
 pub mod forward;
 pub mod git;
 pub mod image;
+pub mod mcp_http;
 pub mod net;
 pub mod oci;
 pub mod procs;
