@@ -21,7 +21,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::{json, Value};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::{TcpListener, UnixListener};
+use tokio::net::{TcpListener, UnixListener, UnixStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
@@ -101,43 +101,27 @@ pub enum HttpError {
     NotASocket(PathBuf),
     #[error("{0} is in use: another server answers on it")]
     InUse(PathBuf),
-    #[error("cannot listen on {listen}")]
-    Bind {
-        listen: Listen,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("cannot make {path} private (mode 0600)")]
-    Chmod {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("cannot accept connections on {listen}")]
-    Accept {
-        listen: String,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("cannot listen on {0}")]
+    Bind(Listen, #[source] std::io::Error),
+    #[error("cannot make {0} private (mode 0600)")]
+    Chmod(PathBuf, #[source] std::io::Error),
+    #[error("cannot accept connections on {0}")]
+    Accept(String, #[source] std::io::Error),
 }
 
 enum Listener {
     Tcp(TcpListener),
-    Unix(UnixListener, SocketFile),
+    Unix(UnixListener),
 }
 
-/// The socket file a unix listener bound; removed when dropped (at shutdown), unless another
-/// file has replaced it meanwhile.
-struct SocketFile {
-    path: PathBuf,
-    id: (u64, u64),
-}
+/// A unix listener's socket file, removed when dropped (at shutdown) unless replaced meanwhile.
+struct SocketFile(PathBuf, (u64, u64));
 
 impl Drop for SocketFile {
     fn drop(&mut self) {
-        if let Ok(m) = std::fs::symlink_metadata(&self.path) {
-            if (m.dev(), m.ino()) == self.id {
-                let _ = std::fs::remove_file(&self.path);
+        if let Ok(m) = std::fs::symlink_metadata(&self.0) {
+            if (m.dev(), m.ino()) == self.1 {
+                let _ = std::fs::remove_file(&self.0);
             }
         }
     }
@@ -146,6 +130,7 @@ impl Drop for SocketFile {
 /// A bound server; `run` serves until `shutdown` resolves.
 pub struct Server {
     listener: Listener,
+    socket: Option<SocketFile>,
     opts: Options,
     addr: String,
 }
@@ -156,11 +141,8 @@ impl Server {
         if opts.token.as_deref() == Some("") {
             return Err(HttpError::EmptyToken);
         }
-        let bind_err = |source: std::io::Error| HttpError::Bind {
-            listen: listen.clone(),
-            source,
-        };
-        let listener = match listen {
+        let bind_err = |e| HttpError::Bind(listen.clone(), e);
+        let (listener, socket, addr) = match listen {
             Listen::Tcp(addr) => {
                 if !addr.ip().to_canonical().is_loopback() && !opts.allow_remote {
                     return Err(HttpError::NotLoopback(listen.clone()));
@@ -168,33 +150,24 @@ impl Server {
                 if opts.token.is_none() {
                     return Err(HttpError::NoToken);
                 }
-                Listener::Tcp(TcpListener::bind(addr).await.map_err(bind_err)?)
+                let l = TcpListener::bind(addr).await.map_err(bind_err)?;
+                let bound = l.local_addr().map_or(*addr, |a| a);
+                (Listener::Tcp(l), None, Listen::Tcp(bound).to_string())
             }
             Listen::Unix(path) => {
                 remove_stale(path, bind_err).await?;
                 let l = UnixListener::bind(path).map_err(bind_err)?;
                 let m = std::fs::symlink_metadata(path).map_err(bind_err)?;
-                let file = SocketFile {
-                    path: path.clone(),
-                    id: (m.dev(), m.ino()),
-                };
+                let socket = SocketFile(path.clone(), (m.dev(), m.ino()));
                 let private = std::fs::Permissions::from_mode(0o600);
-                std::fs::set_permissions(path, private).map_err(|source| HttpError::Chmod {
-                    path: path.clone(),
-                    source,
-                })?;
-                Listener::Unix(l, file)
+                let chmod_err = |e| HttpError::Chmod(path.clone(), e);
+                std::fs::set_permissions(path, private).map_err(chmod_err)?;
+                (Listener::Unix(l), Some(socket), listen.to_string())
             }
-        };
-        let addr = match &listener {
-            Listener::Tcp(l) => match l.local_addr() {
-                Ok(a) => Listen::Tcp(a).to_string(),
-                Err(_) => listen.to_string(),
-            },
-            Listener::Unix(..) => listen.to_string(),
         };
         Ok(Server {
             listener,
+            socket,
             opts,
             addr,
         })
@@ -213,10 +186,11 @@ impl Server {
         handler: Handler,
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<(), HttpError> {
+        let (opts, sessions) = (self.opts, Mutex::new(HashMap::new()));
         let state = Arc::new(State {
-            opts: self.opts,
+            opts,
             handler,
-            sessions: Mutex::new(HashMap::new()),
+            sessions,
         });
         let euid = rustix::process::geteuid().as_raw();
         let (stop_tx, stop_rx) = watch::channel(());
@@ -229,21 +203,16 @@ impl Server {
                 a = accept(&self.listener, euid) => a,
             };
             match accepted {
-                Ok(Some(Conn::Tcp(s))) => conns.spawn(serve(s, state.clone(), stop_rx.clone())),
-                Ok(Some(Conn::Unix(s))) => conns.spawn(serve(s, state.clone(), stop_rx.clone())),
-                Ok(None) => continue,
+                Ok(Some(io)) => {
+                    conns.spawn(serve(io, state.clone(), stop_rx.clone()));
+                }
+                Ok(None) => {}
                 Err(e) if transient(&e) => {
                     tracing::warn!("accepting a connection on {}: {e}", self.addr);
                     tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
                 }
-                Err(source) => {
-                    break Err(HttpError::Accept {
-                        listen: self.addr.clone(),
-                        source,
-                    })
-                }
-            };
+                Err(e) => break Err(HttpError::Accept(self.addr.clone(), e)),
+            }
         };
         drop(stop_tx);
         let drain = async { while conns.join_next().await.is_some() {} };
@@ -251,7 +220,7 @@ impl Server {
             tracing::warn!("requests still running after {SHUTDOWN_GRACE:?}: cut off");
             conns.shutdown().await;
         }
-        drop(self.listener);
+        drop((self.listener, self.socket));
         result
     }
 }
@@ -270,35 +239,29 @@ async fn remove_stale(
     if !meta.file_type().is_socket() {
         return Err(HttpError::NotASocket(path.to_path_buf()));
     }
-    let probe = tokio::net::UnixStream::connect(path);
-    if !matches!(
-        tokio::time::timeout(Duration::from_secs(1), probe).await,
-        Ok(Err(_))
-    ) {
+    let probe = tokio::time::timeout(Duration::from_secs(1), UnixStream::connect(path));
+    if !matches!(probe.await, Ok(Err(_))) {
         return Err(HttpError::InUse(path.to_path_buf()));
     }
     std::fs::remove_file(path).map_err(io_err)
 }
 
-enum Conn {
-    Tcp(tokio::net::TcpStream),
-    Unix(tokio::net::UnixStream),
-}
+/// A connection's byte stream, TCP or unix.
+trait Io: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Io for T {}
 
 /// The next connection; `None` for a unix peer that is neither our user nor root (one that
 /// connected in the moment before the chmod).
-async fn accept(listener: &Listener, euid: u32) -> std::io::Result<Option<Conn>> {
-    match listener {
-        Listener::Tcp(l) => Ok(Some(Conn::Tcp(l.accept().await?.0))),
-        Listener::Unix(l, _) => {
-            let s = l.accept().await?.0;
-            match s.peer_cred() {
-                Ok(c) if c.uid() == euid || c.uid() == 0 => Ok(Some(Conn::Unix(s))),
-                peer => {
-                    tracing::warn!("refused a unix connection from {peer:?}");
-                    Ok(None)
-                }
-            }
+async fn accept(listener: &Listener, euid: u32) -> std::io::Result<Option<Box<dyn Io>>> {
+    let s = match listener {
+        Listener::Tcp(l) => return Ok(Some(Box::new(l.accept().await?.0))),
+        Listener::Unix(l) => l.accept().await?.0,
+    };
+    match s.peer_cred() {
+        Ok(c) if c.uid() == euid || c.uid() == 0 => Ok(Some(Box::new(s))),
+        peer => {
+            tracing::warn!("refused a unix connection from {peer:?}");
+            Ok(None)
         }
     }
 }
@@ -306,9 +269,10 @@ async fn accept(listener: &Listener, euid: u32) -> std::io::Result<Option<Conn>>
 /// Accept errors that pass (out of descriptors or memory for a moment, a client gone).
 fn transient(e: &std::io::Error) -> bool {
     use std::io::ErrorKind::*;
+    let os = e.raw_os_error();
     matches!(e.kind(), ConnectionAborted | ConnectionReset | Interrupted)
         || matches!(
-            e.raw_os_error(),
+            os,
             Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
         )
 }
@@ -322,10 +286,7 @@ struct State {
 
 /// One connection: HTTP/1.1 until the client closes it or the server stops (then gracefully:
 /// the request in flight is answered).
-async fn serve<S>(io: S, state: Arc<State>, mut stop: watch::Receiver<()>)
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
+async fn serve(io: Box<dyn Io>, state: Arc<State>, mut stop: watch::Receiver<()>) {
     let svc = hyper::service::service_fn(move |req| {
         let state = state.clone();
         async move { Ok::<_, Infallible>(respond(req, &state).await) }
@@ -335,13 +296,9 @@ where
         .header_read_timeout(HEADER_TIMEOUT)
         .serve_connection(TokioIo::new(io), svc);
     tokio::pin!(conn);
-    let done = tokio::select! {
-        r = conn.as_mut() => Some(r),
-        _ = stop.changed() => None,
-    };
-    let r = match done {
-        Some(r) => r,
-        None => {
+    let r = tokio::select! {
+        r = conn.as_mut() => r,
+        _ = stop.changed() => {
             conn.as_mut().graceful_shutdown();
             conn.await
         }
@@ -353,144 +310,136 @@ where
 
 type Reply = Response<Full<Bytes>>;
 
+/// A request refused: the HTTP status and a JSON-RPC error (for the message's id, if known).
+struct Fail(StatusCode, Value, i64, String);
+
+fn fail(status: StatusCode, code: i64, message: impl Into<String>) -> Fail {
+    Fail(status, Value::Null, code, message.into())
+}
+
+impl Fail {
+    /// The error answers the message with this id.
+    fn at(self, id: &Value) -> Fail {
+        Fail(self.0, id.clone(), self.2, self.3)
+    }
+}
+
+const INVALID: i64 = -32600;
+
 async fn respond(req: Request<Incoming>, st: &State) -> Reply {
     let (method, path) = (req.method().clone(), req.uri().path().to_string());
-    let reply = route(req, st).await;
+    let reply = route(req, st)
+        .await
+        .unwrap_or_else(|Fail(status, id, code, message)| {
+            let error =
+                json!({"jsonrpc": "2.0", "id": id, "error": {"code": code, "message": message}});
+            let mut r = reply(status, &error);
+            if status == StatusCode::METHOD_NOT_ALLOWED {
+                r.headers_mut()
+                    .insert(header::ALLOW, HeaderValue::from_static("POST, DELETE"));
+            }
+            r
+        });
     tracing::debug!(%method, %path, status = reply.status().as_u16(), "mcp http request");
     reply
 }
 
-async fn route(req: Request<Incoming>, st: &State) -> Reply {
+async fn route(req: Request<Incoming>, st: &State) -> Result<Reply, Fail> {
     if let Some(token) = &st.opts.token {
         if !bearer_ok(req.headers(), token) {
-            let mut r = reply(
-                StatusCode::UNAUTHORIZED,
-                &json!({"error": "missing or wrong bearer token"}),
-            );
+            let body = json!({"error": "missing or wrong bearer token"});
+            let mut r = reply(StatusCode::UNAUTHORIZED, &body);
             r.headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-            return r;
+            return Ok(r);
         }
     }
     if req.uri().path() != st.opts.path {
         let msg = format!("nothing here: the MCP endpoint is {}", st.opts.path);
-        return rpc_error(StatusCode::NOT_FOUND, Value::Null, -32600, &msg);
+        return Err(fail(StatusCode::NOT_FOUND, INVALID, msg));
     }
     if !st.opts.allow_remote && !origin_ok(req.headers()) {
-        let msg = "this Origin may not call the server (only loopback origins)";
-        return rpc_error(StatusCode::FORBIDDEN, Value::Null, -32600, msg);
+        let msg = "this Origin may not call the server (only loopback origins may)";
+        return Err(fail(StatusCode::FORBIDDEN, INVALID, msg));
     }
     match *req.method() {
         Method::POST => post(req, st).await,
-        Method::DELETE => match session(req.headers(), st, &Value::Null) {
-            Ok(id) => {
-                sessions(st).remove(&id);
-                Response::new(Full::default())
-            }
-            Err(r) => r,
-        },
+        Method::DELETE => {
+            let id = session(req.headers(), st, &Value::Null)?;
+            sessions(st).remove(&id);
+            Ok(Response::new(Full::default()))
+        }
         _ => {
-            let msg = "method not allowed: POST a JSON-RPC message, DELETE a session";
-            let mut r = rpc_error(StatusCode::METHOD_NOT_ALLOWED, Value::Null, -32600, msg);
-            r.headers_mut()
-                .insert(header::ALLOW, HeaderValue::from_static("POST, DELETE"));
-            r
+            let msg = "method not allowed: POST a JSON-RPC message, or DELETE a session";
+            Err(fail(StatusCode::METHOD_NOT_ALLOWED, INVALID, msg))
         }
     }
 }
 
-async fn post(req: Request<Incoming>, st: &State) -> Reply {
-    let null = Value::Null;
-    let headers = req.headers();
-    if !media_is_json(headers.get(header::CONTENT_TYPE)) {
+/// One JSON-RPC message: a request is answered with the handler's response, anything else
+/// with 202 once the handler has seen it.
+async fn post(req: Request<Incoming>, st: &State) -> Result<Reply, Fail> {
+    let bad = |code, msg: String| fail(StatusCode::BAD_REQUEST, code, msg);
+    if !media_is_json(req.headers().get(header::CONTENT_TYPE)) {
         let msg = "Content-Type must be application/json";
-        return rpc_error(StatusCode::UNSUPPORTED_MEDIA_TYPE, null, -32600, msg);
-    }
-    if !accepts_json(headers) {
-        let msg = "Accept must allow application/json";
-        return rpc_error(StatusCode::NOT_ACCEPTABLE, null, -32600, msg);
+        return Err(fail(StatusCode::UNSUPPORTED_MEDIA_TYPE, INVALID, msg));
     }
     let too_large = || {
         let msg = format!("the message is larger than {MAX_BODY} bytes");
-        rpc_error(StatusCode::PAYLOAD_TOO_LARGE, Value::Null, -32600, &msg)
+        fail(StatusCode::PAYLOAD_TOO_LARGE, INVALID, msg)
     };
-    let length = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok());
-    if length.and_then(|v| v.parse::<u64>().ok()) > Some(MAX_BODY as u64) {
-        return too_large();
-    }
     let (parts, body) = req.into_parts();
     let body = match Limited::new(body, MAX_BODY).collect().await {
         Ok(b) => b.to_bytes(),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => return too_large(),
-        Err(e) => {
-            let msg = format!("cannot read the request body: {e}");
-            return rpc_error(StatusCode::BAD_REQUEST, null, -32600, &msg);
-        }
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => return Err(too_large()),
+        Err(e) => return Err(bad(INVALID, format!("cannot read the request body: {e}"))),
     };
-    let msg: Value = match serde_json::from_slice(&body) {
-        Ok(v) => v,
-        Err(e) => {
-            let msg = format!("parse error: {e}");
-            return rpc_error(StatusCode::BAD_REQUEST, null, -32700, &msg);
-        }
-    };
+    let msg: Value =
+        serde_json::from_slice(&body).map_err(|e| bad(-32700, format!("parse error: {e}")))?;
     let Some(obj) = msg.as_object() else {
-        let text = if msg.is_array() {
-            "batches are not supported"
-        } else {
-            "a JSON-RPC message is an object"
-        };
-        return rpc_error(StatusCode::BAD_REQUEST, null, -32600, text);
+        return Err(match msg.is_array() {
+            true => bad(INVALID, "batches are not supported".into()),
+            false => bad(INVALID, "a JSON-RPC message is an object".into()),
+        });
     };
     let id = obj.get("id").cloned();
     let is_request = id.is_some() && obj.contains_key("method");
     let id = id.unwrap_or(Value::Null);
     let initialize = is_request && obj.get("method").and_then(Value::as_str) == Some("initialize");
-    let session = if initialize {
-        match new_session(st) {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!("cannot make a session id: {e}");
-                let msg = "cannot make a session id";
-                return rpc_error(StatusCode::INTERNAL_SERVER_ERROR, id, -32603, msg);
-            }
-        }
-    } else {
-        match session(&parts.headers, st, &id) {
-            Ok(s) => s,
-            Err(r) => return r,
-        }
+    let session = match initialize {
+        true => new_session(st).map_err(|e| {
+            tracing::warn!("cannot make a session id: {e}");
+            let msg = "cannot make a session id";
+            fail(StatusCode::INTERNAL_SERVER_ERROR, -32603, msg).at(&id)
+        })?,
+        false => session(&parts.headers, st, &id)?,
     };
     let answer = (st.handler)(msg, session.clone()).await;
     if !is_request {
-        return status(StatusCode::ACCEPTED);
+        return Ok(status(StatusCode::ACCEPTED));
     }
     let Some(answer) = answer else {
         let msg = "the MCP server gave no response to the request";
-        return rpc_error(StatusCode::INTERNAL_SERVER_ERROR, id, -32603, msg);
+        return Err(fail(StatusCode::INTERNAL_SERVER_ERROR, -32603, msg).at(&id));
     };
     let mut r = reply(StatusCode::OK, &answer);
-    if initialize {
-        if let Ok(v) = HeaderValue::from_str(&session) {
-            r.headers_mut().insert(SESSION_HEADER, v);
-        }
+    if let (true, Ok(v)) = (initialize, HeaderValue::from_str(&session)) {
+        r.headers_mut().insert(SESSION_HEADER, v);
     }
-    r
+    Ok(r)
 }
 
-/// The known session a request names, or the error reply (400 without one, 404 unknown).
-fn session(headers: &HeaderMap, st: &State, id: &Value) -> Result<String, Reply> {
+/// The known session a request names (400 without one, 404 for one unknown).
+fn session(headers: &HeaderMap, st: &State, id: &Value) -> Result<String, Fail> {
     let Some(s) = headers.get(SESSION_HEADER) else {
         let msg = "missing Mcp-Session-Id header: send \"initialize\" first";
-        return Err(rpc_error(StatusCode::BAD_REQUEST, id.clone(), -32600, msg));
+        return Err(fail(StatusCode::BAD_REQUEST, INVALID, msg).at(id));
     };
     match s.to_str() {
         Ok(s) if sessions(st).contains_key(s) => Ok(s.to_string()),
         _ => {
             let msg = "unknown session (ended or never begun): send \"initialize\" again";
-            Err(rpc_error(StatusCode::NOT_FOUND, id.clone(), -32001, msg))
+            Err(fail(StatusCode::NOT_FOUND, -32001, msg).at(id))
         }
     }
 }
@@ -562,22 +511,6 @@ fn media_is_json(value: Option<&HeaderValue>) -> bool {
     media.eq_ignore_ascii_case("application/json")
 }
 
-/// No `Accept`, or one that allows application/json.
-fn accepts_json(headers: &HeaderMap) -> bool {
-    let values: Vec<&str> = headers
-        .get_all(header::ACCEPT)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .collect();
-    values.is_empty()
-        || values.iter().flat_map(|v| v.split(',')).any(|m| {
-            let m = m.split(';').next().unwrap_or("").trim();
-            ["application/json", "application/*", "*/*"]
-                .iter()
-                .any(|ok| m.eq_ignore_ascii_case(ok))
-        })
-}
-
 fn status(code: StatusCode) -> Reply {
     let mut r = Response::new(Full::default());
     *r.status_mut() = code;
@@ -592,11 +525,6 @@ fn reply(code: StatusCode, body: &Value) -> Reply {
         HeaderValue::from_static("application/json"),
     );
     r
-}
-
-fn rpc_error(code: StatusCode, id: Value, rpc: i64, message: &str) -> Reply {
-    let body = json!({"jsonrpc": "2.0", "id": id, "error": {"code": rpc, "message": message}});
-    reply(code, &body)
 }
 
 #[cfg(test)]

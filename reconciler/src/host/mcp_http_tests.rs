@@ -247,7 +247,7 @@ async fn tcp_session_lifecycle_and_errors() {
 }
 
 #[tokio::test]
-async fn slow_handler_does_not_block_other_clients() {
+async fn slow_handler_blocks_no_one_and_finishes_at_shutdown() {
     let s = start("tcp:127.0.0.1:0", Some(TOKEN)).await;
     let session = initialize(&s.url).await;
     let slow = {
@@ -267,9 +267,12 @@ async fn slow_handler_does_not_block_other_clients() {
         .expect("a fast request is answered while a slow one runs");
     assert_eq!(r.status(), 200);
     assert!(!slow.is_finished());
+    // Shutdown lets the request in flight finish, then `run` returns.
+    let _ = s.stop.send(());
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(!s.task.is_finished());
     s.seen.gate.notify_one();
     assert_eq!(slow.await.expect("join"), 200);
-    let _ = s.stop.send(());
     s.task.await.expect("join").expect("run");
 }
 
@@ -319,7 +322,7 @@ fn listen_parses_and_prints() {
         let l: Listen = s.parse().expect("parse");
         assert_eq!(l.to_string(), s);
     }
-    let e = "localhost:80".parse::<Listen>().err().expect("refused");
+    let e = "localhost:80".parse::<Listen>().expect_err("refused");
     assert_eq!(
         e.to_string(),
         "\"localhost:80\" is not a listen address: expected unix:PATH or tcp:IP:PORT (tcp:127.0.0.1:8080, tcp:[::1]:8080)"
