@@ -5,6 +5,7 @@ pub mod assets;
 pub mod fort;
 pub mod git_http;
 pub mod gitrepo;
+pub mod host_mcp;
 pub mod leaks;
 pub mod manifests;
 pub mod netns;

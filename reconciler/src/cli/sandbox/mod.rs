@@ -250,6 +250,11 @@ impl Core {
                 "last_activity": files::last_activity(&dir, &i.vm).map(rfc3339),
             }));
         }
+        for a in m.held.iter().filter(|a| a.kind == Kind::Vm) {
+            if let ToolError::Failed(why) = not_found(&m, &a.name) {
+                out.push(json!({"id": a.name, "state": "invalid file", "problem": why}));
+            }
+        }
         // Gone from its file (expired, destroyed) but not yet from the host: still listed,
         // so an empty list means nothing is left.
         if let Some(recorded) = store.as_ref().and_then(|s| s.resources().ok()) {
@@ -268,10 +273,7 @@ impl Core {
     /// `sandbox_extend`: the sandbox now expires `ttl` from now (at most its `max_ttl`).
     pub fn extend(&self, id: &str, ttl: &str) -> Result<Value, ToolError> {
         let (m, dir) = self.load()?;
-        let i = m
-            .instances
-            .get(id)
-            .ok_or_else(|| SandboxError::Unknown(id.to_string()))?;
+        let i = m.instances.get(id).ok_or_else(|| not_found(&m, id))?;
         let shape = pure::shape(&m, &i.sandbox)?;
         let secs = pure::ttl(&i.sandbox, shape, Some(ttl))?;
         let expires = files::now() + secs;
@@ -296,7 +298,7 @@ impl Core {
     pub async fn destroy(&self, id: &str) -> Result<Value, ToolError> {
         let (m, dir) = self.load()?;
         if !m.instances.contains_key(id) {
-            return Err(SandboxError::Unknown(id.to_string()).into());
+            return Err(not_found(&m, id));
         }
         let state_dir = self.state_dir(&m);
         let addr = Address::new(Kind::Vm, id);
@@ -325,6 +327,23 @@ impl Core {
         }
         Ok(json!({"id": id, "destroyed": true}))
     }
+}
+
+/// The error for an id that is not a sandbox here: unknown, or its file does not validate.
+pub(super) fn not_found(m: &Manifest, id: &str) -> ToolError {
+    if m.held.contains(&Address::new(Kind::Vm, id)) {
+        let why: Vec<String> = m
+            .sandbox_problems
+            .iter()
+            .filter(|d| d.file.file_stem().is_some_and(|s| s == id))
+            .map(ToString::to_string)
+            .collect();
+        return ToolError::Failed(format!(
+            "sandbox {id}'s file does not validate, so it is left as it is until the file is fixed or removed: {}",
+            why.join("; ")
+        ));
+    }
+    SandboxError::Unknown(id.to_string()).into()
 }
 
 /// Is there memory for one more VM? The plan's capacity check over the manifest with it, as

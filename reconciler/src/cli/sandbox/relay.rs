@@ -10,7 +10,6 @@ use super::{Core, ToolError};
 use crate::address::{Address, Kind};
 use crate::host::agent::{AgentError, Client, Endpoint};
 use crate::host::sandboxes as files;
-use crate::sandbox::SandboxError;
 use crate::state::{SqliteStore, StateStore};
 
 /// How long a relayed call waits for a sandbox's agent to be reachable.
@@ -63,7 +62,7 @@ impl Core {
         let (m, dir) = self.load()?;
         if !m.instances.contains_key(&id) {
             self.agents.lock().await.remove(&id);
-            return Err(SandboxError::Unknown(id).into());
+            return Err(super::not_found(&m, &id));
         }
         let _ = files::touch(&dir, &id);
         let client = self.agent(&id).await?;
