@@ -132,15 +132,20 @@ fn limits_plan_status_a_bad_file_and_the_idle_timeout() {
         let a = m.result(a).unwrap()["id"].as_str().unwrap().to_string();
         let b = m.result(b).unwrap()["id"].as_str().unwrap().to_string();
         assert_eq!(
-            m.call("sandbox_create", json!({"template": "ci"})).unwrap_err(),
+            m.call("sandbox_create", json!({"template": "ci"}))
+                .unwrap_err(),
             "sandbox.ci has 2 instances (max_instances = 2): destroy one first"
         );
         let big = m
-            .call("sandbox_create", json!({"template": "big", "name": "big-1"}))
+            .call(
+                "sandbox_create",
+                json!({"template": "big", "name": "big-1"}),
+            )
             .unwrap_err();
         assert!(
-            big.starts_with("no room on this host for sandbox big-1: vm.big-1: the manifest wants ")
-                && big.contains("of VM memory running on this host")
+            big.starts_with(
+                "no room on this host for sandbox big-1: vm.big-1: the manifest wants "
+            ) && big.contains("of VM memory running on this host")
                 && big.ends_with("it has in total"),
             "{big}"
         );
@@ -150,8 +155,14 @@ fn limits_plan_status_a_bad_file_and_the_idle_timeout() {
         ws.run(&["plan", "--detailed-exitcode"]).code(0);
         let status = ws.run(&["status"]).ok().stdout.clone();
         for id in [&a, &b] {
-            let line = status.lines().find(|l| l.contains(&format!("vm.{id}"))).unwrap();
-            assert!(line.contains("running") && line.contains("sandbox.ci expires in 59m"), "{line}");
+            let line = status
+                .lines()
+                .find(|l| l.contains(&format!("vm.{id}")))
+                .unwrap();
+            assert!(
+                line.contains("running") && line.contains("sandbox.ci expires in 59m"),
+                "{line}"
+            );
         }
 
         // A hand-edited file that does not validate: that sandbox is left as it is (not
@@ -162,34 +173,55 @@ fn limits_plan_status_a_bad_file_and_the_idle_timeout() {
         let plan = ws.run(&["plan", "--detailed-exitcode"]);
         plan.code(0);
         let line = good.lines().count() + 1;
-        let want = format!(
-            "{}:{line}:1: unknown field `colour`",
-            file.display()
-        );
+        let want = format!("{}:{line}:1: unknown field `colour`", file.display());
         let out = format!("{}{}", plan.stdout, plan.stderr);
-        assert!(out.contains(&want) && out.contains("left as it is"), "{out}");
-        let err = m.call("run_command", json!({"sandbox": b, "argv": ["true"]})).unwrap_err();
-        assert!(err.starts_with(&format!("sandbox {b}'s file does not validate")), "{err}");
-        let ok = m.call("run_command", json!({"sandbox": a, "command": "echo fine"})).unwrap();
+        assert!(
+            out.contains(&want) && out.contains("left as it is"),
+            "{out}"
+        );
+        let err = m
+            .call("run_command", json!({"sandbox": b, "argv": ["true"]}))
+            .unwrap_err();
+        assert!(
+            err.starts_with(&format!("sandbox {b}'s file does not validate")),
+            "{err}"
+        );
+        let ok = m
+            .call("run_command", json!({"sandbox": a, "command": "echo fine"}))
+            .unwrap();
         assert_eq!(ok["stdout"], "fine\n");
-        assert!(processes_of(&ws.state_dir().join("run")).len() >= 4, "b's VM was stopped");
+        assert!(
+            processes_of(&ws.state_dir().join("run")).len() >= 4,
+            "b's VM was stopped"
+        );
         std::fs::write(&file, &good).unwrap();
         ws.run(&["plan", "--detailed-exitcode"]).code(0);
-        m.call("run_command", json!({"sandbox": b, "argv": ["true"]})).unwrap();
+        m.call("run_command", json!({"sandbox": b, "argv": ["true"]}))
+            .unwrap();
 
         // Idle: no request for idle_timeout (6s) and it is gone, with the reason.
         let made = Instant::now();
-        m.call("sandbox_create", json!({"template": "idle", "name": "idle-1"})).unwrap();
+        m.call(
+            "sandbox_create",
+            json!({"template": "idle", "name": "idle-1"}),
+        )
+        .unwrap();
         while listed(&mut m).iter().any(|s| s["id"] == "idle-1") {
-            assert!(made.elapsed() < Duration::from_secs(60), "idle-1 never expired");
+            assert!(
+                made.elapsed() < Duration::from_secs(60),
+                "idle-1 never expired"
+            );
             std::thread::sleep(Duration::from_millis(500));
         }
         let h = ws.run(&["history", "vm.idle-1"]).ok().stdout.clone();
         assert!(h.contains("expired: idle: no agent request for"), "{h}");
 
-        for id in [&a, &b] {
-            m.call("sandbox_destroy", json!({"id": id})).unwrap();
-        }
+        m.call("sandbox_destroy", json!({"id": a})).unwrap();
+        // `fort destroy` of a sandbox takes its file too: the next pass does not make it again.
+        ws.run(&["destroy", "--yes", "--target", &format!("vm.{b}")])
+            .ok();
+        assert!(!ws.state_dir().join(format!("sandboxes/{b}.toml")).exists());
+        assert!(listed(&mut m).is_empty(), "{:?}", listed(&mut m));
         assert_eq!(
             m.call("sandbox_destroy", json!({"id": a})).unwrap_err(),
             format!("no sandbox `{a}`: sandbox_list shows the sandboxes there are (it may have expired)")
@@ -210,7 +242,10 @@ fn twenty_create_destroy_cycles_leave_nothing() {
             let s = m.call("sandbox_create", json!({"template": "ci"})).unwrap();
             let id = s["id"].as_str().unwrap().to_string();
             let out = m
-                .call("run_command", json!({"sandbox": id, "command": format!("echo {i}")}))
+                .call(
+                    "run_command",
+                    json!({"sandbox": id, "command": format!("echo {i}")}),
+                )
                 .unwrap();
             assert_eq!(out["stdout"], format!("{i}\n"));
             m.call("sandbox_destroy", json!({"id": id})).unwrap();
@@ -231,12 +266,22 @@ fn http(sock: &Path, session: Option<&str>, body: &Value) -> (String, String, Va
     s.read_to_string(&mut answer).unwrap();
     let (head, rest) = answer.split_once("\r\n\r\n").unwrap();
     let (status, headers) = head.split_once("\r\n").unwrap_or((head, ""));
-    (status.to_string(), headers.to_string(), serde_json::from_str(rest).unwrap_or(Value::Null))
+    (
+        status.to_string(),
+        headers.to_string(),
+        serde_json::from_str(rest).unwrap_or(Value::Null),
+    )
 }
 
 fn serve(ws: &Workspace, sock: &Path) -> (std::process::Child, String) {
     let child = ws
-        .command(&["serve", "--listen", &format!("unix:{}", sock.display()), "--interval", "2s"])
+        .command(&[
+            "serve",
+            "--listen",
+            &format!("unix:{}", sock.display()),
+            "--interval",
+            "2s",
+        ])
         .env("RUST_LOG", "info")
         .stderr(Stdio::null())
         .spawn()
@@ -247,11 +292,18 @@ fn serve(ws: &Workspace, sock: &Path) -> (std::process::Child, String) {
         assert!(t.elapsed() < Duration::from_secs(30), "no socket");
         std::thread::sleep(Duration::from_millis(50));
     }
-    let (status, headers, _) = http(sock, None, &json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "0"}}}));
+    let (status, headers, _) = http(
+        sock,
+        None,
+        &json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "0"}}}),
+    );
     assert!(status.contains("200"), "{status}");
     let sid = headers
         .lines()
-        .find_map(|l| l.strip_prefix("mcp-session-id: ").or_else(|| l.strip_prefix("Mcp-Session-Id: ")))
+        .find_map(|l| {
+            l.strip_prefix("mcp-session-id: ")
+                .or_else(|| l.strip_prefix("Mcp-Session-Id: "))
+        })
         .unwrap()
         .trim()
         .to_string();
@@ -259,7 +311,11 @@ fn serve(ws: &Workspace, sock: &Path) -> (std::process::Child, String) {
 }
 
 fn tool(sock: &Path, sid: &str, name: &str, args: Value) -> Value {
-    let (status, _, v) = http(sock, Some(sid), &json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": name, "arguments": args}}));
+    let (status, _, v) = http(
+        sock,
+        Some(sid),
+        &json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": name, "arguments": args}}),
+    );
     assert!(status.contains("200"), "{status}");
     v["result"].clone()
 }
@@ -273,8 +329,16 @@ fn kill_9_of_fort_serve_mid_create_and_an_expiry_during_the_downtime() {
         let sock = ws.path().join("fort.sock");
         let (mut child, sid) = serve(&ws, &sock);
         use std::os::unix::fs::PermissionsExt;
-        assert_eq!(std::fs::metadata(&sock).unwrap().permissions().mode() & 0o777, 0o600);
-        let r = tool(&sock, &sid, "sandbox_create", json!({"template": "ci", "name": "short", "ttl": "12s"}));
+        assert_eq!(
+            std::fs::metadata(&sock).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        let r = tool(
+            &sock,
+            &sid,
+            "sandbox_create",
+            json!({"template": "ci", "name": "short", "ttl": "12s"}),
+        );
         assert_eq!(r["isError"], false, "{r}");
         // A create in flight: its file is written, then fort is killed.
         let (s2, id2) = (sock.clone(), sid.clone());
@@ -289,7 +353,10 @@ fn kill_9_of_fort_serve_mid_create_and_an_expiry_during_the_downtime() {
         let mid = ws.state_dir().join("sandboxes/mid.toml");
         let t = Instant::now();
         while !mid.exists() {
-            assert!(t.elapsed() < Duration::from_secs(30), "mid.toml never written");
+            assert!(
+                t.elapsed() < Duration::from_secs(30),
+                "mid.toml never written"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
         std::thread::sleep(Duration::from_millis(700));
@@ -302,12 +369,18 @@ fn kill_9_of_fort_serve_mid_create_and_an_expiry_during_the_downtime() {
         let (mut child, sid) = serve(&ws, &sock);
         let t = Instant::now();
         let list = loop {
-            let l = tool(&sock, &sid, "sandbox_list", json!({}))["structuredContent"]["sandboxes"].clone();
+            let l = tool(&sock, &sid, "sandbox_list", json!({}))["structuredContent"]["sandboxes"]
+                .clone();
             let states: Vec<(String, String)> = l
                 .as_array()
                 .unwrap()
                 .iter()
-                .map(|s| (s["id"].as_str().unwrap().to_string(), s["state"].as_str().unwrap().to_string()))
+                .map(|s| {
+                    (
+                        s["id"].as_str().unwrap().to_string(),
+                        s["state"].as_str().unwrap().to_string(),
+                    )
+                })
                 .collect();
             if states == [("mid".to_string(), "running".to_string())] {
                 break states;
@@ -315,11 +388,19 @@ fn kill_9_of_fort_serve_mid_create_and_an_expiry_during_the_downtime() {
             assert!(t.elapsed() < Duration::from_secs(90), "{states:?}");
             std::thread::sleep(Duration::from_millis(500));
         };
-        eprintln!("after the restart: {list:?} in {:.1} s", t.elapsed().as_secs_f64());
+        eprintln!(
+            "after the restart: {list:?} in {:.1} s",
+            t.elapsed().as_secs_f64()
+        );
         let h = ws.run(&["history", "vm.short"]).ok().stdout.clone();
         assert!(h.contains("expired: its ttl ran out"), "{h}");
         // `mid` is whole: its agent answers.
-        let r = tool(&sock, &sid, "run_command", json!({"sandbox": "mid", "command": "echo whole"}));
+        let r = tool(
+            &sock,
+            &sid,
+            "run_command",
+            json!({"sandbox": "mid", "command": "echo whole"}),
+        );
         assert_eq!(r["structuredContent"]["stdout"], "whole\n", "{r}");
         let r = tool(&sock, &sid, "sandbox_destroy", json!({"id": "mid"}));
         assert_eq!(r["isError"], false, "{r}");

@@ -36,7 +36,11 @@ impl HostMcp {
         let id = m.send("initialize", json!({"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "test", "version": "0"}}));
         let init = m.wait(id);
         assert_eq!(init["result"]["serverInfo"]["name"], "fort", "{init}");
-        writeln!(m.stdin, r#"{{"jsonrpc":"2.0","method":"notifications/initialized"}}"#).unwrap();
+        writeln!(
+            m.stdin,
+            r#"{{"jsonrpc":"2.0","method":"notifications/initialized"}}"#
+        )
+        .unwrap();
         m
     }
 
@@ -56,7 +60,10 @@ impl HostMcp {
         }
         loop {
             let mut line = String::new();
-            assert!(self.stdout.read_line(&mut line).unwrap() > 0, "fort mcp --host closed");
+            assert!(
+                self.stdout.read_line(&mut line).unwrap() > 0,
+                "fort mcp --host closed"
+            );
             let v: Value = serde_json::from_str(&line).unwrap();
             match v["id"].as_i64() {
                 Some(i) if i == id => return v,
@@ -79,7 +86,10 @@ impl HostMcp {
         let r = &v["result"];
         assert!(r.is_object(), "not a result: {v}");
         if r["isError"] == true {
-            Err(r["content"][0]["text"].as_str().unwrap_or_default().to_string())
+            Err(r["content"][0]["text"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string())
         } else {
             Ok(r["structuredContent"].clone())
         }

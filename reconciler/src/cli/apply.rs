@@ -120,14 +120,30 @@ pub async fn destroy(cli: &Cli, args: &DestroyArgs) -> Result<u8, CliError> {
     } else {
         None
     };
+    let state_dir = session::state_dir(cli, manifest.as_ref());
+    let sandboxes = |dir: &Path| -> std::collections::BTreeSet<crate::address::Address> {
+        SqliteStore::open_readonly(dir)
+            .and_then(|s| s.resources())
+            .map(|r| crate::watch::sandbox_owned(&r))
+            .unwrap_or_default()
+    };
+    let before = sandboxes(&state_dir);
+    // A sandbox is one thing: destroying its VM destroys its root drive too.
+    let mut targets = args.selection.targets.clone();
+    for t in &args.selection.targets {
+        let root =
+            crate::address::Address::new(crate::address::Kind::Drive, &format!("{}-root", t.name));
+        if t.kind == crate::address::Kind::Vm && before.contains(t) && before.contains(&root) {
+            targets.push(root);
+        }
+    }
     let options = PlanOptions {
-        targets: args.selection.targets.clone(),
+        targets,
         replace: vec![],
         allow_data_loss: args.run.allow_data_loss,
         destroy: true,
     };
-    let state_dir = session::state_dir(cli, manifest.as_ref());
-    run_in(
+    let code = run_in(
         cli,
         &args.run,
         manifest.as_ref(),
@@ -137,7 +153,19 @@ pub async fn destroy(cli: &Cli, args: &DestroyArgs) -> Result<u8, CliError> {
         vec![],
         None,
     )
-    .await
+    .await?;
+    // A sandbox destroyed here is gone for good: without its file, the next apply does not
+    // make it again (docs/sandboxes.md).
+    let after = sandboxes(&state_dir);
+    let dir = session::sandbox_dir(&state_dir);
+    for a in before.difference(&after) {
+        if a.kind == crate::address::Kind::Vm {
+            if let Err(e) = crate::host::sandboxes::remove(&dir, &a.name) {
+                tracing::warn!("cannot remove sandbox {}'s file: {e}", a.name);
+            }
+        }
+    }
+    Ok(code)
 }
 
 async fn apply_saved(cli: &Cli, args: &ApplyArgs, file: &Path) -> Result<u8, CliError> {
