@@ -60,6 +60,16 @@ root = {{ template = "base", size = "256MiB" }}
 memory = "192MiB"
 idle_timeout = "6s"
 
+[kernel.junk]
+url = "file://{junk}"
+
+# Its VMM cannot start: creates fail, and say so.
+[sandbox.bad]
+vmm = "{vmm}"
+kernel = "junk"
+root = {{ template = "base", size = "256MiB" }}
+memory = "192MiB"
+
 [sandbox.big]
 vmm = "{vmm}"
 kernel = "deb"
@@ -70,7 +80,9 @@ memory = "64GiB"
         i = dir.join("initrd.cpio.gz").display(),
         url = srv.url("").trim_end_matches('/'),
         vmm = vmm(),
+        junk = ws.path().join("junk-kernel").display(),
     ));
+    std::fs::write(ws.path().join("junk-kernel"), "this is not a kernel\n").unwrap();
 }
 
 fn setup() -> (Server, Workspace, ConsoleOnFailure) {
@@ -150,6 +162,17 @@ fn limits_plan_status_a_bad_file_and_the_idle_timeout() {
             "{big}"
         );
         assert!(!ws.state_dir().join("sandboxes/big-1.toml").exists());
+        // A VM that does not start: the error, and nothing left of it.
+        let bad = m
+            .call(
+                "sandbox_create",
+                json!({"template": "bad", "name": "bad-1"}),
+            )
+            .unwrap_err();
+        assert!(bad.starts_with("sandbox bad-1 did not start: "), "{bad}");
+        assert!(!ws.state_dir().join("sandboxes/bad-1.toml").exists());
+        let h = ws.run(&["history", "vm.bad-1"]).ok().stdout.clone();
+        assert!(h.contains("create failed: "), "{h}");
 
         // The host sees them as ordinary resources, desired from their files.
         ws.run(&["plan", "--detailed-exitcode"]).code(0);

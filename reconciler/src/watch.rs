@@ -168,7 +168,9 @@ pub fn sandbox_owned(
     use crate::address::{Address, Kind};
     let mut out = std::collections::BTreeSet::new();
     for (a, r) in recorded {
-        if a.kind != Kind::Vm || r.spec.get("sandbox").is_none_or(|v| v.is_null()) {
+        // Both the VM and its root drive say so in their spec (the drive's survives a VM
+        // whose first boot failed and left no row).
+        if r.spec.get("sandbox").is_none_or(|v| v.is_null()) {
             continue;
         }
         out.insert(a.clone());

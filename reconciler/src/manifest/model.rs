@@ -446,6 +446,10 @@ pub struct DriveSpec {
     pub protect: bool,
     /// The pool VM (`vm.NAME` with `count`) whose inline `root` declared this drive.
     pub pool: Option<String>,
+    /// The `[sandbox.NAME]` of the sandbox whose root this is (docs/sandboxes.md). Left out
+    /// for other drives, so their specs (and hashes) are what older forts recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sandbox: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

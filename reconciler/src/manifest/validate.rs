@@ -530,6 +530,7 @@ impl<'c, 'a, 'r> Resolver<'c, 'a, 'r> {
             size,
             protect: e.raw.protect.unwrap_or(false),
             pool: None,
+            sandbox: None,
         });
         let o = self.cx.origin(e.file, &e.span);
         self.add(Kind::Drive, name, o, spec, deps);

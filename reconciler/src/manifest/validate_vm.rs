@@ -412,6 +412,7 @@ pub(super) fn vms(
                                 size: *size,
                                 protect: false,
                                 pool: count.map(|_| name.clone()),
+                                sandbox: refs.sandbox_vms.get(name).cloned(),
                             }),
                             vec![Address::new(Kind::Template, template)],
                         ),

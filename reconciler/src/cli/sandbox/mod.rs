@@ -190,8 +190,9 @@ impl Core {
                 let _ = s.note(&addr, None, "sandbox", &detail);
             }
             let _ = files::remove(&dir, &vm);
-            let _ = self.wake.send(());
             tracing::warn!("sandbox {vm}: {detail}");
+            // Answered once what it left (drive, run dir, uid) is cleaned up too.
+            self.passes.wait_next(&self.wake).await;
             let mut msg = format!("sandbox {vm} did not start: {why}");
             if !tail.is_empty() {
                 msg.push_str(&format!("\nlast lines of its console:\n{tail}"));
