@@ -213,5 +213,6 @@ pub fn next_due<'a>(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 #[path = "sandbox_tests.rs"]
 mod tests;

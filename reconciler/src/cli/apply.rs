@@ -132,7 +132,7 @@ pub async fn destroy(cli: &Cli, args: &DestroyArgs) -> Result<u8, CliError> {
     let mut targets = args.selection.targets.clone();
     for t in &args.selection.targets {
         let root =
-            crate::address::Address::new(crate::address::Kind::Drive, &format!("{}-root", t.name));
+            crate::address::Address::new(crate::address::Kind::Drive, format!("{}-root", t.name));
         if t.kind == crate::address::Kind::Vm && before.contains(t) && before.contains(&root) {
             targets.push(root);
         }

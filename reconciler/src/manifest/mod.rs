@@ -277,7 +277,7 @@ pub fn merge_sandboxes(
         ));
         held.insert(crate::address::Address::new(
             crate::address::Kind::Drive,
-            &format!("{stem}-root"),
+            format!("{stem}-root"),
         ));
     };
     for (p, d) in unreadable {
