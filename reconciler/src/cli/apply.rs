@@ -19,6 +19,8 @@ pub async fn apply(cli: &Cli, args: &ApplyArgs) -> Result<u8, CliError> {
     if let Some(file) = &args.plan_file {
         return apply_saved(cli, args, file).await;
     }
+    // Sandboxes whose time is up are not made again: their files go first (docs/sandboxes.md).
+    super::sandbox::reap(cli);
     let (manifest, images) = resolve_images(session::load_manifest(cli)?).await?;
     let options = PlanOptions {
         targets: args.selection.targets.clone(),

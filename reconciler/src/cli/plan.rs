@@ -105,6 +105,16 @@ pub async fn make_plan(
             ));
         }
     }
+    if let Some(m) = manifest {
+        // Reaping is the loop's (and apply's) job; a plan says what is due.
+        let now = crate::host::sandboxes::now();
+        for i in m.instances.values().filter(|i| now >= i.expires) {
+            notes.push(format!(
+                "vm.{}: its sandbox expired; the next `fort apply`, `fort watch` or `fort serve` pass destroys it",
+                i.vm
+            ));
+        }
+    }
     show_images(&images, &mut changes, &mut notes);
     last_failures(ctx, recorded, &mut changes)?;
     preflight(ctx, desired, &changes).await?;
