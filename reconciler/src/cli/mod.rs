@@ -12,6 +12,7 @@ pub mod fleet;
 pub mod forward;
 pub mod forward_spec;
 pub mod gitops;
+pub mod passes;
 pub mod plan;
 pub mod process;
 pub mod rawterm;
