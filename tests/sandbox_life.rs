@@ -251,6 +251,29 @@ fn limits_plan_status_a_bad_file_and_the_idle_timeout() {
         );
         m.close();
         assert_eq!(host(&ws), before);
+
+        // With no loop running, an expired sandbox file is noted by `fort plan` and reaped by
+        // `fort apply` before it plans: it is never made again.
+        let file = ws.state_dir().join("sandboxes/old-1.toml");
+        std::fs::write(
+            &file,
+            "[instance]\nsandbox = \"idle\"\ncreated = \"2026-01-01T00:00:00Z\"\nexpires = \"2026-01-01T01:00:00Z\"\n\n[vm.old-1]\nvmm = \"qemu\"\nkernel = \"deb\"\nroot = { template = \"base\", size = \"256MiB\" }\nmemory = \"192MiB\"\n",
+        )
+        .unwrap();
+        let plan = ws.run(&["plan"]);
+        let out = format!("{}{}", plan.stdout, plan.stderr);
+        assert!(
+            out.contains("vm.old-1: its sandbox expired; the next `fort apply`"),
+            "{out}"
+        );
+        ws.run(&["apply", "--yes"]).ok();
+        assert!(!file.exists());
+        let h = ws.run(&["history", "vm.old-1"]).ok().stdout.clone();
+        assert!(
+            h.contains("expired: its ttl ran out at 2026-01-01T01:00:00Z"),
+            "{h}"
+        );
+        assert_eq!(host(&ws), before);
     });
 }
 
