@@ -14,7 +14,8 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::fort::{sha256_hex, Workspace};
+use common::fort::{sha256_hex, Workspace, FORT};
+use common::gitrepo::Repo;
 use common::host_mcp::HostMcp;
 use common::leaks::{fort_links, fort_tables, leases, names, processes_of};
 use common::netns::in_netns;
@@ -457,6 +458,81 @@ fn kill_9_of_fort_serve_mid_create_and_an_expiry_during_the_downtime() {
         .unwrap();
         assert!(child.wait().unwrap().success());
         assert!(!sock.exists(), "the socket file is removed on exit");
+        assert_eq!(host(&ws), before);
+    });
+}
+
+#[test]
+fn a_host_following_git_keeps_its_sandboxes_and_reaps_them() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    in_netns(|| {
+        let (_srv, ws, _console) = setup();
+        let repo = Repo::new(&ws.path().join("git"));
+        let text = std::fs::read_to_string(ws.manifest()).unwrap();
+        repo.commit(&[("fort.toml", Some(&text))], "the fleet");
+        // `--git` reads the manifest from the branch: no -f.
+        let git_apply = || {
+            let out = std::process::Command::new(FORT)
+                .arg("--state-dir")
+                .arg(ws.state_dir())
+                .args(["apply", "--git", &repo.url(), "--yes"])
+                .env("NO_COLOR", "1")
+                .stdin(Stdio::null())
+                .output()
+                .unwrap();
+            let text = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert!(out.status.success(), "{text}");
+            text
+        };
+        git_apply();
+        let before = host(&ws);
+        let mut m = HostMcp::start(&ws);
+        let id = m
+            .call("sandbox_create", json!({"template": "ci", "ttl": "10m"}))
+            .unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        m.close();
+        // A pass at the branch's commit keeps the sandbox: it is desired from its file.
+        let out = git_apply();
+        assert!(!out.contains(&format!("vm.{id}")), "{out}");
+        let status = ws.run(&["status"]).ok().stdout.clone();
+        let line = status
+            .lines()
+            .find(|l| l.contains(&format!("vm.{id}")))
+            .unwrap();
+        assert!(line.contains("running"), "{line}");
+        // Expired while no loop ran: the next `fort apply --git` reaps it before planning.
+        let file = ws.state_dir().join(format!("sandboxes/{id}.toml"));
+        let t = std::fs::read_to_string(&file).unwrap();
+        let t: String = t
+            .lines()
+            .map(|l| {
+                if l.starts_with("expires") {
+                    "expires = \"2026-01-01T00:00:00Z\"".to_string()
+                } else {
+                    l.to_string()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        std::fs::write(&file, t).unwrap();
+        git_apply();
+        assert!(!file.exists());
+        let h = ws
+            .run(&["history", &format!("vm.{id}")])
+            .ok()
+            .stdout
+            .clone();
+        assert!(
+            h.contains("expired: its ttl ran out at 2026-01-01T00:00:00Z"),
+            "{h}"
+        );
         assert_eq!(host(&ws), before);
     });
 }

@@ -13,14 +13,14 @@ use crate::plan::{self, render, Op, Plan, PlanOptions, ResolvedImage};
 use crate::state::{SqliteStore, StateLock, StateStore};
 
 pub async fn apply(cli: &Cli, args: &ApplyArgs) -> Result<u8, CliError> {
+    // Sandboxes whose time is up are not made again: their files go first (docs/sandboxes.md).
+    super::sandbox::reap(cli);
     if let Some(src) = super::gitops::GitSource::from_args(cli, &args.git)? {
         return apply_git(cli, args, &src).await;
     }
     if let Some(file) = &args.plan_file {
         return apply_saved(cli, args, file).await;
     }
-    // Sandboxes whose time is up are not made again: their files go first (docs/sandboxes.md).
-    super::sandbox::reap(cli);
     let (manifest, images) = resolve_images(session::load_manifest(cli)?).await?;
     let options = PlanOptions {
         targets: args.selection.targets.clone(),

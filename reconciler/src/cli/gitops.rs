@@ -142,6 +142,24 @@ fn load_commit(
     }
     match crate::manifest::load_for(&path, &src.host) {
         Ok(mut m) => {
+            // The sandboxes made on this host are desired with every commit (docs/sandboxes.md).
+            let sandboxes = git_dir.parent().map(super::session::sandbox_dir);
+            if let Some(sd) = sandboxes.filter(|d| crate::manifest::has_sandboxes(d)) {
+                match crate::manifest::merge_sandboxes(&path, &src.host, &sd) {
+                    Ok(merged) => m = merged,
+                    // Without them the pass would destroy the sandboxes: skip the commit.
+                    Err(e) => {
+                        return Ok(Err((
+                            ProblemKind::Invalid,
+                            format!(
+                                "commit {}: the sandbox files cannot be merged with it: {}; skipped, nothing was changed",
+                                short(&commit.id),
+                                crate::resources::error_chain(&e)
+                            ),
+                        )))
+                    }
+                }
+            }
             if let Some(d) = m.state_dir.take() {
                 tracing::warn!(
                     "commit {}: [fort] state_dir = {} is ignored with --git (fort's clone and state stay in the state directory given with --state-dir)",

@@ -336,3 +336,45 @@ pub fn merge_with_new_sandbox(
     m.sandbox_problems = current.sandbox_problems;
     Ok(m)
 }
+
+/// The `[instance]` tables of the sandbox files in `dir`, read without validating the rest
+/// (what reaping needs, also when the manifest comes from git or a file's VM is broken).
+/// Files whose `[instance]` does not parse are skipped.
+pub fn sandbox_instances(dir: &Path) -> Vec<Instance> {
+    #[derive(serde::Deserialize)]
+    struct File {
+        instance: Option<Inst>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Inst {
+        sandbox: String,
+        created: String,
+        expires: String,
+        idle_timeout: Option<String>,
+    }
+    let unix = |s: &str| {
+        humantime::parse_rfc3339(s)
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map(|d| d.as_secs())
+    };
+    let (sources, _) = sandbox_sources(dir);
+    sources
+        .into_iter()
+        .filter_map(|s| {
+            let i = toml::from_str::<File>(&s.text).ok()?.instance?;
+            let idle_timeout = match &i.idle_timeout {
+                Some(t) => Some(sandbox_limits::parse_secs(t).ok()?),
+                None => None,
+            };
+            Some(Instance {
+                vm: s.path.file_stem()?.to_string_lossy().into_owned(),
+                sandbox: i.sandbox,
+                created: unix(&i.created)?,
+                expires: unix(&i.expires)?,
+                idle_timeout,
+                file: s.path,
+            })
+        })
+        .collect()
+}

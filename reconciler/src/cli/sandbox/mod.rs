@@ -399,16 +399,20 @@ fn random_u16() -> u16 {
 /// Remove the files of sandboxes whose time is up, each with the reason in its history, so
 /// the pass that follows destroys them. Returns when the next one is due (unix seconds).
 pub fn reap(cli: &Cli) -> Option<u64> {
-    let m = session::load_manifest(cli).ok()?;
-    if m.instances.is_empty() {
+    // The manifest only for `[fort] state_dir`: reaping reads the files' `[instance]` tables,
+    // also when the manifest comes from git (`fort watch --git`) or does not load.
+    let state_dir = match &cli.state_dir {
+        Some(_) => session::state_dir(cli, None),
+        None => session::state_dir(cli, session::load_manifest(cli).ok().as_ref()),
+    };
+    let dir = session::sandbox_dir(&state_dir);
+    if !manifest::has_sandboxes(&dir) {
         return None;
     }
-    let state_dir = session::state_dir(cli, Some(&m));
-    let dir = session::sandbox_dir(&state_dir);
     files::remove_temporaries(&dir);
     let now = files::now();
     let mut left = Vec::new();
-    for i in m.instances.values() {
+    for i in &manifest::sandbox_instances(&dir) {
         let last = files::last_activity(&dir, &i.vm);
         let Some(reason) = pure::expired(i, now, last) else {
             left.push(i.clone());
