@@ -459,7 +459,14 @@ fn exec_whose_reader_goes_away_ends_the_command_like_sigpipe() {
     assert_eq!(line, "fort-epipe\n");
     drop(out);
     assert_eq!(child.wait().unwrap().code(), Some(128 + 13));
-    assert_eq!(stderr_of(&mut child), "");
+    // Nothing on stderr but, when fort fell behind `yes` before its reader went away (a
+    // loaded machine), the notice that the agent dropped old output: that is true, not an
+    // error of the SIGPIPE path (seen in CI: "fort: 1366720 bytes of output were lost …").
+    let err = stderr_of(&mut child);
+    let lost = err.starts_with("fort: ")
+        && err.ends_with(" bytes of output were lost (the agent keeps only the newest output)\n")
+        && err.lines().count() == 1;
+    assert!(err.is_empty() || lost, "{err:?}");
     wait_until("yes to end", || !process_running(&["yes", "fort-epipe"]));
 }
 
