@@ -1,11 +1,10 @@
 """The sandbox benchmark's client (tests/bench/sandbox.sh): the official MCP SDK against
 `fort mcp --host` (FORT_MANIFEST / FORT_STATE_DIR from the environment).
 
-usage: python3 tests/bench/sandbox.py FORT RUNS CONCURRENT IDLE_SECS [keep]
+usage: python3 tests/bench/sandbox.py FORT RUNS CONCURRENT IDLE_SECS
 Prints JSON: per sequential create its ready_ms and boot_ms; the wall time of CONCURRENT
 creates at once; then, with CONCURRENT sandboxes up, waits IDLE_SECS (the shell samples the
-server's CPU and RSS meanwhile) and destroys them (with `keep`: leaves them, for the shell to
-measure an idle `fort serve` with them).
+server's CPU and RSS meanwhile, from the pid printed on stderr) and destroys them.
 """
 import asyncio
 import json
@@ -17,7 +16,7 @@ from mcp import ClientSession, StdioServerParameters
 from mcp.client.stdio import stdio_client
 
 
-async def main(fort: str, runs: int, concurrent: int, idle: float, keep: bool) -> None:
+async def main(fort: str, runs: int, concurrent: int, idle: float) -> None:
     params = StdioServerParameters(command=fort, args=["mcp", "--host"], env=dict(os.environ))
     out = {"sequential": [], "concurrent": {}}
     async with stdio_client(params) as (read, write):
@@ -44,11 +43,9 @@ async def main(fort: str, runs: int, concurrent: int, idle: float, keep: bool) -
             print("idle", flush=True, file=sys.stderr)
             await asyncio.sleep(idle)
             print("idle done", flush=True, file=sys.stderr)
-            if not keep:
-                await asyncio.gather(*[s.call_tool("sandbox_destroy", {"id": c["id"]}) for c in made])
+            await asyncio.gather(*[s.call_tool("sandbox_destroy", {"id": c["id"]}) for c in made])
     print(json.dumps(out))
 
 
 if __name__ == "__main__":
-    asyncio.run(main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]),
-                     sys.argv[5:6] == ["keep"]))
+    asyncio.run(main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])))

@@ -5,9 +5,7 @@
 #      `boot_ms` (VMM start → agent answers); the difference is fort's own overhead;
 #   2. CONCURRENT sandboxes created at once: wall time against CONCURRENT × one (from 1);
 #   3. with CONCURRENT sandboxes up, the idle `fort mcp --host` process (service + watch loop):
-#      CPU over IDLE seconds (utime+stime from /proc) and RSS;
-#   4. the same sandboxes under an idle `fort serve --listen unix:…` (after `fort mcp --host`
-#      exited, leaving them): CPU over IDLE seconds and RSS.
+#      CPU over IDLE seconds (utime+stime from /proc) and RSS.
 #
 # Usage (root): tests/bench/sandbox.sh [RUNS] [CONCURRENT] [IDLE]   (default 5, 10, 20)
 set -Eeuo pipefail
@@ -55,7 +53,7 @@ network = "lan"
 TOML
 "$FORT" -f "$W/fort.toml" --state-dir "$S" apply --yes >/dev/null 2>"$W/apply.log"
 export FORT_MANIFEST="$W/fort.toml" FORT_STATE_DIR="$S"
-python3 tests/bench/sandbox.py "$FORT" "$RUNS" "$N" "$IDLE" keep >"$W/out.json" 2>"$W/client.log" &
+python3 tests/bench/sandbox.py "$FORT" "$RUNS" "$N" "$IDLE" >"$W/out.json" 2>"$W/client.log" &
 client=$!
 # Sample the server while the sandboxes idle.
 until grep -q '^idle$' "$W/client.log" 2>/dev/null; do sleep 0.2; kill -0 $client; done
@@ -66,22 +64,11 @@ sleep "$IDLE"
 t1=$(ticks "$pid"); s1=$(date +%s%N)
 rss=$(awk '/VmRSS/{print $2}' "/proc/$pid/status")
 wait $client
-# The sandboxes stay (their files): an idle `fort serve` with them.
-"$FORT" -f "$W/fort.toml" --state-dir "$S" serve --listen "unix:$W/mcp.sock" 2>"$W/serve.log" &
-serve=$!
-until [ -S "$W/mcp.sock" ]; do sleep 0.2; kill -0 $serve; done
-sleep 3   # its first pass (no changes)
-u0=$(ticks "$serve"); v0=$(date +%s%N)
-sleep "$IDLE"
-u1=$(ticks "$serve"); v1=$(date +%s%N)
-srss=$(awk '/VmRSS/{print $2}' "/proc/$serve/status")
-running=$("$FORT" -f "$W/fort.toml" --state-dir "$S" status | grep -c 'running' || true)
-kill -TERM $serve; wait $serve || true
 hz=$(getconf CLK_TCK)
-python3 - "$W/out.json" "$t0" "$t1" "$s0" "$s1" "$hz" "$rss" "$u0" "$u1" "$v0" "$v1" "$srss" "$running" <<'PY'
+python3 - "$W/out.json" "$t0" "$t1" "$s0" "$s1" "$hz" "$rss" <<'PY'
 import json, statistics, sys
 out = json.load(open(sys.argv[1]))
-t0, t1, s0, s1, hz, rss, u0, u1, v0, v1, srss, running = map(int, sys.argv[2:])
+t0, t1, s0, s1, hz, rss = map(int, sys.argv[2:])
 seq = out["sequential"]
 ready = [r["ready_ms"] for r in seq]
 boot = [r["boot_ms"] for r in seq]
@@ -92,6 +79,4 @@ cpu = (t1 - t0) / hz / ((s1 - s0) / 1e9) * 100
 print(f"sequential creates ({len(seq)}): ready median {statistics.median(ready)} ms, boot median {statistics.median(boot)} ms, fort overhead median {statistics.median(over)} ms (min {min(over)}, max {max(over)})")
 print(f"{c['n']} concurrent creates: {c['wall_ms']} ms wall vs {c['n']} x one = {c['n'] * one:.0f} ms ({c['n'] * one / c['wall_ms']:.2f}x); boot_ms median {statistics.median(c['boot_ms'])}")
 print(f"idle fort mcp --host with {c['n']} sandboxes: {cpu:.2f}% CPU over {(s1 - s0) / 1e9:.1f} s, RSS {rss / 1024:.1f} MiB")
-scpu = (u1 - u0) / hz / ((v1 - v0) / 1e9) * 100
-print(f"idle fort serve with {running} VMs running: {scpu:.2f}% CPU over {(v1 - v0) / 1e9:.1f} s, RSS {srss / 1024:.1f} MiB")
 PY
