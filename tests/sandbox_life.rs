@@ -14,39 +14,20 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::fort::{sha256_hex, Workspace, FORT};
+use common::fort::{Workspace, FORT};
 use common::gitrepo::Repo;
 use common::host_mcp::HostMcp;
 use common::leaks::{fort_links, fort_tables, leases, names, processes_of};
 use common::netns::in_netns;
 use common::rootfs::static_agent;
-use common::server::{Reply, Server};
-use common::vms::{assets, kernel_file, vmm, ConsoleOnFailure, ONE_AT_A_TIME};
+use common::server::Server;
+use common::vms::{busybox_base, vmm, ConsoleOnFailure, ONE_AT_A_TIME};
 use serde_json::{json, Value};
 
 fn manifest(ws: &Workspace, srv: &Server) {
-    let dir = assets();
-    let rootfs = std::fs::read(dir.join("rootfs.tar.gz")).unwrap();
-    let sha = sha256_hex(&rootfs);
-    srv.route("/rootfs.tar.gz", Reply::ok(rootfs));
+    let base = busybox_base(srv, "10.80.0.0/24");
     ws.write_manifest(&format!(
-        r#"[kernel.deb]
-url = "file://{k}"
-initrd = {{ url = "file://{i}" }}
-
-[rootfs.bb]
-url = "{url}/rootfs.tar.gz"
-sha256 = "{sha}"
-
-[template.base]
-rootfs = "bb"
-size = "128MiB"
-
-[network.lan]
-cidr = "10.80.0.0/24"
-isolated = true
-
-[sandbox.ci]
+        r#"{base}[sandbox.ci]
 vmm = "{vmm}"
 kernel = "deb"
 root = {{ template = "base", size = "256MiB" }}
@@ -77,9 +58,6 @@ kernel = "deb"
 root = {{ template = "base", size = "256MiB" }}
 memory = "64GiB"
 "#,
-        k = dir.join(kernel_file()).display(),
-        i = dir.join("initrd.cpio.gz").display(),
-        url = srv.url("").trim_end_matches('/'),
         vmm = vmm(),
         junk = ws.path().join("junk-kernel").display(),
     ));

@@ -11,38 +11,19 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
-use common::fort::{sha256_hex, Workspace, FORT};
+use common::fort::{Workspace, FORT};
 use common::leaks::{fort_links, fort_tables, leases, names, processes_of};
 use common::netns::in_netns;
 use common::rootfs::static_agent;
-use common::server::{Reply, Server};
-use common::vms::{assets, kernel_file, vmm, ConsoleOnFailure, ONE_AT_A_TIME};
+use common::server::Server;
+use common::vms::{busybox_base, vmm, ConsoleOnFailure, ONE_AT_A_TIME};
 
 const CLIENT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/sandbox_client.py");
 
 fn manifest(ws: &Workspace, srv: &Server) {
-    let dir = assets();
-    let rootfs = std::fs::read(dir.join("rootfs.tar.gz")).unwrap();
-    let sha = sha256_hex(&rootfs);
-    srv.route("/rootfs.tar.gz", Reply::ok(rootfs));
+    let base = busybox_base(srv, "10.79.0.0/24");
     ws.write_manifest(&format!(
-        r#"[kernel.deb]
-url = "file://{k}"
-initrd = {{ url = "file://{i}" }}
-
-[rootfs.bb]
-url = "{url}/rootfs.tar.gz"
-sha256 = "{sha}"
-
-[template.base]
-rootfs = "bb"
-size = "128MiB"
-
-[network.lan]
-cidr = "10.79.0.0/24"
-isolated = true
-
-[sandbox.ci]
+        r#"{base}[sandbox.ci]
 vmm = "{vmm}"
 kernel = "deb"
 root = {{ template = "base", size = "256MiB" }}
@@ -50,9 +31,6 @@ memory = "192MiB"
 network = "lan"
 max_ttl = "1h"
 "#,
-        k = dir.join(kernel_file()).display(),
-        i = dir.join("initrd.cpio.gz").display(),
-        url = srv.url("").trim_end_matches('/'),
         vmm = vmm(),
     ));
 }

@@ -137,3 +137,18 @@ pub fn debian_rootfs() -> PathBuf {
     );
     dir.join("debian-bookworm.tar")
 }
+
+/// The busybox base of the VM tests: `kernel.deb` (file://), `rootfs.bb` served by `srv`
+/// (sha256 pinned), `template.base` (128 MiB) and an isolated `network.lan` on `cidr`.
+pub fn busybox_base(srv: &super::server::Server, cidr: &str) -> String {
+    let dir = assets();
+    let rootfs = std::fs::read(dir.join("rootfs.tar.gz")).unwrap();
+    let sha = super::fort::sha256_hex(&rootfs);
+    srv.route("/rootfs.tar.gz", super::server::Reply::ok(rootfs));
+    format!(
+        "[kernel.deb]\nurl = \"file://{k}\"\ninitrd = {{ url = \"file://{i}\" }}\n\n[rootfs.bb]\nurl = \"{url}/rootfs.tar.gz\"\nsha256 = \"{sha}\"\n\n[template.base]\nrootfs = \"bb\"\nsize = \"128MiB\"\n\n[network.lan]\ncidr = \"{cidr}\"\nisolated = true\n\n",
+        k = dir.join(kernel_file()).display(),
+        i = dir.join("initrd.cpio.gz").display(),
+        url = srv.url("").trim_end_matches('/'),
+    )
+}
